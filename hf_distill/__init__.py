@@ -1,0 +1,33 @@
+"""hf-distill: knowledge distillation for Hugging Face Transformers, Trainer-native."""
+
+from .checks import check_teacher_student, infer_task
+from .config import DistillationArguments
+from .data import conll_label_names, load_text_classification_file, read_conll, tokenize_and_align_labels
+from .losses import distillation_objective, hard_label_cross_entropy, logit_mse, soft_cross_entropy, soft_kl
+from .metrics import Seqeval, sequence_classification_metrics, token_classification_metrics
+from .schedules import scheduled_value
+from .student import create_student
+from .trainer import DistillationTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DistillationArguments",
+    "DistillationTrainer",
+    "Seqeval",
+    "check_teacher_student",
+    "conll_label_names",
+    "create_student",
+    "distillation_objective",
+    "hard_label_cross_entropy",
+    "infer_task",
+    "load_text_classification_file",
+    "logit_mse",
+    "read_conll",
+    "scheduled_value",
+    "sequence_classification_metrics",
+    "soft_cross_entropy",
+    "soft_kl",
+    "token_classification_metrics",
+    "tokenize_and_align_labels",
+]

@@ -1,0 +1,119 @@
+"""Checks made before a distillation run starts: do the teacher, the student and the data fit together?
+
+Each check raises a `ValueError` that names the mismatch and the fix. Logit distillation silently learns the
+wrong thing when the two models disagree on the vocabulary or on the order of the labels, so these run at init.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import nn
+
+TOKEN_CLASSIFICATION = "token_classification"
+SEQUENCE_CLASSIFICATION = "sequence_classification"
+_HEADS = {"ForTokenClassification": TOKEN_CLASSIFICATION, "ForSequenceClassification": SEQUENCE_CLASSIFICATION}
+_LABEL_COLUMNS = ("labels", "label", "label_ids")
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT or other thin wrapper."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def infer_task(model: nn.Module, role: str = "student") -> str:
+    """`"token_classification"` or `"sequence_classification"`, from the model's head class."""
+    for cls in type(_base(model)).__mro__:
+        for suffix, task in _HEADS.items():
+            if cls.__name__.endswith(suffix):
+                return task
+    raise ValueError(
+        f"The {role} is a {type(_base(model)).__name__}, which has no sequence- or token-classification head. "
+        "hf-distill distils classification logits: load it with `AutoModelForSequenceClassification` or "
+        "`AutoModelForTokenClassification` (with `num_labels`, `id2label` and `label2id` set)."
+    )
+
+
+def _labels(config: Any) -> list[str] | None:
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    if not names or all(_DEFAULT_LABEL.match(n) for n in names):
+        return None  # placeholder names carry no information about the order
+    return names
+
+
+def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
+    """Check that `teacher` can distil into `student`; return the task they share."""
+    student_task = infer_task(student, "student")
+    teacher_task = infer_task(teacher, "teacher")
+    if teacher_task != student_task:
+        raise ValueError(
+            f"The teacher has a {teacher_task.replace('_', ' ')} head but the student has a "
+            f"{student_task.replace('_', ' ')} head. Load the teacher with the same Auto class as the student "
+            f"(a fine-tuned {student_task.replace('_', ' ')} checkpoint)."
+        )
+    t_cfg, s_cfg = _base(teacher).config, _base(student).config
+    t_vocab, s_vocab = getattr(t_cfg, "vocab_size", None), getattr(s_cfg, "vocab_size", None)
+    if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
+        raise ValueError(
+            f"Teacher vocab_size is {t_vocab} but student vocab_size is {s_vocab}. Logit distillation feeds the same "
+            "input_ids to both models, so they must share a tokenizer: build the student from the teacher "
+            "(`hf_distill.create_student(teacher, layers=...)`) or pick a student with the teacher's vocabulary."
+        )
+    t_num, s_num = t_cfg.num_labels, s_cfg.num_labels
+    if t_num != s_num:
+        raise ValueError(
+            f"The teacher predicts {t_num} labels but the student predicts {s_num}. Load the student with the "
+            "teacher's labels: `from_pretrained(..., num_labels=teacher.config.num_labels, "
+            "id2label=teacher.config.id2label, label2id=teacher.config.label2id)`."
+        )
+    t_labels, s_labels = _labels(t_cfg), _labels(s_cfg)
+    if t_labels is not None and s_labels is not None and t_labels != s_labels:
+        if sorted(t_labels) == sorted(s_labels):
+            raise ValueError(
+                "Teacher and student have the same labels in a different order (teacher id2label: "
+                f"{t_labels}; student id2label: {s_labels}). Their logits would be compared class by class and "
+                "scramble the labels. Load the student with `id2label=teacher.config.id2label, "
+                "label2id=teacher.config.label2id`, and encode the dataset's labels with the same mapping."
+            )
+        raise ValueError(
+            f"Teacher and student have different label sets: teacher {t_labels}, student {s_labels}. "
+            "Distillation needs the teacher's labels; fine-tune the teacher on the student's label set or load the "
+            "student with the teacher's `id2label`."
+        )
+    return student_task
+
+
+def check_tokenizer(tokenizer: Any, teacher: nn.Module) -> None:
+    """Check that the tokenizer's ids fit the teacher's embedding table."""
+    if tokenizer is None or not hasattr(tokenizer, "__len__"):
+        return
+    vocab = getattr(_base(teacher).config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the teacher's vocab_size is {vocab}: it is not the "
+            "teacher's tokenizer. Pass `processing_class=AutoTokenizer.from_pretrained(<teacher path>)`."
+        )
+
+
+def check_train_dataset(dataset: Any, needs_labels: bool) -> None:
+    """Check that the training split is a split, and has labels when the hard-label loss is used."""
+    if dataset is None:
+        return
+    if hasattr(dataset, "keys") and hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
+        splits = list(dataset.keys())
+        raise ValueError(
+            f"`train_dataset` is a DatasetDict with splits {splits}, not a single split. "
+            f"Did you mean `dataset[{splits[0]!r}]`?"
+        )
+    columns = getattr(dataset, "column_names", None)
+    if needs_labels and columns is not None and not any(c in columns for c in _LABEL_COLUMNS):
+        raise ValueError(
+            f"The training data has no labels column (found columns: {columns}) but alpha < 1 gives weight to the "
+            "hard-label loss. Add a `labels` column, or set `alpha=1.0` (and no `final_alpha` below 1) to train on "
+            "the teacher's outputs alone."
+        )

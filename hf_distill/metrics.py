@@ -1,0 +1,212 @@
+"""Evaluation metrics for ``Trainer(compute_metrics=...)``: entity-level seqeval for NER, accuracy/F1 for classification.
+
+``Seqeval`` is a local ``evaluate.Metric`` (no Hub download, unlike ``evaluate.load("seqeval")``) that reports what
+the Hub's seqeval metric reports.
+
+References:
+    - seqeval (Hiroki Nakayama, 2018), https://github.com/chakki-works/seqeval: entity-level precision, recall and F1
+      as in the CoNLL-2000 ``conlleval`` script.
+    - Tjong Kim Sang & De Meulder (2003), CoNLL-2003 shared task: an entity counts only if its type and span match.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import datasets
+import evaluate
+import numpy as np
+import seqeval.metrics
+import seqeval.scheme
+from transformers import EvalPrediction
+
+from .data import IGNORE_INDEX
+
+_SCHEMES = ("IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU")
+_REPORT_AVERAGES = ("micro avg", "macro avg", "weighted avg")
+
+
+class Seqeval(evaluate.Metric):
+    """Entity-level precision, recall and F1 of tag sequences, via ``seqeval.metrics.classification_report``.
+
+    Inputs are lists of tag-string sequences, one per sentence, e.g. ``[["B-PER", "I-PER", "O"]]``; predictions and
+    references must have the same shapes. Use it as ``Seqeval().compute(predictions=..., references=...)``.
+
+    ``compute`` returns ``overall_precision``, ``overall_recall``, ``overall_f1`` (micro averages over entities),
+    ``overall_accuracy`` (token-level) and, for each entity type found in references or predictions,
+    ``"<TYPE>": {"precision", "recall", "f1", "number"}`` where ``number`` is the count of reference entities.
+    """
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Entity-level precision, recall and F1 of IOB-style tag sequences (seqeval).",
+            citation="Hiroki Nakayama. seqeval: A Python framework for sequence labeling evaluation. 2018.",
+            inputs_description=(
+                "predictions, references: lists of lists of tag strings. scheme: one of "
+                f"{list(_SCHEMES)} for strict matching, or None for conlleval-style matching. mode: 'strict' or None."
+            ),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("string")),
+                    "references": datasets.Sequence(datasets.Value("string")),
+                }
+            ),
+            homepage="https://github.com/chakki-works/seqeval",
+        )
+
+    def _compute(
+        self,
+        predictions: list[list[str]],
+        references: list[list[str]],
+        scheme: str | None = None,
+        mode: str | None = None,
+    ) -> dict[str, Any]:
+        scheme_class = None
+        if scheme is not None:
+            if scheme not in _SCHEMES:
+                raise ValueError(f"`scheme` must be one of {list(_SCHEMES)} or None, got {scheme!r}.")
+            scheme_class = getattr(seqeval.scheme, scheme)
+        if mode not in (None, "strict"):
+            raise ValueError(f"`mode` must be None (conlleval-style) or 'strict', got {mode!r}.")
+
+        with warnings.catch_warnings():
+            # With no entity at all, seqeval's macro average takes the mean of an empty array; we do not report it.
+            warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+            warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
+            report = seqeval.metrics.classification_report(
+                y_true=references,
+                y_pred=predictions,
+                output_dict=True,
+                mode=mode,
+                scheme=scheme_class,
+                zero_division=0,
+            )
+        overall = report["micro avg"]
+        results: dict[str, Any] = {
+            "overall_precision": float(overall["precision"]),
+            "overall_recall": float(overall["recall"]),
+            "overall_f1": float(overall["f1-score"]),
+            "overall_accuracy": float(seqeval.metrics.accuracy_score(y_true=references, y_pred=predictions)),
+        }
+        for entity, scores in report.items():
+            if entity in _REPORT_AVERAGES:
+                continue
+            results[entity] = {
+                "precision": float(scores["precision"]),
+                "recall": float(scores["recall"]),
+                "f1": float(scores["f1-score"]),
+                "number": int(scores["support"]),
+            }
+        return results
+
+
+def _logits(eval_prediction: EvalPrediction) -> np.ndarray:
+    """The first prediction array: models that return extra outputs give the Trainer a tuple (logits, ...)."""
+    predictions = eval_prediction.predictions
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
+    return np.asarray(predictions)
+
+
+def token_classification_metrics(label_names: Sequence[str]) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Build a ``compute_metrics`` for token classification that scores entities with [`Seqeval`].
+
+    Args:
+        label_names: Tag names in label-id order (``[config.id2label[i] for i in range(num_labels)]``).
+
+    Returns:
+        A function of an ``EvalPrediction`` whose ``predictions`` are logits ``(N, L, C)`` (or already-argmaxed ids
+        ``(N, L)``) and whose ``label_ids`` are ``(N, L)`` with ``-100`` at ignored positions (special tokens, later
+        sub-words, padding). Those positions are dropped before scoring. It returns ``precision``, ``recall``, ``f1``
+        (entity-level micro averages), ``accuracy`` (token-level) and ``<TYPE>_f1`` for each entity type that occurs
+        in the references or predictions.
+    """
+    names = list(label_names)
+    metric = Seqeval(keep_in_memory=True)
+
+    def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
+        predictions = _logits(eval_prediction)
+        label_ids = np.asarray(eval_prediction.label_ids)
+        if predictions.ndim == label_ids.ndim + 1:
+            predictions = predictions.argmax(axis=-1)
+        if predictions.shape != label_ids.shape:
+            raise ValueError(
+                f"Predictions of shape {predictions.shape} do not match labels of shape {label_ids.shape}; expected "
+                "logits (N, L, C) or ids (N, L) for labels (N, L). Check `preprocess_logits_for_metrics`."
+            )
+        if predictions.size and int(predictions.max()) >= len(names):
+            raise ValueError(
+                f"A predicted id is {int(predictions.max())}, but `label_names` has only {len(names)} entries; pass "
+                "the model's labels in id order, e.g. `[config.id2label[i] for i in range(config.num_labels)]`."
+            )
+        keep = label_ids != IGNORE_INDEX
+        references = [[names[i] for i in row[mask]] for row, mask in zip(label_ids, keep, strict=True)]
+        predicted = [[names[i] for i in row[mask]] for row, mask in zip(predictions, keep, strict=True)]
+        scores = metric.compute(predictions=predicted, references=references)
+        results = {
+            "precision": scores["overall_precision"],
+            "recall": scores["overall_recall"],
+            "f1": scores["overall_f1"],
+            "accuracy": scores["overall_accuracy"],
+        }
+        for entity, entity_scores in scores.items():
+            if isinstance(entity_scores, dict):
+                results[f"{entity}_f1"] = entity_scores["f1"]
+        return results
+
+    return compute_metrics
+
+
+def _f1(true_positives: int, false_positives: int, false_negatives: int) -> float:
+    """F1 = 2TP / (2TP + FP + FN), and 0 when the class never occurs in labels or predictions."""
+    denominator = 2 * true_positives + false_positives + false_negatives
+    return 2 * true_positives / denominator if denominator else 0.0
+
+
+def sequence_classification_metrics(num_labels: int = 2) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Build a ``compute_metrics`` for sequence classification: accuracy and F1.
+
+    F1 is the binary F1 of class 1 when ``num_labels == 2`` (as GLUE reports for MRPC/QQP), otherwise the macro
+    average of per-class F1 over the classes that occur in the labels or the predictions (scikit-learn's
+    ``f1_score(average="macro")``).
+
+    Args:
+        num_labels: Number of classes C, at least 2.
+
+    Returns:
+        A function of an ``EvalPrediction`` with ``predictions`` logits ``(N, C)`` (or ids ``(N,)``) and
+        ``label_ids`` ``(N,)``, returning ``{"accuracy": float, "f1": float}``.
+    """
+    if num_labels < 2:
+        raise ValueError(f"`num_labels` must be at least 2 for classification metrics, got {num_labels}.")
+
+    def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
+        predictions = _logits(eval_prediction)
+        labels = np.asarray(eval_prediction.label_ids).reshape(-1)
+        if predictions.ndim == 2:
+            predictions = predictions.argmax(axis=-1)
+        predictions = predictions.reshape(-1)
+        if predictions.shape != labels.shape:
+            raise ValueError(
+                f"Got {predictions.shape[0]} predictions for {labels.shape[0]} labels; expected logits (N, C) or "
+                "ids (N,) for labels (N,)."
+            )
+        accuracy = float((predictions == labels).mean()) if labels.size else 0.0
+        if num_labels == 2:
+            classes = [1]
+        else:
+            classes = np.union1d(np.unique(labels), np.unique(predictions)).tolist()
+        per_class = [
+            _f1(
+                int(np.sum((predictions == c) & (labels == c))),
+                int(np.sum((predictions == c) & (labels != c))),
+                int(np.sum((predictions != c) & (labels == c))),
+            )
+            for c in classes
+        ]
+        f1 = float(np.mean(per_class)) if per_class else 0.0
+        return {"accuracy": accuracy, "f1": f1}
+
+    return compute_metrics

@@ -1,0 +1,159 @@
+"""Create a shallower student from a teacher's own weights (DistilBERT-style initialisation).
+
+The student has the teacher's class and configuration except for its depth. It starts from the teacher's
+embeddings, a chosen subset of its encoder layers (teacher layer ``layers[j]`` becomes student layer ``j``), its
+pooler and its task head, so distillation starts from a model that already represents the task reasonably.
+
+References:
+    - Sanh, Debut, Chaumond & Wolf (2019), "DistilBERT, a distilled version of BERT: smaller, faster, cheaper and
+      lighter", arXiv:1910.01108, section 3: the student is initialised from the teacher by taking one layer out
+      of two.
+    - Sun, Cheng, Gan & Liu (2019), "Patient Knowledge Distillation for BERT Model Compression" (PKD-Skip/Last),
+      which compares choices of teacher layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import re
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# `<base>.encoder.layer.<i>.` (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ...) and `<base>.transformer.layer.<i>.`
+# (DistilBERT). The prefix is captured so that only one layer stack is remapped.
+_LAYER_KEY = re.compile(r"^(?P<stack>(?:.+\.)?(?:encoder|transformer)\.layer)\.(?P<index>\d+)\.(?P<rest>.+)$")
+_SUPPORTED = (
+    "BERT-family encoders with layers under `<base>.encoder.layer.<i>.` and `config.num_hidden_layers` (BERT, "
+    "RoBERTa, XLM-RoBERTa, ELECTRA, DeBERTa, ...), and DistilBERT (`distilbert.transformer.layer.<i>.`, "
+    "`config.n_layers`)"
+)
+
+
+def _layer_count_attribute(teacher: PreTrainedModel) -> str:
+    """Name of the config attribute that holds the depth (``n_layers`` for DistilBERT, else ``num_hidden_layers``)."""
+    config = teacher.config
+    attribute = config.attribute_map.get("num_hidden_layers", "num_hidden_layers")
+    if not isinstance(getattr(config, attribute, None), int):
+        raise ValueError(
+            f"Cannot create a student from {type(teacher).__name__}: its config has no integer `{attribute}`. "
+            f"create_student supports {_SUPPORTED}."
+        )
+    return attribute
+
+
+def _layer_stack(teacher: PreTrainedModel, state_keys: Sequence[str], num_layers: int) -> str:
+    """Find the state-dict prefix of the teacher's encoder layers, e.g. ``"bert.encoder.layer"``."""
+    stacks: dict[str, set[int]] = {}
+    for key in state_keys:
+        match = _LAYER_KEY.match(key)
+        if match:
+            stacks.setdefault(match["stack"], set()).add(int(match["index"]))
+    name = type(teacher).__name__
+    if len(stacks) != 1:
+        found = "no encoder layers" if not stacks else f"several layer stacks {sorted(stacks)}"
+        raise ValueError(
+            f"Cannot create a student from {name}: found {found} in its state dict. create_student supports "
+            f"{_SUPPORTED}. For another architecture, build the student from a config and train it from scratch."
+        )
+    ((stack, indices),) = stacks.items()
+    if indices != set(range(num_layers)):
+        raise ValueError(
+            f"Cannot create a student from {name}: its config says {num_layers} layers but the state dict has layers "
+            f"{sorted(indices)} under {stack!r}. create_student supports {_SUPPORTED}."
+        )
+    return stack
+
+
+def _validate_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+    """Check that ``layers`` is a non-empty, strictly increasing list of indices in ``[0, num_layers)``."""
+    layers = [operator.index(layer) for layer in layers]
+    if not layers:
+        raise ValueError(f"`layers` is empty; choose at least one teacher layer in [0, {num_layers}), e.g. [0].")
+    for layer in layers:
+        if not 0 <= layer < num_layers:
+            raise ValueError(
+                f"`layers` contains {layer}, but the teacher has {num_layers} layers: valid indices are "
+                f"[0, {num_layers - 1}]."
+            )
+    duplicates = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if duplicates:
+        raise ValueError(f"`layers` repeats {duplicates}; each teacher layer can be copied only once.")
+    if layers != sorted(layers):
+        raise ValueError(
+            f"`layers` must be strictly increasing so that the student keeps the teacher's layer order, got {layers}; "
+            f"did you mean {sorted(layers)}?"
+        )
+    return layers
+
+
+def create_student(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
+    """Build a student of the teacher's class with ``len(layers)`` layers, initialised from the teacher's weights.
+
+    Every student weight is copied from the teacher by state-dict key: the embeddings, the pooler and the task head
+    under the same keys, and encoder layer ``j`` from teacher layer ``layers[j]``. DistilBERT took every other layer
+    (``layers=[0, 2, 4, 6, 8, 10]`` from a 12-layer BERT).
+
+    The teacher is not modified and shares no tensor with the student. The student has a deep copy of the teacher's
+    config (so ``id2label``/``label2id`` and ``num_labels`` carry over) with the depth set to ``len(layers)``; it is
+    on the teacher's device and dtype, and in the mode a freshly constructed model has (training mode).
+
+    Args:
+        teacher: A model of a supported family (see below), e.g. ``BertForTokenClassification`` with 12 layers.
+        layers: Teacher layer indices to keep, strictly increasing, each in ``[0, teacher_layers)``.
+
+    Returns:
+        The student model, e.g. a 6-layer ``BertForTokenClassification``.
+
+    Raises:
+        ValueError: ``layers`` is empty, unsorted, repeated or out of range; or the architecture is not one of the
+            supported families: BERT-style encoders with layers under ``<base>.encoder.layer.<i>.`` and
+            ``config.num_hidden_layers`` (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ...) and DistilBERT
+            (``transformer.layer.<i>.``, ``config.n_layers``).
+    """
+    attribute = _layer_count_attribute(teacher)
+    num_layers = getattr(teacher.config, attribute)
+    teacher_state = teacher.state_dict()
+    stack = _layer_stack(teacher, list(teacher_state), num_layers)
+    layers = _validate_layers(layers, num_layers)
+
+    config = copy.deepcopy(teacher.config)
+    setattr(config, attribute, len(layers))
+    student = type(teacher)(config)
+    student.to(device=teacher.device, dtype=teacher.dtype)
+
+    student_state = {}
+    used = set()
+    for key in student.state_dict():
+        match = _LAYER_KEY.match(key)
+        if match and match["stack"] == stack:
+            source = f"{stack}.{layers[int(match['index'])]}.{match['rest']}"
+        else:
+            source = key
+        if source not in teacher_state:
+            raise ValueError(
+                f"Cannot create a student from {type(teacher).__name__}: student weight {key!r} has no teacher weight "
+                f"{source!r}. create_student supports {_SUPPORTED}."
+            )
+        student_state[key] = teacher_state[source]
+        used.add(source)
+
+    with torch.no_grad():
+        student.load_state_dict(student_state, strict=True)
+
+    unused = [key for key in teacher_state if key not in used and not key.startswith(f"{stack}.")]
+    if unused:
+        logger.warning("These teacher weights have no place in the student and were not copied: %s", unused)
+    logger.info(
+        "Created a %d-layer %s from teacher layers %s (of %d).",
+        len(layers),
+        type(student).__name__,
+        layers,
+        num_layers,
+    )
+    return student

@@ -1,0 +1,286 @@
+"""`DistillationTrainer`: a `transformers.Trainer` that trains a student against a frozen teacher.
+
+The trainer wires things together; the maths lives in `losses.py`, the schedules in `schedules.py` and the
+compatibility checks in `checks.py`.
+
+How the pieces fit:
+- The teacher is a trainer attribute, not a submodule of the student, so it is never in the optimizer and never
+  saved with the student. Accelerate places it after `Trainer.__init__` with `prepare_model(evaluation_mode=True)`
+  (device and mixed precision, no DDP wrapper). It is in `eval()` mode and frozen.
+- `get_batch_samples` counts, over the whole accumulated batch (and across processes), the distilled positions and
+  the labelled positions. `compute_loss` divides each summed term by its count, so gradient accumulation gives the
+  full-batch update and every token weighs the same however tokens fall into micro-batches.
+- Evaluation runs the student alone (stock Trainer loss and metrics); the teacher is not run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+)
+
+from .checks import TOKEN_CLASSIFICATION, check_teacher_student, check_tokenizer, check_train_dataset, infer_task
+from .config import DistillationArguments
+from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective
+from .schedules import scheduled_value
+
+logger = logging.getLogger(__name__)
+
+_AUTO_CLASSES = {
+    TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
+    "sequence_classification": AutoModelForSequenceClassification,
+}
+
+
+class DistillationTrainer(Trainer):
+    """Train `model` (the student) to match `teacher_model` while also fitting the labels.
+
+    Args:
+        model: the student, a sequence- or token-classification model.
+        teacher_model: the fine-tuned teacher, a model or a local path / Hub id loaded with the student's Auto
+            class. It must share the student's vocabulary and labels (checked at init).
+        args: a [`DistillationArguments`].
+        Other arguments are those of `transformers.Trainer`.
+
+    The loss is `alpha · distill + (1 - alpha) · CE(labels)` (see `DistillationArguments`); its components are
+    logged as `kd_loss` and `ce_loss`, with the current `temperature` and `alpha`, averaged over each logging window.
+    """
+
+    # compute_loss divides by counts over the whole accumulated batch, so Trainer must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        teacher_model: PreTrainedModel | nn.Module | str,
+        args: DistillationArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+    ):
+        if args is None:
+            args = DistillationArguments(output_dir="tmp_trainer")
+        if not isinstance(args, DistillationArguments):
+            raise ValueError(
+                f"`args` is a {type(args).__name__}; DistillationTrainer needs `hf_distill.DistillationArguments`, "
+                "which takes every TrainingArguments field plus the distillation settings."
+            )
+        if model is None:
+            raise ValueError("`model` (the student) is required; `model_init` is not supported by DistillationTrainer.")
+        self.task = infer_task(model, "student")
+        if isinstance(teacher_model, str):
+            teacher_model = _load_teacher(teacher_model, self.task)
+        if teacher_model is None:
+            raise ValueError("`teacher_model` is required: pass a fine-tuned model, a local path or a Hub id.")
+        check_teacher_student(teacher_model, model)
+        check_tokenizer(processing_class, teacher_model)
+        check_train_dataset(train_dataset, args.needs_labels)
+        if self.task == TOKEN_CLASSIFICATION and args.distill_positions == "all_subwords":
+            if processing_class is None or not hasattr(processing_class, "all_special_ids"):
+                raise ValueError(
+                    "`distill_positions='all_subwords'` needs the tokenizer to tell special tokens apart: pass "
+                    "`processing_class=tokenizer`."
+                )
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        self.teacher_model = self._prepare_teacher(teacher_model)
+        forward = inspect.signature(self.accelerator.unwrap_model(self.teacher_model).forward).parameters
+        self._teacher_inputs = {name for name in forward if name not in ("labels", "kwargs", "args")}
+        special = getattr(processing_class, "all_special_ids", None) or []
+        self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+        self._window = _LossWindow()
+
+    # ---- teacher ---------------------------------------------------------------------------------------------
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        teacher.requires_grad_(False)
+        teacher.eval()
+        if self.is_deepspeed_enabled:
+            stage = self.accelerator.state.deepspeed_plugin.zero_stage
+            if stage == 3:
+                raise ValueError(
+                    "DeepSpeed ZeRO-3 shards parameters across processes, and a teacher outside the DeepSpeed engine "
+                    "cannot be sharded with it. Use ZeRO-2 or FSDP for the student (the teacher is then replicated "
+                    "and run in inference mode), or precompute the teacher's logits."
+                )
+            return teacher.to(self.args.device)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True).eval()
+
+    @torch.inference_mode()
+    def _teacher_forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        outputs = self.teacher_model(**{k: v for k, v in inputs.items() if k in self._teacher_inputs})
+        return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+
+    def teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The teacher's logits for a batch, as an ordinary (autograd-usable) tensor without gradient."""
+        return self._teacher_forward(inputs).clone()
+
+    # ---- schedules and positions -------------------------------------------------------------------------------
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the optimizer steps done, in [0, 1]."""
+        return self.state.global_step / max(self.state.max_steps, 1)
+
+    @property
+    def current_temperature(self) -> float:
+        a = self.args
+        return scheduled_value(a.temperature, a.final_temperature, self.progress, a.temperature_schedule)
+
+    @property
+    def current_alpha(self) -> float:
+        a = self.args
+        return scheduled_value(a.alpha, a.final_alpha, self.progress, a.alpha_schedule)
+
+    def distill_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """Bool mask of the positions to distil: (B,) for sequence classification, (B, L) for tokens."""
+        input_ids = inputs["input_ids"]
+        if self.task != TOKEN_CLASSIFICATION:
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.args.distill_positions == "first_subword":
+            labels = inputs.get("labels")
+            if labels is None:
+                raise ValueError(
+                    "`distill_positions='first_subword'` distils the positions whose label is not -100, but this "
+                    "batch has no `labels`. For unlabeled text use `distill_positions='all_subwords'`."
+                )
+            return labels.ne(IGNORE_INDEX)
+        mask = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
+        return mask & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
+
+    # ---- loss ----------------------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Collect the micro-batches of one optimizer step and count their distilled and labelled positions.
+
+        Returns `(batches, counts)` where `counts` is a tensor `[distilled, labelled]` summed over the micro-batches
+        (and over processes when `average_tokens_across_devices`). Trainer passes it to `compute_loss` as
+        `num_items_in_batch`.
+        """
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = torch.zeros(2, dtype=torch.long)
+        for batch in batch_samples:
+            counts[0] += self.distill_mask(batch).sum().cpu()
+            labels = batch.get("labels")
+            if labels is not None:
+                counts[1] += labels.ne(IGNORE_INDEX).sum().cpu()
+        counts = counts.to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
+        return batch_samples, counts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            # Evaluation and prediction: the student alone, exactly as the stock Trainer scores it.
+            return super().compute_loss(model, inputs, return_outputs=return_outputs)
+        labels = inputs.get("labels")
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**model_inputs)
+        alpha, temperature = self.current_alpha, self.current_temperature
+        teacher_logits = self.teacher_logits(model_inputs) if alpha > 0 else None
+
+        kd_normalizer = ce_normalizer = None
+        scale = 1.0
+        if torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 2:
+            kd_normalizer, ce_normalizer = num_items_in_batch[0], num_items_in_batch[1]
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                # Counts are global; DDP averages gradients over processes, so undo that mean.
+                scale = float(self.args.world_size)
+        parts = distillation_objective(
+            outputs["logits"],
+            teacher_logits,
+            labels,
+            self.distill_mask(inputs),
+            alpha=alpha,
+            temperature=temperature,
+            distill_loss=self.args.distill_loss,
+            teacher_labels=self.args.teacher_labels,
+            kd_normalizer=kd_normalizer,
+            ce_normalizer=ce_normalizer,
+        )
+        self._window.add(parts, temperature, alpha)
+        loss = parts.loss * scale
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- logging ----------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._window.steps:
+            logs.update(self._window.averages(self.accelerator))
+            self._window = _LossWindow()
+        super().log(logs, start_time)
+
+
+class _LossWindow:
+    """Sums of the loss components since the last log, kept as tensors so that no step waits on the device."""
+
+    def __init__(self):
+        self.steps = 0
+        self.sums: torch.Tensor | None = None
+        self.temperature = 0.0
+        self.alpha = 0.0
+
+    def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
+        row = torch.stack([parts.kd_sum.float(), parts.kd_count.float(), parts.ce_sum.float(), parts.ce_count.float()])
+        self.sums = row if self.sums is None else self.sums + row
+        self.temperature += temperature
+        self.alpha += alpha
+        self.steps += 1
+
+    def averages(self, accelerator) -> dict[str, float]:
+        sums = accelerator.reduce(self.sums, reduction="sum") if accelerator.num_processes > 1 else self.sums
+        kd_sum, kd_count, ce_sum, ce_count = sums.tolist()
+        logs = {"temperature": self.temperature / self.steps, "alpha": self.alpha / self.steps}
+        if kd_count > 0:
+            logs["kd_loss"] = kd_sum / kd_count
+        if ce_count > 0:
+            logs["ce_loss"] = ce_sum / ce_count
+        return logs
+
+
+def _load_teacher(name_or_path: str, task: str) -> PreTrainedModel:
+    auto = _AUTO_CLASSES[task]
+    looks_local = os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(
+            f"The teacher directory {name_or_path!r} does not exist. Pass the directory where the fine-tuned teacher "
+            "was saved (`save_pretrained`), or a Hub id such as 'dslim/bert-base-NER'."
+        )
+    try:
+        return auto.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"Could not load the teacher {name_or_path!r} with {auto.__name__}: {err}\n"
+            "Pass a local directory that holds a fine-tuned checkpoint (config.json and weights), or a Hub id "
+            "you can reach (check the spelling, your network, and `hf auth login` for private models)."
+        ) from err

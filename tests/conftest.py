@@ -1,0 +1,53 @@
+"""Shared offline fixtures: a tokenizer from a vocab the test writes, and tiny BERT models built from a config."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizerFast
+
+WORDS = (
+    "the a of and to in is was for on with as by at from he she it they we john mary paris london berlin acme corp "
+    "bank city river went lives works visited good bad great awful movie film plot actor . , ! ?"
+).split()
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+
+
+@pytest.fixture(scope="session")
+def vocab_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    # A few word pieces so that some words split into several sub-words.
+    pieces = ["lon", "##don", "par", "##is", "##s", "##ed", "##ing"]
+    path.write_text("\n".join(specials + WORDS + pieces) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(vocab_file):
+    return BertTokenizerFast(vocab=vocab_file, do_lower_case=True)
+
+
+def tiny_config(vocab_size, num_labels, layers=2, hidden=32, **kwargs):
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        **kwargs,
+    )
+
+
+def tiny_token_model(tokenizer, labels=NER_LABELS, layers=2, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    config = tiny_config(
+        len(tokenizer), len(labels), layers=layers,
+        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)}, **kwargs,
+    )
+    return BertForTokenClassification(config)
+
+
+def tiny_sequence_model(tokenizer, num_labels=2, layers=2, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_config(len(tokenizer), num_labels, layers=layers, **kwargs))

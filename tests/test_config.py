@@ -1,0 +1,70 @@
+"""DistillationArguments validation and the schedules."""
+
+import math
+
+import pytest
+
+from hf_distill import DistillationArguments, scheduled_value
+
+
+def make(**kwargs):
+    return DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, **kwargs)
+
+
+def test_defaults():
+    args = make()
+    assert (args.temperature, args.alpha, args.distill_loss, args.teacher_labels, args.distill_positions) == (
+        2.0, 0.5, "kl", "soft", "first_subword")
+    assert args.needs_labels
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0.0}, r"`temperature` must be > 0, got 0.0"),
+        ({"temperature": -1.0}, r"`temperature` must be > 0, got -1.0"),
+        ({"final_temperature": 0.0, "temperature_schedule": "linear"}, r"`final_temperature` must be > 0"),
+        ({"temperature_schedule": "exp"}, r"`temperature_schedule` must be one of .*got 'exp'"),
+        ({"temperature_schedule": "linear"}, r"`final_temperature` is not set"),
+        ({"final_temperature": 1.0}, r"would be ignored"),
+        ({"alpha": 1.3}, r"`alpha` must be in \[0, 1\], got 1.3"),
+        ({"alpha": -0.1}, r"`alpha` must be in \[0, 1\], got -0.1"),
+        ({"final_alpha": 2.0, "alpha_schedule": "cosine"}, r"`final_alpha` must be in \[0, 1\], got 2.0"),
+        ({"alpha_schedule": "cosine"}, r"`final_alpha` is not set"),
+        ({"distill_loss": "js"}, r"`distill_loss` must be one of 'kl', 'mse', 'soft_ce', got 'js'"),
+        ({"teacher_labels": "argmax"}, r"`teacher_labels` must be one of"),
+        ({"distill_positions": "last"}, r"`distill_positions` must be one of"),
+        ({"teacher_labels": "hard", "distill_loss": "mse"}, r"cannot express"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(**kwargs)
+
+
+def test_needs_labels_follows_the_alpha_schedule():
+    assert not make(alpha=1.0).needs_labels
+    assert make(alpha=1.0, final_alpha=0.5, alpha_schedule="linear").needs_labels
+
+
+def test_schedules():
+    assert scheduled_value(4.0, None, 0.7, "constant") == 4.0
+    assert scheduled_value(4.0, 1.0, 0.0, "linear") == 4.0
+    assert scheduled_value(4.0, 1.0, 0.5, "linear") == pytest.approx(2.5)
+    assert scheduled_value(4.0, 1.0, 1.0, "linear") == pytest.approx(1.0)
+    assert scheduled_value(4.0, 1.0, 0.5, "cosine") == pytest.approx(2.5)
+    assert scheduled_value(4.0, 1.0, 0.25, "cosine") == pytest.approx(1.0 + 3.0 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert scheduled_value(4.0, 1.0, 1.7, "linear") == pytest.approx(1.0)  # clipped
+    with pytest.raises(ValueError, match="Unknown schedule"):
+        scheduled_value(1.0, 2.0, 0.5, "step")
+
+
+def test_help_texts_are_documented():
+    import dataclasses
+
+    new = {"temperature", "final_temperature", "temperature_schedule", "alpha", "final_alpha", "alpha_schedule",
+           "distill_loss", "teacher_labels", "distill_positions"}
+    fields = {f.name: f for f in dataclasses.fields(DistillationArguments)}
+    for name in new:
+        assert fields[name].metadata.get("help"), name
+        assert name in DistillationArguments.__doc__, name

@@ -1,0 +1,246 @@
+"""Tests for hf_distill.data: CoNLL reading, label alignment to sub-words, text classification files."""
+
+from pathlib import Path
+
+import datasets
+import pytest
+from conftest import NER_LABELS
+from transformers import BertTokenizerFast, BertTokenizerLegacy, DataCollatorForTokenClassification
+
+from hf_distill.data import conll_label_names, load_text_classification_file, read_conll, tokenize_and_align_labels
+
+CONLL_4_COLUMNS = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+
+
+BRUSSELS NNP B-NP B-LOC
+"""
+
+CONLL_2_COLUMNS = "John B-PER\nlives O\nin O\nLondon B-LOC\n\nMary B-PER\n"
+
+LABEL_IDS = {name: index for index, name in enumerate(NER_LABELS)}
+
+
+def write(tmp_path: Path, text: str, name: str = "data.txt") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def wordpiece_tokenizer(vocab_file):
+    """A fast tokenizer that really uses conftest's vocab (loaded from its folder, so the word pieces apply)."""
+    tokenizer = BertTokenizerFast.from_pretrained(str(Path(vocab_file).parent))
+    assert tokenizer.tokenize("Londons") == ["london", "##s"]
+    return tokenizer
+
+
+def test_conll_label_names_lists_o_then_both_tags_of_each_sorted_type():
+    assert conll_label_names(["B-PER", "O", "I-LOC", "B-PER"]) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+def test_conll_label_names_rejects_non_iob2_tag():
+    with pytest.raises(ValueError, match=r"'E-PER' is not an IOB2 tag"):
+        conll_label_names(["O", "E-PER"])
+
+
+def test_read_conll_four_columns_skips_docstart_and_derives_labels(tmp_path):
+    dataset = read_conll(write(tmp_path, CONLL_4_COLUMNS))
+
+    names = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    assert dataset.features["ner_tags"].feature.names == names
+    assert dataset.features["id"] == datasets.Value("string")
+    assert dataset["id"] == ["0", "1", "2"]
+    assert dataset["tokens"] == [["EU", "rejects", "German"], ["Peter", "Blackburn"], ["BRUSSELS"]]
+    assert dataset["ner_tags"] == [[5, 0, 3], [7, 8], [1]]
+
+
+def test_read_conll_two_columns_with_given_label_names(tmp_path):
+    dataset = read_conll(write(tmp_path, CONLL_2_COLUMNS), label_names=NER_LABELS)
+
+    assert dataset.features["ner_tags"].feature.names == NER_LABELS
+    assert dataset["tokens"] == [["John", "lives", "in", "London"], ["Mary"]]
+    assert dataset["ner_tags"] == [[1, 0, 0, 5], [1]]
+
+
+def test_read_conll_real_train_file_if_present():
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003" / "train.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    dataset = read_conll(path)
+    assert len(dataset) == 14041
+    assert dataset.features["ner_tags"].feature.names == [
+        "O",
+        "B-LOC",
+        "I-LOC",
+        "B-MISC",
+        "I-MISC",
+        "B-ORG",
+        "I-ORG",
+        "B-PER",
+        "I-PER",
+    ]
+
+
+def test_read_conll_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_conll(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_read_conll_empty_file(tmp_path, text):
+    with pytest.raises(ValueError, match="is empty"):
+        read_conll(write(tmp_path, text))
+
+
+def test_read_conll_docstart_only_has_no_sentences(tmp_path):
+    with pytest.raises(ValueError, match="has no sentences"):
+        read_conll(write(tmp_path, "-DOCSTART- -X- -X- O\n\n"))
+
+
+def test_read_conll_ragged_columns_names_the_line(tmp_path):
+    path = write(tmp_path, "EU NNP B-NP B-ORG\nrejects VBZ O\n")
+    with pytest.raises(ValueError, match=r"data\.txt, line 2: ragged columns, found 3 columns .* has 4"):
+        read_conll(path)
+
+
+def test_read_conll_single_column_names_the_line(tmp_path):
+    path = write(tmp_path, "John B-PER\n\nlives\n")
+    with pytest.raises(ValueError, match=r"line 3: found a single column \('lives'\)"):
+        read_conll(path)
+
+
+def test_read_conll_unknown_tag_lists_known_labels(tmp_path):
+    path = write(tmp_path, "John B-PER\nAcme B-COMPANY\n")
+    with pytest.raises(ValueError, match=r"line 2: tag 'B-COMPANY' is not one of the known labels \['O', 'B-PER'"):
+        read_conll(path, label_names=NER_LABELS)
+
+
+def test_read_conll_non_iob2_tag_names_the_line(tmp_path):
+    path = write(tmp_path, "John B-PER\n\nParis S-LOC\n")
+    with pytest.raises(ValueError, match=r"line 3: tag 'S-LOC' is not an IOB2 tag"):
+        read_conll(path)
+
+
+def test_read_conll_rejects_duplicate_label_names(tmp_path):
+    with pytest.raises(ValueError, match=r"lists \['O'\] more than once"):
+        read_conll(write(tmp_path, CONLL_2_COLUMNS), label_names=["O", *NER_LABELS])
+
+
+def test_align_labels_first_subword_gets_the_label(wordpiece_tokenizer):
+    words = ["John", "lives", "in", "Londons", "."]
+    tags = [LABEL_IDS[t] for t in ["B-PER", "O", "O", "B-LOC", "O"]]
+
+    encoding = tokenize_and_align_labels({"tokens": [words], "ner_tags": [tags]}, wordpiece_tokenizer)
+
+    assert wordpiece_tokenizer.convert_ids_to_tokens(encoding["input_ids"][0]) == [
+        "[CLS]",
+        "john",
+        "lives",
+        "in",
+        "london",
+        "##s",
+        ".",
+        "[SEP]",
+    ]
+    assert encoding["labels"] == [[-100, 1, 0, 0, 5, -100, 0, -100]]
+
+
+def test_align_labels_truncates_to_max_length(wordpiece_tokenizer):
+    words = ["Mary", "visited", "Paris", "and", "Berlin"]
+    tags = [LABEL_IDS[t] for t in ["B-PER", "O", "B-LOC", "O", "B-LOC"]]
+
+    encoding = tokenize_and_align_labels({"tokens": [words], "ner_tags": [tags]}, wordpiece_tokenizer, max_length=5)
+
+    assert len(encoding["input_ids"][0]) == 5
+    assert encoding["labels"] == [[-100, 1, 0, 5, -100]]
+
+
+def test_align_labels_without_tags_returns_encoding_only(wordpiece_tokenizer):
+    encoding = tokenize_and_align_labels({"tokens": [["John", "went"]]}, wordpiece_tokenizer)
+    assert "labels" not in encoding
+    assert len(encoding["input_ids"][0]) == 4
+
+
+def test_align_labels_with_dataset_map_and_collator(tmp_path, wordpiece_tokenizer):
+    dataset = read_conll(write(tmp_path, CONLL_2_COLUMNS), label_names=NER_LABELS)
+    tokenized = dataset.map(
+        tokenize_and_align_labels,
+        batched=True,
+        fn_kwargs={"tokenizer": wordpiece_tokenizer},
+        remove_columns=dataset.column_names,
+    )
+    batch = DataCollatorForTokenClassification(wordpiece_tokenizer)([tokenized[0], tokenized[1]])
+
+    assert batch["labels"].tolist() == [[-100, 1, 0, 0, 5, -100], [-100, 1, -100, -100, -100, -100]]
+    assert batch["attention_mask"].tolist()[1] == [1, 1, 1, 0, 0, 0]
+
+
+def test_align_labels_requires_fast_tokenizer(vocab_file):
+    slow = BertTokenizerLegacy(vocab_file=vocab_file)
+    assert not slow.is_fast
+    with pytest.raises(ValueError, match=r"not a fast tokenizer.*use_fast=True"):
+        tokenize_and_align_labels({"tokens": [["john"]], "ner_tags": [[1]]}, slow)
+
+
+def test_align_labels_rejects_tag_strings(wordpiece_tokenizer):
+    with pytest.raises(ValueError, match="holds tag strings"):
+        tokenize_and_align_labels({"tokens": [["john"]], "ner_tags": [["B-PER"]]}, wordpiece_tokenizer)
+
+
+def test_align_labels_missing_tokens_column_lists_columns(wordpiece_tokenizer):
+    with pytest.raises(ValueError, match=r"Column 'tokens' is missing; found columns \['words'\]"):
+        tokenize_and_align_labels({"words": [["john"]]}, wordpiece_tokenizer)
+
+
+SST_TSV = 'label\tsentence\n1\ta "great" movie\n0\tNA\n'
+
+
+def test_load_tsv_keeps_quotes_and_na_text(tmp_path):
+    dataset = load_text_classification_file(write(tmp_path, SST_TSV, "train.tsv"))
+    assert dataset.column_names == ["label", "sentence"]
+    assert dataset["sentence"] == ['a "great" movie', "NA"]
+    assert dataset["label"] == [1, 0]
+
+
+def test_load_csv_with_custom_columns_and_jsonl(tmp_path):
+    csv_dataset = load_text_classification_file(
+        write(tmp_path, "text,y\ngood film,1\nbad film,0\n", "train.csv"), text_column="text", label_column="y"
+    )
+    assert csv_dataset["text"] == ["good film", "bad film"]
+    json_dataset = load_text_classification_file(
+        write(tmp_path, '{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n', "train.jsonl")
+    )
+    assert json_dataset["label"] == [1, 0]
+
+
+def test_load_unlabeled_file_with_label_column_none(tmp_path):
+    dataset = load_text_classification_file(write(tmp_path, "sentence\ngood film\n", "test.tsv"), label_column=None)
+    assert dataset["sentence"] == ["good film"]
+
+
+def test_load_missing_label_column_suggests_flag(tmp_path):
+    path = write(tmp_path, "sentence\ngood film\n", "test.tsv")
+    with pytest.raises(
+        ValueError, match=r"no label column 'label'; found columns \['sentence'\].*--label_column_name"
+    ):
+        load_text_classification_file(path)
+
+
+def test_load_missing_text_column_lists_columns(tmp_path):
+    path = write(tmp_path, SST_TSV, "train.tsv")
+    with pytest.raises(ValueError, match=r"no text column 'text'; found columns \['label', 'sentence'\]"):
+        load_text_classification_file(path, text_column="text")
+
+
+def test_load_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_text_classification_file(tmp_path / "missing.tsv")
+    with pytest.raises(ValueError, match=r"unsupported extension '\.parquet'"):
+        load_text_classification_file(write(tmp_path, "x", "data.parquet"))

@@ -1,0 +1,131 @@
+"""Tests for hf_distill.metrics against hand-computed scores."""
+
+import numpy as np
+import pytest
+from conftest import NER_LABELS
+from transformers import EvalPrediction
+
+from hf_distill.metrics import Seqeval, sequence_classification_metrics, token_classification_metrics
+
+LABEL_IDS = {name: index for index, name in enumerate(NER_LABELS)}
+
+
+def one_hot_logits(tag_rows: list[list[str]]) -> np.ndarray:
+    """Logits (N, L, C) whose argmax is the given tags."""
+    ids = np.array([[LABEL_IDS[tag] for tag in row] for row in tag_rows])
+    return np.eye(len(NER_LABELS), dtype=np.float32)[ids] * 5.0
+
+
+def test_seqeval_one_wrong_entity_type():
+    # Reference entities: PER (John Smith), LOC (Paris), ORG (Acme). The prediction tags Acme as LOC, so
+    # 2 of 3 predicted entities are right and 2 of 3 reference entities are found: P = R = F1 = 2/3.
+    references = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    predictions = [["B-PER", "I-PER", "O", "B-LOC"], ["B-LOC", "O"]]
+
+    scores = Seqeval(keep_in_memory=True).compute(predictions=predictions, references=references)
+
+    assert scores["overall_precision"] == pytest.approx(2 / 3)
+    assert scores["overall_recall"] == pytest.approx(2 / 3)
+    assert scores["overall_f1"] == pytest.approx(2 / 3)
+    assert scores["overall_accuracy"] == pytest.approx(5 / 6)
+    assert scores["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "number": 1}
+    # LOC: 2 predicted, 1 right, 1 in the reference -> P = 1/2, R = 1, F1 = 2/3.
+    assert scores["LOC"]["precision"] == pytest.approx(0.5)
+    assert scores["LOC"]["recall"] == pytest.approx(1.0)
+    assert scores["LOC"]["f1"] == pytest.approx(2 / 3)
+    assert scores["LOC"]["number"] == 1
+    assert scores["ORG"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 1}
+
+
+def test_seqeval_partial_span_is_wrong():
+    # Predicting only "John" of "John Smith" is a different span: P = 0/1, R = 0/1.
+    scores = Seqeval(keep_in_memory=True).compute(predictions=[["B-PER", "O"]], references=[["B-PER", "I-PER"]])
+    assert scores["overall_f1"] == 0.0
+    assert scores["overall_accuracy"] == pytest.approx(0.5)
+
+
+def test_seqeval_strict_iob2_rejects_entity_starting_with_i():
+    # Default (conlleval) matching reads a lone I-PER as an entity; strict IOB2 does not.
+    references = [["I-PER", "O"]]
+    lenient = Seqeval(keep_in_memory=True).compute(predictions=references, references=references)
+    strict = Seqeval(keep_in_memory=True).compute(
+        predictions=references, references=references, scheme="IOB2", mode="strict"
+    )
+    assert lenient["overall_f1"] == 1.0
+    assert strict["overall_f1"] == 0.0
+
+
+def test_seqeval_unknown_scheme():
+    with pytest.raises(ValueError, match=r"`scheme` must be one of .*got 'BIO'"):
+        Seqeval(keep_in_memory=True).compute(predictions=[["O"]], references=[["O"]], scheme="BIO")
+
+
+def test_token_classification_metrics_drops_ignored_positions():
+    # Row 1: [CLS] John Smith lives in Paris [SEP]; row 2: [CLS] Acme works [SEP] [PAD] [PAD] [PAD].
+    label_tags = [["O", "B-PER", "I-PER", "O", "O", "B-LOC", "O"], ["O", "B-ORG", "O", "O", "O", "O", "O"]]
+    label_ids = np.array([[LABEL_IDS[t] for t in row] for row in label_tags])
+    label_ids[:, 0] = -100
+    label_ids[0, 6] = -100
+    label_ids[1, 3:] = -100
+    # Predictions at ignored positions are nonsense on purpose; they must not count. Acme is predicted as LOC.
+    predicted = [
+        ["B-ORG", "B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"],
+        ["B-PER", "B-LOC", "O", "B-PER", "I-PER", "O", "O"],
+    ]
+    compute_metrics = token_classification_metrics(NER_LABELS)
+
+    results = compute_metrics(EvalPrediction(predictions=one_hot_logits(predicted), label_ids=label_ids))
+
+    assert results.keys() == {"precision", "recall", "f1", "accuracy", "PER_f1", "LOC_f1", "ORG_f1"}
+    assert results["precision"] == pytest.approx(2 / 3)
+    assert results["recall"] == pytest.approx(2 / 3)
+    assert results["f1"] == pytest.approx(2 / 3)
+    assert results["accuracy"] == pytest.approx(6 / 7)  # 7 scored tokens, Acme wrong
+    assert results["PER_f1"] == 1.0
+    assert results["LOC_f1"] == pytest.approx(2 / 3)
+    assert results["ORG_f1"] == 0.0
+
+
+def test_token_classification_metrics_accepts_tuple_and_argmaxed_ids():
+    label_ids = np.array([[-100, LABEL_IDS["B-PER"], LABEL_IDS["O"], -100]])
+    logits = one_hot_logits([["O", "B-PER", "O", "O"]])
+    compute_metrics = token_classification_metrics(NER_LABELS)
+
+    from_tuple = compute_metrics(EvalPrediction(predictions=(logits, np.zeros(1)), label_ids=label_ids))
+    from_ids = compute_metrics(EvalPrediction(predictions=logits.argmax(-1), label_ids=label_ids))
+
+    assert from_tuple == from_ids == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "accuracy": 1.0, "PER_f1": 1.0}
+
+
+def test_token_classification_metrics_too_few_label_names():
+    compute_metrics = token_classification_metrics(["O", "B-PER"])
+    with pytest.raises(ValueError, match="has only 2 entries"):
+        compute_metrics(EvalPrediction(predictions=one_hot_logits([["B-LOC"]]), label_ids=np.array([[0]])))
+
+
+def test_sequence_classification_binary_f1_of_class_one():
+    # labels 1 1 0 0 1, predictions 1 0 0 1 1: TP = 2, FP = 1, FN = 1 -> F1 = 4 / 6.
+    labels = np.array([1, 1, 0, 0, 1])
+    logits = np.eye(2)[[1, 0, 0, 1, 1]]
+
+    results = sequence_classification_metrics(2)(EvalPrediction(predictions=logits, label_ids=labels))
+
+    assert results["accuracy"] == pytest.approx(3 / 5)
+    assert results["f1"] == pytest.approx(2 / 3)
+
+
+def test_sequence_classification_macro_f1():
+    # Class 0: TP 1, FP 1, FN 1 -> 1/2. Class 1: TP 1, FP 1, FN 0 -> 2/3. Class 2: TP 0, FP 0, FN 1 -> 0.
+    labels = np.array([0, 0, 1, 2])
+    predictions = np.array([0, 1, 1, 0])
+    logits = np.eye(3)[predictions]
+
+    results = sequence_classification_metrics(3)(EvalPrediction(predictions=logits, label_ids=labels))
+
+    assert results["accuracy"] == pytest.approx(0.5)
+    assert results["f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+
+
+def test_sequence_classification_rejects_one_label():
+    with pytest.raises(ValueError, match="at least 2"):
+        sequence_classification_metrics(1)

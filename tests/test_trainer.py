@@ -1,0 +1,320 @@
+"""DistillationTrainer behaviour on tiny offline models: what it trains, what it leaves alone, what it refuses."""
+
+import pytest
+import torch
+from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
+from datasets import Dataset, DatasetDict
+from transformers import (
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    TrainingArguments,
+)
+
+from hf_distill import DistillationArguments, DistillationTrainer, soft_kl
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+SENTENCES = [
+    "john lives in paris .",
+    "mary works at acme corp in london .",
+    "he went to the city",
+    "she visited berlin and the river bank with john .",
+    "acme corp",
+    "the movie was great , the plot was awful !",
+]
+
+
+def ner_dataset(tokenizer, n=None):
+    """Sentences of different lengths; a label on each word's first sub-word, -100 elsewhere."""
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for i, sentence in enumerate(SENTENCES[:n] if n else SENTENCES):
+        enc = tokenizer(sentence.split(), is_split_into_words=True)
+        previous, labels = None, []
+        for word in enc.word_ids():
+            labels.append(-100 if word is None or word == previous else (i + word) % len(NER_LABELS))
+            previous = word
+        rows["input_ids"].append(enc["input_ids"])
+        rows["attention_mask"].append(enc["attention_mask"])
+        rows["labels"].append(labels)
+    return Dataset.from_dict(rows)
+
+
+def seq_dataset(tokenizer, labels=True):
+    enc = tokenizer(SENTENCES)
+    rows = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if labels:
+        rows["labels"] = [i % 2 for i in range(len(SENTENCES))]
+    return Dataset.from_dict(rows)
+
+
+def make_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=3, learning_rate=1e-3,
+        report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True,
+        train_sampling_strategy="sequential", seed=0,
+    )
+    defaults.update(kwargs)
+    return DistillationArguments(**defaults)
+
+
+def ner_trainer(tokenizer, tmp_path, student=None, teacher=None, dataset=None, **kwargs):
+    return DistillationTrainer(
+        model=student or tiny_token_model(tokenizer, layers=1, seed=1),
+        teacher_model=teacher or tiny_token_model(tokenizer, layers=2, seed=2),
+        args=make_args(tmp_path, **kwargs),
+        train_dataset=dataset if dataset is not None else ner_dataset(tokenizer),
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        processing_class=tokenizer,
+    )
+
+
+def test_teacher_is_frozen_and_unchanged_while_student_learns(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher)
+    trainer.train()
+    assert all(torch.equal(teacher_before[k], v) for k, v in trainer.teacher_model.state_dict().items())
+    assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
+    assert not trainer.teacher_model.training
+    assert any(not torch.equal(student_before[k], v) for k, v in student.state_dict().items())
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in trainer.teacher_model.parameters()}
+    assert not isinstance(trainer.teacher_model, torch.nn.parallel.DistributedDataParallel)
+
+
+def test_compute_loss_matches_hand_computation(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, **NO_DROPOUT),
+                          alpha=0.3, temperature=3.0)
+    batch = DataCollatorForTokenClassification(tokenizer)([ner_dataset(tokenizer)[i] for i in range(3)])
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s = trainer.model(**inputs).logits
+        t = trainer.teacher_model(**inputs).logits
+    mask = batch["labels"].ne(-100)
+    kd = soft_kl(s[mask], t[mask], 3.0).mean()
+    ce = torch.nn.functional.cross_entropy(s[mask], batch["labels"][mask])
+    assert loss.item() == pytest.approx((0.3 * kd + 0.7 * ce).item(), rel=1e-5)
+
+
+def _final_params_after_one_step(tokenizer, tmp_path, batch, accumulation, **kwargs):
+    trainer = ner_trainer(
+        tokenizer, tmp_path,
+        student=tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROPOUT),
+        teacher=tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT),
+        dataset=ner_dataset(tokenizer, n=4), per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0,
+        warmup_steps=0, lr_scheduler_type="constant", **kwargs,
+    )
+    trainer.train()
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("positions", ["first_subword", "all_subwords"])
+def test_gradient_accumulation_matches_full_batch_token_weighted(tokenizer, tmp_path, positions):
+    data = ner_dataset(tokenizer, n=4)
+    first, second = sum(x != -100 for r in data["labels"][:2] for x in r), sum(
+        x != -100 for r in data["labels"][2:] for x in r)
+    assert first != second  # micro-batches hold different numbers of labelled tokens
+    full = _final_params_after_one_step(tokenizer, tmp_path, 4, 1, distill_positions=positions)
+    accumulated = _final_params_after_one_step(tokenizer, tmp_path, 2, 2, distill_positions=positions)
+    initial = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROPOUT).state_dict()
+    moved = [k for k in full if not torch.equal(full[k], initial[k])]
+    assert moved  # the step did something
+    for k in full:
+        assert torch.allclose(full[k], accumulated[k], atol=1e-6), k
+
+
+def test_logs_components_and_schedules_per_window(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=4, logging_steps=2, temperature=4.0, final_temperature=1.0,
+                          temperature_schedule="linear", alpha=0.2, final_alpha=0.6, alpha_schedule="linear")
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for entry in logs:
+        assert entry["kd_loss"] > 0 and entry["ce_loss"] > 0
+    # Steps 1 and 2 run at progress 0 and 1/4, steps 3 and 4 at 2/4 and 3/4: the window averages.
+    assert logs[0]["temperature"] == pytest.approx((4.0 + 3.25) / 2)
+    assert logs[1]["temperature"] == pytest.approx((2.5 + 1.75) / 2)
+    assert logs[0]["alpha"] == pytest.approx((0.2 + 0.3) / 2)
+    assert logs[1]["alpha"] == pytest.approx((0.4 + 0.5) / 2)
+    # The logged total is the alpha-weighted sum of the components (one step per window micro-batch here).
+    assert all(set(entry) >= {"loss", "kd_loss", "ce_loss", "temperature", "alpha"} for entry in logs)
+
+
+def test_evaluation_scores_the_student_without_running_the_teacher(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path)
+    calls = []
+    trainer.teacher_model.register_forward_hook(lambda *a: calls.append(1))
+    data = ner_dataset(tokenizer)
+    metrics = trainer.evaluate(data)
+    assert calls == []
+    batch = DataCollatorForTokenClassification(tokenizer)(list(data))
+    with torch.no_grad():
+        trainer.model.eval()
+        expected = trainer.model(**batch).loss
+    assert metrics["eval_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    trainer.train()
+    assert calls  # training does use it
+
+
+def test_saved_checkpoint_holds_the_student_alone(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    from safetensors.torch import load_file
+
+    for directory in (tmp_path / "out" / "checkpoint-2", tmp_path / "final"):
+        weights = load_file(str(directory / "model.safetensors"))
+        assert set(weights) == set(student.state_dict())
+    reloaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "final").eval()
+    batch = DataCollatorForTokenClassification(tokenizer)(list(ner_dataset(tokenizer)))
+    batch.pop("labels")
+    student.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, student(**batch).logits, atol=1e-6)
+    assert reloaded.config.num_hidden_layers == 1
+
+
+def test_sequence_classification_with_alpha_one_needs_no_labels(tokenizer, tmp_path):
+    trainer = DistillationTrainer(
+        model=tiny_sequence_model(tokenizer, layers=1, seed=1), teacher_model=tiny_sequence_model(tokenizer, seed=2),
+        args=make_args(tmp_path, alpha=1.0), train_dataset=seq_dataset(tokenizer, labels=False),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all("ce_loss" not in h and h["kd_loss"] > 0 for h in logs)
+
+
+def test_unlabeled_token_data_distils_all_subwords(tokenizer, tmp_path):
+    data = ner_dataset(tokenizer).remove_columns("labels")
+    trainer = ner_trainer(tokenizer, tmp_path, dataset=data, alpha=1.0, distill_positions="all_subwords")
+    trainer.train()
+    assert all(h["kd_loss"] > 0 for h in trainer.state.log_history if "loss" in h)
+
+
+def test_all_subwords_mask_excludes_padding_and_specials(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, distill_positions="all_subwords")
+    batch = DataCollatorForTokenClassification(tokenizer)(list(ner_dataset(tokenizer, n=2)))
+    mask = trainer.distill_mask(batch)
+    real = batch["attention_mask"].sum(1) - 2  # minus [CLS] and [SEP]
+    assert mask.sum(1).tolist() == real.tolist()
+    assert not mask[:, 0].any()
+
+
+def test_teacher_given_as_a_path_is_loaded_with_the_students_head(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    teacher.save_pretrained(tmp_path / "teacher")
+    trainer = DistillationTrainer(
+        model=tiny_token_model(tokenizer, layers=1), teacher_model=str(tmp_path / "teacher"),
+        args=make_args(tmp_path), train_dataset=ner_dataset(tokenizer),
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+    )
+    assert type(trainer.teacher_model).__name__ == "BertForTokenClassification"
+    assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
+
+
+# ---- errors at init ---------------------------------------------------------------------------------------------
+
+
+def _init(tokenizer, tmp_path, student, teacher, dataset=None, args=None, **kwargs):
+    return DistillationTrainer(
+        model=student, teacher_model=teacher, args=args or make_args(tmp_path, **kwargs),
+        train_dataset=dataset if dataset is not None else ner_dataset(tokenizer),
+        data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer,
+    )
+
+
+def test_error_vocab_mismatch(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer)
+    teacher = tiny_token_model(tokenizer)
+    teacher.resize_token_embeddings(len(tokenizer) + 7)
+    with pytest.raises(ValueError, match=r"vocab_size is \d+ but student vocab_size is \d+.*share a tokenizer"):
+        _init(tokenizer, tmp_path, student, teacher)
+
+
+def test_error_label_count_mismatch(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"teacher predicts 5 labels but the student predicts 7"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer, labels=NER_LABELS[:5]))
+
+
+def test_error_label_order_mismatch(tokenizer, tmp_path):
+    shuffled = NER_LABELS[1:] + NER_LABELS[:1]
+    with pytest.raises(ValueError, match=r"same labels in a different order.*id2label=teacher.config.id2label"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer, labels=shuffled))
+
+
+def test_error_label_set_mismatch(tokenizer, tmp_path):
+    other = ["O", "B-X", "I-X", "B-Y", "I-Y", "B-Z", "I-Z"]
+    with pytest.raises(ValueError, match=r"different label sets"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer, labels=other))
+
+
+def test_error_head_mismatch(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"teacher has a sequence classification head but the student has a token"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_sequence_model(tokenizer, num_labels=7))
+
+
+def test_error_model_without_classification_head(tokenizer, tmp_path):
+    from conftest import tiny_config
+    from transformers import BertModel
+
+    with pytest.raises(ValueError, match=r"BertModel, which has no sequence- or token-classification head"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), BertModel(tiny_config(len(tokenizer), 7)))
+
+
+def test_error_no_labels_with_alpha_below_one(tokenizer, tmp_path):
+    data = ner_dataset(tokenizer).remove_columns("labels")
+    with pytest.raises(ValueError, match=r"no labels column \(found columns: \['input_ids', 'attention_mask'\]\)"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer), dataset=data)
+
+
+def test_error_dataset_dict_instead_of_split(tokenizer, tmp_path):
+    data = DatasetDict({"train": ner_dataset(tokenizer)})
+    with pytest.raises(ValueError, match=r"Did you mean `dataset\['train'\]`"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer), dataset=data)
+
+
+def test_error_plain_training_arguments(tokenizer, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"needs `hf_distill.DistillationArguments`"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer), args=args)
+
+
+def test_error_tokenizer_not_the_teachers(tokenizer, tmp_path):
+    small = tiny_token_model(tokenizer)
+    small.resize_token_embeddings(10)
+    student = tiny_token_model(tokenizer)
+    student.resize_token_embeddings(10)
+    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the teacher's vocab_size is 10"):
+        _init(tokenizer, tmp_path, student, small)
+
+
+def test_error_all_subwords_without_tokenizer(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"pass `processing_class=tokenizer`"):
+        DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=tiny_token_model(tokenizer),
+                            args=make_args(tmp_path, distill_positions="all_subwords"),
+                            train_dataset=ner_dataset(tokenizer))
+
+
+def test_error_first_subword_on_unlabeled_batch(tokenizer, tmp_path):
+    data = ner_dataset(tokenizer).remove_columns("labels")
+    trainer = ner_trainer(tokenizer, tmp_path, dataset=data, alpha=1.0)
+    with pytest.raises(ValueError, match=r"use `distill_positions='all_subwords'`"):
+        trainer.train()
+
+
+def test_error_teacher_path_that_does_not_exist(tokenizer, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"teacher directory .*no-such-teacher' does not exist"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), str(tmp_path / "no-such-teacher"))
+
+
+def test_error_teacher_directory_without_a_model(tokenizer, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"(?s)Could not load the teacher .*holds a fine-tuned checkpoint"):
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), str(tmp_path / "empty"))
