@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset
 from torch import nn
 
 TOKEN_CLASSIFICATION = "token_classification"
@@ -16,6 +19,7 @@ SEQUENCE_CLASSIFICATION = "sequence_classification"
 _HEADS = {"ForTokenClassification": TOKEN_CLASSIFICATION, "ForSequenceClassification": SEQUENCE_CLASSIFICATION}
 _LABEL_COLUMNS = ("labels", "label", "label_ids")
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+_IGNORE_INDEX = -100
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -100,15 +104,31 @@ def check_tokenizer(tokenizer: Any, teacher: nn.Module) -> None:
         )
 
 
-def check_train_dataset(dataset: Any, needs_labels: bool) -> None:
-    """Check that the training split is a split, and has labels when the hard-label loss is used."""
-    if dataset is None:
-        return
+def _reject_dataset_dict(dataset: Any, name: str) -> None:
+    """Raise if `dataset` is a `DatasetDict` (a mapping of splits) where one split was meant."""
     if hasattr(dataset, "keys") and hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
         splits = list(dataset.keys())
         raise ValueError(
-            f"`train_dataset` is a DatasetDict with splits {splits}, not a single split. "
+            f"`{name}` is a DatasetDict with splits {splits}, not a single split. "
             f"Did you mean `dataset[{splits[0]!r}]`?"
+        )
+
+
+def check_train_dataset(dataset: Any, needs_labels: bool) -> None:
+    """Check that the training split is a split, has rows, and has labels when the hard-label loss is used."""
+    if dataset is None:
+        return
+    _reject_dataset_dict(dataset, "train_dataset")
+    try:
+        n_rows = len(dataset)
+    except TypeError:  # an IterableDataset has no length
+        n_rows = None
+    if n_rows == 0:
+        columns = getattr(dataset, "column_names", None)
+        raise ValueError(
+            f"The training dataset is empty (after filtering?): it has 0 rows (columns: {columns}). Check the "
+            "`filter`/`select` calls that built it (a length or label filter can drop every row) and that the data "
+            "file holds examples."
         )
     columns = getattr(dataset, "column_names", None)
     if needs_labels and columns is not None and not any(c in columns for c in _LABEL_COLUMNS):
@@ -117,3 +137,65 @@ def check_train_dataset(dataset: Any, needs_labels: bool) -> None:
             "hard-label loss. Add a `labels` column, or set `alpha=1.0` (and no `final_alpha` below 1) to train on "
             "the teacher's outputs alone."
         )
+
+
+def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels") -> None:
+    """Check that every class id in `label_column` is in `[0, num_labels)`, ignoring `-100`.
+
+    Works for one label per row (sequence classification, ints) and for a list of labels per row (token
+    classification, with `-100` on the positions to skip). A label outside the range makes cross-entropy fail on
+    CPU with an unhelpful index error, or trigger a device-side assert on GPU, in the middle of training.
+
+    Nothing is checked when the column is absent (`check_train_dataset` covers missing labels), when it holds
+    floats (regression or soft labels, not class ids), or when `dataset` is not an Arrow-backed `datasets.Dataset`
+    (e.g. an `IterableDataset`, which cannot be scanned up front).
+
+    Args:
+        dataset: The split to check, e.g. the tokenised `train_dataset` or `eval_dataset`.
+        num_labels: The number of classes the models predict (`model.config.num_labels`).
+        label_column: The column holding the labels.
+
+    Raises:
+        ValueError: `dataset` is a `DatasetDict`; the column holds strings instead of ids; or a label is negative
+            (other than -100) or at least `num_labels`.
+    """
+    if dataset is None:
+        return
+    _reject_dataset_dict(dataset, "dataset")
+    if not isinstance(dataset, Dataset) or label_column not in dataset.column_names:
+        return
+    column = dataset.with_format("arrow")[label_column]
+    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = None
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        rows = pc.list_parent_indices(values)
+        values = pc.list_flatten(values)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        raise ValueError(
+            f"Column {label_column!r} holds strings (e.g. {values[0].as_py()!r}), but the loss needs class ids. Map "
+            "the names to ids with the teacher's `config.label2id`, or load the file with "
+            "`load_text_classification_file(..., label_names=...)`."
+        )
+    if not pa.types.is_integer(values.type):
+        return
+    outside = pc.and_(
+        pc.not_equal(values, _IGNORE_INDEX),
+        pc.or_(pc.less(values, 0), pc.greater_equal(values, num_labels)),
+    )
+    outside = pc.fill_null(outside, False)
+    n_outside = pc.sum(outside).as_py() or 0
+    if n_outside == 0:
+        return
+    first = pc.indices_nonzero(outside)[0].as_py()
+    value = values[first].as_py()
+    row = first if rows is None else rows[first].as_py()
+    bad = pc.filter(values, outside)
+    low, high = pc.min(bad).as_py(), pc.max(bad).as_py()
+    n_checked = pc.sum(pc.fill_null(pc.not_equal(values, _IGNORE_INDEX), False)).as_py()
+    raise ValueError(
+        f"Column {label_column!r} has the label {value} in row {row} (`dataset[{row}]`), outside the {num_labels} "
+        f"classes the model predicts (ids 0..{num_labels - 1}; -100 marks positions to skip). Out of range: "
+        f"{n_outside} of {n_checked} labels, with values from {low} to {high}. Encode the labels with the teacher's "
+        "`config.label2id`, or, if the data has more classes, use a teacher and student with `num_labels` covering "
+        "them all."
+    )

@@ -4,19 +4,28 @@ Token classification follows the recipe of Transformers' ``run_ner.py`` example:
 with ``is_split_into_words=True`` and only the first sub-word of each word keeps the word's label;
 every other position gets ``-100`` so that losses and metrics ignore it.
 
+Malformed input fails early with a ``ValueError`` (or ``FileNotFoundError``) that names the file, the line or row,
+and the fix, rather than as a parser traceback from deep inside ``datasets`` or as a silently wrong dataset.
+
 References:
     - CoNLL-2003 shared task format: Tjong Kim Sang & De Meulder (2003), "Introduction to the
       CoNLL-2003 Shared Task: Language-Independent Named Entity Recognition".
     - IOB2 tagging: Ramshaw & Marcus (1995); ``B-<type>`` opens an entity, ``I-<type>`` continues it.
+    - IOB1 vs IOB2: Tjong Kim Sang & Veenstra (1999), "Representing Text Chunks". In IOB1 an entity opens with
+      ``I-<type>``; ``B-<type>`` only separates two adjacent entities of the same type.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -26,10 +35,80 @@ IGNORE_INDEX = -100
 
 _DOCSTART = "-DOCSTART-"
 _TEXT_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+_TAG_SCHEMES = ("iob2", "iob1")
+_IOBES_PREFIXES = ("S", "E", "L", "U")
+_UNBOUNDED_LENGTH = 10**12
+"""A ``model_max_length`` above this means the tokenizer does not know the model's limit (transformers uses 1e30)."""
+_JSON_EXAMPLE = '{"sentence": "a great movie", "label": 1}'
+
+
+# ---- files -------------------------------------------------------------------------------------------------------
+
+
+def _require_file(path: str, description: str, extensions: Iterable[str] | None = None) -> None:
+    """Raise unless ``path`` is an existing file; a directory or a near-miss name gets a suggestion."""
+    if os.path.isdir(path):
+        wanted = None if extensions is None else set(extensions)
+        names = sorted(
+            name
+            for name in os.listdir(path)
+            if os.path.isfile(os.path.join(path, name))
+            and (wanted is None or os.path.splitext(name)[1].lower() in wanted)
+        )
+        if names:
+            shown = ", ".join(repr(os.path.join(path, name)) for name in names[:5])
+            hint = f"Pass one of the files in it: {shown}{', ...' if len(names) > 5 else ''}."
+        else:
+            hint = "It holds no data file; pass the path of the file itself."
+        raise ValueError(f"{description} {path!r} is a directory, not a file. {hint}")
+    if os.path.isfile(path):
+        return
+    parent = os.path.dirname(path) or "."
+    if os.path.isdir(parent):
+        close = difflib.get_close_matches(os.path.basename(path), os.listdir(parent), n=3)
+        hint = f" Did you mean {' or '.join(repr(os.path.join(parent, name)) for name in close)}?" if close else ""
+    else:
+        hint = f" Its directory {parent!r} does not exist either."
+    raise FileNotFoundError(
+        f"{description} {path!r} does not exist. Check the path (relative paths start from {os.getcwd()!r}).{hint}"
+    )
+
+
+def _first_lines(path: str, limit: int) -> list[bytes]:
+    """The first ``limit`` non-blank lines of a file, stripped; fewer if the file has fewer."""
+    lines: list[bytes] = []
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                lines.append(line.strip())
+                if len(lines) == limit:
+                    break
+    return lines
+
+
+def _not_utf8_error(path: str) -> ValueError:
+    """A ValueError naming the line of the first byte that is not UTF-8."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        where = f"line {line} has the byte {raw[error.start]:#04x}, which is not valid UTF-8"
+    else:
+        where = "it has bytes that are not valid UTF-8"
+    name = os.path.basename(path)
+    return ValueError(
+        f"{path} is not UTF-8 text: {where}. Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {name} > "
+        f"utf8-{name}` for a Latin-1 file."
+    )
+
+
+# ---- CoNLL -------------------------------------------------------------------------------------------------------
 
 
 def _entity_type(tag: str) -> str | None:
-    """Return the entity type of an IOB2 tag (``"B-PER"`` -> ``"PER"``), ``None`` for ``"O"``.
+    """Return the entity type of an IOB tag (``"B-PER"`` -> ``"PER"``), ``None`` for ``"O"``.
 
     Raises ``ValueError`` for anything else, so that callers can add a file name and line number.
     """
@@ -38,10 +117,20 @@ def _entity_type(tag: str) -> str | None:
     prefix, sep, entity = tag.partition("-")
     if sep and prefix in ("B", "I") and entity:
         return entity
-    raise ValueError(
-        f"tag {tag!r} is not an IOB2 tag: expected 'O', 'B-<type>' or 'I-<type>'. Convert IOB1/IOBES files to IOB2 "
-        "first, or pass `label_names` listing every tag the file uses."
-    )
+    if not sep:
+        hint = (
+            f"A bare type such as {tag!r} (IO tagging) must become 'B-{tag}' on an entity's first word and "
+            f"'I-{tag}' on the words after it, or pass `label_names` listing every tag the file uses to keep the "
+            "tags as they are."
+        )
+    elif prefix in _IOBES_PREFIXES:
+        hint = (
+            "It looks like IOBES/BILOU tagging: convert the file to IOB2 by mapping 'S-'/'U-' to 'B-' and "
+            "'E-'/'L-' to 'I-', or pass `label_names` listing every tag the file uses."
+        )
+    else:
+        hint = "Fix the tag, or pass `label_names` listing every tag the file uses."
+    raise ValueError(f"tag {tag!r} is not an IOB2 tag: expected 'O', 'B-<type>' or 'I-<type>'. {hint}")
 
 
 def conll_label_names(tags: Iterable[str]) -> list[str]:
@@ -67,6 +156,34 @@ def conll_label_names(tags: Iterable[str]) -> list[str]:
     return names
 
 
+def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
+    """Convert the tags of one sentence from IOB1 to IOB2.
+
+    IOB1 opens an entity with ``I-<type>`` and uses ``B-<type>`` only where an entity directly follows another of
+    the same type; IOB2 opens every entity with ``B-<type>``. So an ``I-<type>`` at the start of the sentence, after
+    ``"O"`` or after a tag of another type becomes ``B-<type>``, and every other tag is kept. IOB2 input is returned
+    unchanged.
+
+    Args:
+        tags: One sentence's tags, e.g. ``["I-PER", "I-PER", "O", "I-LOC", "B-LOC"]``.
+
+    Returns:
+        For the example: ``["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]``.
+
+    Raises:
+        ValueError: A tag is neither ``"O"`` nor ``"B-<type>"``/``"I-<type>"``.
+    """
+    converted = []
+    previous_entity = None
+    for tag in tags:
+        entity = _entity_type(tag)
+        if entity is not None and tag.startswith("I-") and entity != previous_entity:
+            tag = f"B-{entity}"
+        converted.append(tag)
+        previous_entity = entity
+    return converted
+
+
 def _split_conll_lines(path: str) -> tuple[list[list[str]], list[list[str]], list[int]]:
     """Parse a CoNLL file into sentences of tokens and tags, plus the line number of each tag (for errors)."""
     all_tokens: list[list[str]] = []
@@ -77,40 +194,48 @@ def _split_conll_lines(path: str) -> tuple[list[list[str]], list[list[str]], lis
     n_columns = None
     seen_content = False
 
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            columns = line.split()
-            if not columns or columns[0] == _DOCSTART:  # a document start also ends the sentence before it
-                seen_content = seen_content or bool(columns)
-                if tokens:
-                    all_tokens.append(tokens)
-                    all_tags.append(tags)
-                    tokens, tags = [], []
-                continue
-            seen_content = True
-            if len(columns) == 1:
-                raise ValueError(
-                    f"{path}, line {line_number}: found a single column ({columns[0]!r}), but a CoNLL token line needs "
-                    "the token in the first column and its tag in the last, separated by whitespace. Add the tag, or "
-                    "check that the file is not tokenised text without labels."
-                )
-            if n_columns is None:
-                n_columns = len(columns)
-            elif len(columns) != n_columns:
-                raise ValueError(
-                    f"{path}, line {line_number}: ragged columns, found {len(columns)} columns but the first token line "
-                    f"has {n_columns}. Every token line must have the same number of whitespace-separated columns; "
-                    "check for a token containing a space or a missing column on this line."
-                )
-            tokens.append(columns[0])
-            tags.append(columns[-1])
-            tag_lines.append(line_number)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                columns = line.split()
+                if not columns or columns[0] == _DOCSTART:  # a document start also ends the sentence before it
+                    seen_content = seen_content or bool(columns)
+                    if tokens:
+                        all_tokens.append(tokens)
+                        all_tags.append(tags)
+                        tokens, tags = [], []
+                    continue
+                seen_content = True
+                if len(columns) == 1:
+                    raise ValueError(
+                        f"{path}, line {line_number}: found a single column ({columns[0]!r}), but a CoNLL token line "
+                        "needs the token in the first column and its tag in the last, separated by whitespace. Add "
+                        "the tag, or check that the file is not tokenised text without labels."
+                    )
+                if n_columns is None:
+                    n_columns = len(columns)
+                elif len(columns) != n_columns:
+                    raise ValueError(
+                        f"{path}, line {line_number}: ragged columns, found {len(columns)} columns but the first "
+                        f"token line has {n_columns}. Every token line must have the same number of "
+                        "whitespace-separated columns; check for a token containing a space or a missing column on "
+                        "this line."
+                    )
+                tokens.append(columns[0])
+                tags.append(columns[-1])
+                tag_lines.append(line_number)
+    except UnicodeDecodeError:
+        raise _not_utf8_error(path) from None
 
     if tokens:
         all_tokens.append(tokens)
         all_tags.append(tags)
     if not seen_content:
-        raise ValueError(f"{path} is empty: expected CoNLL lines `token ... tag` with blank lines between sentences.")
+        blank = " (it holds only whitespace)" if os.path.getsize(path) else ""
+        raise ValueError(
+            f"{path} is empty{blank}: expected CoNLL lines `token ... tag` with blank lines between sentences. "
+            "Check that the file was written completely and that this is the file you meant."
+        )
     if not all_tokens:
         raise ValueError(
             f"{path} has no sentences (only {_DOCSTART} lines and blank lines). Check that this is the right file."
@@ -118,7 +243,54 @@ def _split_conll_lines(path: str) -> tuple[list[list[str]], list[list[str]], lis
     return all_tokens, all_tags, tag_lines
 
 
-def read_conll(path: str | os.PathLike, label_names: Sequence[str] | None = None) -> datasets.Dataset:
+def _check_tag_shapes(path: str, all_tags: list[list[str]], tag_lines: list[int]) -> None:
+    """Raise, naming the line, on the first tag that is not ``O``/``B-<type>``/``I-<type>``."""
+    line_index = 0
+    for sentence_tags in all_tags:
+        for tag in sentence_tags:
+            try:
+                _entity_type(tag)
+            except ValueError as error:
+                raise ValueError(f"{path}, line {tag_lines[line_index]}: {error}") from None
+            line_index += 1
+
+
+def _check_iob2(path: str, all_tags: list[list[str]], tag_lines: list[int]) -> None:
+    """Raise if an ``I-<type>`` opens an entity, which IOB2 forbids and IOB1 does; count how often it happens."""
+    first = None
+    n_entities = n_opened_by_i = 0
+    line_index = 0
+    for sentence_tags in all_tags:
+        previous_tag, previous_entity = None, None
+        for tag in sentence_tags:
+            entity = _entity_type(tag)
+            if entity is not None and (tag.startswith("B-") or entity != previous_entity):
+                n_entities += 1
+                if tag.startswith("I-"):
+                    n_opened_by_i += 1
+                    if first is None:
+                        where = "at the start of a sentence" if previous_tag is None else f"after {previous_tag!r}"
+                        first = (tag_lines[line_index], tag, where)
+            previous_tag, previous_entity = tag, entity
+            line_index += 1
+    if first is not None:
+        line, tag, where = first
+        raise ValueError(
+            f"{path}, line {line}: tag {tag!r} opens an entity ({where}), but in IOB2 every entity opens with "
+            f"'B-<type>' and 'I-<type>' only continues one. {n_opened_by_i} of {n_entities} entities in the file open "
+            "with 'I-', so the file looks like IOB1 tagging (as in the original CoNLL-2003 release). Pass "
+            "`tag_scheme='iob1'` to convert it to IOB2 while reading (each sentence goes through "
+            "`hf_distill.data.iob1_to_iob2`); if only a few entities are affected, they are annotation errors: fix "
+            "those tags in the file."
+        )
+
+
+def read_conll(
+    path: str | os.PathLike,
+    label_names: Sequence[str] | None = None,
+    *,
+    tag_scheme: Literal["iob2", "iob1"] = "iob2",
+) -> datasets.Dataset:
     """Read a CoNLL column file (e.g. CoNLL-2003 ``token POS chunk NER``) into a ``datasets.Dataset``.
 
     Each non-blank line holds whitespace-separated columns: the token comes first and its tag last, any columns in
@@ -129,33 +301,32 @@ def read_conll(path: str | os.PathLike, label_names: Sequence[str] | None = None
         label_names: The label list that fixes the ``ner_tags`` ids, e.g. the teacher's ``id2label`` values in id
             order. If ``None``, it is derived from the file with [`conll_label_names`]. Pass the same list for the
             train, validation and test files so that their ids agree.
+        tag_scheme: ``"iob2"`` (the default): the tags must be IOB2, where every entity opens with ``B-<type>``;
+            an ``I-<type>`` that opens an entity is an error. ``"iob1"``: the file is IOB1 and each sentence is
+            converted to IOB2 with [`iob1_to_iob2`] while reading.
 
     Returns:
         A dataset with one row per sentence and features ``id`` (string, ``"0"``, ``"1"``, ...), ``tokens``
-        (list of strings) and ``ner_tags`` (list of ``ClassLabel(names=label_names)`` ids), one tag per token.
+        (list of strings) and ``ner_tags`` (list of ``ClassLabel(names=label_names)`` ids), one IOB2 tag per token.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The file is empty or has no sentences, a line has a single column, a line has a different number
-            of columns from the first token line, a tag is not in ``label_names``, or (when deriving the labels) a
-            tag is not an IOB2 tag.
+        ValueError: ``path`` is a directory or not UTF-8; the file is empty or has no sentences; a line has a single
+            column, or a different number of columns from the first token line; a tag is not in ``label_names``;
+            (when deriving the labels) a tag is not an IOB2 tag; or (with IOB tags) an ``I-<type>`` opens an entity.
     """
+    if tag_scheme not in _TAG_SCHEMES:
+        raise ValueError(f"`tag_scheme` must be one of {list(_TAG_SCHEMES)}, got {tag_scheme!r}.")
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"CoNLL file {path!r} does not exist. Check the path (relative paths start from {os.getcwd()!r})."
-        )
+    _require_file(path, "CoNLL file")
     all_tokens, all_tags, tag_lines = _split_conll_lines(path)
 
+    if tag_scheme == "iob1":
+        _check_tag_shapes(path, all_tags, tag_lines)
+        all_tags = [iob1_to_iob2(sentence_tags) for sentence_tags in all_tags]
+
     if label_names is None:
-        line_index = 0
-        for sentence_tags in all_tags:
-            for tag in sentence_tags:
-                try:
-                    _entity_type(tag)
-                except ValueError as error:
-                    raise ValueError(f"{path}, line {tag_lines[line_index]}: {error}") from None
-                line_index += 1
+        _check_tag_shapes(path, all_tags, tag_lines)
         label_names = conll_label_names(tag for sentence_tags in all_tags for tag in sentence_tags)
         logger.info("Derived %d labels from %s: %s", len(label_names), path, label_names)
     else:
@@ -180,6 +351,8 @@ def read_conll(path: str | os.PathLike, label_names: Sequence[str] | None = None
             ids.append(tag_id)
             line_index += 1
         all_ids.append(ids)
+    if all(_is_iob_tag(name) for name in label_names):  # always true for derived labels
+        _check_iob2(path, all_tags, tag_lines)
 
     features = datasets.Features(
         {
@@ -191,6 +364,68 @@ def read_conll(path: str | os.PathLike, label_names: Sequence[str] | None = None
     data = {"id": [str(index) for index in range(len(all_tokens))], "tokens": all_tokens, "ner_tags": all_ids}
     logger.info("Read %d sentences (%d tokens) from %s", len(all_tokens), len(tag_lines), path)
     return datasets.Dataset.from_dict(data, features=features)
+
+
+def _is_iob_tag(tag: str) -> bool:
+    try:
+        _entity_type(tag)
+    except ValueError:
+        return False
+    return True
+
+
+# ---- token classification: sub-word alignment -------------------------------------------------------------------
+
+
+def _check_token_batch(examples: dict[str, list[Any]], tokens_column: str, tags_column: str) -> None:
+    """Raise on words that are not pre-split, tags that are strings, or a tag count that differs from the words."""
+    for batch_index, words in enumerate(examples[tokens_column]):
+        if isinstance(words, str):
+            raise ValueError(
+                f"Column {tokens_column!r} holds whole strings (e.g. {words[:40]!r}), but label alignment needs each "
+                "sentence as a list of words. Split the text into words first (the words the tags belong to), or, "
+                "for one label per text, tokenise it as sequence classification instead."
+            )
+        if tags_column not in examples:
+            continue
+        word_tags = examples[tags_column][batch_index]
+        if word_tags and isinstance(word_tags[0], str):
+            raise ValueError(
+                f"Column {tags_column!r} holds tag strings (e.g. {word_tags[0]!r}), but label ids are needed. Read "
+                "the data with `read_conll` (a ClassLabel feature), or map the tags to ids first with the teacher's "
+                "`config.label2id`: `[label2id[tag] for tag in tags]`."
+            )
+        if len(word_tags) != len(words):
+            raise ValueError(
+                f"Example {batch_index} of the batch has {len(words)} words but {len(word_tags)} tags "
+                f"(words: {list(words[:8])}{' ...' if len(words) > 8 else ''}). Each word needs exactly one tag: "
+                f"check that {tokens_column!r} and {tags_column!r} were built from the same split of the sentence."
+            )
+
+
+def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, from_tokenizer: bool) -> None:
+    """Warn if truncation to ``limit`` sub-words dropped whole words (which then get no label)."""
+    truncated = []
+    for batch_index, words in enumerate(batch_words):
+        if len(encoding["input_ids"][batch_index]) < limit:
+            continue
+        word_ids = [word for word in encoding.word_ids(batch_index=batch_index) if word is not None]
+        kept = word_ids[-1] + 1 if word_ids else 0
+        if kept < len(words):
+            truncated.append((batch_index, kept, len(words)))
+    if not truncated:
+        return
+    batch_index, kept, n_words = truncated[0]
+    message = (
+        f"{len(truncated)} of {len(batch_words)} sentences in this batch are longer than %s sub-words and were "
+        f"truncated (e.g. example {batch_index} keeps {kept} of its {n_words} words): the words past the limit get "
+        "no label, so they are neither trained on nor evaluated. Split long sentences before tokenising, or raise "
+        "`max_length` if the model's position embeddings allow it."
+    )
+    if from_tokenizer:  # the limit came from the tokenizer, unasked: warn where the caller will see it
+        warnings.warn(message % f"the tokenizer's model_max_length={limit}", UserWarning, stacklevel=3)
+    else:
+        logger.warning(message, f"max_length={limit}")
 
 
 def tokenize_and_align_labels(
@@ -207,6 +442,11 @@ def tokenize_and_align_labels(
     ``["john", "londons"]`` tagged ``[B-PER, B-LOC]`` that split into ``[CLS] john london ##s [SEP]``, the labels
     are ``[-100, B-PER, B-LOC, -100, -100]``. Nothing is padded: ``DataCollatorForTokenClassification`` pads each
     batch (and pads ``labels`` with ``-100``).
+
+    Sentences longer than the limit are truncated, never passed on at a length the model cannot embed. When words
+    (and so labels) are lost, a ``UserWarning`` says how many if the limit is the tokenizer's ``model_max_length``,
+    and a logged warning if it is ``max_length``. If the tokenizer does not know the model's limit
+    (``model_max_length`` unset) and ``max_length`` is ``None``, nothing is truncated and a warning is logged.
 
     Example:
         ``dataset.map(tokenize_and_align_labels, batched=True, fn_kwargs={"tokenizer": tokenizer},
@@ -226,30 +466,46 @@ def tokenize_and_align_labels(
         ``labels`` (list of ``L_i`` ints per example) when ``tags_column`` is present.
 
     Raises:
-        ValueError: The tokenizer is not fast, ``tokens_column`` is missing, or tags are strings instead of ids.
+        ValueError: The tokenizer is not fast; ``max_length`` is not positive; ``tokens_column`` is missing or holds
+            strings instead of word lists; tags are strings instead of ids; or a sentence has more or fewer tags
+            than words.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"{type(tokenizer).__name__} is not a fast tokenizer, so it cannot map sub-words back to words "
-            "(`word_ids()`), which label alignment needs. Load it with `AutoTokenizer.from_pretrained(name, "
-            "use_fast=True)`; if the model has no fast tokenizer, convert it with the `tokenizers` library."
+            "(`word_ids()`), which label alignment needs. Load it with `AutoTokenizer.from_pretrained(name)`, which "
+            "returns the fast tokenizer in transformers 5 (`use_fast=True` in older versions); if the model has no "
+            "fast tokenizer, convert it with the `tokenizers` library."
+        )
+    if max_length is not None and max_length < 1:
+        raise ValueError(
+            f"`max_length` must be a positive number of sub-words, got {max_length}. Pass a positive number, or None "
+            "for the tokenizer's `model_max_length`."
         )
     if tokens_column not in examples:
         raise ValueError(
             f"Column {tokens_column!r} is missing; found columns {sorted(examples)}. Pass "
             "`tokens_column=` naming the column that holds each sentence's words."
         )
-    encoding = tokenizer(examples[tokens_column], is_split_into_words=True, truncation=True, max_length=max_length)
+    _check_token_batch(examples, tokens_column, tags_column)
+
+    limit = tokenizer.model_max_length if max_length is None else max_length
+    if limit is None or limit > _UNBOUNDED_LENGTH:
+        logger.warning_once(
+            f"{type(tokenizer).__name__} has no `model_max_length`, so sentences are not truncated, and one longer "
+            "than the model's `max_position_embeddings` will fail in the forward pass. Pass `max_length=` (or load "
+            "the tokenizer from the model's checkpoint, which sets `model_max_length`)."
+        )
+        limit = None
+    batch_words = examples[tokens_column]
+    encoding = tokenizer(batch_words, is_split_into_words=True, truncation=limit is not None, max_length=limit)
+    if limit is not None:
+        _warn_truncated(encoding, batch_words, limit, from_tokenizer=max_length is None)
     if tags_column not in examples:
         return encoding
 
     labels = []
     for batch_index, word_tags in enumerate(examples[tags_column]):
-        if word_tags and isinstance(word_tags[0], str):
-            raise ValueError(
-                f"Column {tags_column!r} holds tag strings (e.g. {word_tags[0]!r}), but label ids are needed. Read the "
-                "data with `read_conll` (a ClassLabel feature) or map the tags to ids first."
-            )
         example_labels = []
         previous_word = None
         for word_index in encoding.word_ids(batch_index=batch_index):
@@ -263,12 +519,153 @@ def tokenize_and_align_labels(
     return encoding
 
 
+# ---- text classification files ----------------------------------------------------------------------------------
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from, outermost first."""
+    chain = [error]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
+def _json_problem(path: str) -> str:
+    """Describe why a json/jsonl file is not a table of records: a syntax error with its line, or its shape."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as whole_error:
+        if text.lstrip().startswith("["):
+            return f"invalid JSON at line {whole_error.lineno}, column {whole_error.colno}: {whole_error.msg}"
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as line_error:
+                return f"invalid JSON at line {line_number}, column {line_error.colno}: {line_error.msg}"
+            if not isinstance(record, dict):
+                return f"line {line_number} holds a JSON {type(record).__name__}, not an object"
+        return f"invalid JSON at line {whole_error.lineno}, column {whole_error.colno}: {whole_error.msg}"
+    if isinstance(document, list):
+        if not document:
+            return "it is an empty list, with no rows"
+        odd = next((item for item in document if not isinstance(item, dict)), None)
+        if odd is not None:
+            return f"the list holds a JSON {type(odd).__name__} ({odd!r:.40}), not an object"
+        return "its objects could not be combined into one table"
+    if isinstance(document, dict):
+        return "it is a single object; the rows must be objects, one per line or in a list"
+    return f"it holds a single JSON {type(document).__name__}, not rows"
+
+
+def _unreadable_file_error(path: str, extension: str, error: Exception) -> ValueError:
+    """Turn a parser error from ``datasets.load_dataset`` into one that names the problem and the fix."""
+    chain = _chain(error)
+    if any(isinstance(link, UnicodeDecodeError) for link in chain):
+        return _not_utf8_error(path)
+    if _TEXT_FILE_BUILDERS[extension] == "json":
+        return ValueError(
+            f"{path} is not a JSON table of rows: {_json_problem(path)}. Expected JSON Lines, one object per line "
+            f"such as {_JSON_EXAMPLE} (or one list of such objects); fix the file, or write it with "
+            "`Dataset.to_json(path)` or `DataFrame.to_json(path, orient='records', lines=True)`."
+        )
+    detail = str(chain[-1]).strip()
+    if extension == ".tsv":
+        fix = "a .tsv is split on tabs with no quoting, so a text containing a tab must have it replaced"
+    else:
+        fix = 'quote a text that contains the delimiter, e.g. `"good, not great",1`'
+    return ValueError(
+        f"{path} could not be parsed as {extension[1:]}: {detail}. Every row needs the header's number of fields; "
+        f"{fix}."
+    )
+
+
+def _header_hint(found: list[str], extension: str, delimiter: str | None) -> str:
+    """A hint when the columns found suggest a wrong delimiter or a file without a header row."""
+    if len(found) == 1 and delimiter is None:
+        if extension == ".tsv" and "," in found[0]:
+            return (
+                " The header looks comma-separated, but a .tsv is split on tabs: rename the file to .csv, or pass "
+                "`delimiter=','`."
+            )
+        if extension == ".csv" and "\t" in found[0]:
+            return (
+                " The header looks tab-separated, but a .csv is split on commas: rename the file to .tsv, or pass "
+                "`delimiter='\\t'`."
+            )
+    if extension in (".csv", ".tsv") and any(_is_digits(name) for name in found):
+        return " The first row looks like data, not a header: add a header row naming the columns."
+    return ""
+
+
+def _first_null(dataset: datasets.Dataset, column: str) -> int | None:
+    if dataset.data.column(column).null_count == 0:
+        return None
+    return next(row for row, value in enumerate(dataset[column]) if value is None)
+
+
+def _is_class_id(value: Any) -> bool:
+    """An int, or a float with a whole value (``1.0``); not a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _is_digits(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
+
+
+def _integer_labels(
+    dataset: datasets.Dataset, path: str, label_column: str, label_names: Sequence[str] | None
+) -> datasets.Dataset:
+    """Check that every row has an integer label id, mapping label names to ids first when ``label_names`` is given."""
+    row = _first_null(dataset, label_column)
+    if row is not None:
+        raise ValueError(
+            f"{path}: row {row} (`dataset[{row}]`) has no value in the label column {label_column!r}. Every labelled "
+            "row needs a class id: fill it in or drop the row, or load unlabeled text with `label_column=None`."
+        )
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    ):
+        return dataset
+    values = list(dataset[label_column])
+    if label_names is not None and all(isinstance(value, str) for value in values):
+        names = list(label_names)
+        known = set(names)
+        for row, value in enumerate(values):
+            if value not in known:
+                raise ValueError(
+                    f"{path}: row {row} (`dataset[{row}]`) has the label {value!r}, which is not one of `label_names` "
+                    f"{names}. Add it to `label_names` (in id order), or fix the row."
+                )
+        return dataset.cast_column(label_column, datasets.ClassLabel(names=names))
+    # Report a value that is no number at all before a quoted number ("1"), which a mixed column also holds.
+    bad = [(row, value) for row, value in enumerate(values) if not _is_class_id(value)]
+    if bad:
+        row, value = next(((row, value) for row, value in bad if not _is_digits(value)), bad[0])
+        quoted = f" (a quoted number: write {value.strip()}, not {value!r})" if _is_digits(value) else ""
+        raise ValueError(
+            f"{path}: the label column {label_column!r} holds {value!r} in row {row} (`dataset[{row}]`), which is "
+            f"not an integer class id{quoted}. Labels must be ids 0..num_labels-1: write the ids, or pass "
+            "`label_names=[...]` (in id order, e.g. the teacher's `config.id2label` values) to map label names "
+            "to ids."
+        )
+    logger.info("Casting the float labels of %s (all whole numbers) to int64", path)
+    return dataset.cast_column(label_column, datasets.Value("int64"))
+
+
 def load_text_classification_file(
     path: str | os.PathLike,
     *,
     text_column: str = "sentence",
     label_column: str | None = "label",
     delimiter: str | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> datasets.Dataset:
     """Load a csv, tsv or json(-lines) file of texts (and labels) into a ``datasets.Dataset``.
 
@@ -279,28 +676,47 @@ def load_text_classification_file(
     Args:
         path: The file to read, e.g. ``data/sst2/train.tsv`` with header ``label<TAB>sentence``.
         text_column: Column holding the text.
-        label_column: Column holding the labels; ``None`` for unlabeled text (the column is then not required).
+        label_column: Column holding the labels, integer class ids (or names, with ``label_names``); ``None`` for
+            unlabeled text (the column is then not required).
         delimiter: Field separator for csv/tsv files; ``None`` means ``","`` for csv and ``"\\t"`` for tsv.
+        label_names: The class names in id order (e.g. the teacher's ``config.id2label`` values) when the label
+            column holds names such as ``"positive"``: they are mapped to ids and the column becomes a
+            ``ClassLabel``. Ignored when the column already holds ids.
 
     Returns:
         The file's rows, with every column of the file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The extension is not supported, or ``text_column``/``label_column`` is not in the file.
+        ValueError: ``path`` is a directory; the extension is not supported; the file is empty, has a header but
+            no rows, is not UTF-8 or cannot be parsed; ``text_column``/``label_column`` is not in the file; a row
+            has no text or no label; or a label is not an integer id (nor one of ``label_names``).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Text classification file {path!r} does not exist. Check the path (relative paths "
-            f"start from {os.getcwd()!r})."
-        )
+    _require_file(path, "Text classification file", _TEXT_FILE_BUILDERS)
     extension = os.path.splitext(path)[1].lower()
     builder = _TEXT_FILE_BUILDERS.get(extension)
     if builder is None:
         raise ValueError(
             f"Cannot read {path!r}: unsupported extension {extension!r}. Use one of "
             f"{sorted(_TEXT_FILE_BUILDERS)}, or rename the file to match its format."
+            + (" Export a spreadsheet as csv first." if extension in (".xls", ".xlsx", ".ods") else "")
+        )
+
+    first_lines = _first_lines(path, 2)
+    if not first_lines:
+        blank = " (it holds only whitespace)" if os.path.getsize(path) else ""
+        if builder == "json":
+            expected = f"one JSON object per line, such as {_JSON_EXAMPLE}"
+        else:
+            header = "label<TAB>sentence" if extension == ".tsv" else "sentence,label"
+            expected = f"a header row naming the columns (e.g. `{header}`), then one row per example"
+        raise ValueError(f"{path} is empty{blank}: expected {expected}. Check that the file was written completely.")
+    if builder == "csv" and len(first_lines) == 1:
+        header = first_lines[0].decode("utf-8", errors="replace")
+        raise ValueError(
+            f"{path} has a header row ({header!r}) but no data rows. Check that the file was written completely and "
+            "that this is the split you meant."
         )
 
     options: dict[str, Any] = {}
@@ -314,17 +730,29 @@ def load_text_classification_file(
     elif delimiter is not None:
         raise ValueError(f"`delimiter` applies to csv/tsv files only, but {path!r} is read as json; drop it.")
 
-    dataset = datasets.load_dataset(builder, data_files=path, split="train", **options)
+    try:
+        dataset = datasets.load_dataset(builder, data_files=path, split="train", **options)
+    except (DatasetGenerationError, ValueError) as error:  # parser errors arrive wrapped, without the file's name
+        raise _unreadable_file_error(path, extension, error) from error
     found = dataset.column_names
     if text_column not in found:
         raise ValueError(
             f"{path} has no text column {text_column!r}; found columns {found}. Pick the text column with "
-            "--text_column_name (`text_column=`)."
+            "--text_column_name (`text_column=`)." + _header_hint(found, extension, delimiter)
         )
     if label_column is not None and label_column not in found:
         raise ValueError(
             f"{path} has no label column {label_column!r}; found columns {found}. Pick the label column with "
             "--label_column_name (`label_column=`), or pass `label_column=None` for unlabeled text."
+            + _header_hint(found, extension, delimiter)
         )
+    row = _first_null(dataset, text_column)
+    if row is not None:
+        raise ValueError(
+            f"{path}: row {row} (`dataset[{row}]`) has no value in the text column {text_column!r}. Fill in the text "
+            "or drop the row."
+        )
+    if label_column is not None:
+        dataset = _integer_labels(dataset, path, label_column, label_names)
     logger.info("Read %d rows from %s (columns %s)", len(dataset), path, found)
     return dataset

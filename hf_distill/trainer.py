@@ -23,25 +23,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    PreTrainedModel,
-    Trainer,
-    TrainerCallback,
-)
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .checks import TOKEN_CLASSIFICATION, check_teacher_student, check_tokenizer, check_train_dataset, infer_task
 from .config import DistillationArguments
+from .loading import load_model
 from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective
+from .model_card import build_model_card
 from .schedules import scheduled_value
 
 logger = logging.getLogger(__name__)
-
-_AUTO_CLASSES = {
-    TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
-    "sequence_classification": AutoModelForSequenceClassification,
-}
 
 
 class DistillationTrainer(Trainer):
@@ -87,7 +78,7 @@ class DistillationTrainer(Trainer):
             raise ValueError("`model` (the student) is required; `model_init` is not supported by DistillationTrainer.")
         self.task = infer_task(model, "student")
         if isinstance(teacher_model, str):
-            teacher_model = _load_teacher(teacher_model, self.task)
+            teacher_model = load_model(teacher_model, self.task, role="teacher")
         if teacher_model is None:
             raise ValueError("`teacher_model` is required: pass a fine-tuned model, a local path or a Hub id.")
         check_teacher_student(teacher_model, model)
@@ -119,6 +110,9 @@ class DistillationTrainer(Trainer):
         special = getattr(processing_class, "all_special_ids", None) or []
         self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
         self._window = _LossWindow()
+        # Filled in by recipes (or users) to enrich the model card written with every save.
+        self.dataset_name: str | None = None
+        self.evaluation_report: dict[str, dict[str, float]] | None = None
 
     # ---- teacher ---------------------------------------------------------------------------------------------
 
@@ -241,6 +235,53 @@ class DistillationTrainer(Trainer):
         super().log(logs, start_time)
 
 
+    # ---- saving and the model card ------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student (never the teacher), with its model card, as `Trainer.save_model` does."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            self.create_model_card(output_dir=output_dir)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        output_dir: str | None = None,
+    ) -> None:
+        """Write README.md, the distillation model card, into `output_dir` (default `args.output_dir`).
+
+        The arguments are those of `Trainer.create_model_card`; `tasks`, `dataset_tags` and `dataset_args` are
+        accepted for compatibility and not used. `finetuned_from` overrides the teacher's name on the card.
+        """
+        if not self.is_world_process_zero():
+            return
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        card = build_model_card(
+            task=self.task,
+            teacher=finetuned_from or getattr(teacher.config, "_name_or_path", "") or "unknown teacher",
+            args=self.args,
+            model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
+            dataset=(dataset[0] if isinstance(dataset, list) else dataset) or self.dataset_name,
+            student_params=sum(p.numel() for p in self.accelerator.unwrap_model(self.model).parameters()),
+            teacher_params=sum(p.numel() for p in teacher.parameters()),
+            evaluation=self.evaluation_report,
+            license=license or "apache-2.0",
+            tags=[tags] if isinstance(tags, str) else tags,
+            language=language,
+        )
+        directory = output_dir or self.args.output_dir
+        os.makedirs(directory, exist_ok=True)
+        card.save(os.path.join(directory, "README.md"))
+
+
 class _LossWindow:
     """Sums of the loss components since the last log, kept as tensors so that no step waits on the device."""
 
@@ -266,21 +307,3 @@ class _LossWindow:
         if ce_count > 0:
             logs["ce_loss"] = ce_sum / ce_count
         return logs
-
-
-def _load_teacher(name_or_path: str, task: str) -> PreTrainedModel:
-    auto = _AUTO_CLASSES[task]
-    looks_local = os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
-    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise FileNotFoundError(
-            f"The teacher directory {name_or_path!r} does not exist. Pass the directory where the fine-tuned teacher "
-            "was saved (`save_pretrained`), or a Hub id such as 'dslim/bert-base-NER'."
-        )
-    try:
-        return auto.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"Could not load the teacher {name_or_path!r} with {auto.__name__}: {err}\n"
-            "Pass a local directory that holds a fine-tuned checkpoint (config.json and weights), or a Hub id "
-            "you can reach (check the spelling, your network, and `hf auth login` for private models)."
-        ) from err

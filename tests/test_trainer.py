@@ -316,5 +316,5 @@ def test_error_teacher_path_that_does_not_exist(tokenizer, tmp_path):
 
 def test_error_teacher_directory_without_a_model(tokenizer, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"(?s)Could not load the teacher .*holds a fine-tuned checkpoint"):
+    with pytest.raises(ValueError, match=r"(?s)Could not load the teacher .*local directory that holds a checkpoint"):
         _init(tokenizer, tmp_path, tiny_token_model(tokenizer), str(tmp_path / "empty"))

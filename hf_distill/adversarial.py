@@ -1,0 +1,326 @@
+"""Pure pieces of embedding-space adversarial attacks (FGM, PGD-K, FreeLB-K): tensors in, tensors out.
+
+The perturbation δ is added to the *output* of the word-embedding lookup, never to the embedding weight matrix, and
+the sum is fed back to the model as `inputs_embeds`. That lookup is `model.get_input_embeddings()(input_ids)` and
+nothing more: BERT-style models add position and token-type embeddings and a LayerNorm themselves when they are given
+`inputs_embeds`, so passing the full embedding-layer output would apply those twice.
+
+Shapes used throughout:
+    embeds, delta, grad: (B, L, H), the word embeddings of a batch, a perturbation of them, and the gradient of the
+        loss with respect to δ.
+    mask: (B, L, 1) float32, 1 where a token may be perturbed (real, non-special tokens) and 0 elsewhere.
+
+Norms are per example, over the whole sequence (L, H), as in FreeLB, and are always computed in fp32 so that fp16/bf16
+gradients cannot overflow. Every function returns fp32; cast to the embedding dtype when adding δ to the embeddings.
+
+A training step with these pieces (the trainer owns the loop):
+    FGM:      δ = fgm_delta(∇δ L(x), mask, epsilon=ε); backward L(x + δ).                       2 passes.
+    PGD-K:    δ ← init; K times: δ = project(ascent_step(δ, ∇δ L(x + δ), α), ε); backward L(x + δ).  K + 1 passes.
+    FreeLB-K: δ ← init; K times: backward L(x + δ) / K (parameter gradients accumulate),
+              δ = project(ascent_step(δ, ∇δ, α), ε).                                             K passes.
+
+References:
+    Miyato, Dai & Goodfellow (2017), "Adversarial Training Methods for Semi-Supervised Text Classification" (FGM).
+    Madry et al. (2018), "Towards Deep Learning Models Resistant to Adversarial Attacks" (PGD).
+    Zhu et al. (2020), "FreeLB: Enhanced Adversarial Training for Natural Language Understanding".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ATTACK_METHODS = ("fgm", "pgd", "freelb")
+NORMS = ("l2", "linf")
+
+_GRAD_NORM_FLOOR = 1e-12
+"""Smallest gradient norm an l2 step divides by: a zero gradient then gives a zero step, not NaN."""
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"`norm` must be one of {', '.join(repr(n) for n in NORMS)}, got {norm!r}.")
+
+
+def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape (B,) values so that they broadcast against `like` (B, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def word_embeddings(model: nn.Module) -> nn.Module:
+    """The model's word-embedding module, `model.get_input_embeddings()`.
+
+    Raises:
+        ValueError: The model has no input embeddings (it does not implement `get_input_embeddings`, or returns
+            `None`), so there is nothing to perturb.
+    """
+    getter = getattr(model, "get_input_embeddings", None)
+    module = None
+    if callable(getter):
+        try:
+            module = getter()
+        except (NotImplementedError, AttributeError):
+            module = None
+    if module is None:
+        raise ValueError(
+            f"{type(model).__name__} has no input embeddings (`get_input_embeddings()` is missing or returns None), "
+            "so embedding-space attacks cannot perturb it. Use a Transformers model that accepts `inputs_embeds`, "
+            "or implement `get_input_embeddings()` to return its word-embedding module."
+        )
+    return module
+
+
+def embed_inputs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The word-embedding lookup of `input_ids`, ready to pass (plus δ) as `inputs_embeds`.
+
+    Only `model.get_input_embeddings()` is applied: no position or token-type embeddings and no LayerNorm, which the
+    model adds itself when it receives `inputs_embeds`.
+
+    Args:
+        model: A Transformers model (or a wrapper such as a PEFT model) that implements `get_input_embeddings`.
+        input_ids: (B, L) token ids.
+
+    Returns:
+        (B, L, H) in the embedding dtype. It carries gradient if the embedding weights require grad; detach it for
+        attacks that only differentiate with respect to δ.
+    """
+    return word_embeddings(model)(input_ids)
+
+
+def perturbation_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    special_ids: Iterable[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Where a perturbation may be non-zero: 1 on real tokens, 0 on padding and (optionally) special tokens.
+
+    Args:
+        input_ids: (B, L) token ids.
+        attention_mask: (B, L), non-zero on real tokens; `None` treats every position as real.
+        special_ids: Ids that are never perturbed, e.g. `tokenizer.all_special_ids` ([CLS], [SEP], [PAD]).
+
+    Returns:
+        (B, L, 1) float32 on the device of `input_ids`.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"`input_ids` must be (batch, length), got shape {tuple(input_ids.shape)}.")
+    if attention_mask is None:
+        mask = torch.ones_like(input_ids, dtype=torch.bool)
+    else:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has "
+                f"{tuple(input_ids.shape)}; pass the attention mask of the same batch."
+            )
+        mask = attention_mask.to(input_ids.device) != 0
+    if special_ids is not None:
+        special = torch.as_tensor(list(special_ids) if not torch.is_tensor(special_ids) else special_ids)
+        if special.numel():
+            mask = mask & ~torch.isin(input_ids, special.to(device=input_ids.device, dtype=input_ids.dtype))
+    return mask.unsqueeze(-1).float()
+
+
+def delta_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """The norm of each example's perturbation over all its positions and dimensions.
+
+    Args:
+        delta: (B, L, H) (any (B, ...) works).
+        norm: "l2" (Euclidean norm of the flattened example) or "linf" (largest absolute entry).
+
+    Returns:
+        (B,) fp32.
+    """
+    _check_norm(norm)
+    flat = delta.float().flatten(1)
+    if norm == "l2":
+        return torch.linalg.vector_norm(flat, ord=2, dim=1)
+    return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+
+
+def init_delta(
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    init_scale: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A random starting perturbation, zero where `mask` is 0.
+
+    - "l2": uniform(-1, 1) noise, masked, then scaled so that each example's norm over (L, H) is exactly
+      `init_scale`. (FreeLB's reference code multiplies the noise by `init_mag / sqrt(len · H)` instead, which gives
+      an expected norm of about `init_mag / sqrt(3)`; here `init_scale` *is* the norm.)
+    - "linf": uniform(-init_scale, init_scale), masked.
+
+    Args:
+        embeds: (B, L, H), used only for its shape and device.
+        mask: (B, L, 1) from [`perturbation_mask`].
+        init_scale: >= 0; 0 gives zeros.
+        norm: "l2" or "linf".
+        generator: Seeds the noise. It may live on the CPU whatever the device of `embeds`.
+
+    Returns:
+        (B, L, H) fp32 on the device of `embeds`. An example with no perturbable token gets zeros.
+    """
+    _check_norm(norm)
+    if not init_scale >= 0 or not math.isfinite(init_scale):
+        raise ValueError(f"`init_scale` must be a finite number >= 0, got {init_scale}.")
+    mask = mask.float().to(embeds.device)
+    if init_scale == 0:
+        return torch.zeros(embeds.shape, dtype=torch.float32, device=embeds.device)
+    device = generator.device if generator is not None else embeds.device
+    noise = torch.rand(embeds.shape, generator=generator, device=device, dtype=torch.float32).to(embeds.device)
+    noise = (noise * 2 - 1) * mask
+    if norm == "linf":
+        return noise * init_scale
+    norms = _per_example(delta_norm(noise, "l2"), noise)
+    return torch.where(norms > 0, noise * (init_scale / norms.clamp_min(_GRAD_NORM_FLOOR)), torch.zeros_like(noise))
+
+
+def ascent_step(
+    delta: torch.Tensor,
+    grad: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    step_size: float,
+    norm: str,
+) -> torch.Tensor:
+    """One gradient-ascent step on δ: `δ + step_size · direction(grad)`, masked.
+
+    - "l2": direction = g / ‖g‖, the norm taken per example over (L, H) after masking (FreeLB, Miyato et al.).
+    - "linf": direction = sign(g) (FGSM/PGD of Madry et al.).
+
+    A zero gradient gives a zero step, and an example whose gradient holds NaN or inf gets a zero step (its δ is
+    kept), so one overflowing example cannot poison the batch.
+
+    Args:
+        delta: (B, L, H) the current perturbation.
+        grad: (B, L, H) gradient of the loss with respect to δ (any dtype).
+        mask: (B, L, 1) from [`perturbation_mask`].
+        step_size: α >= 0, the length of the step in the chosen norm.
+        norm: "l2" or "linf".
+
+    Returns:
+        (B, L, H) fp32.
+    """
+    _check_norm(norm)
+    if not step_size >= 0 or not math.isfinite(step_size):
+        raise ValueError(f"`step_size` must be a finite number >= 0, got {step_size}.")
+    if grad.shape != delta.shape:
+        raise ValueError(
+            f"`grad` has shape {tuple(grad.shape)} but `delta` has {tuple(delta.shape)}; pass the gradient of the "
+            "loss with respect to this delta."
+        )
+    mask = mask.float().to(delta.device)
+    g = grad.float().to(delta.device)
+    finite = _per_example(torch.isfinite(g).flatten(1).all(dim=1), g)
+    g = torch.where(finite, g, torch.zeros_like(g)) * mask
+    if norm == "l2":
+        direction = g / _per_example(delta_norm(g, "l2"), g).clamp_min(_GRAD_NORM_FLOOR)
+    else:
+        direction = torch.sign(g)
+    return (delta.float() + step_size * direction) * mask
+
+
+def project(delta: torch.Tensor, mask: torch.Tensor, *, epsilon: float, norm: str) -> torch.Tensor:
+    """Project each example's δ back into the ε-ball, and zero it where `mask` is 0.
+
+    - "l2": an example whose norm exceeds ε is scaled down to norm ε; the others are unchanged.
+    - "linf": every entry is clamped to [-ε, ε].
+
+    Args:
+        delta: (B, L, H).
+        mask: (B, L, 1) from [`perturbation_mask`].
+        epsilon: ε >= 0. 0 gives zeros; `math.inf` leaves δ unconstrained (FreeLB's `adv_max_norm=0`).
+        norm: "l2" or "linf".
+
+    Returns:
+        (B, L, H) fp32.
+    """
+    _check_norm(norm)
+    if not epsilon >= 0:
+        raise ValueError(f"`epsilon` must be >= 0 (or math.inf for no constraint), got {epsilon}.")
+    delta = delta.float() * mask.float().to(delta.device)
+    if epsilon == 0:
+        return torch.zeros_like(delta)
+    if math.isinf(epsilon):
+        return delta
+    if norm == "linf":
+        return delta.clamp(-epsilon, epsilon)
+    norms = _per_example(delta_norm(delta, "l2"), delta)
+    scale = torch.where(norms > epsilon, epsilon / norms.clamp_min(_GRAD_NORM_FLOOR), torch.ones_like(norms))
+    return delta * scale
+
+
+def fgm_delta(grad: torch.Tensor, mask: torch.Tensor, *, epsilon: float, norm: str = "l2") -> torch.Tensor:
+    """The FGM perturbation `ε · g / ‖g‖` ("l2") or `ε · sign(g)` ("linf"), masked: one step of size ε from zero.
+
+    Args:
+        grad: (B, L, H) gradient of the clean loss with respect to the word embeddings.
+        mask: (B, L, 1) from [`perturbation_mask`].
+        epsilon: ε >= 0 and finite.
+        norm: "l2" or "linf".
+
+    Returns:
+        (B, L, H) fp32.
+    """
+    if not math.isfinite(epsilon):
+        raise ValueError(f"FGM takes a single step of size `epsilon`, which must be finite, got {epsilon}.")
+    zeros = torch.zeros(grad.shape, dtype=torch.float32, device=grad.device)
+    return project(ascent_step(zeros, grad, mask, step_size=epsilon, norm=norm), mask, epsilon=epsilon, norm=norm)
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The settings of an embedding-space attack used during training.
+
+    Args:
+        method (`str`): "fgm", "pgd" or "freelb".
+        epsilon (`float`): Radius ε of the per-example ball that δ is projected into (>= 0). For "fgm" it is also the
+            step size. `math.inf` means no projection (FreeLB's `adv_max_norm=0`); it is refused for "fgm".
+        step_size (`float`): Ascent step α (>= 0, finite) for "pgd" and "freelb"; ignored by "fgm".
+        steps (`int`): Number of ascent steps K (>= 1) for "pgd" and "freelb"; ignored by "fgm".
+        norm (`str`, defaults to `"l2"`): "l2" or "linf".
+        init_scale (`float`, defaults to `0.0`): Size of the random start (see [`init_delta`]); 0 starts from zero.
+            Ignored by "fgm".
+    """
+
+    method: str
+    epsilon: float
+    step_size: float
+    steps: int
+    norm: str = "l2"
+    init_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ATTACK_METHODS:
+            raise ValueError(
+                f"`method` must be one of {', '.join(repr(m) for m in ATTACK_METHODS)}, got {self.method!r}."
+            )
+        _check_norm(self.norm)
+        if not self.epsilon >= 0:
+            raise ValueError(f"`epsilon` must be >= 0, got {self.epsilon}.")
+        if self.method == "fgm" and math.isinf(self.epsilon):
+            raise ValueError(
+                "`epsilon` is the step size of FGM and must be finite, got inf. Use a finite epsilon (about 1 for l2), "
+                "or method='freelb' for an unconstrained perturbation."
+            )
+        if not self.step_size >= 0 or not math.isfinite(self.step_size):
+            raise ValueError(f"`step_size` must be a finite number >= 0, got {self.step_size}.")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"`steps` must be an integer >= 1, got {self.steps!r}.")
+        if not self.init_scale >= 0 or not math.isfinite(self.init_scale):
+            raise ValueError(f"`init_scale` must be a finite number >= 0, got {self.init_scale}.")
+
+    @property
+    def passes(self) -> int:
+        """Forward+backward passes per training step: 2 for FGM, K + 1 for PGD-K, K for FreeLB-K."""
+        if self.method == "fgm":
+            return 2
+        if self.method == "pgd":
+            return self.steps + 1
+        return self.steps

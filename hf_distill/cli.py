@@ -1,0 +1,85 @@
+"""Command-line parsing for the recipes: a YAML or JSON config file first, command-line flags on top.
+
+    python recipes/distill_ner.py recipes/configs/ner_quick.yaml --num_train_epochs 2
+
+Every key of the config file must be a field of one of the recipe's dataclasses; an unknown key is an error that
+names it and the closest known field, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import HfArgumentParser
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist. Pass a .yaml or .json file from recipes/configs/.")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if path.endswith(".json"):
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Config file {path!r} is not valid JSON: {err}.") from err
+    else:
+        import yaml
+
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"Config file {path!r} is not valid YAML: {err}") from err
+    if config is None:
+        raise ValueError(f"Config file {path!r} is empty; it should map argument names to values.")
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"Config file {path!r} holds a {type(config).__name__}; it should map argument names to values, "
+            "e.g. `num_train_epochs: 3`."
+        )
+    return config
+
+
+def _to_flags(config: dict[str, Any]) -> list[str]:
+    flags = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        flags.append(f"--{key}")
+        if isinstance(value, list):
+            flags.extend(str(v) for v in value)
+        elif isinstance(value, bool):
+            flags.append(str(value))
+        else:
+            flags.append(str(value))
+    return flags
+
+
+def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Parse `argv` (default `sys.argv[1:]`) into instances of `dataclass_types`.
+
+    If the first argument ends in `.yaml`, `.yml` or `.json`, it is read as a config file whose keys are field
+    names; the remaining command-line flags override it.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(list(dataclass_types))
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        config = _read_config(argv[0])
+        known = {action.dest for action in parser._actions}
+        unknown = [key for key in config if key not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(
+                f"Config file {argv[0]!r} has unknown key(s): {', '.join(hints)}. "
+                "Keys must be argument names; run the recipe with --help to list them."
+            )
+        argv = _to_flags(config) + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

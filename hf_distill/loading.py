@@ -1,0 +1,67 @@
+"""Loading teachers, students and tokenizers by path or Hub id, with errors that suggest the local alternative.
+
+A wrong Hub id, no network, offline mode or a missing token all end in an `OSError` deep inside `from_pretrained`;
+here they become one message that says what was tried and what to do instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+AUTO_CLASSES = {
+    "token_classification": AutoModelForTokenClassification,
+    "sequence_classification": AutoModelForSequenceClassification,
+}
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.sep + os.sep in name_or_path
+
+
+def _explain(name_or_path: str, what: str, err: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hint = (
+        "Offline mode is on (HF_HUB_OFFLINE=1), so only local directories and cached models can be loaded. "
+        if offline else
+        "If it is a Hub id, check its spelling and your network; for a private or gated model log in first "
+        "(`hf auth login`, or pass a token). "
+    )
+    return (
+        f"Could not load the {what} {name_or_path!r}: {type(err).__name__}: {err}\n{hint}"
+        "To work without the Hub, pass a local directory that holds a checkpoint saved with `save_pretrained` "
+        "(config.json, weights and tokenizer files), e.g. one written by recipes/finetune_teacher.py."
+    )
+
+
+def _check_local(name_or_path: str, what: str) -> None:
+    if _looks_local(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(
+            f"The {what} directory {name_or_path!r} does not exist. Pass the directory where the model was saved "
+            "(`save_pretrained`), or a Hub id such as 'bert-base-cased'."
+        )
+
+
+def load_model(name_or_path: str, task: str, *, role: str = "teacher", **kwargs) -> PreTrainedModel:
+    """`AutoModelFor<Task>.from_pretrained(name_or_path, **kwargs)` with clear errors. `role` names it in messages."""
+    _check_local(name_or_path, role)
+    auto = AUTO_CLASSES[task]
+    try:
+        return auto.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(_explain(name_or_path, f"{role} ({auto.__name__})", err)) from err
+
+
+def load_tokenizer(name_or_path: str):
+    """`AutoTokenizer.from_pretrained(name_or_path)` with clear errors."""
+    _check_local(name_or_path, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
+    except (OSError, ValueError) as err:
+        raise ValueError(_explain(name_or_path, "tokenizer", err)) from err

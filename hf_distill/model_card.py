@@ -1,0 +1,158 @@
+"""The model card of a distilled student: how it was made, from what, and what it scores.
+
+Built with `huggingface_hub.ModelCard`; `DistillationTrainer` writes it next to every saved student (final model
+and checkpoints), and `push_to_hub` uploads it with the weights.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+_TASK_TAGS = {"token_classification": "token-classification", "sequence_classification": "text-classification"}
+_PACKAGES = ("hf-distill", "transformers", "torch", "accelerate", "datasets", "huggingface_hub")
+_METHOD_FIELDS = (
+    "distill_loss", "teacher_labels", "temperature", "final_temperature", "temperature_schedule", "alpha",
+    "final_alpha", "alpha_schedule", "distill_positions", "num_train_epochs", "learning_rate",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+)
+_ADVERSARIAL_FIELDS = (
+    "adversarial", "adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm", "adv_init_scale",
+    "adv_weight", "adv_start_step",
+)
+
+
+def framework_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """Whether `name` looks like a Hub repo id rather than a local path or file."""
+    if not name or any(c.isspace() for c in name) or name.startswith(("/", ".", "~")) or os.path.exists(name):
+        return False
+    return name.count("/") <= 1 and not os.path.splitext(name)[1]
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def build_model_card(
+    *,
+    task: str,
+    teacher: str,
+    args: Any,
+    model_name: str | None = None,
+    dataset: str | None = None,
+    student_params: int | None = None,
+    teacher_params: int | None = None,
+    evaluation: dict[str, dict[str, float]] | None = None,
+    license: str = "apache-2.0",
+    tags: list[str] | None = None,
+    language: str | None = None,
+) -> ModelCard:
+    """A `ModelCard` for a student distilled with hf-distill.
+
+    Args:
+        task: `"token_classification"` or `"sequence_classification"`.
+        teacher: the teacher's Hub id or path (`config._name_or_path`).
+        args: the run's `DistillationArguments`; the method section is read from it.
+        model_name: the student's name (the title).
+        dataset: the training data (Hub id or file name).
+        student_params, teacher_params: parameter counts, for the size ratio.
+        evaluation: `{"student": {metric: value}, "teacher": {...}}`, plus optionally
+            `{"speed": {"student_latency_ms": .., "teacher_latency_ms": ..}}`.
+        license, tags, language: card metadata; the tags `distillation`, `hf-distill` and the task are always set.
+    """
+    task_tag = _TASK_TAGS.get(task, task)
+    all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(tags or [])]))
+    data = ModelCardData(
+        license=license,
+        language=language,
+        tags=all_tags,
+        pipeline_tag=task_tag,
+        library_name="transformers",
+        datasets=[dataset] if _is_hub_id(dataset) else None,
+        base_model=teacher if _is_hub_id(teacher) else None,
+    )
+    title = model_name or "Distilled student"
+    sections = [
+        f"# {title}",
+        "",
+        f"This model is a **student distilled** with [hf-distill](https://github.com/hf-distill/hf-distill) from the "
+        f"teacher `{teacher}`" + (f" on `{dataset}`." if dataset else "."),
+        "",
+        "## Distillation method",
+        "",
+        _method_text(args),
+        "",
+        _table([(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None]),
+    ]
+    adversarial = getattr(args, "adversarial", "none")
+    if adversarial and adversarial != "none":
+        sections += [
+            "",
+            "### Adversarial training",
+            "",
+            f"Embedding-space `{adversarial}` perturbations during distillation (the teacher always sees clean inputs).",
+            "",
+            _table([(name, getattr(args, name)) for name in _ADVERSARIAL_FIELDS if hasattr(args, name)]),
+        ]
+    sections += ["", "## Size", ""]
+    size_rows = []
+    if student_params:
+        size_rows.append(("student parameters", f"{student_params:,}"))
+    if teacher_params:
+        size_rows.append(("teacher parameters", f"{teacher_params:,}"))
+    if student_params and teacher_params:
+        size_rows.append(("student / teacher", f"{student_params / teacher_params:.2f}"))
+    sections.append(_table(size_rows) if size_rows else "Not recorded.")
+    if evaluation:
+        sections += ["", "## Evaluation", "", _evaluation_table(evaluation)]
+    sections += ["", "## Framework versions", "", "\n".join(f"- {k} {v}" for k, v in framework_versions().items())]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections) + "\n")
+
+
+def _method_text(args: Any) -> str:
+    if getattr(args, "teacher_labels", "soft") == "hard":
+        term = "cross-entropy against the teacher's argmax (pseudo-labels)"
+    else:
+        term = {
+            "kl": "T²·KL(softmax(teacher/T) ‖ softmax(student/T))",
+            "soft_ce": "soft-target cross-entropy at temperature T (no T² factor)",
+            "mse": "mean squared error between logits",
+        }.get(getattr(args, "distill_loss", "kl"), getattr(args, "distill_loss", "kl"))
+    return (
+        f"Loss = alpha · distill + (1 − alpha) · cross-entropy on the labels, where the distillation term is {term}, "
+        "averaged over the distilled positions. The teacher was frozen and never updated."
+    )
+
+
+def _evaluation_table(evaluation: dict[str, dict[str, float]]) -> str:
+    models = [m for m in ("teacher", "student") if m in evaluation]
+    metrics = sorted({k for m in models for k in evaluation[m]})
+    lines = ["| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for metric in metrics:
+        cells = [_fmt(evaluation[m].get(metric)) for m in models]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    speed = evaluation.get("speed")
+    if speed:
+        lines += ["", _table([(k, _fmt(v)) for k, v in speed.items()])]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,562 @@
+"""Text-level perturbations for robustness evaluation: typos, case changes, entity swaps and a black-box word attack.
+
+Embedding-space robustness does not reliably carry over to attacks on real text (AdvGLUE), so these perturb the
+words themselves. Everything is offline and deterministic for a seed: each function takes a `random.Random` (or an
+int seed, from which one is made) and draws from it in a fixed order.
+
+Words are lists of strings (pre-split text). NER tags are IOB2 tag *strings* ("O", "B-PER", "I-PER"); convert label
+ids to names before calling (e.g. with `dataset.features["ner_tags"].feature.names`) and back afterwards.
+
+References:
+    Belinkov & Bisk (2018), "Synthetic and Natural Noise Both Break Neural Machine Translation": swap, delete,
+        insert and keyboard typos.
+    Gao et al. (2018), "Black-box Generation of Adversarial Text Sequences to Evade Deep Learning Classifiers"
+        (DeepWordBug): rank words by a leave-one-out score, then perturb their characters.
+    Li et al. (2019), "TextBugger": keep the character edit that lowers the true-class probability most.
+    Lin et al. (2021), "RockNER: A Simple Method to Create Adversarial Examples for Evaluating the Robustness of
+        Named Entity Recognition Models": entity-level swaps and context-level perturbations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+TYPO_KINDS = ("swap", "delete", "insert", "keyboard")
+CASE_STYLES = ("upper", "lower", "title")
+
+_QWERTY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+
+
+def _keyboard_neighbours() -> dict[str, str]:
+    """Keys next to each letter on a QWERTY keyboard: left and right on its row, and the two keys touching it on the
+    rows above and below (each row is shifted about half a key to the right of the one above)."""
+    neighbours: dict[str, str] = {}
+    for row_index, row in enumerate(_QWERTY_ROWS):
+        for column, key in enumerate(row):
+            near = [(row_index, column - 1), (row_index, column + 1)]
+            near += [(row_index - 1, column), (row_index - 1, column + 1)]
+            near += [(row_index + 1, column - 1), (row_index + 1, column)]
+            neighbours[key] = "".join(
+                _QWERTY_ROWS[r][c] for r, c in near if 0 <= r < len(_QWERTY_ROWS) and 0 <= c < len(_QWERTY_ROWS[r])
+            )
+    return neighbours
+
+
+KEYBOARD_NEIGHBOURS: dict[str, str] = _keyboard_neighbours()
+"""Lower-case letter -> the letters around it on a QWERTY keyboard, e.g. "s" -> "adwezx"."""
+
+
+def as_rng(rng: random.Random | int) -> random.Random:
+    """`rng` itself if it is a `random.Random`, else a new `random.Random(rng)` seeded with the int."""
+    if isinstance(rng, random.Random):
+        return rng
+    if isinstance(rng, int) and not isinstance(rng, bool):
+        return random.Random(rng)
+    raise TypeError(
+        f"Expected a random.Random or an int seed, got {type(rng).__name__}. Pass e.g. `random.Random(0)` or `0` "
+        "so that the perturbation is reproducible."
+    )
+
+
+def _check_rate(name: str, rate: float) -> None:
+    if not 0 <= rate <= 1:
+        raise ValueError(f"`{name}` must be in [0, 1], got {rate}.")
+
+
+def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    unknown = [kind for kind in kinds if kind not in TYPO_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"`kinds` must be a non-empty subset of {list(TYPO_KINDS)}, got {list(kinds)}.")
+    return kinds
+
+
+def _with_case_of(source: str, letter: str) -> str:
+    return letter.upper() if source.isupper() else letter
+
+
+def _applicable_kinds(word: str, kinds: Sequence[str]) -> list[str]:
+    """The typo kinds that change `word`: swap needs two different adjacent characters, delete two characters,
+    keyboard a letter; insert always applies to a non-empty word."""
+    applicable = []
+    for kind in kinds:
+        if kind == "swap" and any(a != b for a, b in zip(word, word[1:], strict=False)):
+            applicable.append(kind)
+        elif kind == "delete" and len(word) >= 2:
+            applicable.append(kind)
+        elif kind == "insert" and word:
+            applicable.append(kind)
+        elif kind == "keyboard" and any(c.lower() in KEYBOARD_NEIGHBOURS for c in word):
+            applicable.append(kind)
+    return applicable
+
+
+def typo(word: str, rng: random.Random | int, kinds: Sequence[str] = TYPO_KINDS) -> str:
+    """One random typo in `word`, of a kind drawn from those in `kinds` that change it.
+
+    - "swap": two different adjacent characters change places ("house" -> "hosue").
+    - "delete": one character is dropped; only for words of two characters or more ("house" -> "hose").
+    - "insert": a character is inserted, a keyboard neighbour of the character next to it, or a random letter
+      next to a non-letter ("house" -> "hiouse").
+    - "keyboard": one letter becomes a QWERTY neighbour, keeping its case ("House" -> "Jouse").
+
+    An empty word, or a word that no requested kind can change (e.g. "!" with kinds=("keyboard",)), is returned as is.
+
+    Returns:
+        The new word; it differs from `word` whenever some kind applies.
+    """
+    rng = as_rng(rng)
+    applicable = _applicable_kinds(word, _check_kinds(kinds))
+    if not applicable:
+        return word
+    kind = rng.choice(applicable)
+    if kind == "swap":
+        positions = [i for i in range(len(word) - 1) if word[i] != word[i + 1]]
+        i = rng.choice(positions)
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+    if kind == "delete":
+        i = rng.randrange(len(word))
+        return word[:i] + word[i + 1 :]
+    if kind == "insert":
+        i = rng.randrange(len(word) + 1)
+        anchor = word[i - 1] if i > 0 else word[0]
+        pool = KEYBOARD_NEIGHBOURS.get(anchor.lower(), "abcdefghijklmnopqrstuvwxyz")
+        return word[:i] + _with_case_of(anchor, rng.choice(pool)) + word[i:]
+    positions = [i for i, c in enumerate(word) if c.lower() in KEYBOARD_NEIGHBOURS]
+    i = rng.choice(positions)
+    return word[:i] + _with_case_of(word[i], rng.choice(KEYBOARD_NEIGHBOURS[word[i].lower()])) + word[i + 1 :]
+
+
+def is_typo_eligible(word: str) -> bool:
+    """Whether `perturb_characters` may touch `word`: two characters or more, at least one a letter.
+
+    Single characters and punctuation are left alone: a typo there changes the tokenisation rather than the spelling.
+    """
+    return len(word) >= 2 and any(c.isalpha() for c in word)
+
+
+def _how_many(rate: float, eligible: int) -> int:
+    """round(rate · eligible), half up, and at least 1 when rate > 0 and something is eligible."""
+    if rate == 0 or eligible == 0:
+        return 0
+    return min(eligible, max(1, math.floor(rate * eligible + 0.5)))
+
+
+def _typo_at(
+    words: Sequence[str], candidates: Sequence[int], rate: float, rng: random.Random, kinds: Sequence[str]
+) -> list[str]:
+    eligible = [i for i in candidates if is_typo_eligible(words[i])]
+    chosen = sorted(rng.sample(eligible, _how_many(rate, len(eligible))))
+    new_words = list(words)
+    for i in chosen:
+        new_words[i] = typo(words[i], rng, kinds)
+    return new_words
+
+
+def perturb_characters(
+    words: Sequence[str], rate: float, rng: random.Random | int, kinds: Sequence[str] = TYPO_KINDS
+) -> list[str]:
+    """Apply one [`typo`] to each of a random fraction `rate` of the eligible words (see [`is_typo_eligible`]).
+
+    Args:
+        words: The words of one text.
+        rate: Fraction in [0, 1] of the eligible words to perturb, rounded half up; at least one word when
+            `rate > 0` and some word is eligible.
+        rng: A `random.Random` or an int seed.
+        kinds: The typo kinds to draw from.
+
+    Returns:
+        A new list with as many words as `words`.
+    """
+    _check_rate("rate", rate)
+    _check_kinds(kinds)
+    return _typo_at(words, range(len(words)), rate, as_rng(rng), kinds)
+
+
+def change_case(
+    words: Sequence[str], rng: random.Random | int, *, rate: float = 1.0, styles: Sequence[str] = CASE_STYLES
+) -> list[str]:
+    """Re-case a random fraction `rate` of the words that contain a letter, each to a style drawn from `styles`.
+
+    Styles are "upper" ("PARIS"), "lower" ("paris") and "title" ("Paris"); a word gets a style that changes it, and
+    is left as is if none does (e.g. "a" with styles=("lower",)). Cased models read capitals as a strong entity cue,
+    so this probes how much a model relies on them.
+
+    Args:
+        words: The words of one text.
+        rng: A `random.Random` or an int seed.
+        rate: Fraction in [0, 1] of the words with a letter to re-case (rounded half up, at least one if > 0).
+        styles: A non-empty subset of `CASE_STYLES`.
+
+    Returns:
+        A new list with as many words as `words`.
+    """
+    _check_rate("rate", rate)
+    styles = tuple(styles)
+    if not styles or any(style not in CASE_STYLES for style in styles):
+        raise ValueError(f"`styles` must be a non-empty subset of {list(CASE_STYLES)}, got {list(styles)}.")
+    rng = as_rng(rng)
+    eligible = [i for i, word in enumerate(words) if any(c.isalpha() for c in word)]
+    new_words = list(words)
+    for i in sorted(rng.sample(eligible, _how_many(rate, len(eligible)))):
+        options = [cased for cased in (getattr(words[i], style)() for style in styles) if cased != words[i]]
+        if options:
+            new_words[i] = rng.choice(options)
+    return new_words
+
+
+# ---- NER: entity and context perturbations -------------------------------------------------------------------------
+
+
+def _split_tag(tag: str) -> tuple[str, str | None]:
+    """("B", "PER") for "B-PER", ("O", None) for "O"; ValueError for anything that is not an IOB2 tag string."""
+    if tag == "O":
+        return "O", None
+    if isinstance(tag, str):
+        prefix, sep, entity = tag.partition("-")
+        if sep and prefix in ("B", "I") and entity:
+            return prefix, entity
+    raise ValueError(
+        f"Tag {tag!r} is not an IOB2 tag string ('O', 'B-<type>' or 'I-<type>'). Convert label ids to names first, "
+        "e.g. `[label_names[i] for i in ner_tags]`."
+    )
+
+
+def entity_mentions(tokens: Sequence[str], tags: Sequence[str]) -> list[tuple[int, int, str]]:
+    """The entity mentions of an IOB2-tagged sentence, as `(start, end, type)` with `end` exclusive.
+
+    "B-X" opens a mention and "I-X" continues a mention of type X. An "I-X" that does not continue one (after "O" or
+    a mention of another type) opens a new mention, as conlleval reads it.
+
+    Example:
+        `entity_mentions(["John", "Smith", "lives", "in", "Paris"], ["B-PER", "I-PER", "O", "O", "B-LOC"])` is
+        `[(0, 2, "PER"), (4, 5, "LOC")]`.
+    """
+    if len(tokens) != len(tags):
+        raise ValueError(f"Got {len(tokens)} tokens but {len(tags)} tags; each token needs exactly one tag.")
+    mentions: list[tuple[int, int, str]] = []
+    start, current = 0, None
+    for i, tag in enumerate(tags):
+        prefix, entity = _split_tag(tag)
+        if current is not None and (prefix != "I" or entity != current):
+            mentions.append((start, i, current))
+            current = None
+        if entity is not None and current is None:
+            start, current = i, entity
+    if current is not None:
+        mentions.append((start, len(tags), current))
+    return mentions
+
+
+def _tag_names(dataset: Any, tags_column: str, label_names: Sequence[str] | None) -> Sequence[str] | None:
+    if label_names is not None:
+        return list(label_names)
+    features = getattr(dataset, "features", None)
+    feature = features.get(tags_column) if features is not None else None
+    inner = getattr(feature, "feature", None)
+    return getattr(inner, "names", None)
+
+
+def _as_tag_strings(tags: Sequence[Any], names: Sequence[str] | None, tags_column: str) -> list[str]:
+    if all(isinstance(tag, str) for tag in tags):
+        return list(tags)
+    if names is None:
+        raise ValueError(
+            f"Column {tags_column!r} holds label ids, and their names are unknown: pass `label_names` (the tag names "
+            "in id order), or a datasets.Dataset whose column is a Sequence(ClassLabel)."
+        )
+    return [names[int(tag)] for tag in tags]
+
+
+def collect_entity_pool(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    tokens_column: str = "tokens",
+    tags_column: str = "ner_tags",
+    label_names: Sequence[str] | None = None,
+) -> dict[str, list[tuple[str, ...]]]:
+    """Every distinct entity mention of each type in some (training) data, to draw replacements from.
+
+    Args:
+        rows: A `datasets.Dataset` (e.g. from `read_conll`) or any iterable of dicts with `tokens_column` (words) and
+            `tags_column` (IOB2 tag strings, or label ids).
+        tokens_column, tags_column: The columns to read.
+        label_names: Tag names in id order, when the tags are ids. Read from the dataset's ClassLabel feature if
+            not given.
+
+    Returns:
+        `{type: [mention, ...]}` with each mention a tuple of words, in order of first occurrence, without repeats.
+    """
+    names = _tag_names(rows, tags_column, label_names)
+    pool: dict[str, list[tuple[str, ...]]] = {}
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for index, row in enumerate(rows):
+        if tokens_column not in row or tags_column not in row:
+            raise ValueError(
+                f"Row {index} has columns {sorted(row)}, but `{tokens_column}` and `{tags_column}` are needed; pass "
+                "`tokens_column=`/`tags_column=` naming the words and tags columns."
+            )
+        tokens = list(row[tokens_column])
+        tags = _as_tag_strings(row[tags_column], names, tags_column)
+        for start, end, entity in entity_mentions(tokens, tags):
+            mention = tuple(tokens[start:end])
+            if (entity, mention) not in seen:
+                seen.add((entity, mention))
+                pool.setdefault(entity, []).append(mention)
+    logger.info("Entity pool: %s", {entity: len(mentions) for entity, mentions in pool.items()})
+    return pool
+
+
+def swap_entities(
+    tokens: Sequence[str],
+    tags: Sequence[str],
+    pool: Mapping[str, Sequence[Sequence[str]]],
+    rng: random.Random | int,
+) -> tuple[list[str], list[str]]:
+    """Replace every entity mention by a different mention of the same type drawn from `pool` (RockNER-style).
+
+    The tags of a replacement are rebuilt as "B-<type>" followed by "I-<type>" for its other words, so the sentence
+    stays valid IOB2 whatever the lengths. A mention whose type has no other mention in the pool is kept.
+
+    Args:
+        tokens: The words of one sentence.
+        tags: One IOB2 tag string per word.
+        pool: From [`collect_entity_pool`], usually over the training data.
+        rng: A `random.Random` or an int seed.
+
+    Returns:
+        `(new_tokens, new_tags)`, of equal length (which may differ from `len(tokens)`).
+    """
+    rng = as_rng(rng)
+    new_tokens: list[str] = []
+    new_tags: list[str] = []
+    position = 0
+    for start, end, entity in entity_mentions(tokens, tags):
+        new_tokens.extend(tokens[position:start])
+        new_tags.extend(tags[position:start])
+        original = tuple(tokens[start:end])
+        choices = [tuple(mention) for mention in pool.get(entity, ()) if tuple(mention) != original and mention]
+        replacement = rng.choice(choices) if choices else original
+        new_tokens.extend(replacement)
+        new_tags.extend([f"B-{entity}"] + [f"I-{entity}"] * (len(replacement) - 1))
+        position = end
+    new_tokens.extend(tokens[position:])
+    new_tags.extend(tags[position:])
+    return new_tokens, new_tags
+
+
+def perturb_context(
+    tokens: Sequence[str],
+    tags: Sequence[str],
+    rate: float,
+    rng: random.Random | int,
+    kinds: Sequence[str] = TYPO_KINDS,
+) -> tuple[list[str], list[str]]:
+    """Typos in the context only: like [`perturb_characters`] restricted to the words tagged "O".
+
+    Entity words are never changed, so the gold tags stay correct.
+
+    Returns:
+        `(new_tokens, tags)`, the tags unchanged (as a new list).
+    """
+    if len(tokens) != len(tags):
+        raise ValueError(f"Got {len(tokens)} tokens but {len(tags)} tags; each token needs exactly one tag.")
+    _check_rate("rate", rate)
+    _check_kinds(kinds)
+    context = [i for i, tag in enumerate(tags) if _split_tag(tag)[1] is None]
+    return _typo_at(tokens, context, rate, as_rng(rng), kinds), list(tags)
+
+
+# ---- sequence classification: a black-box greedy word attack --------------------------------------------------------
+
+
+def _query(predict_proba: Callable[[list[list[str]]], np.ndarray], texts: list[list[str]]) -> np.ndarray:
+    probabilities = np.asarray(predict_proba(texts), dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[0] != len(texts):
+        raise ValueError(
+            f"`predict_proba` returned shape {probabilities.shape} for {len(texts)} texts; it must return class "
+            "probabilities of shape (number of texts, number of classes)."
+        )
+    return probabilities
+
+
+def word_budget(budget: float, n_words: int) -> int:
+    """Most words the attack may perturb: floor(budget · n_words), and at least 1 if budget > 0 and n_words >= 1."""
+    _check_rate("budget", budget)
+    if budget == 0 or n_words == 0:
+        return 0
+    return max(1, math.floor(budget * n_words))
+
+
+def greedy_word_attack(
+    predict_proba: Callable[[list[list[str]]], np.ndarray],
+    words: Sequence[str],
+    label: int,
+    *,
+    budget: float = 0.3,
+    rng: random.Random | int = 0,
+    max_tries_per_word: int = 3,
+) -> dict[str, Any]:
+    """Flip a classifier's prediction with character typos in as few important words as possible (black box).
+
+    1. Importance: each word is deleted in turn; words are ranked by how much that lowers the true-class
+       probability (ties keep the word order).
+    2. In that order, up to `max_tries_per_word` distinct [`typo`]s of the word are scored, and the one that lowers
+       the true-class probability most is kept if it lowers it at all (a word whose typos do not help is skipped and
+       does not count against the budget).
+    3. The attack stops as soon as the prediction is no longer `label`, or when `word_budget(budget, len(words))`
+       words are perturbed.
+
+    Args:
+        predict_proba: Maps a list of texts (each a list of words) to class probabilities (N, C).
+        words: The words of the text to attack.
+        label: Its true class.
+        budget: Fraction in [0, 1] of the words that may be perturbed.
+        rng: A `random.Random` or an int seed, for the typos.
+        max_tries_per_word: Typos tried per word (>= 1).
+
+    Returns:
+        `{"words": the (possibly) perturbed words, "success": whether the prediction flipped, "perturbed": words
+        changed, "queries": texts sent to predict_proba, "clean_correct": whether the clean prediction was right}`.
+        If the clean prediction is already wrong, nothing is attacked and `success` is False.
+    """
+    if isinstance(words, str):
+        raise TypeError("`words` must be a list of words, not a string; pass `text.split()`.")
+    if max_tries_per_word < 1:
+        raise ValueError(f"`max_tries_per_word` must be >= 1, got {max_tries_per_word}.")
+    limit = word_budget(budget, len(words))
+    rng = as_rng(rng)
+    current = list(words)
+    probabilities = _query(predict_proba, [current])[0]
+    queries = 1
+    if not 0 <= label < probabilities.shape[0]:
+        raise ValueError(f"`label` is {label}, but `predict_proba` gives {probabilities.shape[0]} classes.")
+    clean_correct = int(probabilities.argmax()) == label
+    result = {"words": current, "success": False, "perturbed": 0, "queries": queries, "clean_correct": clean_correct}
+    if not clean_correct or limit == 0:
+        return result
+
+    true_probability = probabilities[label]
+    deletions = [current[:i] + current[i + 1 :] for i in range(len(current))]
+    drops = true_probability - _query(predict_proba, deletions)[:, label]
+    queries += len(deletions)
+    order = sorted(range(len(current)), key=lambda i: -drops[i])
+
+    perturbed = 0
+    for i in order:
+        if perturbed >= limit:
+            break
+        candidates: list[str] = []
+        for _ in range(max_tries_per_word):
+            candidate = typo(current[i], rng)
+            if candidate != current[i] and candidate not in candidates:
+                candidates.append(candidate)
+        if not candidates:
+            continue
+        texts = [current[:i] + [candidate] + current[i + 1 :] for candidate in candidates]
+        scored = _query(predict_proba, texts)
+        queries += len(texts)
+        best = int(scored[:, label].argmin())
+        if scored[best, label] >= true_probability:
+            continue
+        current = texts[best]
+        true_probability = scored[best, label]
+        perturbed += 1
+        if int(scored[best].argmax()) != label:
+            result["success"] = True
+            break
+    result.update(words=current, perturbed=perturbed, queries=queries)
+    return result
+
+
+def attack_accuracy(
+    predict_proba: Callable[[list[list[str]]], np.ndarray],
+    examples: Sequence[Sequence[str]],
+    labels: Sequence[int],
+    budget: float = 0.3,
+    seed: int = 0,
+    *,
+    max_tries_per_word: int = 3,
+) -> dict[str, float]:
+    """Accuracy before and after [`greedy_word_attack`] on every example.
+
+    Args:
+        predict_proba: As for `greedy_word_attack`.
+        examples: The texts, each a list of words.
+        labels: Their true classes.
+        budget: Fraction of each text's words that may be perturbed.
+        seed: Seeds one `random.Random` used for all examples in order.
+        max_tries_per_word: As for `greedy_word_attack`.
+
+    Returns:
+        `{"clean_accuracy", "attacked_accuracy", "attack_success_rate"}`, where the success rate is the number of
+        flipped predictions over the number of examples that were predicted correctly (0 if none was).
+    """
+    if len(examples) != len(labels):
+        raise ValueError(f"Got {len(examples)} examples but {len(labels)} labels; pass one label per example.")
+    if not examples:
+        raise ValueError("`examples` is empty; pass at least one text to attack.")
+    rng = random.Random(seed)
+    correct = flipped = 0
+    for words, label in zip(examples, labels, strict=True):
+        outcome = greedy_word_attack(
+            predict_proba, words, int(label), budget=budget, rng=rng, max_tries_per_word=max_tries_per_word
+        )
+        correct += outcome["clean_correct"]
+        flipped += outcome["success"]
+    total = len(examples)
+    results = {
+        "clean_accuracy": correct / total,
+        "attacked_accuracy": (correct - flipped) / total,
+        "attack_success_rate": flipped / correct if correct else 0.0,
+    }
+    logger.info("Greedy word attack (budget %.2f): %s", budget, results)
+    return results
+
+
+def model_predict_proba(
+    model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 32, max_length: int | None = None
+) -> Callable[[list[list[str]]], np.ndarray]:
+    """A `predict_proba` for the attacks above from a sequence-classification model and its tokenizer.
+
+    Texts are tokenized as pre-split words (`is_split_into_words=True`), padded and truncated to `max_length`, and
+    run in eval mode without gradient on the model's device; the model's train/eval mode is restored after each call.
+
+    Returns:
+        A function from a list of N texts (lists of words) to softmax probabilities, an (N, C) float64 array.
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+
+    def predict_proba(texts: list[list[str]]) -> np.ndarray:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        chunks = []
+        try:
+            with torch.no_grad():
+                for start in range(0, len(texts), batch_size):
+                    encoding = tokenizer(
+                        [list(words) for words in texts[start : start + batch_size]],
+                        is_split_into_words=True,
+                        padding=True,
+                        truncation=True,
+                        max_length=max_length,
+                        return_tensors="pt",
+                    ).to(device)
+                    logits = model(**encoding).logits
+                    chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        finally:
+            model.train(was_training)
+        return np.concatenate(chunks, axis=0).astype(np.float64)
+
+    return predict_proba

@@ -1,0 +1,107 @@
+"""Distil a fine-tuned NER teacher into a smaller student.
+
+    # offline, local CoNLL files and a local teacher (see recipes/quickstart_ner.sh)
+    python recipes/distill_ner.py recipes/configs/ner_quick.yaml
+
+    # with the network: a bert-base-cased teacher fine-tuned on the Hub's CoNLL-2003
+    python recipes/distill_ner.py recipes/configs/ner_bert_base.yaml
+
+    # several processes or GPUs
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/distill_ner.py recipes/configs/ner_bert_base.yaml
+
+Any field of the config file can be overridden on the command line (`--num_train_epochs 5`); `--help` lists them.
+"""
+
+import logging
+import os
+
+from recipe_utils import DataArguments, ModelArguments, compare, load_splits
+from transformers import DataCollatorForTokenClassification, set_seed
+
+from hf_distill import (
+    DistillationArguments,
+    DistillationTrainer,
+    create_student,
+    read_conll,
+    token_classification_metrics,
+    tokenize_and_align_labels,
+)
+from hf_distill.cli import parse_args
+from hf_distill.loading import load_model, load_tokenizer
+
+logger = logging.getLogger("recipes.distill_ner")
+
+
+def main():
+    model_args, data_args, args = parse_args([ModelArguments, DataArguments, DistillationArguments])
+    logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
+    set_seed(args.seed)
+
+    # ---- models ------------------------------------------------------------------------------------------------
+    if model_args.teacher_model_name_or_path is None:
+        raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned NER model (local directory or Hub id).")
+    teacher = load_model(model_args.teacher_model_name_or_path, "token_classification", role="teacher")
+    tokenizer = load_tokenizer(model_args.teacher_model_name_or_path)
+    label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+    if model_args.model_name_or_path:
+        student = load_model(
+            model_args.model_name_or_path, "token_classification", role="student",
+            num_labels=len(label_names), id2label=teacher.config.id2label, label2id=teacher.config.label2id,
+        )
+    else:
+        student = create_student(teacher, [int(i) for i in model_args.student_layers.split(",")])
+
+    # ---- data: tags encoded in the teacher's label order ------------------------------------------------------
+    splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names))
+    tokens_column = data_args.text_column_name or "tokens"
+    tags_column = data_args.label_column_name or "ner_tags"
+    splits = {name: align_tags(data, tags_column, label_names) for name, data in splits.items()}
+    with args.main_process_first(desc="tokenization"):
+        tokenized = {
+            name: data.map(
+                tokenize_and_align_labels, batched=True, remove_columns=data.column_names,
+                fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length,
+                           "tokens_column": tokens_column, "tags_column": tags_column},
+            )
+            for name, data in splits.items()
+        }
+
+    # ---- training --------------------------------------------------------------------------------------------
+    collator = DataCollatorForTokenClassification(tokenizer)
+    metrics = token_classification_metrics(label_names)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
+        compute_metrics=metrics,
+    )
+    trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
+    trainer.train()
+
+    # ---- teacher vs student, save, push ------------------------------------------------------------------------
+    evaluation = {k: v for k, v in tokenized.items() if k != "train"}
+    if trainer.is_world_process_zero():
+        trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, "f1")
+    trainer.save_model()
+    tokenizer.save_pretrained(args.output_dir)
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset=data_args.dataset_name)
+
+
+def align_tags(dataset, column, label_names):
+    """Re-encode a ClassLabel tag column in the teacher's label order (Hub datasets may order labels differently)."""
+    feature = dataset.features[column].feature if hasattr(dataset.features[column], "feature") else None
+    names = getattr(feature, "names", None)
+    if names is None or list(names) == list(label_names):
+        return dataset
+    missing = sorted(set(names) - set(label_names))
+    if missing:
+        raise ValueError(
+            f"The dataset's tags {missing} are not labels of the teacher ({label_names}). Distil with a teacher "
+            "fine-tuned on this label set."
+        )
+    remap = [label_names.index(name) for name in names]
+    return dataset.map(lambda row: {column: [remap[t] for t in row[column]]}, desc="aligning tags to the teacher")
+
+
+if __name__ == "__main__":
+    main()

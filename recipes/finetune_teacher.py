@@ -1,0 +1,96 @@
+"""Fine-tune a teacher for a user who does not have one yet (plain `transformers.Trainer`, no distillation).
+
+    python recipes/finetune_teacher.py recipes/configs/ner_quick_teacher.yaml --model_name_or_path /path/to/bert
+    python recipes/finetune_teacher.py --task ner --model_name_or_path bert-base-cased --dataset_name conll2003 \
+        --output_dir bert-base-cased-conll03 --num_train_epochs 3
+
+The output directory (model + tokenizer) is what the distillation recipes take as --teacher_model_name_or_path.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from recipe_utils import DataArguments, load_splits
+from transformers import (
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from hf_distill import (
+    load_text_classification_file,
+    read_conll,
+    sequence_classification_metrics,
+    token_classification_metrics,
+    tokenize_and_align_labels,
+)
+from hf_distill.cli import parse_args
+from hf_distill.loading import load_model, load_tokenizer
+
+logger = logging.getLogger("recipes.finetune_teacher")
+TASKS = {"ner": "token_classification", "text-classification": "sequence_classification"}
+
+
+@dataclass
+class TeacherArguments:
+    model_name_or_path: str = field(default=None, metadata={"help": "The pretrained model to fine-tune."})
+    task: str = field(default="ner", metadata={"help": "'ner' or 'text-classification'.", "choices": list(TASKS)})
+
+
+def main():
+    teacher_args, data_args, args = parse_args([TeacherArguments, DataArguments, TrainingArguments])
+    logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
+    if teacher_args.model_name_or_path is None:
+        raise ValueError("Pass --model_name_or_path: the pretrained model to fine-tune (local directory or Hub id).")
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(teacher_args.model_name_or_path)
+    if teacher_args.task == "ner":
+        label_names = None
+        if data_args.train_file:
+            label_names = read_conll(data_args.train_file).features["ner_tags"].feature.names
+        splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names))
+        label_names = splits["train"].features[data_args.label_column_name or "ner_tags"].feature.names
+        columns = {"tokens_column": data_args.text_column_name or "tokens",
+                   "tags_column": data_args.label_column_name or "ner_tags"}
+        tokenized = {
+            name: d.map(tokenize_and_align_labels, batched=True, remove_columns=d.column_names,
+                        fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length, **columns})
+            for name, d in splits.items()
+        }
+        collator = DataCollatorForTokenClassification(tokenizer)
+        metrics, metric = token_classification_metrics(label_names), "f1"
+    else:
+        text_column = data_args.text_column_name or "sentence"
+        label_column = data_args.label_column_name or "label"
+        splits = load_splits(data_args, lambda path: load_text_classification_file(
+            path, text_column=text_column, label_column=label_column))
+        feature = splits["train"].features[label_column]
+        label_names = list(getattr(feature, "names", None) or [str(i) for i in sorted(set(splits["train"][label_column]))])
+
+        def encode(batch):
+            encoded = tokenizer(batch[text_column], truncation=True, max_length=data_args.max_seq_length)
+            encoded["labels"] = batch[label_column]
+            return encoded
+
+        tokenized = {name: d.map(encode, batched=True, remove_columns=d.column_names) for name, d in splits.items()}
+        collator = DataCollatorWithPadding(tokenizer)
+        metrics, metric = sequence_classification_metrics(len(label_names)), "accuracy"
+
+    id2label = dict(enumerate(label_names))
+    model = load_model(
+        teacher_args.model_name_or_path, TASKS[teacher_args.task], role="model to fine-tune",
+        num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+                      data_collator=collator, processing_class=tokenizer, compute_metrics=metrics)
+    trainer.train()
+    result = trainer.evaluate()
+    logger.info("teacher validation %s: %.4f", metric, result[f"eval_{metric}"])
+    trainer.save_model()
+    tokenizer.save_pretrained(args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Pieces shared by the recipes: their argument dataclasses, data loading aligned to the teacher's labels, and the
+teacher-vs-student evaluation table."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+
+import datasets
+from transformers import Trainer, TrainingArguments
+
+from hf_distill.speed import inference_latency_ms
+
+logger = logging.getLogger("recipes")
+
+
+@dataclass
+class ModelArguments:
+    """Which teacher and which student."""
+
+    teacher_model_name_or_path: str = field(
+        default=None, metadata={"help": "The fine-tuned teacher: a local directory or a Hub id."}
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The student to start from. If absent, --student_layers cuts it from the teacher."}
+    )
+    student_layers: str = field(
+        default="0,2,4", metadata={"help": "Teacher layers copied into the student when --model_name_or_path is absent."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from: a Hub dataset or local files."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, e.g. 'conll2003' or 'glue'."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's config, e.g. 'sst2'."})
+    train_file: str | None = field(default=None, metadata={"help": "Local training file (CoNLL .txt/.conll for NER; csv/tsv/json for text)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file (optional)."})
+    text_column_name: str | None = field(default=None, metadata={"help": "Column with the text (or the tokens for NER)."})
+    label_column_name: str | None = field(default=None, metadata={"help": "Column with the labels (or the tags for NER)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation/test examples."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.train_file is None:
+            raise ValueError(
+                "No data: pass --dataset_name (a Hub dataset) or --train_file/--validation_file (local files)."
+            )
+
+
+def load_splits(data: DataArguments, read_local) -> dict[str, datasets.Dataset]:
+    """`{"train", "validation"[, "test"]}` from the Hub or from local files (`read_local(path)` reads one file)."""
+    if data.dataset_name is not None:
+        try:
+            raw = datasets.load_dataset(data.dataset_name, data.dataset_config_name)
+        except Exception as err:  # the Hub or the network: say what to do instead
+            raise ValueError(
+                f"Could not load the Hub dataset {data.dataset_name!r} ({type(err).__name__}: {err}). If you are offline "
+                "or the id is wrong, pass local files instead: --train_file, --validation_file [--test_file]."
+            ) from err
+        splits = {"train": raw["train"], "validation": raw["validation"]}
+        if "test" in raw:
+            splits["test"] = raw["test"]
+    else:
+        files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}
+        splits = {name: read_local(path) for name, path in files.items() if path is not None}
+        if "validation" not in splits:
+            raise ValueError("Pass --validation_file as well: teacher and student are compared on it.")
+    if data.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(data.max_train_samples, len(splits["train"]))))
+    if data.max_eval_samples:
+        for name in ("validation", "test"):
+            if name in splits:
+                splits[name] = splits[name].select(range(min(data.max_eval_samples, len(splits[name]))))
+    return splits
+
+
+def compare(teacher, student, splits, collator, compute_metrics, args, metric: str) -> dict:
+    """Score teacher and student on each evaluation split, time them, and log a side-by-side table.
+
+    Returns the report that goes on the model card: {"teacher": {...}, "student": {...}, "speed": {...}}.
+    """
+    eval_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf_distill_eval_"), per_device_eval_batch_size=args.per_device_eval_batch_size,
+        report_to="none", use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
+    )
+    report = {"teacher": {}, "student": {}}
+    for role, model in (("teacher", teacher), ("student", student)):
+        scorer = Trainer(model=model, args=eval_args, data_collator=collator, compute_metrics=compute_metrics)
+        for split, data in splits.items():
+            result = scorer.evaluate(data, metric_key_prefix=split)
+            report[role][f"{split}_{metric}"] = round(result[f"{split}_{metric}"], 4)
+        report[role]["parameters"] = sum(p.numel() for p in model.parameters())
+    first = next(iter(splits.values()))
+    speed = {}
+    for batch_size in (1, 32):
+        batch = collator([first[i] for i in range(min(batch_size, len(first)))])
+        speed[f"teacher_ms_batch{batch_size}"] = round(inference_latency_ms(teacher, batch), 2)
+        speed[f"student_ms_batch{batch_size}"] = round(inference_latency_ms(student, batch), 2)
+        speed[f"speedup_batch{batch_size}"] = round(
+            speed[f"teacher_ms_batch{batch_size}"] / speed[f"student_ms_batch{batch_size}"], 2)
+    report["speed"] = speed
+    logger.info("\n%s", format_table(report))
+    return report
+
+
+def format_table(report: dict) -> str:
+    keys = [k for k in report["teacher"] if k in report["student"]]
+    width = max(len(k) for k in keys + ["latency ms, batch 32"]) + 2
+    lines = [f"{'':<{width}}{'teacher':>14}{'student':>14}"]
+    for key in keys:
+        t, s = report["teacher"][key], report["student"][key]
+        lines.append(f"{key:<{width}}{t:>14,}{s:>14,}" if isinstance(t, int) else f"{key:<{width}}{t:>14.4f}{s:>14.4f}")
+    speed = report["speed"]
+    for b in (1, 32):
+        label = f"latency ms, batch {b}"
+        lines.append(f"{label:<{width}}{speed[f'teacher_ms_batch{b}']:>14.2f}{speed[f'student_ms_batch{b}']:>14.2f}"
+                     f"   ({speed[f'speedup_batch{b}']:.2f}x faster)")
+    return "\n".join(lines)

@@ -1,0 +1,211 @@
+"""The pure pieces of embedding-space attacks: masks, random starts, ascent steps and projections, by hand."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import tiny_token_model
+from torch import nn
+
+from hf_distill.adversarial import (
+    AttackSettings,
+    ascent_step,
+    delta_norm,
+    embed_inputs,
+    fgm_delta,
+    init_delta,
+    perturbation_mask,
+    project,
+)
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def _ones_mask(b=2, length=3):
+    return torch.ones(b, length, 1)
+
+
+def test_embed_inputs_is_the_word_lookup_only(tokenizer):
+    model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT).eval()
+    enc = tokenizer(["john lives in paris", "acme corp"], padding=True, return_tensors="pt")
+    embeds = embed_inputs(model, enc["input_ids"])
+    assert torch.equal(embeds, model.bert.embeddings.word_embeddings(enc["input_ids"]))
+    with torch.no_grad():
+        from_ids = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        from_embeds = model(inputs_embeds=embeds, attention_mask=enc["attention_mask"]).logits
+    # Position/type embeddings and LayerNorm are applied once, by the model, in both cases.
+    torch.testing.assert_close(from_embeds, from_ids, rtol=0, atol=1e-6)
+
+
+def test_embed_inputs_refuses_a_model_without_input_embeddings():
+    with pytest.raises(ValueError, match="has no input embeddings"):
+        embed_inputs(nn.Linear(3, 3), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_perturbation_mask_zeroes_padding_and_special_tokens():
+    input_ids = torch.tensor([[2, 7, 8, 3], [2, 9, 3, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    mask = perturbation_mask(input_ids, attention_mask)
+    assert mask.shape == (2, 4, 1) and mask.dtype == torch.float32
+    assert mask.squeeze(-1).tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    mask = perturbation_mask(input_ids, attention_mask, special_ids=[0, 2, 3])
+    assert mask.squeeze(-1).tolist() == [[0, 1, 1, 0], [0, 1, 0, 0]]
+
+
+def test_perturbation_mask_rejects_a_mismatched_attention_mask():
+    with pytest.raises(ValueError, match="attention_mask"):
+        perturbation_mask(torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 3))
+
+
+def test_l2_init_has_exact_norm_and_respects_the_mask():
+    embeds = torch.zeros(3, 4, 5, dtype=torch.float16)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float32).unsqueeze(-1)
+    delta = init_delta(embeds, mask, init_scale=0.7, norm="l2", generator=torch.Generator().manual_seed(0))
+    assert delta.dtype == torch.float32 and delta.shape == embeds.shape
+    torch.testing.assert_close(delta_norm(delta, "l2"), torch.tensor([0.7, 0.7, 0.0]))
+    assert torch.all(delta[mask.expand_as(delta) == 0] == 0)
+
+
+def test_linf_init_is_bounded_and_seeded():
+    embeds, mask = torch.zeros(2, 3, 4), _ones_mask()
+    first = init_delta(embeds, mask, init_scale=0.1, norm="linf", generator=torch.Generator().manual_seed(1))
+    again = init_delta(embeds, mask, init_scale=0.1, norm="linf", generator=torch.Generator().manual_seed(1))
+    other = init_delta(embeds, mask, init_scale=0.1, norm="linf", generator=torch.Generator().manual_seed(2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.abs().max() <= 0.1 and first.abs().max() > 0
+
+
+def test_zero_init_scale_gives_zeros():
+    delta = init_delta(torch.zeros(2, 3, 4), _ones_mask(), init_scale=0.0, norm="l2")
+    assert torch.equal(delta, torch.zeros(2, 3, 4))
+
+
+def test_l2_ascent_step_by_hand():
+    delta = torch.zeros(1, 2, 2)
+    grad = torch.tensor([[[3.0, 0.0], [0.0, 4.0]]])
+    step = ascent_step(delta, grad, torch.ones(1, 2, 1), step_size=0.5, norm="l2")
+    torch.testing.assert_close(step, torch.tensor([[[0.3, 0.0], [0.0, 0.4]]]))
+
+
+def test_l2_ascent_step_ignores_masked_gradient_in_the_norm():
+    grad = torch.tensor([[[3.0, 0.0], [100.0, 100.0]]])
+    mask = torch.tensor([[[1.0], [0.0]]])
+    step = ascent_step(torch.zeros(1, 2, 2), grad, mask, step_size=1.0, norm="l2")
+    torch.testing.assert_close(step, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
+
+
+def test_linf_ascent_step_uses_the_sign():
+    grad = torch.tensor([[[0.2, -5.0], [0.0, 1e-8]]])
+    step = ascent_step(torch.zeros(1, 2, 2), grad, torch.ones(1, 2, 1), step_size=0.1, norm="linf")
+    torch.testing.assert_close(step, torch.tensor([[[0.1, -0.1], [0.0, 0.1]]]))
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_zero_and_nonfinite_gradients_give_a_zero_step_for_that_example_only(norm):
+    delta = torch.full((3, 2, 2), 0.25)
+    grad = torch.ones(3, 2, 2)
+    grad[0] = 0.0
+    grad[1, 0, 1] = float("nan")
+    grad[2, 1, 0] = float("inf")
+    step = ascent_step(delta, grad, torch.ones(3, 2, 1), step_size=0.1, norm=norm)
+    assert torch.isfinite(step).all()
+    assert torch.equal(step, delta)  # every example had a zero or non-finite gradient
+
+    grad = torch.ones(2, 2, 2)
+    grad[0, 0, 0] = float("nan")
+    step = ascent_step(torch.zeros(2, 2, 2), grad, torch.ones(2, 2, 1), step_size=0.1, norm=norm)
+    assert torch.equal(step[0], torch.zeros(2, 2))
+    assert step[1].abs().sum() > 0
+
+
+def test_fp16_gradients_do_not_overflow_the_norm():
+    grad = torch.full((1, 4, 8), 60000.0, dtype=torch.float16)  # the fp16 sum of squares would be inf
+    step = ascent_step(torch.zeros(1, 4, 8), grad, torch.ones(1, 4, 1), step_size=1.0, norm="l2")
+    assert step.dtype == torch.float32
+    assert delta_norm(step, "l2").item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_l2_projection_scales_down_only_examples_outside_the_ball():
+    delta = torch.zeros(2, 1, 2)
+    delta[0, 0] = torch.tensor([3.0, 4.0])  # norm 5
+    delta[1, 0] = torch.tensor([0.3, 0.4])  # norm 0.5
+    projected = project(delta, torch.ones(2, 1, 1), epsilon=1.0, norm="l2")
+    torch.testing.assert_close(projected[0, 0], torch.tensor([0.6, 0.8]))
+    assert torch.equal(projected[1], delta[1])
+
+
+def test_linf_projection_clamps_and_zero_epsilon_gives_zeros():
+    delta = torch.tensor([[[0.5, -2.0, 0.05]]])
+    torch.testing.assert_close(
+        project(delta, torch.ones(1, 1, 1), epsilon=0.1, norm="linf"), torch.tensor([[[0.1, -0.1, 0.05]]])
+    )
+    assert torch.equal(project(delta, torch.ones(1, 1, 1), epsilon=0.0, norm="l2"), torch.zeros(1, 1, 3))
+    assert torch.equal(project(delta, torch.ones(1, 1, 1), epsilon=math.inf, norm="l2"), delta)
+
+
+def test_delta_norm_per_example():
+    delta = torch.tensor([[[3.0, 0.0], [0.0, -4.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.bfloat16)
+    assert delta_norm(delta, "l2").tolist() == [5.0, 0.0]
+    assert delta_norm(delta, "linf").tolist() == [4.0, 0.0]
+    assert delta_norm(delta, "l2").dtype == torch.float32
+
+
+def test_fgm_delta_has_norm_epsilon_along_the_gradient():
+    torch.manual_seed(0)
+    grad = torch.randn(2, 3, 4)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]).unsqueeze(-1)
+    delta = fgm_delta(grad, mask, epsilon=1.5, norm="l2")
+    torch.testing.assert_close(delta_norm(delta, "l2"), torch.tensor([1.5, 1.5]))
+    expected = grad * mask / torch.linalg.vector_norm((grad * mask).flatten(1), dim=1).view(-1, 1, 1) * 1.5
+    torch.testing.assert_close(delta, expected)
+    assert torch.equal(fgm_delta(grad, mask, epsilon=0.2, norm="linf").abs().amax(), torch.tensor(0.2))
+
+
+def test_pgd_steps_raise_a_quadratic_loss_and_stay_in_the_ball():
+    target = torch.tensor([[[2.0, -1.0], [0.5, 3.0]]])
+    mask = torch.ones(1, 2, 1)
+    delta = torch.zeros(1, 2, 2)
+    losses = []
+    for _ in range(5):
+        delta.requires_grad_(True)
+        loss = -((delta - target) ** 2).sum()  # maximised at delta = target, outside the ball
+        (grad,) = torch.autograd.grad(loss, delta)
+        losses.append(loss.item())
+        delta = project(
+            ascent_step(delta.detach(), grad, mask, step_size=0.3, norm="l2"), mask, epsilon=1.0, norm="l2"
+        )
+    assert losses == sorted(losses)
+    assert delta_norm(delta, "l2").item() <= 1.0 + 1e-6
+
+
+def test_attack_settings_passes():
+    assert AttackSettings("fgm", epsilon=1.0, step_size=0.0, steps=1).passes == 2
+    assert AttackSettings("pgd", epsilon=1.0, step_size=0.3, steps=3).passes == 4
+    assert AttackSettings("freelb", epsilon=math.inf, step_size=0.1, steps=3, init_scale=0.5).passes == 3
+
+
+def test_attack_settings_are_frozen():
+    settings = AttackSettings("pgd", epsilon=1.0, step_size=0.3, steps=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.epsilon = 2.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "smart"}, "`method` must be one of .*'smart'"),
+        ({"epsilon": -0.1}, "`epsilon` must be >= 0, got -0.1"),
+        ({"epsilon": float("nan")}, "`epsilon` must be >= 0, got nan"),
+        ({"method": "fgm", "epsilon": math.inf}, "FGM and must be finite"),
+        ({"step_size": -1.0}, "`step_size` must be .*got -1.0"),
+        ({"steps": 0}, "`steps` must be an integer >= 1, got 0"),
+        ({"steps": 2.5}, "`steps` must be an integer >= 1, got 2.5"),
+        ({"norm": "l1"}, "`norm` must be one of .*'l1'"),
+        ({"init_scale": -1.0}, "`init_scale` must be .*got -1.0"),
+    ],
+)
+def test_attack_settings_validation_names_the_field(kwargs, message):
+    settings = {"method": "pgd", "epsilon": 1.0, "step_size": 0.3, "steps": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        AttackSettings(**settings)

@@ -1,0 +1,51 @@
+"""Config files plus command-line overrides, and the errors for bad config files."""
+
+import pytest
+from transformers import TrainingArguments
+
+from hf_distill import DistillationArguments
+from hf_distill.cli import parse_args
+
+
+def test_yaml_config_with_cli_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\ntemperature: 4.0\nalpha: 0.9\nreport_to: none\nuse_cpu: true\n")
+    (args,) = parse_args([DistillationArguments], [str(config), "--alpha", "0.3"])
+    assert args.temperature == 4.0 and args.alpha == 0.3 and args.output_dir == "out"
+
+
+def test_json_config(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text('{"output_dir": "out", "distill_loss": "soft_ce", "report_to": "none", "use_cpu": true}')
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.distill_loss == "soft_ce"
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\ntemprature: 4.0\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\): 'temprature' \(did you mean 'temperature'\?\)"):
+        parse_args([DistillationArguments], [str(config)])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("", r"is empty"), ("- a\n- b\n", r"holds a list; it should map argument names"), ("a: [1,\n", r"not valid YAML")],
+)
+def test_bad_config_files(tmp_path, text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse_args([TrainingArguments], [str(config)])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Config file .*nope.yaml' does not exist"):
+        parse_args([TrainingArguments], [str(tmp_path / "nope.yaml")])
+
+
+def test_invalid_value_in_config_reaches_validation(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nalpha: 1.5\nreport_to: none\n")
+    with pytest.raises(ValueError, match=r"`alpha` must be in \[0, 1\], got 1.5"):
+        parse_args([DistillationArguments], [str(config)])

@@ -1,0 +1,88 @@
+"""The model card written with every save, and push_to_hub's upload path without a network."""
+
+from types import SimpleNamespace
+
+import transformers.trainer
+from conftest import tiny_token_model
+from test_trainer import ner_dataset, ner_trainer
+
+from hf_distill import DistillationArguments
+from hf_distill.model_card import build_model_card
+
+
+def test_card_records_method_data_metrics_and_versions():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, temperature=4.0,
+                                 final_temperature=1.0, temperature_schedule="cosine", alpha=0.7)
+    card = build_model_card(
+        task="token_classification", teacher="dslim/bert-base-NER", args=args, model_name="tiny-ner-student",
+        dataset="conll2003", student_params=1000, teacher_params=4000,
+        evaluation={"teacher": {"validation_f1": 0.91}, "student": {"validation_f1": 0.88},
+                    "speed": {"speedup_batch32": 2.0}},
+    )
+    text = str(card)
+    assert card.data.tags == ["distillation", "hf-distill", "token-classification"]
+    assert card.data.base_model == "dslim/bert-base-NER" and card.data.datasets == ["conll2003"]
+    assert card.data.license == "apache-2.0"
+    assert "# tiny-ner-student" in text and "T²·KL" in text
+    assert "| temperature | 4.0 |" in text and "| final_temperature | 1.0 |" in text
+    assert "| temperature_schedule | cosine |" in text and "| alpha | 0.7 |" in text
+    assert "| validation_f1 | 0.91 | 0.88 |" in text
+    assert "| student / teacher | 0.25 |" in text and "speedup_batch32" in text
+    assert "- transformers " in text and "- torch " in text
+
+
+def test_local_paths_are_not_claimed_as_hub_ids():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    card = build_model_card(task="sequence_classification", teacher="/tmp/my-teacher", args=args,
+                            dataset="train.tsv")
+    assert card.data.base_model is None and card.data.datasets is None
+    assert "text-classification" in card.data.tags
+
+
+def test_every_save_writes_the_card(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.dataset_name = "conll2003"
+    trainer.train()
+    for directory in ("checkpoint-1", "checkpoint-2"):
+        text = (tmp_path / "out" / directory / "README.md").read_text()
+        assert "hf-distill" in text and "conll2003" in text
+
+
+class FakeHubApi:
+    """Records what Trainer.push_to_hub would send to the Hub."""
+
+    def __init__(self):
+        self.created, self.uploads = [], []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **_):
+        self.created.append(repo_id)
+        return SimpleNamespace(repo_id=f"me/{repo_id.split('/')[-1]}")
+
+    def upload_folder(self, repo_id, folder_path, **options):
+        from pathlib import Path
+
+        files = {p.name: p.read_text() if p.name == "README.md" else p.stat().st_size
+                 for p in Path(folder_path).iterdir() if p.is_file()}
+        self.uploads.append({"repo_id": repo_id, "files": files, **options})
+        return SimpleNamespace(commit_url="https://example.invalid/commit")
+
+
+def test_push_to_hub_uploads_student_and_card(tokenizer, tmp_path, monkeypatch):
+    fake = FakeHubApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, push_to_hub=True, hub_model_id="tiny-student",
+                          hub_strategy="end")
+    trainer.train()
+    trainer.push_to_hub(dataset="conll2003")
+    assert fake.created == ["tiny-student"]
+    upload = fake.uploads[-1]
+    assert upload["repo_id"] == "me/tiny-student"
+    assert "model.safetensors" in upload["files"] and "config.json" in upload["files"]
+    card = upload["files"]["README.md"]
+    assert "distillation" in card and "conll2003" in card and "tiny-student" in card
+    # Only the student: the uploaded weights are the student's size, not the teacher's.
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(weights) == set(tiny_token_model(tokenizer, layers=1).state_dict())
+    assert len(ner_dataset(tokenizer)) > 0

@@ -1,0 +1,74 @@
+"""The NER recipe end to end on tiny local models and files, and Hub failures that suggest the local way."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import NER_LABELS, tiny_token_model
+
+ROOT = Path(__file__).resolve().parent.parent
+CONLL = """-DOCSTART- -X- O O
+
+john NNP B-NP B-PER
+lives VBZ B-VP O
+in IN B-PP O
+paris NNP B-NP B-LOC
+. . O O
+
+mary NNP B-NP B-PER
+works VBZ B-VP O
+at IN B-PP O
+acme NNP B-NP B-ORG
+corp NNP I-NP I-ORG
+. . O O
+
+"""
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=3)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    data = tmp_path / "train.txt"
+    data.write_text(CONLL * 4)
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({
+        "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_layers": "0",
+        "train_file": str(data), "validation_file": str(data), "test_file": str(data),
+        "output_dir": str(tmp_path / "student"), "max_steps": 3, "per_device_train_batch_size": 4,
+        "report_to": "none", "use_cpu": True, "save_strategy": "no", "disable_tqdm": True,
+    }))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "distill_ner.py"), str(config), "--alpha", "0.7"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "student"
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 1 and list(saved["id2label"].values()) == NER_LABELS
+    card = (out / "README.md").read_text()
+    assert "| alpha | 0.7 |" in card and "| validation_f1 |" in card and "speedup_batch32" in card
+    table = result.stdout + result.stderr
+    assert "teacher" in table and "latency ms, batch 32" in table
+
+
+@pytest.mark.parametrize("name", ["some-org/no-such-teacher-xyz"])
+def test_unreachable_hub_id_offline_suggests_local_files(tmp_path, name):
+    code = (
+        "from hf_distill.loading import load_model\n"
+        f"load_model({name!r}, 'token_classification')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()
+    message = "\n".join(last[-6:])
+    assert "ValueError: Could not load the teacher" in message
+    assert "Offline mode is on (HF_HUB_OFFLINE=1)" in result.stderr and "local directory" in result.stderr

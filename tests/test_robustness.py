@@ -1,0 +1,186 @@
+"""evaluate_robustness on tiny offline models: exact at epsilon 0, a higher loss under attack, and no side effects."""
+
+import pytest
+import torch
+from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
+from datasets import Dataset, DatasetDict
+from torch import nn
+from transformers import DataCollatorForTokenClassification
+
+from hf_distill.metrics import sequence_classification_metrics, token_classification_metrics
+from hf_distill.robustness import evaluate_robustness
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+SENTENCES = [
+    "john lives in paris .",
+    "mary works at acme corp in london .",
+    "he went to the city",
+    "she visited berlin and the river bank with john .",
+    "acme corp",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; more threads only contend with whatever else the machine runs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def ner_dataset(tokenizer):
+    """Sentences of different lengths, labels on first sub-words and -100 elsewhere (needs a padding collator)."""
+    rows = {"input_ids": [], "attention_mask": [], "labels": [], "tokens": []}
+    for i, sentence in enumerate(SENTENCES):
+        enc = tokenizer(sentence.split(), is_split_into_words=True)
+        previous, labels = None, []
+        for word in enc.word_ids():
+            labels.append(-100 if word is None or word == previous else (i + word) % len(NER_LABELS))
+            previous = word
+        rows["input_ids"].append(enc["input_ids"])
+        rows["attention_mask"].append(enc["attention_mask"])
+        rows["labels"].append(labels)
+        rows["tokens"].append(sentence.split())  # a text column that must be dropped before collation
+    return Dataset.from_dict(rows)
+
+
+def sequence_rows(tokenizer):
+    """A list of equal-length feature dicts with a `label` per example."""
+    enc = tokenizer(SENTENCES, padding="max_length", max_length=14)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "label": i % 2}
+        for i, (ids, mask, types) in enumerate(
+            zip(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], strict=True)
+        )
+    ]
+
+
+def test_zero_epsilon_gives_clean_results_exactly(tokenizer):
+    model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT)
+    results = evaluate_robustness(
+        model,
+        ner_dataset(tokenizer),
+        epsilon=0.0,
+        steps=2,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=token_classification_metrics(NER_LABELS),
+        batch_size=2,
+    )
+    assert {"clean_loss", "attacked_loss", "clean_f1", "attacked_f1", "clean_accuracy"} <= set(results)
+    for key, value in results.items():
+        if key.startswith("clean_"):
+            assert results["attacked_" + key[len("clean_") :]] == value, key
+
+
+def test_clean_loss_is_the_mean_over_labelled_tokens(tokenizer):
+    model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT).eval()
+    dataset = ner_dataset(tokenizer)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in dataset:
+            labels = torch.tensor([row["labels"]])
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits
+            total += nn.functional.cross_entropy(logits[0], labels[0], ignore_index=-100, reduction="sum").item()
+            count += int(labels.ne(-100).sum())
+    results = evaluate_robustness(
+        model, dataset, epsilon=0.0, steps=1, data_collator=DataCollatorForTokenClassification(tokenizer), batch_size=3
+    )
+    assert results["clean_loss"] == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_attack_raises_the_token_classification_loss(tokenizer, norm):
+    model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT)
+    epsilon = 1.0 if norm == "l2" else 0.05
+    results = evaluate_robustness(
+        model,
+        ner_dataset(tokenizer),
+        epsilon=epsilon,
+        steps=3,
+        norm=norm,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        batch_size=2,
+    )
+    assert results["attacked_loss"] > results["clean_loss"] + 1e-3
+
+
+def test_attack_raises_the_sequence_classification_loss_and_reports_metrics(tokenizer):
+    model = tiny_sequence_model(tokenizer, layers=1, **NO_DROPOUT)
+    results = evaluate_robustness(
+        model,
+        sequence_rows(tokenizer),
+        epsilon=1.0,
+        steps=3,
+        compute_metrics=sequence_classification_metrics(2),
+    )
+    assert results["attacked_loss"] > results["clean_loss"] + 1e-3
+    assert set(results) == {
+        "clean_loss",
+        "attacked_loss",
+        "clean_accuracy",
+        "attacked_accuracy",
+        "clean_f1",
+        "attacked_f1",
+    }
+    assert results["attacked_accuracy"] <= results["clean_accuracy"]
+
+
+def test_model_is_left_exactly_as_it_was(tokenizer):
+    model = tiny_token_model(tokenizer, layers=1)  # with dropout: eval mode must switch it off during the attack
+    model.train()
+    model.classifier.requires_grad_(False)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    evaluate_robustness(
+        model,
+        ner_dataset(tokenizer),
+        epsilon=1.0,
+        steps=2,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+    )
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert model.training
+
+
+def test_results_are_seeded(tokenizer):
+    model = tiny_sequence_model(tokenizer, layers=1, **NO_DROPOUT)
+    rows = sequence_rows(tokenizer)
+    first = evaluate_robustness(model, rows, epsilon=0.5, steps=1, step_size=0.0, seed=3)
+    again = evaluate_robustness(model, rows, epsilon=0.5, steps=1, step_size=0.0, seed=3)
+    other = evaluate_robustness(model, rows, epsilon=0.5, steps=1, step_size=0.0, seed=4)
+    assert first == again
+    assert first["attacked_loss"] != other["attacked_loss"]  # only the random start differs
+
+
+def test_ragged_examples_without_a_collator_are_refused(tokenizer):
+    model = tiny_token_model(tokenizer, layers=1)
+    with pytest.raises(ValueError, match="different lengths .*DataCollatorForTokenClassification"):
+        evaluate_robustness(model, ner_dataset(tokenizer), epsilon=1.0, steps=1)
+
+
+def test_dataset_dict_and_missing_labels_are_refused(tokenizer):
+    model = tiny_token_model(tokenizer, layers=1)
+    dataset = ner_dataset(tokenizer)
+    with pytest.raises(ValueError, match=r"pass one split, e.g. dataset\['validation'\]"):
+        evaluate_robustness(model, DatasetDict(validation=dataset), epsilon=1.0, steps=1)
+    with pytest.raises(ValueError, match="needs `input_ids` and `labels`"):
+        evaluate_robustness(model, dataset.remove_columns("labels"), epsilon=1.0, steps=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epsilon": -1.0}, "`epsilon` must be a finite number >= 0, got -1.0"),
+        ({"steps": 0}, "`steps` must be an integer >= 1, got 0"),
+        ({"norm": "l1"}, "`norm` must be one of"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
+        ({"step_size": -0.1}, "`step_size` must be a finite number >= 0"),
+    ],
+)
+def test_settings_are_validated(tokenizer, kwargs, message):
+    settings = {"epsilon": 1.0, "steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        evaluate_robustness(tiny_sequence_model(tokenizer, layers=1), sequence_rows(tokenizer), **settings)

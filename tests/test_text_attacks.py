@@ -1,0 +1,258 @@
+"""Text-level perturbations: seeded typos, valid entity swaps, untouched entities, and a budgeted word attack."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_sequence_model
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+from hf_distill.text_attacks import (
+    KEYBOARD_NEIGHBOURS,
+    attack_accuracy,
+    change_case,
+    collect_entity_pool,
+    entity_mentions,
+    greedy_word_attack,
+    model_predict_proba,
+    perturb_characters,
+    perturb_context,
+    swap_entities,
+    typo,
+    word_budget,
+)
+
+WORDS = "the acting was surprisingly good and the plot kept me guessing until the very end".split()
+TRAIN = [
+    (["John", "Smith", "visited", "Paris", "."], ["B-PER", "I-PER", "O", "B-LOC", "O"]),
+    (["Mary", "works", "at", "Acme", "Corp", "."], ["B-PER", "O", "O", "B-ORG", "I-ORG", "O"]),
+    (["He", "moved", "to", "New", "York", "City"], ["O", "O", "O", "B-LOC", "I-LOC", "I-LOC"]),
+    (["Ada", "Lovelace", "met", "John", "Smith"], ["B-PER", "I-PER", "O", "B-PER", "I-PER"]),
+]
+
+
+def _is_valid_iob2(tags):
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            return False
+        previous = tag
+    return True
+
+
+# ---- typos --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind, check",
+    [
+        ("swap", lambda w, t: len(t) == len(w) and sorted(t) == sorted(w)),
+        ("delete", lambda w, t: len(t) == len(w) - 1),
+        ("insert", lambda w, t: len(t) == len(w) + 1),
+        ("keyboard", lambda w, t: len(t) == len(w) and sum(a != b for a, b in zip(w, t, strict=True)) == 1),
+    ],
+)
+def test_each_typo_kind_changes_the_word_as_described(kind, check):
+    rng = random.Random(0)
+    for word in ("house", "Paris", "ab", "bookkeeper"):
+        perturbed = typo(word, rng, kinds=(kind,))
+        assert perturbed != word and check(word, perturbed), (word, perturbed)
+
+
+def test_keyboard_typos_use_neighbouring_keys_and_keep_case():
+    rng = random.Random(1)
+    for _ in range(20):
+        perturbed = typo("S", rng, kinds=("keyboard",))
+        assert perturbed.isupper() and perturbed.lower() in KEYBOARD_NEIGHBOURS["s"]
+    assert set(KEYBOARD_NEIGHBOURS["s"]) == set("adwezx")
+    assert all(key in KEYBOARD_NEIGHBOURS[n] for key, near in KEYBOARD_NEIGHBOURS.items() for n in near)
+
+
+def test_short_and_unchangeable_words_are_handled():
+    rng = random.Random(0)
+    assert typo("", rng) == ""
+    assert typo("a", rng, kinds=("swap", "delete")) == "a"  # no swap in one character, no delete to nothing
+    assert typo("aa", rng, kinds=("swap",)) == "aa"
+    assert typo("!", rng, kinds=("keyboard",)) == "!"
+    assert typo("a", rng, kinds=("keyboard",)) in set(KEYBOARD_NEIGHBOURS["a"])
+
+
+def test_perturb_characters_touches_the_requested_fraction_of_eligible_words():
+    words = WORDS + [".", "!"]
+    perturbed = perturb_characters(words, 0.25, random.Random(0))
+    changed = [i for i, (a, b) in enumerate(zip(words, perturbed, strict=True)) if a != b]
+    assert len(perturbed) == len(words)
+    assert len(changed) == math.floor(0.25 * len(WORDS) + 0.5)
+    assert words[-2:] == perturbed[-2:]  # punctuation is not eligible
+    one = perturb_characters(words, 0.01, random.Random(0))
+    assert sum(a != b for a, b in zip(words, one, strict=True)) == 1  # at least one word when rate > 0
+    assert perturb_characters(words, 0.0, random.Random(0)) == words
+    assert perturb_characters([".", "a"], 1.0, random.Random(0)) == [".", "a"]
+
+
+def test_perturbations_are_deterministic_for_a_seed():
+    assert perturb_characters(WORDS, 0.5, 7) == perturb_characters(WORDS, 0.5, random.Random(7))
+    outputs = {tuple(perturb_characters(WORDS, 0.5, seed)) for seed in range(5)}
+    assert len(outputs) > 1
+    assert change_case(WORDS, 3, rate=0.5) == change_case(WORDS, 3, rate=0.5)
+    assert change_case(WORDS, 3, rate=0.5) != change_case(WORDS, 4, rate=0.5)
+
+
+def test_change_case_only_recases():
+    cased = change_case(["Paris", "is", "big", "."], random.Random(0))
+    assert [w.lower() for w in cased] == ["paris", "is", "big", "."]
+    assert all(a != b for a, b in zip(["Paris", "is", "big"], cased[:3], strict=True))
+    assert change_case(["paris"], 0, styles=("upper",)) == ["PARIS"]
+
+
+def test_invalid_arguments_say_what_is_wrong():
+    with pytest.raises(ValueError, match=r"`rate` must be in \[0, 1\], got 1.5"):
+        perturb_characters(WORDS, 1.5, 0)
+    with pytest.raises(ValueError, match="`kinds` must be a non-empty subset"):
+        typo("word", 0, kinds=("transpose",))
+    with pytest.raises(TypeError, match="random.Random or an int seed"):
+        typo("word", None)
+
+
+# ---- NER ------------------------------------------------------------------------------------------------------------
+
+
+def test_entity_mentions_from_iob2():
+    tokens, tags = TRAIN[0]
+    assert entity_mentions(tokens, tags) == [(0, 2, "PER"), (3, 4, "LOC")]
+    assert entity_mentions(["a", "b", "c"], ["I-PER", "B-PER", "I-LOC"]) == [
+        (0, 1, "PER"),
+        (1, 2, "PER"),
+        (2, 3, "LOC"),
+    ]
+    with pytest.raises(ValueError, match="not an IOB2 tag string"):
+        entity_mentions(["a"], [3])
+    with pytest.raises(ValueError, match="2 tokens but 1 tags"):
+        entity_mentions(["a", "b"], ["O"])
+
+
+def test_entity_pool_from_rows_and_from_a_classlabel_dataset():
+    pool = collect_entity_pool({"tokens": t, "ner_tags": g} for t, g in TRAIN)
+    assert pool == {
+        "PER": [("John", "Smith"), ("Mary",), ("Ada", "Lovelace")],
+        "LOC": [("Paris",), ("New", "York", "City")],
+        "ORG": [("Acme", "Corp")],
+    }
+    names = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=names))})
+    dataset = Dataset.from_dict(
+        {"tokens": [t for t, _ in TRAIN], "ner_tags": [[names.index(x) for x in g] for _, g in TRAIN]},
+        features=features,
+    )
+    assert collect_entity_pool(dataset) == pool
+    with pytest.raises(ValueError, match="pass `label_names`"):
+        collect_entity_pool([{"tokens": ["a"], "ner_tags": [0]}])
+
+
+def test_swapped_entities_keep_valid_tags_and_types():
+    pool = collect_entity_pool({"tokens": t, "ner_tags": g} for t, g in TRAIN)
+    tokens, tags = (
+        ["Mary", "flew", "from", "Paris", "to", "New", "York", "City"],
+        [
+            "B-PER",
+            "O",
+            "O",
+            "B-LOC",
+            "O",
+            "B-LOC",
+            "I-LOC",
+            "I-LOC",
+        ],
+    )
+    for seed in range(10):
+        new_tokens, new_tags = swap_entities(tokens, tags, pool, seed)
+        assert len(new_tokens) == len(new_tags) and _is_valid_iob2(new_tags)
+        old, new = entity_mentions(tokens, tags), entity_mentions(new_tokens, new_tags)
+        assert [m[2] for m in new] == [m[2] for m in old]
+        for (s0, e0, _), (s1, e1, kind) in zip(old, new, strict=True):
+            assert tuple(new_tokens[s1:e1]) in pool[kind] and new_tokens[s1:e1] != tokens[s0:e0]
+        assert [w for w, t in zip(new_tokens, new_tags, strict=True) if t == "O"] == ["flew", "from", "to"]
+    assert swap_entities(tokens, tags, pool, 3) == swap_entities(tokens, tags, pool, 3)
+
+
+def test_mentions_without_an_alternative_are_kept():
+    tokens, tags = ["Acme", "Corp", "rocks"], ["B-ORG", "I-ORG", "O"]
+    assert swap_entities(tokens, tags, {"ORG": [("Acme", "Corp")]}, 0) == (tokens, tags)
+    assert swap_entities(tokens, tags, {}, 0) == (tokens, tags)
+
+
+def test_context_perturbation_leaves_entities_identical():
+    tokens = ["Mary", "Jones", "visited", "beautiful", "Paris", "and", "walked", "around", "Acme", "Corp"]
+    tags = ["B-PER", "I-PER", "O", "O", "B-LOC", "O", "O", "O", "B-ORG", "I-ORG"]
+    for seed in range(10):
+        new_tokens, new_tags = perturb_context(tokens, tags, 1.0, seed)
+        assert new_tags == tags
+        assert all(new == old for new, old, tag in zip(new_tokens, tokens, tags, strict=True) if tag != "O")
+        assert all(new != old for new, old, tag in zip(new_tokens, tokens, tags, strict=True) if tag == "O")
+
+
+# ---- black-box word attack --------------------------------------------------------------------------------------------
+
+
+def never_flips(texts):
+    """True class 0 loses a little probability for every word not in WORDS, but always keeps the majority."""
+    known = set(WORDS)
+    unknown = np.array([sum(w not in known for w in text) for text in texts], dtype=float)
+    p0 = 0.9 - 0.01 * unknown
+    return np.stack([p0, 1 - p0], axis=1)
+
+
+def keyed_on_good(texts):
+    """Class 0 exactly when the word "good" is present, and it is fairly confident either way."""
+    return np.array([[0.8, 0.2] if "good" in text else [0.3, 0.7] for text in texts])
+
+
+def test_attack_never_exceeds_its_budget():
+    outcome = greedy_word_attack(never_flips, WORDS, 0, budget=0.3, rng=0)
+    assert not outcome["success"]
+    assert outcome["perturbed"] == math.floor(0.3 * len(WORDS)) == word_budget(0.3, len(WORDS))
+    assert sum(a != b for a, b in zip(WORDS, outcome["words"], strict=True)) == outcome["perturbed"]
+    assert len(outcome["words"]) == len(WORDS)
+
+
+def test_attack_stops_as_soon_as_the_prediction_flips():
+    outcome = greedy_word_attack(keyed_on_good, WORDS, 0, budget=0.5, rng=0)
+    assert outcome["success"] and outcome["perturbed"] == 1
+    changed = [(a, b) for a, b in zip(WORDS, outcome["words"], strict=True) if a != b]
+    assert len(changed) == 1 and changed[0][0] == "good"  # the most important word is attacked first
+    # 1 clean query, one deletion per word, then at most 3 typos of "good".
+    assert 1 + len(WORDS) < outcome["queries"] <= 1 + len(WORDS) + 3
+
+
+def test_attack_skips_texts_already_misclassified_and_zero_budget():
+    outcome = greedy_word_attack(keyed_on_good, WORDS, 1, rng=0)
+    assert outcome == {"words": WORDS, "success": False, "perturbed": 0, "queries": 1, "clean_correct": False}
+    assert greedy_word_attack(keyed_on_good, WORDS, 0, budget=0.0, rng=0)["perturbed"] == 0
+
+
+def test_attack_is_deterministic_for_a_seed():
+    first = greedy_word_attack(never_flips, WORDS, 0, rng=5)
+    assert first == greedy_word_attack(never_flips, WORDS, 0, rng=5)
+    assert any(greedy_word_attack(never_flips, WORDS, 0, rng=s)["words"] != first["words"] for s in range(6, 10))
+
+
+def test_attack_accuracy_counts_flips_over_correct_examples():
+    examples = [WORDS, WORDS, "the plot was bad".split(), "good good".split()]
+    results = attack_accuracy(keyed_on_good, examples, [0, 0, 1, 0], budget=0.3, seed=0)
+    # All four are right. Both copies of WORDS flip once "good" is misspelt; no typo can add a "good" to the third,
+    # and the fourth may lose only one of its two "good"s (a budget of one word), which does not change its score.
+    assert results == {"clean_accuracy": 1.0, "attacked_accuracy": 0.5, "attack_success_rate": 0.5}
+
+
+def test_model_predict_proba_wraps_a_classifier(tokenizer):
+    torch.manual_seed(0)
+    model = tiny_sequence_model(tokenizer, layers=1)
+    predict_proba = model_predict_proba(model, tokenizer, batch_size=2)
+    probabilities = predict_proba([["the", "movie", "was", "good"], ["bad"], ["the", "plot"]])
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    assert model.training  # the mode is restored
+    outcome = greedy_word_attack(predict_proba, ["the", "movie", "was", "good"], 0, rng=0)
+    assert outcome["queries"] >= 1
