@@ -35,6 +35,7 @@ def test_two_process_launch_matches_single_process(tmp_path):
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
     # The logged components are global averages, identical in both runs.
-    for x, y in zip(one["logged"], two["logged"]):
+    assert len(one["logged"]) == len(two["logged"]) == 4
+    for x, y in zip(one["logged"], two["logged"], strict=True):
         assert x["kd_loss"] == pytest.approx(y["kd_loss"], rel=1e-4)
         assert x["ce_loss"] == pytest.approx(y["ce_loss"], rel=1e-4)
