@@ -28,8 +28,10 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -324,3 +326,93 @@ class AttackSettings:
         if self.method == "pgd":
             return self.steps + 1
         return self.steps
+
+
+class AdversarialStep(NamedTuple):
+    """What one adversarial training step did, for the trainer's logs."""
+
+    loss: torch.Tensor  # the total that was back-propagated (detached)
+    clean: Any  # the objective's parts on clean inputs (FreeLB: on its first, nearly clean, pass)
+    adversarial: torch.Tensor  # mean adversarial objective over the perturbed passes that trained the student
+    delta_norm: torch.Tensor  # mean per-example norm of the final perturbation
+
+
+def adversarial_backward(
+    settings: AttackSettings,
+    *,
+    shape: tuple[int, int, int],
+    device: torch.device,
+    mask: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    clean_objective: Callable[[torch.Tensor], Any],
+    adversarial_objective: Callable[[torch.Tensor], Any],
+    backward: Callable[[torch.Tensor], None],
+    sync: Callable[[bool], AbstractContextManager],
+    adv_weight: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> AdversarialStep:
+    """Run the forward and backward passes of one FGM, PGD-K or FreeLB-K training step.
+
+    Parameter gradients are accumulated by `backward`; this function never touches weights, so it only changes the
+    model through the optimizer step that follows, and never through the embedding matrix.
+
+    Args:
+        settings: the attack.
+        shape, device: (B, L, H) and device of the word embeddings, which δ takes.
+        mask: (B, L, 1) where δ may be non-zero (`perturbation_mask`).
+        forward: δ (B, L, H) fp32 -> student logits on `word_embeddings + δ`. It must re-embed on every call so that
+            the embedding weights get their gradient from every pass.
+        clean_objective / adversarial_objective: logits -> an object with a `.loss` tensor (a `DistillationLoss`).
+            The adversarial one is what the attacker maximises (the teacher's targets come from clean inputs).
+        backward: back-propagates a loss into the parameters (the trainer scales it and applies AMP).
+        sync: `sync(last)` is the context for one forward+backward pass: `last=False` must suppress gradient
+            all-reduce (DDP `no_sync`), so that only the final pass of the step synchronises.
+        adv_weight: weight of the adversarial term added to the clean loss (FGM, PGD).
+        generator: random start of δ (PGD, FreeLB with `init_scale > 0`).
+
+    Passes (forward + backward) per call: FGM 2, PGD-K K + 1, FreeLB-K K.
+    """
+    zero = torch.zeros(shape, dtype=torch.float32, device=device)
+    s = settings
+    if s.method == "freelb":
+        # Zhu et al. (2020): K ascent steps; each pass trains the student on loss/K, so the K gradients add up.
+        delta = init_delta(zero, mask, init_scale=s.init_scale, norm=s.norm, generator=generator)
+        total, adv_sum, clean = zero.new_zeros(()), zero.new_zeros(()), None
+        for k in range(s.steps):
+            delta = delta.detach().requires_grad_(True)
+            with sync(k == s.steps - 1):
+                parts = adversarial_objective(forward(delta))
+                backward(parts.loss / s.steps)
+            clean = parts if clean is None else clean
+            total += parts.loss.detach() / s.steps
+            adv_sum += parts.loss.detach()
+            if k < s.steps - 1:
+                delta = project(ascent_step(delta.detach(), delta.grad, mask, step_size=s.step_size, norm=s.norm),
+                                mask, epsilon=s.epsilon, norm=s.norm)
+        return AdversarialStep(total, clean, adv_sum / s.steps, delta_norm(delta.detach(), s.norm).mean())
+
+    # FGM and PGD: a clean pass trains the student and gives the first gradient w.r.t. the embeddings.
+    start = zero.clone().requires_grad_(True)
+    with sync(False):
+        clean = clean_objective(forward(start))
+        backward(clean.loss)
+    grad = start.grad
+    if s.method == "fgm":
+        delta = fgm_delta(grad, mask, epsilon=s.epsilon, norm=s.norm)
+    else:
+        # Madry et al. (2018): random start, K ascent steps projected to the ε-ball; the clean pass gave the first
+        # gradient, K - 1 attack-only passes give the others, and a final pass trains on the result.
+        delta = init_delta(zero, mask, init_scale=s.init_scale, norm=s.norm, generator=generator)
+        for k in range(s.steps):
+            if k > 0:
+                delta = delta.detach().requires_grad_(True)
+                with sync(False):
+                    loss = adversarial_objective(forward(delta)).loss
+                    (grad,) = torch.autograd.grad(loss, delta)
+            delta = project(ascent_step(delta.detach(), grad, mask, step_size=s.step_size, norm=s.norm),
+                            mask, epsilon=s.epsilon, norm=s.norm)
+    with sync(True):
+        adversarial = adversarial_objective(forward(delta.detach()))
+        backward(adv_weight * adversarial.loss)
+    total = clean.loss.detach() + adv_weight * adversarial.loss.detach()
+    return AdversarialStep(total, clean, adversarial.loss.detach(), delta_norm(delta, s.norm).mean())

@@ -10,6 +10,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -18,6 +19,9 @@ SCHEDULES = ("constant", "linear", "cosine")
 DISTILL_LOSSES = ("kl", "mse", "soft_ce")
 TEACHER_LABELS = ("soft", "hard")
 DISTILL_POSITIONS = ("first_subword", "all_subwords")
+ADVERSARIAL = ("none", "fgm", "pgd", "freelb")
+ADV_OBJECTIVES = ("kd", "ce", "both")
+ADV_NORMS = ("l2", "linf")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -71,6 +75,33 @@ class DistillationArguments(TrainingArguments):
             Token classification only: which positions are distilled. `"first_subword"`: exactly the positions
             whose label is not -100. `"all_subwords"`: every real sub-word token (padding and special tokens
             excluded), which also needs no labels.
+        adversarial (`str`, defaults to `"none"`):
+            Embedding-space adversarial training: `"fgm"` (2 forward+backward passes per step), `"pgd"` (K+1) or
+            `"freelb"` (K). The perturbation δ is added to the word-embedding output; the teacher always sees the
+            clean input.
+        adv_objective (`str`, defaults to `"kd"`):
+            The loss on perturbed inputs, which the attacker maximises and the student minimises. `"kd"`: the
+            distillation term between student(x + δ) and the clean teacher(x) (adversarially robust distillation,
+            Goldblum et al. 2020). `"ce"`: cross-entropy on the labels. `"both"`: the full alpha-weighted loss. FGM and
+            PGD add it to the clean loss with weight `adv_weight`; FreeLB trains on it alone (with `"kd"` the labels
+            are then unused).
+        adv_epsilon (`float`, defaults to `1.0`):
+            Radius of the per-example ε-ball (over the whole sequence) that δ is projected into (>= 0).
+        adv_step_size (`float`, defaults to `0.3`):
+            Ascent step size α of PGD and FreeLB (> 0).
+        adv_steps (`int`, defaults to `3`):
+            Ascent steps K of PGD and FreeLB (>= 1).
+        adv_norm (`str`, defaults to `"l2"`):
+            `"l2"` or `"linf"`: the norm of the ε-ball and of the ascent direction.
+        adv_init_scale (`float`, defaults to `0.0`):
+            Norm of PGD's and FreeLB's random start (0: start from δ = 0).
+        adv_weight (`float`, defaults to `1.0`):
+            Weight of the adversarial term added to the clean loss (FGM, PGD).
+        adv_start_step (`int`, defaults to `0`):
+            Optimizer step from which adversarial training starts; earlier steps distil on clean inputs only
+            (a delay avoids unstable early steps).
+        adv_perturb_special_tokens (`bool`, defaults to `False`):
+            Whether δ may be non-zero on special tokens ([CLS], [SEP]); padding is never perturbed.
     """
 
     temperature: float = field(
@@ -121,6 +152,29 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    adversarial: str = field(
+        default="none",
+        metadata={"help": "Embedding-space adversarial training: 'none', 'fgm', 'pgd' or 'freelb'.",
+                  "choices": list(ADVERSARIAL)},
+    )
+    adv_objective: str = field(
+        default="kd",
+        metadata={"help": "Loss on perturbed inputs: 'kd' (student(x+δ) vs clean teacher(x)), 'ce' or 'both'.",
+                  "choices": list(ADV_OBJECTIVES)},
+    )
+    adv_epsilon: float = field(default=1.0, metadata={"help": "Radius of the per-example ε-ball of δ (>= 0)."})
+    adv_step_size: float = field(default=0.3, metadata={"help": "Ascent step size of PGD and FreeLB (> 0)."})
+    adv_steps: int = field(default=3, metadata={"help": "Ascent steps K of PGD and FreeLB (>= 1)."})
+    adv_norm: str = field(
+        default="l2", metadata={"help": "Norm of the ε-ball and of the ascent: 'l2' or 'linf'.", "choices": list(ADV_NORMS)}
+    )
+    adv_init_scale: float = field(default=0.0, metadata={"help": "Norm of the random start of δ (PGD, FreeLB; >= 0)."})
+    adv_weight: float = field(default=1.0, metadata={"help": "Weight of the adversarial term (FGM, PGD; >= 0)."})
+    adv_start_step: int = field(default=0, metadata={"help": "Optimizer step from which adversarial training starts."})
+    adv_perturb_special_tokens: bool = field(
+        default=False, metadata={"help": "Whether δ may be non-zero on special tokens (padding never is)."}
+    )
+
     def __post_init__(self):
         if not self.temperature > 0:
             raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
@@ -140,7 +194,27 @@ class DistillationArguments(TrainingArguments):
                 "`teacher_labels='hard'` trains on the teacher's argmax with cross-entropy, which `distill_loss='mse'` "
                 "cannot express. Use `distill_loss='kl'` (the default) with hard labels, or soft labels with 'mse'."
             )
+        _choice("adversarial", self.adversarial, ADVERSARIAL)
+        _choice("adv_objective", self.adv_objective, ADV_OBJECTIVES)
+        _choice("adv_norm", self.adv_norm, ADV_NORMS)
+        if not (math.isfinite(self.adv_epsilon) and self.adv_epsilon >= 0):
+            raise ValueError(f"`adv_epsilon` must be a finite number >= 0, got {self.adv_epsilon}.")
+        if not (math.isfinite(self.adv_step_size) and self.adv_step_size > 0):
+            raise ValueError(f"`adv_step_size` must be > 0, got {self.adv_step_size}.")
+        if not (isinstance(self.adv_steps, int) and self.adv_steps >= 1):
+            raise ValueError(f"`adv_steps` must be an integer >= 1, got {self.adv_steps!r}.")
+        for name in ("adv_init_scale", "adv_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+        if self.adv_start_step < 0:
+            raise ValueError(f"`adv_start_step` must be >= 0, got {self.adv_start_step}.")
         super().__post_init__()
+        if self.adversarial != "none" and self.deepspeed:
+            raise ValueError(
+                "`adversarial` needs several backward passes per optimizer step, but DeepSpeed's engine steps inside "
+                "`backward`. Use DDP or FSDP for adversarial distillation, or set `adversarial='none'`."
+            )
 
     @property
     def needs_labels(self) -> bool:

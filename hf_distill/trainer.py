@@ -15,6 +15,7 @@ How the pieces fit:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -25,7 +26,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
-from .checks import TOKEN_CLASSIFICATION, check_teacher_student, check_tokenizer, check_train_dataset, infer_task
+from .adversarial import AttackSettings, adversarial_backward, embed_inputs, perturbation_mask
+from .checks import (
+    TOKEN_CLASSIFICATION,
+    check_label_range,
+    check_teacher_student,
+    check_tokenizer,
+    check_train_dataset,
+    infer_task,
+)
 from .config import DistillationArguments
 from .loading import load_model
 from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective
@@ -84,6 +93,11 @@ class DistillationTrainer(Trainer):
         check_teacher_student(teacher_model, model)
         check_tokenizer(processing_class, teacher_model)
         check_train_dataset(train_dataset, args.needs_labels)
+        num_labels = teacher_model.config.num_labels  # the student's too: check_teacher_student ran above
+        check_label_range(train_dataset, num_labels)
+        for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
+            if split is not None:
+                check_label_range(split, num_labels)
         if self.task == TOKEN_CLASSIFICATION and args.distill_positions == "all_subwords":
             if processing_class is None or not hasattr(processing_class, "all_special_ids"):
                 raise ValueError(
@@ -110,6 +124,13 @@ class DistillationTrainer(Trainer):
         special = getattr(processing_class, "all_special_ids", None) or []
         self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
         self._window = _LossWindow()
+        self._attack = None
+        if args.adversarial != "none":
+            self._attack = AttackSettings(
+                method=args.adversarial, epsilon=args.adv_epsilon, step_size=args.adv_step_size, steps=args.adv_steps,
+                norm=args.adv_norm, init_scale=args.adv_init_scale,
+            )
+            self._attack_generator = torch.Generator().manual_seed(args.seed)
         # Filled in by recipes (or users) to enrich the model card written with every save.
         self.dataset_name: str | None = None
         self.evaluation_report: dict[str, dict[str, float]] | None = None
@@ -197,34 +218,78 @@ class DistillationTrainer(Trainer):
         if not model.training:
             # Evaluation and prediction: the student alone, exactly as the stock Trainer scores it.
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
-        labels = inputs.get("labels")
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**model_inputs)
         alpha, temperature = self.current_alpha, self.current_temperature
         teacher_logits = self.teacher_logits(model_inputs) if alpha > 0 else None
 
+        objective, scale = self._objective(inputs, teacher_logits, alpha, temperature, num_items_in_batch)
+        parts = objective(outputs["logits"], alpha)
+        self._window.add(parts, temperature, alpha)
+        loss = parts.loss * scale
+        return (loss, outputs) if return_outputs else loss
+
+    def _objective(self, inputs, teacher_logits, alpha, temperature, num_items_in_batch):
+        """`(objective, scale)`: `objective(student_logits, alpha)` is the batch's `DistillationLoss`, normalised by
+        the counts over the whole accumulated batch; `scale` undoes DDP's gradient mean when those counts are global."""
         kd_normalizer = ce_normalizer = None
         scale = 1.0
         if torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 2:
             kd_normalizer, ce_normalizer = num_items_in_batch[0], num_items_in_batch[1]
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                # Counts are global; DDP averages gradients over processes, so undo that mean.
                 scale = float(self.args.world_size)
-        parts = distillation_objective(
-            outputs["logits"],
-            teacher_logits,
-            labels,
-            self.distill_mask(inputs),
-            alpha=alpha,
-            temperature=temperature,
-            distill_loss=self.args.distill_loss,
-            teacher_labels=self.args.teacher_labels,
-            kd_normalizer=kd_normalizer,
-            ce_normalizer=ce_normalizer,
+        labels, mask = inputs.get("labels"), self.distill_mask(inputs)
+
+        def objective(student_logits, weight):
+            return distillation_objective(
+                student_logits, teacher_logits, labels, mask, alpha=weight, temperature=temperature,
+                distill_loss=self.args.distill_loss, teacher_labels=self.args.teacher_labels,
+                kd_normalizer=kd_normalizer, ce_normalizer=ce_normalizer,
+            )
+
+        return objective, scale
+
+    # ---- adversarial training ------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._attack is None or self.state.global_step < self.args.adv_start_step:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "input_ids")}
+        input_ids = inputs["input_ids"]
+        alpha, temperature = self.current_alpha, self.current_temperature
+        # The teacher sees the clean input once; every perturbed pass is compared with these targets.
+        teacher_logits = self.teacher_logits(inputs) if alpha > 0 or self.args.adv_objective != "ce" else None
+        objective, scale = self._objective(inputs, teacher_logits, alpha, temperature, num_items_in_batch)
+        adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
+        base = self.accelerator.unwrap_model(model)
+        special = None if self.args.adv_perturb_special_tokens else self._special_ids.to(input_ids.device)
+        mask = perturbation_mask(input_ids, model_inputs.get("attention_mask"), special)
+
+        def forward(delta):
+            embeds = embed_inputs(base, input_ids)
+            return model(inputs_embeds=embeds + delta.to(embeds.dtype), **model_inputs)["logits"]
+
+        def backward(loss):
+            self.accelerator.backward(loss * scale)
+
+        def sync(last):
+            # Trainer already suppresses sync on micro-batches before the last; within the step only the final
+            # pass may all-reduce.
+            return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+
+        step = adversarial_backward(
+            self._attack, shape=(*input_ids.shape, base.get_input_embeddings().embedding_dim), device=input_ids.device,
+            mask=mask,
+            forward=forward, clean_objective=lambda logits: objective(logits, alpha),
+            adversarial_objective=lambda logits: objective(logits, adv_alpha), backward=backward, sync=sync,
+            adv_weight=self.args.adv_weight, generator=self._attack_generator,
         )
-        self._window.add(parts, temperature, alpha)
-        loss = parts.loss * scale
-        return (loss, outputs) if return_outputs else loss
+        self._window.add(step.clean, temperature, alpha)
+        self._window.add_extra("adv_loss", step.adversarial)
+        self._window.add_extra("adv_delta_norm", step.delta_norm)
+        return (step.loss * scale).detach()
 
     # ---- logging ----------------------------------------------------------------------------------------------
 
@@ -290,6 +355,11 @@ class _LossWindow:
         self.sums: torch.Tensor | None = None
         self.temperature = 0.0
         self.alpha = 0.0
+        self.extras: dict[str, list[torch.Tensor]] = {}
+
+    def add_extra(self, name: str, value: torch.Tensor) -> None:
+        """A scalar averaged over the window's micro-steps (e.g. the adversarial loss)."""
+        self.extras.setdefault(name, []).append(value.detach().float())
 
     def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
         row = torch.stack([parts.kd_sum.float(), parts.kd_count.float(), parts.ce_sum.float(), parts.ce_count.float()])
@@ -306,4 +376,9 @@ class _LossWindow:
             logs["kd_loss"] = kd_sum / kd_count
         if ce_count > 0:
             logs["ce_loss"] = ce_sum / ce_count
+        for name, values in self.extras.items():
+            mean = torch.stack(values).mean()
+            if accelerator.num_processes > 1:
+                mean = accelerator.reduce(mean, reduction="mean")
+            logs[name] = mean.item()
         return logs

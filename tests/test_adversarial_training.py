@@ -1,0 +1,98 @@
+"""Adversarial distillation inside DistillationTrainer: FGM, PGD and FreeLB."""
+
+import pytest
+import torch
+from conftest import tiny_token_model
+from test_trainer import NO_DROPOUT, ner_dataset, ner_trainer
+
+from hf_distill import DistillationArguments
+
+METHODS = {"fgm": 2, "pgd": 4, "freelb": 3}  # forward+backward passes per step with adv_steps=3
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
+    return calls
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_trains_and_leaves_the_teacher_alone(tokenizer, tmp_path, method):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, adversarial=method,
+                          adv_init_scale=0.1 if method != "fgm" else 0.0, max_steps=2)
+    teacher_calls = _count_calls(trainer.teacher_model)
+    student_calls = _count_calls(student)
+    trainer.train()
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    assert any(not torch.equal(student_before[k], v) for k, v in student.state_dict().items())
+    # The teacher runs once per step, on clean token ids only; the student runs once per pass.
+    assert len(teacher_calls) == 2 and all("inputs_embeds" not in kw and "input_ids" in kw for kw in teacher_calls)
+    assert len(student_calls) == 2 * METHODS[method]
+    assert all("inputs_embeds" in kw for kw in student_calls)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["adv_loss"] > 0 and h["adv_delta_norm"] > 0 for h in logs)
+    # No hook of ours is left on the embeddings.
+    embeddings = student.get_input_embeddings()
+    assert not embeddings._forward_hooks and not embeddings._forward_pre_hooks
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_zero_learning_rate_leaves_every_weight_bit_identical(tokenizer, tmp_path, method):
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, adversarial=method, learning_rate=0.0,
+                          weight_decay=0.0, max_steps=2, adv_init_scale=0.5)
+    trainer.train()
+    for k, v in student.state_dict().items():
+        assert torch.equal(before[k], v), k
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_gradient_accumulation_matches_full_batch(tokenizer, tmp_path, method):
+    def final(batch, accumulation):
+        trainer = ner_trainer(
+            tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROPOUT),
+            teacher=tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT), dataset=ner_dataset(tokenizer, n=4),
+            per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd",
+            learning_rate=1.0, max_grad_norm=0.0, warmup_steps=0, lr_scheduler_type="constant", adversarial=method,
+            adv_objective="both",
+        )
+        trainer.train()
+        return trainer.model.state_dict()
+
+    full, accumulated = final(4, 1), final(2, 2)
+    for k in full:
+        assert torch.allclose(full[k], accumulated[k], atol=1e-6), k
+
+
+def test_adversarial_training_starts_at_adv_start_step(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, adversarial="fgm", adv_start_step=2, max_steps=3)
+    calls = _count_calls(student)
+    trainer.train()
+    assert len(calls) == 1 + 1 + 2  # two clean steps, then one FGM step
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert "adv_loss" not in logs[0] and "adv_loss" in logs[2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"adversarial": "fgsm"}, r"`adversarial` must be one of 'none', 'fgm', 'pgd', 'freelb', got 'fgsm'"),
+        ({"adv_objective": "kl"}, r"`adv_objective` must be one of"),
+        ({"adv_norm": "l1"}, r"`adv_norm` must be one of 'l2', 'linf'"),
+        ({"adv_epsilon": -1.0}, r"`adv_epsilon` must be a finite number >= 0, got -1.0"),
+        ({"adv_step_size": 0.0}, r"`adv_step_size` must be > 0, got 0.0"),
+        ({"adv_steps": 0}, r"`adv_steps` must be an integer >= 1, got 0"),
+        ({"adv_init_scale": -0.1}, r"`adv_init_scale` must be a finite number >= 0"),
+        ({"adv_weight": float("nan")}, r"`adv_weight` must be a finite number >= 0"),
+        ({"adv_start_step": -3}, r"`adv_start_step` must be >= 0, got -3"),
+    ],
+)
+def test_bad_adversarial_settings_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, **kwargs)
