@@ -135,21 +135,31 @@ def write_results_md() -> None:
                 lines.append(f"- **{key}**: `{data[key]}`" if key == "command" else f"- **{key}**: {data[key]}")
         lines.append("")
         runs = data.get("runs", {})
-        if runs:
-            columns = sorted({c for r in runs.values() for c in r if not isinstance(r[c], dict | list)})
-            lines.append("| run | " + " | ".join(columns) + " |")
-            lines.append("|---" * (len(columns) + 1) + "|")
-            for run, rec in runs.items():
-                lines.append(f"| {run} | " + " | ".join(str(rec.get(c, "")) for c in columns) + " |")
-            lines.append("")
-        for key in ("ratios", "targets"):
+        nested = runs and all(isinstance(r, dict) and r and all(isinstance(v, dict) for v in r.values())
+                              for r in runs.values())
+        for title, table in (runs.items() if nested else [(None, runs)]):
+            if title:
+                lines += [f"### {title}", ""]
+            lines += _markdown_table(table)
+        for key in ("ratios", "throughput_interleaved_samples_per_second", "overhead", "passes",
+                    "overhead_seconds_per_step", "selection", "targets"):
             if key in data:
-                lines.append(f"**{key}**:")
-                lines.append("")
-                for k, v in data[key].items():
-                    lines.append(f"- {k}: {v}")
+                lines += [f"**{key}**:", ""]
+                lines += [f"- {k}: {v}" for k, v in data[key].items()]
                 lines.append("")
     (HERE / "RESULTS.md").write_text("\n".join(lines))
+
+
+def _markdown_table(runs: dict) -> list[str]:
+    if not runs:
+        return []
+    columns = []
+    for record in runs.values():
+        columns += [c for c, v in record.items() if not isinstance(v, dict | list) and c not in columns]
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for run, record in runs.items():
+        lines.append(f"| {run} | " + " | ".join(str(record.get(c, "")) for c in columns) + " |")
+    return lines + [""]
 
 
 def interleaved_throughput(trainers: dict[str, Trainer], steps: int, rounds: int) -> dict[str, float]:
@@ -238,12 +248,14 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
         trainer = Trainer(model=base_student(), args=training_args(TrainingArguments, "plain", args.epochs),
                           train_dataset=train, data_collator=collator, compute_metrics=metrics)
         results["runs"]["student_plain"] = train_and_score(trainer, dev, test, metric)
+        trainer.save_model(str(CACHE_DIR / name / "student_plain"))
         logger.info("student_plain %s", results["runs"]["student_plain"])
     if "student_naive_kd" in wanted:
         trainer = NaiveKDTrainer(model=base_student(), teacher=teacher,
                                  args=training_args(TrainingArguments, "naive", args.epochs),
                                  train_dataset=train, data_collator=collator, compute_metrics=metrics)
         results["runs"]["student_naive_kd"] = train_and_score(trainer, dev, test, metric)
+        trainer.save_model(str(CACHE_DIR / name / "student_naive_kd"))
         trainers["student_naive_kd"] = trainer
         logger.info("student_naive_kd %s", results["runs"]["student_naive_kd"])
     if "student_kd" in wanted:
@@ -254,6 +266,7 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
             train_dataset=train, data_collator=collator, processing_class=tokenizer, compute_metrics=metrics,
         )
         results["runs"][args.name] = {**train_and_score(trainer, dev, test, metric), "settings": kd_settings}
+        trainer.save_model(str(CACHE_DIR / name / args.name))
         trainers["student_kd"] = trainer
         logger.info("%s %s", args.name, results["runs"][args.name])
 

@@ -44,26 +44,9 @@ def main():
     base_path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(base_path)
 
-    # ---- data ----
-    train_raw = read_conll(DATA_DIR / "conll2003" / "train.txt")
-    label_names = train_raw.features["ner_tags"].feature.names
-    splits = {"train": train_raw}
-    for split in ("dev", "test"):
-        splits[split] = read_conll(DATA_DIR / "conll2003" / f"{split}.txt", label_names=label_names)
-    if args.quick:
-        splits = {s: d.select(range(300 if s == "train" else 100)) for s, d in splits.items()}
-    tokenized = {
-        s: d.map(
-            tokenize_and_align_labels, batched=True, remove_columns=d.column_names,
-            fn_kwargs={"tokenizer": tokenizer, "max_length": args.max_length},
-        )
-        for s, d in splits.items()
-    }
-    train, dev, test = tokenized["train"], tokenized["dev"], tokenized["test"]
-    collator = DataCollatorForTokenClassification(tokenizer)
-    metrics = token_classification_metrics(label_names)
-    id2label = dict(enumerate(label_names))
-    label2id = {v: k for k, v in id2label.items()}
+    data = load_data(tokenizer, args.max_length, quick=args.quick)
+    train, dev, test, collator, metrics = (data[k] for k in ("train", "dev", "test", "collator", "metrics"))
+    label_names, id2label, label2id = data["label_names"], data["id2label"], data["label2id"]
 
     results = run_suite(
         name, args, AutoModelForTokenClassification, dict(num_labels=len(label_names), id2label=id2label,
@@ -71,6 +54,31 @@ def main():
     )
     path = write_results(name, results)
     logger.info("wrote %s", path)
+
+
+def load_data(tokenizer, max_length, quick=False):
+    """CoNLL-2003 read, tokenized and aligned; also the raw splits (words and tag ids) for text-level attacks."""
+    train_raw = read_conll(DATA_DIR / "conll2003" / "train.txt")
+    label_names = train_raw.features["ner_tags"].feature.names
+    splits = {"train": train_raw}
+    for split in ("dev", "test"):
+        splits[split] = read_conll(DATA_DIR / "conll2003" / f"{split}.txt", label_names=label_names)
+    if quick:
+        splits = {s: d.select(range(300 if s == "train" else 100)) for s, d in splits.items()}
+    tokenized = {s: tokenize(d, tokenizer, max_length) for s, d in splits.items()}
+    id2label = dict(enumerate(label_names))
+    return {
+        **tokenized, "raw": splits, "label_names": label_names, "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()}, "collator": DataCollatorForTokenClassification(tokenizer),
+        "metrics": token_classification_metrics(label_names),
+    }
+
+
+def tokenize(dataset, tokenizer, max_length):
+    return dataset.map(
+        tokenize_and_align_labels, batched=True, remove_columns=dataset.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ KD_SETTINGS = {"alpha": 0.8, "temperature": 2.0, "distill_loss": "kl"}
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny smoke run; writes results/sst2_quick.json")
-    p.add_argument("--max_train_samples", type=int, default=20000, help="seeded subsample of the 67k phrases")
+    p.add_argument("--max_train_samples", type=int, default=12000, help="seeded subsample of the 67k phrases")
     add_suite_args(p, teacher_epochs=2, epochs=2, max_length=64)
     return p.parse_args()
 
@@ -37,26 +37,37 @@ def main():
     setup_logging(name)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
-    splits = {s: load_text_classification_file(DATA_DIR / "sst2" / f"{s}.tsv") for s in ("train", "dev", "test")}
     n_train = 300 if args.quick else args.max_train_samples
-    if n_train and n_train < len(splits["train"]):
-        splits["train"] = splits["train"].shuffle(seed=args.seed).select(range(n_train))
-    if args.quick:
-        splits["dev"], splits["test"] = splits["dev"].select(range(100)), splits["test"].select(range(100))
-
-    def encode(batch):
-        return tokenizer(batch["sentence"], truncation=True, max_length=args.max_length)
-
-    tokenized = {s: d.map(encode, batched=True, remove_columns=["sentence"]) for s, d in splits.items()}
+    data = load_data(tokenizer, args.max_length, n_train, args.seed, quick=args.quick)
+    tokenized = data
     labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
     results = run_suite(
         name, args, AutoModelForSequenceClassification, labels, tokenizer, tokenized["train"], tokenized["dev"],
-        tokenized["test"], DataCollatorWithPadding(tokenizer), sequence_classification_metrics(2), "accuracy",
+        tokenized["test"], data["collator"], data["metrics"], "accuracy",
         {**KD_SETTINGS, **json.loads(args.kd)},
     )
     results["setup"]["max_train_samples"] = n_train
     path = write_results(name, results)
     logger.info("wrote %s", path)
+
+
+def load_data(tokenizer, max_length, n_train, seed, quick=False):
+    """SST-2 splits (raw sentences kept for text-level attacks) and their tokenized forms."""
+    splits = {s: load_text_classification_file(DATA_DIR / "sst2" / f"{s}.tsv") for s in ("train", "dev", "test")}
+    if n_train and n_train < len(splits["train"]):
+        splits["train"] = splits["train"].shuffle(seed=seed).select(range(n_train))
+    if quick:
+        splits["dev"], splits["test"] = splits["dev"].select(range(100)), splits["test"].select(range(100))
+    tokenized = {s: tokenize(d, tokenizer, max_length) for s, d in splits.items()}
+    return {**tokenized, "raw": splits, "collator": DataCollatorWithPadding(tokenizer),
+            "metrics": sequence_classification_metrics(2)}
+
+
+def tokenize(dataset, tokenizer, max_length):
+    def encode(batch):
+        return tokenizer(batch["sentence"], truncation=True, max_length=max_length)
+
+    return dataset.map(encode, batched=True, remove_columns=["sentence"])
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ DISTILL_POSITIONS = ("first_subword", "all_subwords")
 ADVERSARIAL = ("none", "fgm", "pgd", "freelb")
 ADV_OBJECTIVES = ("kd", "ce", "both")
 ADV_NORMS = ("l2", "linf")
+NONFINITE_POLICIES = ("skip", "raise")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -102,6 +103,10 @@ class DistillationArguments(TrainingArguments):
             (a delay avoids unstable early steps).
         adv_perturb_special_tokens (`bool`, defaults to `False`):
             Whether δ may be non-zero on special tokens ([CLS], [SEP]); padding is never perturbed.
+        nonfinite_policy (`str`, defaults to `"skip"`):
+            What to do when the teacher's logits or a loss component is NaN or infinite: `"skip"` drops the batch
+            (it contributes no gradient), logs a warning naming the step and the component, and counts it in
+            `skipped_batches`; `"raise"` stops with a `FloatingPointError`.
     """
 
     temperature: float = field(
@@ -175,6 +180,12 @@ class DistillationArguments(TrainingArguments):
         default=False, metadata={"help": "Whether δ may be non-zero on special tokens (padding never is)."}
     )
 
+    nonfinite_policy: str = field(
+        default="skip",
+        metadata={"help": "NaN/inf in the teacher's logits or a loss: 'skip' the batch (logged and counted) or "
+                  "'raise'.", "choices": list(NONFINITE_POLICIES)},
+    )
+
     def __post_init__(self):
         if not self.temperature > 0:
             raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
@@ -194,6 +205,7 @@ class DistillationArguments(TrainingArguments):
                 "`teacher_labels='hard'` trains on the teacher's argmax with cross-entropy, which `distill_loss='mse'` "
                 "cannot express. Use `distill_loss='kl'` (the default) with hard labels, or soft labels with 'mse'."
             )
+        _choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
         _choice("adversarial", self.adversarial, ADVERSARIAL)
         _choice("adv_objective", self.adv_objective, ADV_OBJECTIVES)
         _choice("adv_norm", self.adv_norm, ADV_NORMS)

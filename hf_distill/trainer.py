@@ -36,6 +36,13 @@ from .checks import (
     infer_task,
 )
 from .config import DistillationArguments
+from .files import (
+    CHECKPOINT_MARKER,
+    atomic_write_json,
+    atomic_write_text,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+)
 from .loading import load_model
 from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective
 from .model_card import build_model_card
@@ -124,6 +131,7 @@ class DistillationTrainer(Trainer):
         special = getattr(processing_class, "all_special_ids", None) or []
         self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
         self._window = _LossWindow()
+        self.skipped_batches = 0
         self._attack = None
         if args.adversarial != "none":
             self._attack = AttackSettings(
@@ -225,9 +233,34 @@ class DistillationTrainer(Trainer):
 
         objective, scale = self._objective(inputs, teacher_logits, alpha, temperature, num_items_in_batch)
         parts = objective(outputs["logits"], alpha)
+        if not torch.isfinite(parts.loss):
+            self._handle_nonfinite(parts, teacher_logits, self.distill_mask(inputs))
+            # Zero-weighted but connected to every student parameter, so DDP still sees a full backward.
+            loss = (outputs["logits"].float().nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
+            return (loss, outputs) if return_outputs else loss
         self._window.add(parts, temperature, alpha)
         loss = parts.loss * scale
         return (loss, outputs) if return_outputs else loss
+
+    def _handle_nonfinite(self, parts: DistillationLoss, teacher_logits, mask) -> None:
+        """Name the non-finite component, then raise or count the skipped batch (`nonfinite_policy`)."""
+        if teacher_logits is not None and not torch.isfinite(teacher_logits[mask.bool()]).all():
+            component = "the teacher's logits"
+        elif not torch.isfinite(parts.kd_sum):
+            component = "the distillation loss (kd_loss)"
+        elif not torch.isfinite(parts.ce_sum):
+            component = "the hard-label loss (ce_loss)"
+        else:
+            component = "the total loss"
+        message = f"Non-finite values in {component} at step {self.state.global_step}"
+        if self.args.nonfinite_policy == "raise":
+            raise FloatingPointError(
+                f"{message}. Check the teacher (fp16 overflow? a corrupted checkpoint?) and the learning rate, or set "
+                "`nonfinite_policy='skip'` to skip such batches."
+            )
+        self.skipped_batches += 1
+        self._window.skipped += 1
+        logger.warning("%s: the batch is skipped (%d skipped so far).", message, self.skipped_batches)
 
     def _objective(self, inputs, teacher_logits, alpha, temperature, num_items_in_batch):
         """`(objective, scale)`: `objective(student_logits, alpha)` is the batch's `DistillationLoss`, normalised by
@@ -262,6 +295,11 @@ class DistillationTrainer(Trainer):
         # The teacher sees the clean input once; every perturbed pass is compared with these targets.
         teacher_logits = self.teacher_logits(inputs) if alpha > 0 or self.args.adv_objective != "ce" else None
         objective, scale = self._objective(inputs, teacher_logits, alpha, temperature, num_items_in_batch)
+        if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
+            zero = teacher_logits.new_zeros(())
+            self._handle_nonfinite(DistillationLoss(zero, zero, zero, zero, zero), teacher_logits,
+                                   torch.ones(teacher_logits.shape[:-1], dtype=torch.bool, device=zero.device))
+            return super().training_step(model, inputs, num_items_in_batch)  # compute_loss skips it
         adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
         base = self.accelerator.unwrap_model(model)
         special = None if self.args.adv_perturb_special_tokens else self._special_ids.to(input_ids.device)
@@ -272,6 +310,16 @@ class DistillationTrainer(Trainer):
             return model(inputs_embeds=embeds + delta.to(embeds.dtype), **model_inputs)["logits"]
 
         def backward(loss):
+            if not torch.isfinite(loss):
+                if self.args.nonfinite_policy == "raise":
+                    raise FloatingPointError(
+                        f"Non-finite adversarial loss at step {self.state.global_step}; lower `adv_epsilon` or "
+                        "`adv_step_size`, delay it with `adv_start_step`, or set `nonfinite_policy='skip'`."
+                    )
+                self.skipped_batches += 1
+                self._window.skipped += 1
+                logger.warning("Non-finite adversarial loss at step %d: that pass is skipped.", self.state.global_step)
+                return
             self.accelerator.backward(loss * scale)
 
         def sync(last):
@@ -294,7 +342,7 @@ class DistillationTrainer(Trainer):
     # ---- logging ----------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._window.steps:
+        if "loss" in logs and (self._window.steps or self._window.skipped):
             logs.update(self._window.averages(self.accelerator))
             self._window = _LossWindow()
         super().log(logs, start_time)
@@ -343,8 +391,64 @@ class DistillationTrainer(Trainer):
             language=language,
         )
         directory = output_dir or self.args.output_dir
-        os.makedirs(directory, exist_ok=True)
-        card.save(os.path.join(directory, "README.md"))
+        atomic_write_text(os.path.join(directory, "README.md"), str(card))
+
+    # ---- checkpoints and exact resume ------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        """Save as Trainer does, then mark the checkpoint complete; the marker is the last file written."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
+                                  {"global_step": self.state.global_step, "skipped_batches": self.skipped_batches})
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        if self._attack is not None:
+            path = os.path.join(output_dir, f"adversarial_rng_state_{self.args.process_index}.pth")
+            torch.save(self._attack_generator.get_state(), path)
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None or self._attack is None:
+            return
+        path = os.path.join(checkpoint, f"adversarial_rng_state_{self.args.process_index}.pth")
+        if os.path.isfile(path):
+            self._attack_generator.set_state(torch.load(path, weights_only=True))
+        else:
+            logger.warning("%s has no adversarial RNG state: random starts of δ will differ from the first run.",
+                           checkpoint)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """`Trainer.train`, resuming only from checkpoints that were completely written.
+
+        `resume_from_checkpoint=True` picks the last *complete* checkpoint in `output_dir` (one cut short by a crash
+        while saving is skipped with a warning); a path to an incomplete checkpoint is refused.
+        """
+        if resume_from_checkpoint is True:
+            folder, incomplete = last_complete_checkpoint(self.args.output_dir)
+            for skipped in incomplete:
+                logger.warning("%s is incomplete (interrupted while saving) and is skipped.", skipped)
+            if folder is None:
+                raise ValueError(
+                    f"No complete checkpoint to resume from in {self.args.output_dir!r}"
+                    + (f" ({len(incomplete)} incomplete)" if incomplete else "")
+                    + ". Start without `resume_from_checkpoint`, or point it at a checkpoint folder."
+                )
+            resume_from_checkpoint = folder
+        elif isinstance(resume_from_checkpoint, str) and os.path.isdir(resume_from_checkpoint):
+            # A checkpoint from plain Trainer has no marker but does have its state file, written near the end.
+            has_state = os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            if not is_complete_checkpoint(resume_from_checkpoint) and not has_state:
+                earlier, _ = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+                raise ValueError(
+                    f"{resume_from_checkpoint!r} is an incomplete checkpoint (the run stopped while saving it). "
+                    + (f"Resume from {earlier!r} instead." if earlier else "Start the run again.")
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval)
 
 
 class _LossWindow:
@@ -356,6 +460,7 @@ class _LossWindow:
         self.temperature = 0.0
         self.alpha = 0.0
         self.extras: dict[str, list[torch.Tensor]] = {}
+        self.skipped = 0
 
     def add_extra(self, name: str, value: torch.Tensor) -> None:
         """A scalar averaged over the window's micro-steps (e.g. the adversarial loss)."""
@@ -369,6 +474,8 @@ class _LossWindow:
         self.steps += 1
 
     def averages(self, accelerator) -> dict[str, float]:
+        if self.sums is None:
+            return {"skipped_batches": self.skipped}
         sums = accelerator.reduce(self.sums, reduction="sum") if accelerator.num_processes > 1 else self.sums
         kd_sum, kd_count, ce_sum, ce_count = sums.tolist()
         logs = {"temperature": self.temperature / self.steps, "alpha": self.alpha / self.steps}
@@ -376,6 +483,8 @@ class _LossWindow:
             logs["kd_loss"] = kd_sum / kd_count
         if ce_count > 0:
             logs["ce_loss"] = ce_sum / ce_count
+        if self.skipped:
+            logs["skipped_batches"] = self.skipped
         for name, values in self.extras.items():
             mean = torch.stack(values).mean()
             if accelerator.num_processes > 1:

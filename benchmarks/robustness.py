@@ -1,0 +1,313 @@
+"""What adversarial distillation buys: clean and attacked scores of teacher and students on CoNLL-2003 and SST-2.
+
+    python benchmarks/ner_conll2003.py && python benchmarks/sst2.py     # first: the teacher and students it reuses
+    python benchmarks/robustness.py                                   # both tasks
+    python benchmarks/robustness.py --tasks ner --methods fgm         # a subset
+    python benchmarks/robustness.py --quick                           # smoke run on the --quick benchmark models
+
+Models: `teacher`, `student_plain`, `student_kd` (from the core benchmarks' cache) and `student_adv_kd`, the best on
+dev of the adversarial candidates (`--methods`), each trained like `student_kd` (same initialisation from the
+teacher, same KD settings and epochs) plus embedding-space adversarial distillation (`adv_objective="kd"`).
+The candidate with the highest dev score under embedding PGD at the smaller epsilon is chosen, among those whose clean
+dev score is within 1 point of `student_kd`'s. Embedding PGD is run on a seeded subset (`--pgd_samples`) of dev and
+test to fit a CPU budget; the other measurements use the whole test split.
+
+Measured on test for each model: the clean score; embedding-space PGD against the model itself at two epsilons
+(`hf_distill.evaluate_robustness`); character typos on 20% of the words; for NER, entity swaps (mentions replaced by
+other training mentions of the same type) and typos in the context only; for SST-2, a greedy black-box word attack
+(30% word budget) on a seeded sample of the test set. Also the training step time of each adversarial method
+relative to `student_kd`, measured interleaved in one run.
+
+Writes benchmarks/results/robustness.json and benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shlex
+import sys
+import tempfile
+import time
+
+import ner_conll2003
+import sst2
+import torch
+from common import CACHE_DIR, LAYERS, machine, minilm_path, setup_logging, write_results
+from datasets import Dataset
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from hf_distill import DistillationArguments, DistillationTrainer, create_student, evaluate_robustness
+from hf_distill.adversarial import AttackSettings
+from hf_distill.text_attacks import (
+    attack_accuracy,
+    collect_entity_pool,
+    model_predict_proba,
+    perturb_characters,
+    perturb_context,
+    swap_entities,
+)
+
+logger = logging.getLogger("benchmarks.robustness")
+
+# Adversarial settings of each candidate (Miyato 2017; Madry 2018; Zhu 2020 typical values, K kept small for CPU).
+METHODS = {
+    "fgm": {"adversarial": "fgm", "adv_epsilon": 1.0},
+    "pgd": {"adversarial": "pgd", "adv_epsilon": 1.0, "adv_step_size": 0.5, "adv_steps": 2},
+    "freelb": {"adversarial": "freelb", "adv_epsilon": 1.0, "adv_step_size": 0.3, "adv_steps": 2,
+               "adv_init_scale": 0.1},
+}
+COMMON_ADV = {"adv_objective": "kd", "adv_weight": 1.0, "adv_start_step": 50}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="ner,sst2")
+    p.add_argument("--methods", default="fgm,freelb", help="candidates trained and compared on dev")
+    p.add_argument("--overhead_methods", default="fgm,pgd,freelb")
+    p.add_argument("--pgd_samples", type=int, default=1000, help="seeded subset of dev/test for embedding PGD")
+    p.add_argument("--epsilons", default="0.5,1.0", help="two embedding-PGD radii (per-example l2)")
+    p.add_argument("--pgd_steps", type=int, default=3)
+    p.add_argument("--typo_rate", type=float, default=0.2)
+    p.add_argument("--word_attack_samples", type=int, default=500)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--quick", action="store_true")
+    return p.parse_args()
+
+
+def eval_args(seed):
+    return TrainingArguments(output_dir=tempfile.mkdtemp(prefix="robustness_eval_"), per_device_eval_batch_size=64,
+                             report_to="none", use_cpu=True, disable_tqdm=True, seed=seed)
+
+
+def score(model, dataset, data, metric, seed):
+    trainer = Trainer(model=model, args=eval_args(seed), data_collator=data["collator"],
+                      compute_metrics=data["metrics"])
+    return round(100 * trainer.evaluate(dataset)[f"eval_{metric}"], 2)
+
+
+def subset(dataset, n, seed):
+    """A seeded subset of `n` rows (all rows when n is 0 or larger than the set)."""
+    if not n or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def pgd(model, dataset, data, metric, epsilon, steps, seed):
+    result = evaluate_robustness(model, dataset, epsilon=epsilon, steps=steps, data_collator=data["collator"],
+                                 compute_metrics=data["metrics"], batch_size=64, seed=seed)
+    return round(100 * result[f"attacked_{metric}"], 2)
+
+
+# ---- text-level perturbations of the test split ---------------------------------------------------------------
+
+def ner_perturbed_sets(data, tokenizer, max_length, typo_rate, seed):
+    """Test sets with typos everywhere, typos in the context only, and entity swaps (all seeded)."""
+    names = data["label_names"]
+    test = data["raw"]["test"]
+    pool = collect_entity_pool(data["raw"]["train"], label_names=names)
+    to_id = {n: i for i, n in enumerate(names)}
+    variants = {"typos": [], "context_typos": [], "entity_swap": []}
+    for i, row in enumerate(test):
+        tokens, tags = row["tokens"], [names[t] for t in row["ner_tags"]]
+        variants["typos"].append((perturb_characters(tokens, typo_rate, seed + i), tags))
+        variants["context_typos"].append(perturb_context(tokens, tags, typo_rate, seed + i))
+        variants["entity_swap"].append(swap_entities(tokens, tags, pool, seed + i))
+    sets = {}
+    for name, rows in variants.items():
+        raw = Dataset.from_dict({"tokens": [list(t) for t, _ in rows],
+                                 "ner_tags": [[to_id[g] for g in tags] for _, tags in rows]})
+        sets[name] = ner_conll2003.tokenize(raw, tokenizer, max_length)
+    return sets
+
+
+def sst2_perturbed_sets(data, tokenizer, max_length, typo_rate, seed):
+    test = data["raw"]["test"]
+    sentences = [" ".join(perturb_characters(s.split(), typo_rate, seed + i)) for i, s in enumerate(test["sentence"])]
+    raw = Dataset.from_dict({"sentence": sentences, "label": test["label"]})
+    return {"typos": sst2.tokenize(raw, tokenizer, max_length)}
+
+
+def word_attack(model, tokenizer, data, samples, seed, max_length):
+    test = data["raw"]["test"]
+    rng = random.Random(seed)
+    idx = sorted(rng.sample(range(len(test)), min(samples, len(test))))
+    examples = [test[i]["sentence"].split() for i in idx]
+    labels = [test[i]["label"] for i in idx]
+    predict = model_predict_proba(model, tokenizer, batch_size=64, max_length=max_length)
+    result = attack_accuracy(predict, examples, labels, budget=0.3, seed=seed)
+    return {k: round(100 * v, 2) for k, v in result.items()}
+
+
+# ---- training the adversarial candidates --------------------------------------------------------------------------
+
+def train_candidate(task_name, method, teacher, data, tokenizer, kd_settings, setup, seed, quick):
+    out = CACHE_DIR / task_name / f"adv_{method}"
+    auto = AutoModelForTokenClassification if "ner" in task_name else AutoModelForSequenceClassification
+    if (out / "config.json").exists():
+        logger.info("reusing %s", out)
+        record = json.loads((out / "train_record.json").read_text())
+        return auto.from_pretrained(out), record
+    set_seed(seed)
+    args = DistillationArguments(
+        output_dir=str(out), num_train_epochs=setup["student_epochs"], learning_rate=setup["learning_rate"],
+        per_device_train_batch_size=setup["batch_size"], per_device_eval_batch_size=64, warmup_steps=0.1,
+        weight_decay=0.01, seed=seed, data_seed=seed, train_sampling_strategy="group_by_length", logging_steps=50,
+        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+        **kd_settings, **COMMON_ADV, **METHODS[method], **({"adv_start_step": 2} if quick else {}),
+    )
+    trainer = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
+                                  train_dataset=data["train"], data_collator=data["collator"],
+                                  processing_class=tokenizer)
+    start = time.perf_counter()
+    metrics = trainer.train().metrics
+    record = {"train_seconds": round(time.perf_counter() - start, 1),
+              "train_samples_per_second": round(metrics["train_samples_per_second"], 2),
+              "settings": {**METHODS[method], **COMMON_ADV}}
+    trainer.save_model(str(out))
+    (out / "train_record.json").write_text(json.dumps(record))
+    return trainer.model, record
+
+
+def step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, seed, steps, rounds):
+    """Seconds per optimizer step of each adversarial method over plain KD, interleaved so noise falls alike."""
+    trainers = {}
+    for name in ["kd", *methods]:
+        adv = {**COMMON_ADV, **METHODS[name], "adv_start_step": 0} if name != "kd" else {}
+        args = DistillationArguments(
+            output_dir=tempfile.mkdtemp(prefix=f"overhead_{name}_"), max_steps=steps,
+            per_device_train_batch_size=setup["batch_size"], learning_rate=setup["learning_rate"], seed=seed,
+            data_seed=seed, train_sampling_strategy="group_by_length", save_strategy="no", report_to="none",
+            disable_tqdm=True, use_cpu=True, logging_steps=1000, **kd_settings, **adv,
+        )
+        trainers[name] = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
+                                             train_dataset=data["train"], data_collator=data["collator"],
+                                             processing_class=tokenizer)
+    times = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.train()
+            times[name].append((time.perf_counter() - start) / steps)
+    median = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    return {name: round(median[name] / median["kd"], 3) for name in methods}, median
+
+
+# ---- one task -------------------------------------------------------------------------------------------------
+
+def run_task(task, args, tokenizer):
+    quick = args.quick
+    if task == "ner":
+        name, metric, auto = ("ner_conll2003_quick" if quick else "ner_conll2003"), "f1", AutoModelForTokenClassification
+        results_file = CACHE_DIR.parent / "results" / f"{name}.json"
+        max_length = 128
+        data = ner_conll2003.load_data(tokenizer, max_length, quick=quick)
+        kd_settings = ner_conll2003.KD_SETTINGS
+    else:
+        name, metric, auto = ("sst2_quick" if quick else "sst2"), "accuracy", AutoModelForSequenceClassification
+        results_file = CACHE_DIR.parent / "results" / f"{name}.json"
+        max_length = 64
+        core = json.loads(results_file.read_text())
+        data = sst2.load_data(tokenizer, max_length, core["setup"]["max_train_samples"], core["setup"]["seed"],
+                              quick=quick)
+        kd_settings = sst2.KD_SETTINGS
+    core = json.loads(results_file.read_text())
+    kd_settings = core["runs"].get("student_kd", {}).get("settings", kd_settings)
+    setup = core["setup"]
+    models = {}
+    for role in ("teacher", "student_plain", "student_kd"):
+        path = CACHE_DIR / name / role
+        if not (path / "config.json").exists():
+            raise SystemExit(f"{path} is missing: run benchmarks/{'ner_conll2003' if task == 'ner' else 'sst2'}.py "
+                             f"{'--quick ' if quick else ''}first.")
+        models[role] = auto.from_pretrained(path).eval()
+    eps = [float(e) for e in args.epsilons.split(",")]
+    steps = args.pgd_steps
+    n_pgd = 100 if quick else args.pgd_samples
+    dev_pgd, test_pgd = subset(data["dev"], n_pgd, args.seed), subset(data["test"], n_pgd, args.seed)
+
+    # ---- candidates, chosen on dev ----
+    methods = args.methods.split(",")
+    selection = {"student_kd": {"dev_clean": score(models["student_kd"], data["dev"], data, metric, args.seed),
+                                "dev_pgd": pgd(models["student_kd"], dev_pgd, data, metric, eps[0], steps,
+                                               args.seed)}}
+    candidates = {}
+    for method in methods:
+        model, record = train_candidate(name, method, models["teacher"], data, tokenizer, kd_settings, setup,
+                                        args.seed, quick)
+        candidates[method] = model.eval()
+        selection[method] = {
+            "dev_clean": score(model, data["dev"], data, metric, args.seed),
+            "dev_pgd": pgd(model, dev_pgd, data, metric, eps[0], steps, args.seed),
+            "train_samples_per_second": record["train_samples_per_second"],
+        }
+        logger.info("%s %s candidate %s: %s", task, method, record, selection[method])
+    floor = selection["student_kd"]["dev_clean"] - 1.0
+    eligible = [m for m in methods if selection[m]["dev_clean"] >= floor] or methods
+    best = max(eligible, key=lambda m: selection[m]["dev_pgd"])
+    models["student_adv_kd"] = candidates[best]
+    selection["chosen"] = best
+
+    # ---- test ----
+    perturbed = (ner_perturbed_sets if task == "ner" else sst2_perturbed_sets)(
+        data, tokenizer, max_length, args.typo_rate, args.seed)
+    table = {}
+    for role, model in models.items():
+        row = {"clean": score(model, data["test"], data, metric, args.seed)}
+        for e in eps:
+            row[f"pgd_eps{e:g}"] = pgd(model, test_pgd, data, metric, e, steps, args.seed)
+        for variant, dataset in perturbed.items():
+            row[variant] = score(model, dataset, data, metric, args.seed)
+        if task == "sst2":
+            attack = word_attack(model, tokenizer, data, 50 if quick else args.word_attack_samples, args.seed,
+                                 max_length)
+            row["word_attack_accuracy"] = attack["attacked_accuracy"]
+            row["word_attack_success_rate"] = attack["attack_success_rate"]
+            row["word_attack_clean_accuracy"] = attack["clean_accuracy"]
+        table[role] = row
+        logger.info("%s %s: %s", task, role, row)
+    table["student_adv_kd"]["method"] = best
+    return table, selection, (models["teacher"], data, kd_settings, setup)
+
+
+def main():
+    args = parse_args()
+    setup_logging("robustness_quick" if args.quick else "robustness")
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    payload = {"runs": {}, "selection": {}}
+    overhead_inputs = None
+    for task in args.tasks.split(","):
+        table, selection, inputs = run_task(task, args, tokenizer)
+        payload["runs"][task] = table
+        payload["selection"][task] = selection
+        overhead_inputs = overhead_inputs or inputs
+    teacher, data, kd_settings, setup = overhead_inputs
+    methods = args.overhead_methods.split(",")
+    steps, rounds = (3, 1) if args.quick else (10, 3)
+    ratios, seconds = step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, args.seed, steps, rounds)
+    payload["overhead"] = ratios
+    payload["overhead_seconds_per_step"] = {k: round(v, 4) for k, v in seconds.items()}
+    payload["passes"] = {m: AttackSettings(method=m, epsilon=1.0, step_size=METHODS[m].get("adv_step_size", 0.3),
+                                           steps=METHODS[m].get("adv_steps", 1)).passes for m in methods}
+    payload["overhead_task"] = args.tasks.split(",")[0]
+    payload["setup"] = {"epsilons": args.epsilons, "pgd_steps": args.pgd_steps, "pgd_samples": args.pgd_samples,
+                        "typo_rate": args.typo_rate, "word_attack_samples": args.word_attack_samples,
+                        "candidates": args.methods, "candidate_settings": METHODS, "common_adv": COMMON_ADV}
+    payload["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    payload["machine"] = machine()
+    path = write_results("robustness_quick" if args.quick else "robustness", payload)
+    logger.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Writing files so that an interruption never leaves one half-written: write to a temporary file, then rename.
+
+`os.replace` within one directory is atomic on POSIX and Windows, so a reader sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+CHECKPOINT_MARKER = "hf_distill_checkpoint.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder was finished: the marker is written last, after every other file."""
+    return os.path.isfile(os.path.join(folder, CHECKPOINT_MARKER))
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None, list[str]]:
+    """`(last complete checkpoint or None, incomplete checkpoints newer than it)` in `output_dir`."""
+    if not os.path.isdir(output_dir):
+        return None, []
+    steps = sorted(
+        (int(m.group(1)), name) for name in os.listdir(output_dir)
+        if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    incomplete = []
+    for _, name in reversed(steps):
+        folder = os.path.join(output_dir, name)
+        if is_complete_checkpoint(folder):
+            return folder, incomplete
+        incomplete.append(folder)
+    return None, incomplete

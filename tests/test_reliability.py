@@ -1,0 +1,144 @@
+"""Exact resume, a real SIGKILL mid-run, incomplete checkpoints, and NaN/inf that is caught and named."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_token_model
+from safetensors.torch import load_file
+from test_trainer import ner_trainer
+from transformers import TrainerCallback
+
+from hf_distill.files import CHECKPOINT_MARKER
+
+HERE = Path(__file__).resolve().parent
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _resumable(tokenizer, tmp_path, out, callbacks=None):
+    trainer = ner_trainer(
+        tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1), output_dir=str(tmp_path / out),
+        max_steps=6, save_steps=3, save_strategy="steps", logging_steps=1, train_sampling_strategy="random",
+        temperature=4.0, final_temperature=1.0, temperature_schedule="cosine", adversarial="pgd", adv_steps=2,
+        adv_init_scale=0.3,
+    )
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    return trainer
+
+
+def test_interrupted_and_resumed_run_ends_like_the_uninterrupted_one(tokenizer, tmp_path):
+    full = _resumable(tokenizer, tmp_path, "full")
+    full.train()
+    cut = _resumable(tokenizer, tmp_path, "cut", callbacks=[StopAt(3)])
+    cut.train()
+    assert cut.state.global_step == 3 and (tmp_path / "cut" / "checkpoint-3" / CHECKPOINT_MARKER).is_file()
+    resumed = _resumable(tokenizer, tmp_path, "cut")
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 6
+    for key, value in full.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+
+    def schedule(trainer):
+        return {h["step"]: h["temperature"] for h in trainer.state.log_history if "temperature" in h}
+
+    assert schedule(resumed) == schedule(full)  # same logged schedule values, the resumed half included
+    assert set(schedule(full)) == set(range(1, 7))
+
+
+def test_resume_skips_an_incomplete_checkpoint(tokenizer, tmp_path, caplog):
+    cut = _resumable(tokenizer, tmp_path, "run", callbacks=[StopAt(3)])
+    cut.train()
+    broken = tmp_path / "run" / "checkpoint-5"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"half-written")
+    resumed = _resumable(tokenizer, tmp_path, "run")
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 6
+    assert "checkpoint-5 is incomplete" in caplog.text
+    with pytest.raises(ValueError, match=r"incomplete checkpoint .*Resume from .*checkpoint-(3|6)"):
+        _resumable(tokenizer, tmp_path, "run").train(resume_from_checkpoint=str(broken))
+
+
+def test_resume_with_no_complete_checkpoint_says_so(tokenizer, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"No complete checkpoint to resume from"):
+        _resumable(tokenizer, tmp_path, "empty").train(resume_from_checkpoint=True)
+
+
+def test_sigkill_mid_run_then_resume_finishes_like_an_uninterrupted_run(tmp_path):
+    script = str(HERE / "kill_run.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, script, str(killed), "slow"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (killed / "checkpoint-8" / CHECKPOINT_MARKER).exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "final").exists()
+    resumed = subprocess.run([sys.executable, script, str(killed), "resume"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = subprocess.run([sys.executable, script, str(tmp_path / "straight")], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a = load_file(str(killed / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def _poison_teacher(trainer, calls=(0,)):
+    seen = []
+
+    def hook(module, args, output):
+        seen.append(1)
+        if len(seen) - 1 in calls:
+            output["logits"][0, 1] = float("nan")
+        return output
+
+    trainer.teacher_model.register_forward_hook(hook)
+
+
+def test_nan_teacher_logits_skip_the_batch_and_are_counted(tokenizer, tmp_path, caplog):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=3, logging_steps=1)
+    _poison_teacher(trainer)
+    trainer.train()
+    assert trainer.skipped_batches == 1
+    assert "Non-finite values in the teacher's logits at step 0" in caplog.text
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs[0]["skipped_batches"] == 1 and "kd_loss" not in logs[0]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(torch.tensor(h["kd_loss"])) for h in logs[1:])
+
+
+def test_nan_with_raise_policy_names_step_and_component(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=3, nonfinite_policy="raise")
+    _poison_teacher(trainer, calls=(1,))
+    with pytest.raises(FloatingPointError, match=r"teacher's logits at step 1.*nonfinite_policy='skip'"):
+        trainer.train()
+
+
+def test_nonfinite_policy_is_validated():
+    from hf_distill import DistillationArguments
+
+    with pytest.raises(ValueError, match=r"`nonfinite_policy` must be one of 'skip', 'raise', got 'ignore'"):
+        DistillationArguments(output_dir="x", nonfinite_policy="ignore", report_to="none")
