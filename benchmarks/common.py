@@ -115,9 +115,11 @@ def write_results(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     if path.exists():
         old = json.loads(path.read_text())
-        old_runs = old.get("runs", {})
-        old_runs.update(payload.get("runs", {}))
-        payload = {**old, **payload, "runs": old_runs}
+        merged = {**old, **payload}
+        for key in ("runs", "selection"):  # per-run / per-task records: merge, keeping those not re-run
+            if isinstance(old.get(key), dict) and isinstance(payload.get(key), dict):
+                merged[key] = {**old[key], **payload[key]}
+        payload = merged
     payload.setdefault("date", datetime.date.today().isoformat())
     path.write_text(json.dumps(payload, indent=2) + "\n")
     write_results_md()
@@ -148,6 +150,55 @@ def write_results_md() -> None:
                 lines += [f"- {k}: {v}" for k, v in data[key].items()]
                 lines.append("")
     (HERE / "RESULTS.md").write_text("\n".join(lines))
+    write_readme_results()
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def write_readme_results() -> None:
+    """Replace the README's results section with tables rendered from results/*.json."""
+    readme = HERE.parent / "README.md"
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    parts = []
+    for name, metric in (("ner_conll2003", "f1"), ("sst2", "accuracy")):
+        path = RESULTS_DIR / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        teacher = data["runs"].get("teacher", {}).get(f"test_{metric}")
+        parts += [f"**{name}** (test {metric}; `{data.get('command', '')}`)", "",
+                  f"| run | dev {metric} | test {metric} | % of teacher | params | train samples/s |",
+                  "|---|---|---|---|---|---|"]
+        for run, rec in data["runs"].items():
+            share = f"{100 * rec[f'test_{metric}'] / teacher:.1f}" if teacher else ""
+            parts.append(f"| {run} | {rec.get(f'dev_{metric}', '')} | {rec.get(f'test_{metric}', '')} | {share} | "
+                         f"{rec.get('params', ''):,} | {rec.get('train_samples_per_second', '')} |")
+        for k, v in data.get("ratios", {}).items():
+            parts.append(f"\n{k} (interleaved, same run): **{v}**")
+        parts.append("")
+    path = RESULTS_DIR / "robustness.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        for task, table in data.get("runs", {}).items():
+            columns = [c for c in next(iter(table.values())) if c != "method"]
+            parts += [f"**robustness, {task}** (test; `{data.get('command', '')}`)", "",
+                      "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+            for model, row in table.items():
+                label = f"{model} ({row['method']})" if "method" in row else model
+                parts.append(f"| {label} | " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+            parts.append("")
+        if "overhead" in data:
+            parts.append("Step time relative to `student_kd` (interleaved): " + ", ".join(
+                f"{m} {r}× ({data['passes'].get(m)} passes)" for m, r in data["overhead"].items()))
+            parts.append("")
+    body = "\n".join(parts) if parts else "No benchmark has been run yet."
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + "\n" + body + "\n" + text[end:])
 
 
 def _markdown_table(runs: dict) -> list[str]:

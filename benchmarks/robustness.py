@@ -163,7 +163,7 @@ def train_candidate(task_name, method, teacher, data, tokenizer, kd_settings, se
         per_device_train_batch_size=setup["batch_size"], per_device_eval_batch_size=64, warmup_steps=0.1,
         weight_decay=0.01, seed=seed, data_seed=seed, train_sampling_strategy="group_by_length", logging_steps=50,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
-        **kd_settings, **COMMON_ADV, **METHODS[method], **({"adv_start_step": 2} if quick else {}),
+        **{**kd_settings, **COMMON_ADV, **METHODS[method], **({"adv_start_step": 2} if quick else {})},
     )
     trainer = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
                                   train_dataset=data["train"], data_collator=data["collator"],
@@ -292,15 +292,17 @@ def main():
         payload["selection"][task] = selection
         overhead_inputs = overhead_inputs or inputs
     teacher, data, kd_settings, setup = overhead_inputs
-    methods = args.overhead_methods.split(",")
-    steps, rounds = (3, 1) if args.quick else (10, 3)
-    ratios, seconds = step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, args.seed, steps, rounds)
-    payload["overhead"] = ratios
-    payload["overhead_seconds_per_step"] = {k: round(v, 4) for k, v in seconds.items()}
-    payload["passes"] = {m: AttackSettings(method=m, epsilon=1.0, step_size=METHODS[m].get("adv_step_size", 0.3),
-                                           steps=METHODS[m].get("adv_steps", 1)).passes for m in methods}
-    payload["overhead_task"] = args.tasks.split(",")[0]
-    payload["setup"] = {"epsilons": args.epsilons, "pgd_steps": args.pgd_steps, "pgd_samples": args.pgd_samples,
+    methods = [m for m in args.overhead_methods.split(",") if m]
+    if methods:
+        steps, rounds = (3, 1) if args.quick else (10, 3)
+        ratios, seconds = step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, args.seed, steps,
+                                        rounds)
+        payload["overhead"] = ratios
+        payload["overhead_seconds_per_step"] = {k: round(v, 4) for k, v in seconds.items()}
+        payload["passes"] = {m: AttackSettings(method=m, epsilon=1.0, step_size=METHODS[m].get("adv_step_size", 0.3),
+                                               steps=METHODS[m].get("adv_steps", 1)).passes for m in methods}
+        payload["overhead_task"] = args.tasks.split(",")[0]
+    payload[f"setup_{args.tasks.replace(',', '_')}"] = {"epsilons": args.epsilons, "pgd_steps": args.pgd_steps, "pgd_samples": args.pgd_samples,
                         "typo_rate": args.typo_rate, "word_attack_samples": args.word_attack_samples,
                         "candidates": args.methods, "candidate_settings": METHODS, "common_adv": COMMON_ADV}
     payload["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)

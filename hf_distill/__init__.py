@@ -1,6 +1,7 @@
 """hf-distill: knowledge distillation for Hugging Face Transformers, Trainer-native."""
 
 from .adversarial import AttackSettings
+from .cache import TeacherLogitCache, build_teacher_cache
 from .checks import check_label_range, check_teacher_student, infer_task
 from .config import DistillationArguments
 from .data import (
@@ -25,7 +26,9 @@ __all__ = [
     "DistillationArguments",
     "DistillationTrainer",
     "Seqeval",
+    "TeacherLogitCache",
     "build_model_card",
+    "build_teacher_cache",
     "check_label_range",
     "check_teacher_student",
     "conll_label_names",

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .adversarial import AttackSettings, adversarial_backward, embed_inputs, perturbation_mask
+from .cache import CACHE_INDEX_COLUMN, TeacherLogitCache
 from .checks import (
     TOKEN_CLASSIFICATION,
     check_label_range,
@@ -57,7 +58,12 @@ class DistillationTrainer(Trainer):
     Args:
         model: the student, a sequence- or token-classification model.
         teacher_model: the fine-tuned teacher, a model or a local path / Hub id loaded with the student's Auto
-            class. It must share the student's vocabulary and labels (checked at init).
+            class. It must share the student's vocabulary and labels (checked at init). May be `None` when
+            `teacher_cache` holds its logits for every training example.
+        teacher_cache: a `TeacherLogitCache` built over `train_dataset` (`build_teacher_cache`). Batches read the
+            teacher's logits from it instead of running the teacher; the training set gets the cache's index
+            column automatically. The cache covers clean inputs only: adversarial training still works (the teacher
+            only ever sees clean inputs), but a batch without the index column needs an online `teacher_model`.
         args: a [`DistillationArguments`].
         Other arguments are those of `transformers.Trainer`.
 
@@ -71,7 +77,7 @@ class DistillationTrainer(Trainer):
     def __init__(
         self,
         model: PreTrainedModel | nn.Module,
-        teacher_model: PreTrainedModel | nn.Module | str,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
         args: DistillationArguments | None = None,
         data_collator: Callable | None = None,
         train_dataset: Any = None,
@@ -82,6 +88,7 @@ class DistillationTrainer(Trainer):
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
         preprocess_logits_for_metrics: Callable | None = None,
+        teacher_cache: TeacherLogitCache | None = None,
     ):
         if args is None:
             args = DistillationArguments(output_dir="tmp_trainer")
@@ -95,12 +102,26 @@ class DistillationTrainer(Trainer):
         self.task = infer_task(model, "student")
         if isinstance(teacher_model, str):
             teacher_model = load_model(teacher_model, self.task, role="teacher")
-        if teacher_model is None:
-            raise ValueError("`teacher_model` is required: pass a fine-tuned model, a local path or a Hub id.")
-        check_teacher_student(teacher_model, model)
-        check_tokenizer(processing_class, teacher_model)
+        if teacher_model is None and teacher_cache is None:
+            raise ValueError(
+                "`teacher_model` is required: pass a fine-tuned model, a local path or a Hub id (or a `teacher_cache` "
+                "of its logits built with `hf_distill.build_teacher_cache`)."
+            )
+        if teacher_model is not None:
+            check_teacher_student(teacher_model, model)
+            check_tokenizer(processing_class, teacher_model)
+        num_labels = model.config.num_labels
+        if teacher_cache is not None:
+            if teacher_cache.task != self.task or teacher_cache.num_labels != num_labels:
+                raise ValueError(
+                    f"The teacher cache holds {teacher_cache.task} logits over {teacher_cache.num_labels} labels, but "
+                    f"the student does {self.task} with {num_labels} labels. Build the cache with the teacher of this "
+                    "task (`build_teacher_cache`)."
+                )
+            if train_dataset is not None and CACHE_INDEX_COLUMN not in (getattr(train_dataset, "column_names", None)
+                                                                       or []):
+                train_dataset = teacher_cache.attach(train_dataset)
         check_train_dataset(train_dataset, args.needs_labels)
-        num_labels = teacher_model.config.num_labels  # the student's too: check_teacher_student ran above
         check_label_range(train_dataset, num_labels)
         for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
             if split is not None:
@@ -125,9 +146,13 @@ class DistillationTrainer(Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        self.teacher_model = self._prepare_teacher(teacher_model)
-        forward = inspect.signature(self.accelerator.unwrap_model(self.teacher_model).forward).parameters
-        self._teacher_inputs = {name for name in forward if name not in ("labels", "kwargs", "args")}
+        self.teacher_cache = teacher_cache
+        self.teacher_model = None
+        self._teacher_inputs: set[str] = set()
+        if teacher_model is not None:
+            self.teacher_model = self._prepare_teacher(teacher_model)
+            forward = inspect.signature(self.accelerator.unwrap_model(self.teacher_model).forward).parameters
+            self._teacher_inputs = {name for name in forward if name not in ("labels", "kwargs", "args")}
         special = getattr(processing_class, "all_special_ids", None) or []
         self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
         self._window = _LossWindow()
@@ -165,8 +190,24 @@ class DistillationTrainer(Trainer):
         return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
 
     def teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """The teacher's logits for a batch, as an ordinary (autograd-usable) tensor without gradient."""
+        """The teacher's logits for a batch, as an ordinary (autograd-usable) tensor without gradient: read from the
+        cache when the batch carries its index column, else from a forward of the teacher."""
+        index = inputs.get(CACHE_INDEX_COLUMN)
+        if self.teacher_cache is not None and index is not None:
+            logits = self.teacher_cache.logits(index, seq_len=inputs["input_ids"].shape[1])
+            return logits.to(inputs["input_ids"].device, non_blocking=True)
+        if self.teacher_model is None:
+            raise ValueError(
+                f"This batch has no `{CACHE_INDEX_COLUMN}` column, so its teacher logits are not in the cache (an "
+                "augmented or unattached dataset?), and no online `teacher_model` was given. Pass `teacher_model` "
+                "too, or train on `teacher_cache.attach(dataset)`."
+            )
         return self._teacher_forward(inputs).clone()
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.teacher_cache is not None and CACHE_INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns.append(CACHE_INDEX_COLUMN)
 
     # ---- schedules and positions -------------------------------------------------------------------------------
 
@@ -225,11 +266,12 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             # Evaluation and prediction: the student alone, exactly as the stock Trainer scores it.
+            inputs = {k: v for k, v in inputs.items() if k != CACHE_INDEX_COLUMN}
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", CACHE_INDEX_COLUMN)}
         outputs = model(**model_inputs)
         alpha, temperature = self.current_alpha, self.current_temperature
-        teacher_logits = self.teacher_logits(model_inputs) if alpha > 0 else None
+        teacher_logits = self.teacher_logits(inputs) if alpha > 0 else None
 
         objective, scale = self._objective(inputs, teacher_logits, alpha, temperature, num_items_in_batch)
         parts = objective(outputs["logits"], alpha)
@@ -289,7 +331,7 @@ class DistillationTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "input_ids")}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "input_ids", CACHE_INDEX_COLUMN)}
         input_ids = inputs["input_ids"]
         alpha, temperature = self.current_alpha, self.current_temperature
         # The teacher sees the clean input once; every perturbed pass is compared with these targets.
@@ -376,15 +418,18 @@ class DistillationTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        teacher = self.accelerator.unwrap_model(self.teacher_model) if self.teacher_model is not None else None
+        teacher_name = getattr(teacher.config, "_name_or_path", "") if teacher is not None else ""
+        if not teacher_name and self.teacher_cache is not None:
+            teacher_name = f"cached logits ({self.teacher_cache.path})"
         card = build_model_card(
             task=self.task,
-            teacher=finetuned_from or getattr(teacher.config, "_name_or_path", "") or "unknown teacher",
+            teacher=finetuned_from or teacher_name or "unknown teacher",
             args=self.args,
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
             dataset=(dataset[0] if isinstance(dataset, list) else dataset) or self.dataset_name,
             student_params=sum(p.numel() for p in self.accelerator.unwrap_model(self.model).parameters()),
-            teacher_params=sum(p.numel() for p in teacher.parameters()),
+            teacher_params=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
             evaluation=self.evaluation_report,
             license=license or "apache-2.0",
             tags=[tags] if isinstance(tags, str) else tags,

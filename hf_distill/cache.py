@@ -1,0 +1,760 @@
+"""A disk cache of the teacher's logits: run the teacher once over the training set, read its logits afterwards.
+
+Online distillation runs the teacher forward on every step of every epoch. `build_teacher_cache` runs it once, in
+dataset order, and stores the logits in numpy memory-mapped files; `TeacherLogitCache.logits` then serves any batch
+of rows (in any order) without the teacher.
+
+Layout of a cache directory:
+
+    metadata.json         task, num_rows, num_labels, top_k, completed_rows, build_seconds, fingerprint (see below)
+    offsets.npy           (N + 1,) int64: example i owns the positions offsets[i]:offsets[i + 1] of the arrays below
+    values.npy            full logits: (P, C) fp16                     (top_k is None)
+                          or the top-k logits: (P, k) fp16, largest first (top_k = k)
+    indices.npy           (P, k) int16, the class of each top-k logit     (top_k only)
+    tail_logsumexp.npy    (P,) fp32, log Σ exp over the other C - k logits (top_k only)
+
+P is the number of positions: the number of examples for sequence classification, the sum of the examples' token
+counts for token classification (no padding is stored). Logits are clamped to the fp16 range and stored in fp16;
+they are read back as fp32.
+
+The top-k reconstruction puts the k stored logits at their classes and gives each of the other C - k classes the
+same logit c = tail_logsumexp - log(C - k). The softmax at temperature 1 then has exactly the teacher's top-k
+probabilities and the teacher's total tail mass (spread evenly over the tail). At another temperature T the softmax
+of the reconstruction is an approximation of the teacher's (the tail is flattened before dividing by T); it is
+exact when k == C. A `top_k` of C or more stores every logit (k = C), so it is exact.
+
+The build is resumable: after each batch the arrays are flushed and `completed_rows` is updated in
+`metadata.json` (written atomically), and a later `build_teacher_cache` with the same fingerprint continues from
+there. The fingerprint ties the cache to the teacher's weights, the dataset's input ids, the tokenizer and the
+tokenization `max_length`; `TeacherLogitCache.load` refuses a cache whose fingerprint differs from what it is given.
+
+Reference: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network" (the soft targets cached
+here). The top-k storage keeps the teacher's total tail mass so that the cached targets stay a distribution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checks import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _reject_dataset_dict
+
+logger = logging.getLogger(__name__)
+
+CACHE_INDEX_COLUMN = "teacher_cache_index"
+"""The column `TeacherLogitCache.attach` adds: the row number each example had when the cache was built."""
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+_ARRAY_FILES = ("offsets.npy", "values.npy", "indices.npy", "tail_logsumexp.npy")
+_FP16_MAX = float(np.finfo(np.float16).max)
+_INT16_LIMIT = int(np.iinfo(np.int16).max) + 1
+_LABEL_COLUMNS = ("labels", "label", "label_ids")
+# The fingerprint parts that the caller supplies and that `load` / `build_teacher_cache` compare, in report order.
+_CHECKED_PARTS = ("teacher", "dataset", "tokenizer", "max_length")
+
+
+# ---- fingerprints ------------------------------------------------------------------------------------------------
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """sha256 over the teacher's `state_dict`: each tensor's name, shape, dtype and bytes, in sorted key order."""
+    hasher = hashlib.sha256()
+    state = teacher.state_dict()
+    for name in sorted(state):
+        value = state[name]
+        hasher.update(name.encode())
+        if not torch.is_tensor(value):  # a module's extra state
+            hasher.update(repr(value).encode())
+            continue
+        hasher.update(f"{tuple(value.shape)}|{value.dtype}".encode())
+        hasher.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return hasher.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of a tokenizer: its serialized backend for fast tokenizers, else its sorted vocabulary.
+
+    The backend's truncation and padding settings are left out: calling the tokenizer with `truncation=True` or
+    `padding=...` changes them, and they say nothing about the ids the tokenizer produces for a given text
+    (`max_length` is a fingerprint part of its own).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        serialized = json.loads(backend.to_str())
+        serialized.pop("truncation", None)
+        serialized.pop("padding", None)
+        text = json.dumps(serialized, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _input_ids_summary(dataset: Any) -> tuple[np.ndarray, str]:
+    """`(lengths, digest)`: each row's number of input ids, (N,) int64, and a sha256 of all the ids in row order."""
+    _reject_dataset_dict(dataset, "dataset")
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and "input_ids" not in columns:
+        raise ValueError(
+            f"The dataset has no `input_ids` column (found columns: {columns}). The teacher cache is built from a "
+            "tokenized dataset: map the tokenizer over it first (the same dataset the trainer gets)."
+        )
+    if isinstance(dataset, Dataset):
+        column = dataset.select_columns(["input_ids"]).with_format("arrow")[:].column("input_ids")
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        rows = [np.asarray(dataset[i]["input_ids"], dtype=np.int64).reshape(-1) for i in range(len(dataset))]
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        ids = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    hasher = hashlib.sha256()
+    hasher.update(np.ascontiguousarray(lengths))
+    hasher.update(np.ascontiguousarray(ids))
+    return lengths, hasher.hexdigest()
+
+
+def _dataset_id(dataset: Any, content: str) -> str:
+    """The dataset part of the fingerprint: the `datasets` fingerprint when there is one, else the ids' sha256."""
+    return getattr(dataset, "_fingerprint", None) or content
+
+
+def _dataset_matches(fingerprint: dict[str, Any], dataset: Any) -> bool:
+    """Whether `dataset` holds the rows the cache was built from (same input ids, same order).
+
+    The `datasets` fingerprint is compared first (no data read). It changes with any transform, including
+    `attach`, and is random when a transform cannot be hashed, so when it differs the input ids are hashed and
+    compared instead: the teacher's logits depend on nothing else.
+    """
+    _reject_dataset_dict(dataset, "dataset")
+    if len(dataset) != fingerprint["num_rows"]:
+        return False
+    if getattr(dataset, "_fingerprint", None) == fingerprint["dataset"]:
+        return True
+    return _input_ids_summary(dataset)[1] == fingerprint["dataset_content"]
+
+
+def _changed_parts(
+    stored: dict[str, Any], *, teacher: str | None, dataset: Any, tokenizer: str | None, max_length: int | None
+) -> list[str]:
+    """The names of the parts in `_CHECKED_PARTS` that differ. A part is compared only when it is given (not None)
+    and was recorded at build time."""
+    given = {"teacher": teacher, "tokenizer": tokenizer, "max_length": max_length}
+    changed = []
+    for part in _CHECKED_PARTS:
+        if part == "dataset":
+            if dataset is not None and not _dataset_matches(stored, dataset):
+                changed.append(part)
+        elif given[part] is not None:
+            if stored.get(part) is None:
+                logger.warning("The cache records no %s, so the %s given cannot be checked against it.", part, part)
+            elif given[part] != stored[part]:
+                changed.append(part)
+    return changed
+
+
+def _mismatch_message(path: Path, stored: dict[str, Any], changed: list[str], dataset: Any, max_length: Any) -> str:
+    reasons = {
+        "teacher": "for another teacher (its weights differ)",
+        "dataset": (
+            f"for another dataset ({stored['num_rows']} rows then, {len(dataset) if dataset is not None else '?'} "
+            "rows now, or the same number of rows with other input ids or in another order)"
+        ),
+        "tokenizer": "with another tokenizer (its vocabulary or settings differ)",
+        "max_length": f"with max_length={stored.get('max_length')}, not max_length={max_length}",
+    }
+    return "; ".join(f"The cache at {path} was built {reasons[part]}" for part in changed)
+
+
+# ---- the cache ---------------------------------------------------------------------------------------------------
+
+
+class TeacherLogitCache:
+    """The teacher's logits for every row of a training set, read from memory-mapped files.
+
+    Get one from `build_teacher_cache` or `TeacherLogitCache.load`; the constructor is internal.
+
+    Attributes:
+        path: the cache directory.
+        fingerprint: dict of the parts the cache was built for: `dataset`, `dataset_content`, `teacher`,
+            `tokenizer`, `max_length`, `num_labels`, `top_k`, `task`, `num_rows`.
+        num_rows, num_labels, task, top_k, build_seconds: see the properties.
+    """
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any]):
+        self.path = Path(path)
+        self._metadata = metadata
+        self._offsets = _open_array(self.path, "offsets.npy", (self.num_rows + 1,), np.int64)
+        total = int(self._offsets[-1])
+        width = self.num_labels if self.top_k is None else self.top_k
+        self._values = _open_array(self.path, "values.npy", (total, width), np.float16)
+        self._indices = self._tail = None
+        if self.top_k is not None:
+            self._indices = _open_array(self.path, "indices.npy", (total, self.top_k), np.int16)
+            self._tail = _open_array(self.path, "tail_logsumexp.npy", (total,), np.float32)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        teacher: nn.Module | None = None,
+        dataset: Any = None,
+        tokenizer: Any = None,
+        max_length: int | None = None,
+    ) -> TeacherLogitCache:
+        """Open a complete cache, checking that it was built for each of the given parts.
+
+        Args:
+            path: the cache directory (the `path` given to `build_teacher_cache`).
+            teacher: if given, its weights must be those the cache was built with.
+            dataset: if given, it must hold the same input ids in the same order (an `attach`-ed copy is fine).
+            tokenizer: if given, it must be the tokenizer recorded at build time.
+            max_length: if given, it must be the tokenization `max_length` recorded at build time.
+
+        Raises:
+            FileNotFoundError: there is no cache at `path`.
+            ValueError: a given part differs from the one the cache was built for (the message names it), or the
+                build did not finish.
+        """
+        path = Path(path)
+        metadata = _read_metadata(path)
+        if metadata is None:
+            raise FileNotFoundError(
+                f"There is no teacher-logit cache at {path} (no {METADATA_FILE}). Build it with "
+                f"`build_teacher_cache(teacher, train_dataset, data_collator, {str(path)!r}, ...)`, or pass the path "
+                "a cache was built in."
+            )
+        stored = metadata["fingerprint"]
+        teacher_id = teacher_fingerprint(teacher) if teacher is not None else None
+        tokenizer_id = tokenizer_fingerprint(tokenizer) if tokenizer is not None else None
+        changed = _changed_parts(
+            stored, teacher=teacher_id, dataset=dataset, tokenizer=tokenizer_id, max_length=max_length
+        )
+        if changed:
+            given = " and ".join(f"the {part}" for part in changed)
+            raise ValueError(
+                f"{_mismatch_message(path, stored, changed, dataset, max_length)}: rebuild it with "
+                f"`build_teacher_cache(...)` (into a new path, or with `overwrite=True`) or pass {given} it was built "
+                "with."
+            )
+        if metadata["completed_rows"] < metadata["num_rows"]:
+            raise ValueError(
+                f"The cache at {path} is incomplete: its build stopped after {metadata['completed_rows']} of "
+                f"{metadata['num_rows']} rows. Finish it by calling `build_teacher_cache` again with the same teacher, "
+                "dataset and settings; it resumes from where it stopped."
+            )
+        return cls(path, metadata)
+
+    # ---- what the cache holds ----
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self._metadata["fingerprint"])
+
+    @property
+    def num_rows(self) -> int:
+        """N, the number of examples."""
+        return int(self._metadata["num_rows"])
+
+    @property
+    def num_labels(self) -> int:
+        """C, the number of classes."""
+        return int(self._metadata["num_labels"])
+
+    @property
+    def task(self) -> str:
+        """`"token_classification"` or `"sequence_classification"`, from the rank of the teacher's logits."""
+        return self._metadata["task"]
+
+    @property
+    def top_k(self) -> int | None:
+        """k when only the top-k logits are stored (k <= C), None for full logits."""
+        return self._metadata["top_k"]
+
+    @property
+    def build_seconds(self) -> float:
+        """Wall time of the build in seconds, summed over resumed runs."""
+        return float(self._metadata["build_seconds"])
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __repr__(self) -> str:
+        storage = "full logits" if self.top_k is None else f"top-{self.top_k} logits"
+        return (
+            f"TeacherLogitCache(path={str(self.path)!r}, task={self.task!r}, num_rows={self.num_rows}, "
+            f"num_labels={self.num_labels}, {storage})"
+        )
+
+    def lengths(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Number of stored positions of each row: (B,) int64. 1 per row for sequence classification."""
+        rows = self._rows(indices)
+        return torch.from_numpy(self._offsets[rows + 1] - self._offsets[rows])
+
+    # ---- reading ----
+
+    def attach(self, dataset: Any) -> Any:
+        """Return `dataset` with a `teacher_cache_index` column: each row's number in the dataset the cache was built
+        from (0..N-1), so that a shuffled batch still finds its logits.
+
+        Args:
+            dataset: the dataset the cache was built from (same input ids, same order). A `datasets.Dataset` gets a
+                new int64 column (an existing one is replaced); any other map-style dataset of dicts is wrapped so
+                that each row gains the key.
+
+        Raises:
+            ValueError: `dataset` does not hold the rows the cache was built from.
+        """
+        if not _dataset_matches(self._metadata["fingerprint"], dataset):
+            raise ValueError(
+                f"{_mismatch_message(self.path, self._metadata['fingerprint'], ['dataset'], dataset, None)}. Attach the "
+                "cache to the dataset it was built from (before any shuffle, filter or select), or rebuild it for "
+                "this one with `build_teacher_cache(...)`."
+            )
+        if isinstance(dataset, Dataset):
+            if CACHE_INDEX_COLUMN in dataset.column_names:
+                dataset = dataset.remove_columns(CACHE_INDEX_COLUMN)
+            return dataset.add_column(CACHE_INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
+        return _IndexedRows(dataset)
+
+    def logits(self, indices: torch.Tensor | Sequence[int] | np.ndarray, seq_len: int | None = None) -> torch.Tensor:
+        """The cached teacher logits of rows `indices`, as float32 on the CPU.
+
+        Args:
+            indices: (B,) row numbers, e.g. `batch["teacher_cache_index"]` (any device).
+            seq_len: L, the padded length of the batch, `batch["input_ids"].shape[1]` (token classification only;
+                defaults to the longest of these rows).
+
+        Returns:
+            Token classification: (B, L, C), each row's stored positions first and zeros after them (right
+            padding). Sequence classification: (B, C). With `top_k`, the reconstruction described in the module
+            docstring.
+
+        Raises:
+            ValueError: an index is outside [0, N), or a row has more stored positions than `seq_len`.
+        """
+        rows = self._rows(indices)
+        if self.task == SEQUENCE_CLASSIFICATION:
+            return self._read(self._offsets[rows])
+        starts = self._offsets[rows]
+        lengths = self._offsets[rows + 1] - starts
+        if seq_len is None:
+            seq_len = int(lengths.max(initial=0))
+        if (lengths > seq_len).any():
+            row = int(np.argmax(lengths > seq_len))
+            raise ValueError(
+                f"Row {int(rows[row])} has {int(lengths[row])} cached positions but the batch is {seq_len} tokens long: "
+                "the batch was truncated or built differently from the build (which stores each example's full "
+                "`input_ids`). Collate the batches as at build time, without truncation, with right padding, and "
+                "pass `seq_len=batch['input_ids'].shape[1]`."
+            )
+        segment_starts = np.cumsum(lengths) - lengths
+        total = int(lengths.sum())
+        positions = np.arange(total) + np.repeat(starts - segment_starts, lengths)
+        out = torch.zeros(len(rows), seq_len, self.num_labels, dtype=torch.float32)
+        out[torch.arange(seq_len) < torch.from_numpy(lengths)[:, None]] = self._read(positions)
+        return out
+
+    def _rows(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> np.ndarray:
+        if torch.is_tensor(indices):
+            indices = indices.detach().cpu().numpy()
+        rows = np.asarray(indices).reshape(-1)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(
+                f"Cache indices must be integers, got dtype {rows.dtype}; pass `batch['{CACHE_INDEX_COLUMN}']`."
+            )
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
+            raise ValueError(
+                f"Cache index {int(rows.min() if rows.min() < 0 else rows.max())} is outside [0, {self.num_rows}): "
+                f"this cache holds {self.num_rows} rows. Use the `{CACHE_INDEX_COLUMN}` column that `attach` added to "
+                "the dataset the cache was built from."
+            )
+        return rows
+
+    def _read(self, positions: np.ndarray) -> torch.Tensor:
+        """Full float32 logits at flat `positions`: (P,) -> (P, C)."""
+        values = torch.from_numpy(np.asarray(self._values[positions], dtype=np.float32))
+        if self.top_k is None:
+            return values
+        indices = torch.from_numpy(np.asarray(self._indices[positions], dtype=np.int64))
+        k, num_classes = self.top_k, self.num_labels
+        if k == num_classes:
+            full = torch.empty(len(positions), num_classes, dtype=torch.float32)
+        else:
+            tail = torch.from_numpy(np.asarray(self._tail[positions], dtype=np.float32))
+            fill = tail - math.log(num_classes - k)
+            full = fill[:, None].expand(len(positions), num_classes).clone()
+        return full.scatter_(1, indices, values)
+
+
+class _IndexedRows(torch.utils.data.Dataset):
+    """A map-style dataset of dicts whose row i gains `teacher_cache_index = i`."""
+
+    def __init__(self, rows: Any):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.rows[i], CACHE_INDEX_COLUMN: i}
+
+
+# ---- building ----------------------------------------------------------------------------------------------------
+
+
+def build_teacher_cache(
+    teacher: nn.Module,
+    dataset: Any,
+    data_collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    top_k: int | None = None,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    progress_bar: bool = True,
+) -> TeacherLogitCache:
+    """Run `teacher` once over `dataset` and store its logits in `path`; resume or reuse a cache already there.
+
+    The teacher runs in eval mode under `torch.inference_mode()` on its own device, over batches of `batch_size`
+    consecutive rows (dataset order, no shuffling) made by `data_collator`. The collator receives each row's teacher
+    input columns and labels, as the Trainer's `remove_unused_columns` would pass them. For token classification
+    the batches must be right-padded and not truncated: example i's first len(input_ids_i) positions are stored.
+
+    Args:
+        teacher: a sequence- or token-classification model; the task is read from its logits' rank (2 or 3).
+        dataset: the tokenized training set: a `datasets.Dataset` or a map-style dataset of dicts with `input_ids`.
+        data_collator: turns a list of rows into a batch of tensors, e.g. `DataCollatorForTokenClassification`.
+        path: the cache directory (created if needed).
+        tokenizer: recorded in the fingerprint so that `load` can refuse another tokenizer (optional).
+        max_length: the tokenization `max_length`, recorded in the fingerprint (optional).
+        top_k: store only the k largest logits per position and the log-sum-exp of the rest (see the module
+            docstring); None stores every logit. k >= C stores every logit exactly, as k = C.
+        batch_size: rows per teacher forward.
+        overwrite: delete a cache in `path` that was built for something else, and rebuild.
+        progress_bar: show a tqdm progress bar.
+
+    Returns:
+        The complete `TeacherLogitCache`. A complete cache already in `path` with the same fingerprint is returned
+        without running the teacher; an incomplete one is finished from its `completed_rows`.
+
+    Raises:
+        ValueError: `path` holds a cache built for another teacher / dataset / tokenizer / max_length / top_k (and
+            `overwrite` is False); the batches are left-padded or truncated (token classification); the teacher's
+            outputs are not classification logits or contain NaN.
+    """
+    started = time.perf_counter()
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"`top_k` must be None (store every logit) or at least 1, got {top_k}.")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"The cache path {path} is a file; pass a directory (it is created if missing).")
+    lengths, content = _input_ids_summary(dataset)
+    num_rows = len(lengths)
+    if num_rows == 0:
+        raise ValueError("The dataset is empty: there are no rows to run the teacher on.")
+    parts = {
+        "dataset": _dataset_id(dataset, content),
+        "dataset_content": content,
+        "teacher": teacher_fingerprint(teacher),
+        "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+        "max_length": max_length,
+        "num_rows": num_rows,
+    }
+
+    metadata = _read_metadata(path)
+    if metadata is not None and overwrite:
+        logger.info("Deleting the teacher-logit cache at %s (overwrite=True).", path)
+        _delete_cache(path)
+        metadata = None
+    if metadata is not None:
+        _check_existing(path, metadata, parts, dataset, top_k)
+        if metadata["completed_rows"] >= num_rows:
+            logger.info("Reusing the complete teacher-logit cache at %s.", path)
+            return TeacherLogitCache(path, metadata)
+        logger.info("Resuming the teacher-logit cache at %s from row %d of %d.", path, metadata["completed_rows"], num_rows)
+
+    store = _Store(path, metadata, mode="r+") if metadata is not None else None
+    completed = metadata["completed_rows"] if metadata is not None else 0
+    previous_seconds = metadata["build_seconds"] if metadata is not None else 0.0
+    forward_inputs = _forward_inputs(teacher)
+    columns = set(forward_inputs) | set(_LABEL_COLUMNS)
+    source = dataset
+    if isinstance(dataset, Dataset):
+        source = dataset.select_columns([c for c in dataset.column_names if c in columns])
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.inference_mode(), tqdm(
+            total=num_rows, initial=completed, unit="row", desc="Teacher logits", disable=not progress_bar
+        ) as bar:
+            for start in range(completed, num_rows, batch_size):
+                stop = min(start + batch_size, num_rows)
+                rows = _rows_for_collator(source, start, stop, columns)
+                batch = data_collator(rows)
+                inputs = {k: v.to(device) for k, v in batch.items() if k in forward_inputs and torch.is_tensor(v)}
+                outputs = teacher(**inputs)
+                logits = outputs["logits"] if isinstance(outputs, dict) else outputs
+                logits = (logits if torch.is_tensor(logits) else logits[0]).float().cpu()
+                if store is None:
+                    metadata = _new_metadata(logits, lengths, parts, top_k)
+                    store = _Store(path, metadata, mode="w+", lengths=lengths)
+                flat = _positions(logits, batch, rows, lengths[start:stop], metadata, start)
+                store.write(start, stop, flat)
+                metadata["completed_rows"] = stop
+                metadata["build_seconds"] = previous_seconds + time.perf_counter() - started
+                _write_metadata(path, metadata)
+                bar.update(stop - start)
+    finally:
+        teacher.train(was_training)
+    logger.info(
+        "Cached the teacher's logits for %d rows (%d positions) at %s in %.1f s.",
+        num_rows, int(store.offsets[-1]), path, metadata["build_seconds"],
+    )
+    return TeacherLogitCache(path, metadata)
+
+
+def _check_existing(path: Path, metadata: dict[str, Any], parts: dict[str, Any], dataset: Any, top_k: int | None):
+    stored = metadata["fingerprint"]
+    changed = _changed_parts(
+        stored, teacher=parts["teacher"], dataset=dataset, tokenizer=parts["tokenizer"], max_length=parts["max_length"]
+    )
+    messages = [_mismatch_message(path, stored, changed, dataset, parts["max_length"])] if changed else []
+    wanted_k = None if top_k is None else min(top_k, metadata["num_labels"])
+    if wanted_k != metadata["top_k"]:
+        messages.append(f"The cache at {path} stores top_k={metadata['top_k']}, not top_k={wanted_k}")
+    if messages:
+        raise ValueError(
+            f"{'; '.join(messages)}. Build this cache into a new path, or pass `overwrite=True` to delete the one "
+            f"at {path} and rebuild it."
+        )
+
+
+def _forward_inputs(teacher: nn.Module) -> set[str]:
+    """Named parameters of `teacher.forward`, without `labels` (so no loss is computed) and without *args/**kwargs."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    parameters = inspect.signature(teacher.forward).parameters.values()
+    return {p.name for p in parameters if p.kind not in variadic and p.name not in _LABEL_COLUMNS}
+
+
+def _rows_for_collator(source: Any, start: int, stop: int, columns: set[str]) -> list[dict[str, Any]]:
+    """Rows start..stop-1 as a list of dicts, restricted to `columns`."""
+    if isinstance(source, Dataset):
+        block = source[start:stop]
+        return [dict(zip(block, values, strict=True)) for values in zip(*block.values(), strict=True)]
+    return [{k: v for k, v in source[i].items() if k in columns} for i in range(start, stop)]
+
+
+def _new_metadata(logits: torch.Tensor, lengths: np.ndarray, parts: dict[str, Any], top_k: int | None) -> dict:
+    if logits.dim() == 3:
+        task = TOKEN_CLASSIFICATION
+    elif logits.dim() == 2:
+        task = SEQUENCE_CLASSIFICATION
+    else:
+        raise ValueError(
+            f"The teacher's logits have shape {tuple(logits.shape)}; the cache needs (B, C) (sequence classification) "
+            "or (B, L, C) (token classification). Pass a model with a classification head."
+        )
+    num_labels = int(logits.shape[-1])
+    k = None if top_k is None else min(top_k, num_labels)
+    if k is not None and num_labels > _INT16_LIMIT:
+        raise ValueError(
+            f"The teacher has {num_labels} classes, more than the {_INT16_LIMIT} that the int16 top-k indices can "
+            "address. Use `top_k=None` to store every logit."
+        )
+    if task == TOKEN_CLASSIFICATION and lengths.sum() == 0:
+        raise ValueError("Every example has 0 input ids: there are no token positions to cache.")
+    fingerprint = {**parts, "num_labels": num_labels, "top_k": k, "task": task}
+    return {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "num_rows": int(len(lengths)),
+        "num_labels": num_labels,
+        "top_k": k,
+        "completed_rows": 0,
+        "build_seconds": 0.0,
+        "fingerprint": fingerprint,
+    }
+
+
+def _positions(
+    logits: torch.Tensor, batch: dict[str, Any], rows: list[dict[str, Any]], lengths: np.ndarray, metadata: dict,
+    start: int,
+) -> np.ndarray:
+    """The logits to store for a batch of consecutive rows: (B, C), or (Σ L_i, C) for token classification."""
+    task, num_labels = metadata["task"], metadata["num_labels"]
+    expected_rank = 3 if task == TOKEN_CLASSIFICATION else 2
+    if logits.dim() != expected_rank or logits.shape[-1] != num_labels:
+        raise ValueError(
+            f"The teacher's logits for rows {start}.. have shape {tuple(logits.shape)}, but the cache holds "
+            f"{task.replace('_', ' ')} logits with {num_labels} classes. Resume the build with the teacher it started "
+            "with, or pass `overwrite=True`."
+        )
+    if len(logits) != len(lengths):
+        raise ValueError(
+            f"The collator turned {len(lengths)} rows into a batch of {len(logits)}: it must keep one example per row, "
+            "in order."
+        )
+    if task == SEQUENCE_CLASSIFICATION:
+        flat = logits
+    else:
+        _check_right_padded(batch, rows, lengths, logits.shape[1], start)
+        flat = logits[torch.arange(logits.shape[1]) < torch.from_numpy(lengths)[:, None]]
+    flat = flat.numpy()
+    if np.isnan(flat).any():
+        raise ValueError(
+            f"The teacher produced NaN logits for rows {start}..{start + len(lengths) - 1}. Check the teacher on "
+            "these rows (e.g. an fp16 overflow) before caching its logits."
+        )
+    return np.clip(flat, -_FP16_MAX, _FP16_MAX)
+
+
+def _check_right_padded(
+    batch: dict[str, Any], rows: list[dict[str, Any]], lengths: np.ndarray, seq_len: int, start: int
+) -> None:
+    """Raise unless each row's input ids sit untruncated at the start of its batch row."""
+    fix = (
+        "The cache stores each example's positions from the start of the sequence, so it needs right-padded, "
+        "untruncated batches: build the collator with a tokenizer whose `padding_side='right'` (the default for "
+        "BERT-like models) and no `max_length`"
+    )
+    mask = batch.get("attention_mask")
+    if mask is not None and ((mask[:, 0] == 0) & torch.from_numpy(lengths > 0)).any():
+        raise ValueError(f"The collator left-pads the batch (its attention_mask starts with 0); right padding is "
+                         f"required. {fix}.")
+    input_ids = batch["input_ids"]
+    for b, (row, length) in enumerate(zip(rows, lengths, strict=True)):
+        if length > seq_len:
+            raise ValueError(
+                f"Row {start + b} has {length} input ids but its batch is {seq_len} tokens long: the collator "
+                f"truncates. {fix}."
+            )
+        expected = torch.as_tensor(row["input_ids"]).reshape(-1)
+        if not torch.equal(input_ids[b, :length].cpu(), expected.to(input_ids.dtype)):
+            padded_left = torch.equal(input_ids[b, seq_len - length:].cpu(), expected.to(input_ids.dtype))
+            what = "left-pads the batch; right padding is required" if padded_left else "changes the input ids"
+            raise ValueError(f"The collator {what} (row {start + b}). {fix}.")
+
+
+class _Store:
+    """The memory-mapped arrays of a cache being built."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], mode: str, lengths: np.ndarray | None = None):
+        num_rows, num_labels, k = metadata["num_rows"], metadata["num_labels"], metadata["top_k"]
+        if mode == "w+":
+            path.mkdir(parents=True, exist_ok=True)
+            _delete_cache(path)
+            per_row = lengths if metadata["task"] == TOKEN_CLASSIFICATION else np.ones(num_rows, dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+            self.offsets = np.lib.format.open_memmap(path / "offsets.npy", mode="w+", dtype=np.int64,
+                                                     shape=offsets.shape)
+            self.offsets[:] = offsets
+            self.offsets.flush()
+        else:
+            self.offsets = _open_array(path, "offsets.npy", (num_rows + 1,), np.int64, mode)
+        total = int(self.offsets[-1])
+        self.top_k = k
+
+        def array(name, shape, dtype):
+            if mode == "w+":
+                return np.lib.format.open_memmap(path / name, mode="w+", dtype=dtype, shape=shape)
+            return _open_array(path, name, shape, dtype, mode)
+
+        self.values = array("values.npy", (total, num_labels if k is None else k), np.float16)
+        self.indices = array("indices.npy", (total, k), np.int16) if k is not None else None
+        self.tail = array("tail_logsumexp.npy", (total,), np.float32) if k is not None else None
+
+    def write(self, start: int, stop: int, flat: np.ndarray) -> None:
+        """Store the (P, C) fp32 logits of rows start..stop-1 and flush them to disk."""
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        if self.top_k is None:
+            self.values[lo:hi] = flat.astype(np.float16)
+            self.values.flush()
+            return
+        logits = torch.from_numpy(flat)
+        top = logits.topk(self.top_k, dim=-1)
+        rest = logits.scatter(-1, top.indices, float("-inf"))
+        self.values[lo:hi] = top.values.numpy().astype(np.float16)
+        self.indices[lo:hi] = top.indices.numpy().astype(np.int16)
+        self.tail[lo:hi] = torch.logsumexp(rest, dim=-1).numpy()
+        for array in (self.values, self.indices, self.tail):
+            array.flush()
+
+
+# ---- files -------------------------------------------------------------------------------------------------------
+
+
+def _open_array(path: Path, name: str, shape: tuple[int, ...], dtype: Any, mode: str = "r") -> np.ndarray:
+    try:
+        array = np.load(path / name, mmap_mode=mode)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(
+            f"The cache at {path} is damaged: {name} cannot be read ({error}). Rebuild it with "
+            "`build_teacher_cache(..., overwrite=True)`."
+        ) from error
+    if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"The cache at {path} is damaged: {name} holds {array.dtype} {array.shape}, but its metadata says "
+            f"{np.dtype(dtype)} {tuple(shape)}. Rebuild it with `build_teacher_cache(..., overwrite=True)`."
+        )
+    return array
+
+
+def _read_metadata(path: Path) -> dict[str, Any] | None:
+    """The cache's metadata, or None when `path` holds no cache."""
+    file = path / METADATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        metadata = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{file} is not valid JSON ({error}). Rebuild the cache with `build_teacher_cache(..., overwrite=True)`."
+        ) from error
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"The cache at {path} has format version {metadata.get('format_version')}, but this hf_distill reads "
+            f"version {FORMAT_VERSION}. Rebuild it with `build_teacher_cache(..., overwrite=True)`."
+        )
+    return metadata
+
+
+def _write_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """Write metadata.json atomically: a temporary file in the same directory, then `os.replace`."""
+    descriptor, temporary = tempfile.mkstemp(dir=path, prefix=".metadata-", suffix=".json.tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(metadata, handle, indent=2)
+        os.replace(temporary, path / METADATA_FILE)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _delete_cache(path: Path) -> None:
+    """Remove the cache's own files from `path`, and nothing else."""
+    for name in (METADATA_FILE, *_ARRAY_FILES):
+        (path / name).unlink(missing_ok=True)

@@ -1,0 +1,85 @@
+"""DistillationTrainer reading the teacher's logits from a TeacherLogitCache instead of running the teacher."""
+
+import pytest
+import torch
+from conftest import tiny_sequence_model, tiny_token_model
+from test_trainer import NO_DROPOUT, make_args, ner_dataset
+from transformers import DataCollatorForTokenClassification
+
+from hf_distill import DistillationTrainer, build_teacher_cache
+
+
+def _setup(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT)
+    data = ner_dataset(tokenizer)
+    collator = DataCollatorForTokenClassification(tokenizer)
+    cache = build_teacher_cache(teacher, data, collator, str(tmp_path / "cache"), tokenizer=tokenizer,
+                                progress_bar=False)
+    return teacher, data, collator, cache
+
+
+def _trainer(tokenizer, tmp_path, teacher, data, collator, cache=None, **kwargs):
+    return DistillationTrainer(
+        model=tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROPOUT), teacher_model=teacher,
+        args=make_args(tmp_path, **kwargs), train_dataset=data, data_collator=collator, processing_class=tokenizer,
+        teacher_cache=cache,
+    )
+
+
+def test_cached_loss_equals_online_loss_on_the_same_batch(tokenizer, tmp_path):
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    online = _trainer(tokenizer, tmp_path, teacher, data, collator, alpha=0.6, temperature=3.0)
+    cached = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache, alpha=0.6, temperature=3.0)
+    rows = [cache.attach(data)[i] for i in (4, 0, 2)]
+    batch = collator(rows)
+    assert "teacher_cache_index" in batch
+    online.model.train()
+    cached.model.train()
+    loss_online = online.compute_loss(online.model, {k: v for k, v in batch.items() if k != "teacher_cache_index"})
+    loss_cached = cached.compute_loss(cached.model, dict(batch))
+    assert loss_cached.item() == pytest.approx(loss_online.item(), rel=2e-3)
+
+
+def test_training_from_the_cache_alone_matches_online_training(tokenizer, tmp_path):
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    online = _trainer(tokenizer, tmp_path, teacher, data, collator, optim="sgd", learning_rate=0.5)
+    online.train()
+    n_online = len(calls)
+    cached = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache, optim="sgd", learning_rate=0.5)
+    cached.train()
+    assert len(calls) == n_online > 0  # no teacher forward in the cached run
+    for key, value in online.model.state_dict().items():
+        assert torch.allclose(value, cached.model.state_dict()[key], atol=2e-3), key
+    logs = [h for h in cached.state.log_history if "loss" in h]
+    assert all(h["kd_loss"] > 0 and h["ce_loss"] > 0 for h in logs)
+
+
+def test_adversarial_training_works_from_the_cache(tokenizer, tmp_path):
+    _, data, collator, cache = _setup(tokenizer, tmp_path)
+    trainer = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache, adversarial="fgm", max_steps=2)
+    trainer.train()
+    assert all(h["adv_loss"] > 0 for h in trainer.state.log_history if "loss" in h)
+
+
+def test_batch_outside_the_cache_without_a_teacher_is_explained(tokenizer, tmp_path):
+    _, data, collator, cache = _setup(tokenizer, tmp_path)
+    trainer = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache)
+    trainer.model.train()
+    batch = collator([data[i] for i in range(2)])  # not attached: no index column
+    with pytest.raises(ValueError, match=r"no `teacher_cache_index` column.*Pass `teacher_model` too"):
+        trainer.compute_loss(trainer.model, dict(batch))
+
+
+def test_cache_of_another_task_is_refused(tokenizer, tmp_path):
+    _, data, collator, cache = _setup(tokenizer, tmp_path)
+    with pytest.raises(ValueError, match=r"cache holds token_classification logits over 7 labels"):
+        DistillationTrainer(model=tiny_sequence_model(tokenizer, num_labels=2), teacher_model=None,
+                            args=make_args(tmp_path), train_dataset=data, teacher_cache=cache)
+
+
+def test_no_teacher_and_no_cache_is_explained(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"`teacher_model` is required.*teacher_cache"):
+        DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=None, args=make_args(tmp_path),
+                            train_dataset=ner_dataset(tokenizer))
