@@ -36,6 +36,22 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def move_into(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Move every entry of the folder `source` into `destination` (created if needed), replacing what is there.
+
+    Each file is moved with `os.replace`, so `destination` holds, for every name, either the old file or the complete
+    new one.
+    """
+    os.makedirs(destination, exist_ok=True)
+    for name in sorted(os.listdir(source)):
+        target = os.path.join(destination, name)
+        if os.path.isdir(os.path.join(source, name)):
+            if os.path.isdir(target):
+                move_into(os.path.join(source, name), target)
+                continue
+        os.replace(os.path.join(source, name), target)
+
+
 def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
     """Whether a checkpoint folder was finished: the marker is written last, after every other file."""
     return os.path.isfile(os.path.join(folder, CHECKPOINT_MARKER))

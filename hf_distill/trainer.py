@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from .files import (
     atomic_write_text,
     is_complete_checkpoint,
     last_complete_checkpoint,
+    move_into,
 )
 from .loading import load_model
 from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective
@@ -393,10 +395,21 @@ class DistillationTrainer(Trainer):
     # ---- saving and the model card ------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the student (never the teacher), with its model card, as `Trainer.save_model` does."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        if self.args.should_save:
-            self.create_model_card(output_dir=output_dir)
+        """Save the student (never the teacher) with its model card, as `Trainer.save_model` does, but atomically:
+        everything is written to a staging folder next to `output_dir` and moved in only once complete, so an error
+        or a kill while saving never leaves a half-written model over a good one."""
+        output_dir = output_dir or self.args.output_dir
+        staging = f"{os.path.normpath(output_dir)}.saving"
+        if self.args.should_save and os.path.isdir(staging):
+            shutil.rmtree(staging)  # left by an earlier save that was killed
+        try:
+            super().save_model(staging, _internal_call=_internal_call)
+            if self.args.should_save:
+                self.create_model_card(output_dir=staging)
+                move_into(staging, output_dir)
+        finally:
+            if self.args.should_save and os.path.isdir(staging):
+                shutil.rmtree(staging, ignore_errors=True)
 
     def create_model_card(
         self,

@@ -142,3 +142,22 @@ def test_nonfinite_policy_is_validated():
 
     with pytest.raises(ValueError, match=r"`nonfinite_policy` must be one of 'skip', 'raise', got 'ignore'"):
         DistillationArguments(output_dir="x", nonfinite_policy="ignore", report_to="none")
+
+
+def test_a_failed_save_leaves_the_previous_model_intact(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1)
+    trainer.train()
+    target = tmp_path / "final"
+    trainer.save_model(str(target))
+    good = (target / "model.safetensors").read_bytes()
+
+    def broken_save(directory, *args, **kwargs):
+        Path(directory, "model.safetensors").write_bytes(b"half-written")
+        raise OSError("disk full")
+
+    trainer.model.save_pretrained = broken_save
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_model(str(target))
+    assert (target / "model.safetensors").read_bytes() == good
+    assert not Path(f"{target}.saving").exists()
+    assert load_file(str(target / "model.safetensors"))  # still a readable model
