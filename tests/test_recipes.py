@@ -72,3 +72,28 @@ def test_unreachable_hub_id_offline_suggests_local_files(tmp_path, name):
     message = "\n".join(last[-6:])
     assert "ValueError: Could not load the teacher" in message
     assert "Offline mode is on (HF_HUB_OFFLINE=1)" in result.stderr and "local directory" in result.stderr
+
+
+def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
+    from conftest import tiny_sequence_model
+
+    teacher = tiny_sequence_model(tokenizer, layers=2, seed=3, id2label={0: "negative", 1: "positive"},
+                                  label2id={"negative": 0, "positive": 1})
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    rows = ["label\tsentence"] + [f"{i % 2}\t{'a good movie' if i % 2 else 'an awful plot'} {i}" for i in range(24)]
+    data = tmp_path / "train.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "distill_text_classification.py"),
+         "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "1",
+         "--train_file", str(data), "--validation_file", str(data), "--output_dir", str(tmp_path / "student"),
+         "--max_steps", "3", "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true",
+         "--save_strategy", "no", "--disable_tqdm", "true", "--temperature", "3.0"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "text-classification" in card and "| temperature | 3.0 |" in card and "validation_accuracy" in card
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 1 and saved["id2label"] == {"0": "negative", "1": "positive"}
