@@ -296,15 +296,18 @@ class DistillationTrainer(Trainer):
             component = "the hard-label loss (ce_loss)"
         else:
             component = "the total loss"
-        message = f"Non-finite values in {component} at step {self.state.global_step}"
+        self._report_nonfinite(
+            f"Non-finite values in {component} at step {self.state.global_step}",
+            "Check the teacher (fp16 overflow? a corrupted checkpoint?) and the learning rate",
+        )
+
+    def _report_nonfinite(self, message: str, hint: str) -> None:
+        """Raise (`nonfinite_policy="raise"`) or count the skipped batch and warn."""
         if self.args.nonfinite_policy == "raise":
-            raise FloatingPointError(
-                f"{message}. Check the teacher (fp16 overflow? a corrupted checkpoint?) and the learning rate, or set "
-                "`nonfinite_policy='skip'` to skip such batches."
-            )
+            raise FloatingPointError(f"{message}. {hint}, or set `nonfinite_policy='skip'` to skip such batches.")
         self.skipped_batches += 1
         self._window.skipped += 1
-        logger.warning("%s: the batch is skipped (%d skipped so far).", message, self.skipped_batches)
+        logger.warning("%s: skipped (%d skipped so far).", message, self.skipped_batches)
 
     def _objective(self, inputs, teacher_logits, alpha, temperature, num_items_in_batch):
         """`(objective, scale)`: `objective(student_logits, alpha)` is the batch's `DistillationLoss`, normalised by
@@ -355,14 +358,10 @@ class DistillationTrainer(Trainer):
 
         def backward(loss):
             if not torch.isfinite(loss):
-                if self.args.nonfinite_policy == "raise":
-                    raise FloatingPointError(
-                        f"Non-finite adversarial loss at step {self.state.global_step}; lower `adv_epsilon` or "
-                        "`adv_step_size`, delay it with `adv_start_step`, or set `nonfinite_policy='skip'`."
-                    )
-                self.skipped_batches += 1
-                self._window.skipped += 1
-                logger.warning("Non-finite adversarial loss at step %d: that pass is skipped.", self.state.global_step)
+                self._report_nonfinite(
+                    f"Non-finite adversarial loss at step {self.state.global_step}",
+                    "Lower `adv_epsilon` or `adv_step_size`, or delay the attack with `adv_start_step`",
+                )
                 return
             self.accelerator.backward(loss * scale)
 

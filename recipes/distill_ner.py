@@ -15,19 +15,17 @@ Any field of the config file can be overridden on the command line (`--num_train
 import logging
 import os
 
-from recipe_utils import DataArguments, ModelArguments, compare, load_splits
+from recipe_utils import DataArguments, ModelArguments, compare, load_models, load_splits
 from transformers import DataCollatorForTokenClassification, set_seed
 
 from hf_distill import (
     DistillationArguments,
     DistillationTrainer,
-    create_student,
     read_conll,
     token_classification_metrics,
     tokenize_and_align_labels,
 )
 from hf_distill.cli import parse_args
-from hf_distill.loading import load_model, load_tokenizer
 
 logger = logging.getLogger("recipes.distill_ner")
 
@@ -37,19 +35,8 @@ def main():
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
 
-    # ---- models ------------------------------------------------------------------------------------------------
-    if model_args.teacher_model_name_or_path is None:
-        raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned NER model (local directory or Hub id).")
-    teacher = load_model(model_args.teacher_model_name_or_path, "token_classification", role="teacher")
-    tokenizer = load_tokenizer(model_args.teacher_model_name_or_path)
+    teacher, tokenizer, student = load_models(model_args, "token_classification")
     label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
-    if model_args.model_name_or_path:
-        student = load_model(
-            model_args.model_name_or_path, "token_classification", role="student",
-            num_labels=len(label_names), id2label=teacher.config.id2label, label2id=teacher.config.label2id,
-        )
-    else:
-        student = create_student(teacher, [int(i) for i in model_args.student_layers.split(",")])
 
     # ---- data: tags encoded in the teacher's label order ------------------------------------------------------
     splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names))

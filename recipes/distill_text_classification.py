@@ -10,18 +10,16 @@ Any field of the config file can be overridden on the command line; `--help` lis
 import logging
 import os
 
-from recipe_utils import DataArguments, ModelArguments, compare, load_splits
+from recipe_utils import DataArguments, ModelArguments, compare, load_models, load_splits
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_distill import (
     DistillationArguments,
     DistillationTrainer,
-    create_student,
     load_text_classification_file,
     sequence_classification_metrics,
 )
 from hf_distill.cli import parse_args
-from hf_distill.loading import load_model, load_tokenizer
 
 logger = logging.getLogger("recipes.distill_text_classification")
 
@@ -30,17 +28,7 @@ def main():
     model_args, data_args, args = parse_args([ModelArguments, DataArguments, DistillationArguments])
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
-    if model_args.teacher_model_name_or_path is None:
-        raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned classifier (local directory or Hub id).")
-    teacher = load_model(model_args.teacher_model_name_or_path, "sequence_classification", role="teacher")
-    tokenizer = load_tokenizer(model_args.teacher_model_name_or_path)
-    if model_args.model_name_or_path:
-        student = load_model(
-            model_args.model_name_or_path, "sequence_classification", role="student",
-            num_labels=teacher.config.num_labels, id2label=teacher.config.id2label, label2id=teacher.config.label2id,
-        )
-    else:
-        student = create_student(teacher, [int(i) for i in model_args.student_layers.split(",")])
+    teacher, tokenizer, student = load_models(model_args, "sequence_classification")
 
     text_column = data_args.text_column_name or "sentence"
     label_column = data_args.label_column_name or "label"

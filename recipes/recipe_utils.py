@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import datasets
 from transformers import Trainer, TrainingArguments
 
+from hf_distill import create_student
+from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
 logger = logging.getLogger("recipes")
@@ -50,6 +52,22 @@ class DataArguments:
             raise ValueError(
                 "No data: pass --dataset_name (a Hub dataset) or --train_file/--validation_file (local files)."
             )
+
+
+def load_models(model_args: ModelArguments, task: str):
+    """`(teacher, tokenizer, student)`: the student is loaded with the teacher's labels, or cut from the teacher."""
+    if model_args.teacher_model_name_or_path is None:
+        raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned teacher (local directory or Hub id).")
+    teacher = load_model(model_args.teacher_model_name_or_path, task, role="teacher")
+    tokenizer = load_tokenizer(model_args.teacher_model_name_or_path)
+    if model_args.model_name_or_path:
+        student = load_model(
+            model_args.model_name_or_path, task, role="student", num_labels=teacher.config.num_labels,
+            id2label=teacher.config.id2label, label2id=teacher.config.label2id,
+        )
+    else:
+        student = create_student(teacher, [int(i) for i in model_args.student_layers.split(",")])
+    return teacher, tokenizer, student
 
 
 def load_splits(data: DataArguments, read_local) -> dict[str, datasets.Dataset]:
