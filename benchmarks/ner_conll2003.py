@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 
-from common import DATA_DIR, add_suite_args, minilm_path, run_suite, setup_logging, write_results
+from common import DATA_DIR, add_suite_args, minilm_path, promote_best_kd, run_suite, setup_logging, write_results
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from hf_distill import read_conll, token_classification_metrics, tokenize_and_align_labels
@@ -53,6 +53,7 @@ def main():
         label2id=label2id), tokenizer, train, dev, test, collator, metrics, "f1", {**KD_SETTINGS, **json.loads(args.kd)},
     )
     path = write_results(name, results)
+    promote_best_kd(name, "f1")
     logger.info("wrote %s", path)
 
 

@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 
-from common import DATA_DIR, add_suite_args, minilm_path, run_suite, setup_logging, write_results
+from common import DATA_DIR, add_suite_args, minilm_path, promote_best_kd, run_suite, setup_logging, write_results
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hf_distill import load_text_classification_file, sequence_classification_metrics
@@ -48,6 +48,7 @@ def main():
     )
     results["setup"]["max_train_samples"] = n_train
     path = write_results(name, results)
+    promote_best_kd(name, "accuracy")
     logger.info("wrote %s", path)
 
 
