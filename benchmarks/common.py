@@ -119,6 +119,10 @@ def write_results(name: str, payload: dict) -> Path:
         for key in ("runs", "selection"):  # per-run / per-task records: merge, keeping those not re-run
             if isinstance(old.get(key), dict) and isinstance(payload.get(key), dict):
                 merged[key] = {**old[key], **payload[key]}
+        commands = old.get("commands") or ([old["command"]] if "command" in old else [])
+        if payload.get("command") and payload["command"] not in commands:
+            commands.append(payload["command"])
+        merged["commands"] = commands
         payload = merged
     payload.setdefault("date", datetime.date.today().isoformat())
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -132,9 +136,11 @@ def write_results_md() -> None:
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {path.stem}", ""]
-        for key in ("command", "machine", "date", "notes"):
+        for command in data.get("commands") or [data.get("command", "")]:
+            lines.append(f"- **command**: `{command}`")
+        for key in ("machine", "date", "notes"):
             if key in data:
-                lines.append(f"- **{key}**: `{data[key]}`" if key == "command" else f"- **{key}**: {data[key]}")
+                lines.append(f"- **{key}**: {data[key]}")
         lines.append("")
         runs = data.get("runs", {})
         nested = runs and all(isinstance(r, dict) and r and all(isinstance(v, dict) for v in r.values())
@@ -171,7 +177,8 @@ def write_readme_results() -> None:
             continue
         data = json.loads(path.read_text())
         teacher = data["runs"].get("teacher", {}).get(f"test_{metric}")
-        parts += [f"**{name}** (test {metric}; `{data.get('command', '')}`)", "",
+        commands = data.get("commands") or [data.get("command", "")]
+        parts += [f"**{name}** (test {metric}), from " + "; ".join(f"`{c}`" for c in commands), "",
                   f"| run | dev {metric} | test {metric} | % of teacher | params | train samples/s |",
                   "|---|---|---|---|---|---|"]
         for run, rec in data["runs"].items():
@@ -186,7 +193,8 @@ def write_readme_results() -> None:
         data = json.loads(path.read_text())
         for task, table in data.get("runs", {}).items():
             columns = [c for c in next(iter(table.values())) if c != "method"]
-            parts += [f"**robustness, {task}** (test; `{data.get('command', '')}`)", "",
+            commands = "; ".join(f"`{c}`" for c in data.get("commands") or [data.get("command", "")])
+            parts += [f"**robustness, {task}** (test), from {commands}", "",
                       "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
             for model, row in table.items():
                 label = f"{model} ({row['method']})" if "method" in row else model
