@@ -13,14 +13,12 @@ Any field of the config file can be overridden on the command line (`--num_train
 """
 
 import logging
-import os
 
-from recipe_utils import DataArguments, ModelArguments, compare, load_models, load_splits
+from recipe_utils import DataArguments, ModelArguments, distill, load_models, load_splits
 from transformers import DataCollatorForTokenClassification, set_seed
 
 from hf_distill import (
     DistillationArguments,
-    DistillationTrainer,
     read_conll,
     token_classification_metrics,
     tokenize_and_align_labels,
@@ -53,25 +51,10 @@ def main():
             for name, data in splits.items()
         }
 
-    # ---- training --------------------------------------------------------------------------------------------
+    # ---- training, teacher vs student, save, push ----------------------------------------------------------------
     collator = DataCollatorForTokenClassification(tokenizer)
-    metrics = token_classification_metrics(label_names)
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
-        compute_metrics=metrics,
-    )
-    trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
-    trainer.train()
-
-    # ---- teacher vs student, save, push ------------------------------------------------------------------------
-    evaluation = {k: v for k, v in tokenized.items() if k != "train"}
-    if trainer.is_world_process_zero():
-        trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, "f1")
-    trainer.save_model()
-    tokenizer.save_pretrained(args.output_dir)
-    if args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.dataset_name)
+    distill(teacher, student, tokenizer, tokenized, collator, token_classification_metrics(label_names), "f1", args,
+            data_args)
 
 
 def align_tags(dataset, column, label_names):

@@ -8,14 +8,12 @@ Any field of the config file can be overridden on the command line; `--help` lis
 """
 
 import logging
-import os
 
-from recipe_utils import DataArguments, ModelArguments, compare, load_models, load_splits
+from recipe_utils import DataArguments, ModelArguments, distill, load_models, load_splits
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_distill import (
     DistillationArguments,
-    DistillationTrainer,
     load_text_classification_file,
     sequence_classification_metrics,
 )
@@ -44,22 +42,9 @@ def main():
     with args.main_process_first(desc="tokenization"):
         tokenized = {name: d.map(encode, batched=True, remove_columns=d.column_names) for name, d in splits.items()}
 
-    collator = DataCollatorWithPadding(tokenizer)
     metrics = sequence_classification_metrics(teacher.config.num_labels)
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
-        compute_metrics=metrics,
-    )
-    trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
-    trainer.train()
-    evaluation = {k: v for k, v in tokenized.items() if k != "train"}
-    if trainer.is_world_process_zero():
-        trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, "accuracy")
-    trainer.save_model()
-    tokenizer.save_pretrained(args.output_dir)
-    if args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.dataset_name)
+    distill(teacher, student, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), metrics, "accuracy", args,
+            data_args)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ teacher-vs-student evaluation table."""
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
 
 import datasets
 from transformers import Trainer, TrainingArguments
 
-from hf_distill import create_student
+from hf_distill import DistillationTrainer, create_student
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
@@ -124,6 +125,25 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
     report["speed"] = speed
     logger.info("\n%s", format_table(report))
     return report
+
+
+def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, args, data_args):
+    """Distil on `tokenized["train"]`, compare teacher and student on the other splits, save, and push if asked."""
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
+        compute_metrics=metrics,
+    )
+    trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
+    trainer.train()
+    evaluation = {k: v for k, v in tokenized.items() if k != "train"}
+    if trainer.is_world_process_zero():
+        trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)
+    trainer.save_model()
+    tokenizer.save_pretrained(args.output_dir)
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset=data_args.dataset_name)
+    return trainer
 
 
 def format_table(report: dict) -> str:
