@@ -3,46 +3,22 @@
 import pytest
 import torch
 from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
+from test_trainer import NO_DROPOUT
+from test_trainer import SENTENCES as TRAINER_SENTENCES
+from test_trainer import ner_dataset as trainer_ner_dataset
 from torch import nn
 from transformers import DataCollatorForTokenClassification
 
 from hf_distill.metrics import sequence_classification_metrics, token_classification_metrics
 from hf_distill.robustness import evaluate_robustness
 
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-SENTENCES = [
-    "john lives in paris .",
-    "mary works at acme corp in london .",
-    "he went to the city",
-    "she visited berlin and the river bank with john .",
-    "acme corp",
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; more threads only contend with whatever else the machine runs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+SENTENCES = TRAINER_SENTENCES[:5]
 
 
 def ner_dataset(tokenizer):
-    """Sentences of different lengths, labels on first sub-words and -100 elsewhere (needs a padding collator)."""
-    rows = {"input_ids": [], "attention_mask": [], "labels": [], "tokens": []}
-    for i, sentence in enumerate(SENTENCES):
-        enc = tokenizer(sentence.split(), is_split_into_words=True)
-        previous, labels = None, []
-        for word in enc.word_ids():
-            labels.append(-100 if word is None or word == previous else (i + word) % len(NER_LABELS))
-            previous = word
-        rows["input_ids"].append(enc["input_ids"])
-        rows["attention_mask"].append(enc["attention_mask"])
-        rows["labels"].append(labels)
-        rows["tokens"].append(sentence.split())  # a text column that must be dropped before collation
-    return Dataset.from_dict(rows)
+    """test_trainer's NER rows plus a text column that must be dropped before collation."""
+    return trainer_ner_dataset(tokenizer, n=len(SENTENCES)).add_column("tokens", [s.split() for s in SENTENCES])
 
 
 def sequence_rows(tokenizer):
