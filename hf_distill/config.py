@@ -23,6 +23,7 @@ ADVERSARIAL = ("none", "fgm", "pgd", "freelb")
 ADV_OBJECTIVES = ("kd", "ce", "both")
 ADV_NORMS = ("l2", "linf")
 NONFINITE_POLICIES = ("skip", "raise")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -103,6 +104,10 @@ class DistillationArguments(TrainingArguments):
             (a delay avoids unstable early steps).
         adv_perturb_special_tokens (`bool`, defaults to `False`):
             Whether δ may be non-zero on special tokens ([CLS], [SEP]); padding is never perturbed.
+        teacher_dtype (`str`, defaults to `"auto"`):
+            Dtype the frozen teacher runs in: `"auto"` keeps the dtype it was loaded in; `"bfloat16"` or `"float16"`
+            halve its memory and speed up its forward on GPU (the loss is still computed in fp32); `"float32"` forces
+            full precision. On CPU, half precision is usually slower.
         nonfinite_policy (`str`, defaults to `"skip"`):
             What to do when the teacher's logits or a loss component is NaN or infinite: `"skip"` drops the batch
             (it contributes no gradient), logs a warning naming the step and the component, and counts it in
@@ -180,6 +185,12 @@ class DistillationArguments(TrainingArguments):
         default=False, metadata={"help": "Whether δ may be non-zero on special tokens (padding never is)."}
     )
 
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={"help": "Dtype of the frozen teacher: 'auto' (as loaded), 'float32', 'bfloat16' or 'float16'.",
+                  "choices": list(TEACHER_DTYPES)},
+    )
+
     nonfinite_policy: str = field(
         default="skip",
         metadata={"help": "NaN/inf in the teacher's logits or a loss: 'skip' the batch (logged and counted) or "
@@ -206,6 +217,7 @@ class DistillationArguments(TrainingArguments):
                 "cannot express. Use `distill_loss='kl'` (the default) with hard labels, or soft labels with 'mse'."
             )
         _choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
+        _choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
         _choice("adversarial", self.adversarial, ADVERSARIAL)
         _choice("adv_objective", self.adv_objective, ADV_OBJECTIVES)
         _choice("adv_norm", self.adv_norm, ADV_NORMS)

@@ -175,6 +175,8 @@ class DistillationTrainer(Trainer):
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         teacher.requires_grad_(False)
         teacher.eval()
+        if self.args.teacher_dtype != "auto":
+            teacher.to(getattr(torch, self.args.teacher_dtype))
         if self.is_deepspeed_enabled:
             stage = self.accelerator.state.deepspeed_plugin.zero_stage
             if stage == 3:

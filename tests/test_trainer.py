@@ -318,3 +318,27 @@ def test_error_teacher_directory_without_a_model(tokenizer, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"(?s)Could not load the teacher .*local directory that holds a checkpoint"):
         _init(tokenizer, tmp_path, tiny_token_model(tokenizer), str(tmp_path / "empty"))
+
+
+def test_teacher_dtype_casts_the_teacher_and_keeps_the_loss_in_fp32(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT)
+    reference = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, **NO_DROPOUT),
+                            teacher=teacher, alpha=1.0)
+    batch = dict(DataCollatorForTokenClassification(tokenizer)([ner_dataset(tokenizer)[i] for i in range(3)]))
+    reference.model.train()
+    fp32_loss = reference.compute_loss(reference.model, batch)
+    trainer = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, **NO_DROPOUT),
+                          teacher=tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT), alpha=1.0,
+                          teacher_dtype="bfloat16")
+    assert {p.dtype for p in trainer.teacher_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(fp32_loss.item(), rel=0.05)  # bf16 teacher: close, not identical
+    assert loss.item() != fp32_loss.item()
+
+
+def test_error_unknown_teacher_dtype(tmp_path):
+    with pytest.raises(ValueError, match="`teacher_dtype` must be one of 'auto', 'float32', 'bfloat16'"):
+        make_args(tmp_path, teacher_dtype="fp8")
