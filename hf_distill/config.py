@@ -24,6 +24,9 @@ ADV_OBJECTIVES = ("kd", "ce", "both")
 ADV_NORMS = ("l2", "linf")
 NONFINITE_POLICIES = ("skip", "raise")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+HIDDEN_LOSSES = ("mse", "cosine")
+ENSEMBLE_METHODS = ("mean", "weighted", "confidence")
+SELF_DISTILLATION = ("none", "ema")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -104,6 +107,39 @@ class DistillationArguments(TrainingArguments):
             (a delay avoids unstable early steps).
         adv_perturb_special_tokens (`bool`, defaults to `False`):
             Whether δ may be non-zero on special tokens ([CLS], [SEP]); padding is never perturbed.
+        hidden_distill_weight (`float`, defaults to `0.0`):
+            Weight of the hidden-state matching term added to the loss (>= 0; 0 turns it off). Hidden states of the
+            layers in `feature_layer_map` are compared on real tokens, through a learned linear projection when the
+            hidden sizes differ (trained with the student, kept in checkpoints, not in the exported student).
+        hidden_distill_loss (`str`, defaults to `"mse"`):
+            `"mse"` (mean squared difference per token) or `"cosine"` (1 - cosine similarity per token).
+        attention_distill_weight (`float`, defaults to `0.0`):
+            Weight of the attention-map term (>= 0): KL between the teacher's and the student's attention
+            distributions of the matched layers, per head and real query token (MiniLM-style). Needs the same number
+            of heads and a student without attention dropout; both models run eager attention.
+        feature_layer_map (`str` or `None`, defaults to `None`):
+            Which student layer matches which teacher layer, as `"1:2,2:4,3:6"` (0 is the embedding output, i the
+            output of layer i). `None`: uniform, student layer s -> teacher layer round(s·T/S).
+        teacher_ensemble (`str`, defaults to `"mean"`):
+            With several teachers (`teacher_model=[...]`): `"mean"` averages their softened distributions,
+            `"weighted"` uses `teacher_weights`, `"confidence"` weighs each teacher per position by its top-class
+            probability.
+        teacher_weights (`list[float]` or `None`, defaults to `None`):
+            One weight per teacher for `teacher_ensemble="weighted"` (normalised to sum to 1).
+        self_distillation (`str`, defaults to `"none"`):
+            `"ema"`: no `teacher_model`; the teacher is an exponential moving average of the student (mean teacher),
+            updated after every optimizer step and saved in checkpoints.
+        ema_decay (`float`, defaults to `0.999`):
+            Decay d of the EMA teacher, in [0, 1): `teacher ← d·teacher + (1-d)·student`.
+        pseudo_label_threshold (`float` or `None`, defaults to `None`):
+            Unlabeled data: examples with no label at all get the teacher's argmax as hard label at the distilled
+            positions where the teacher's top probability is at least this value (in (0, 1]). Those positions count
+            in the hard-label loss's mean whether or not they pass the threshold (a low-confidence one adds 0).
+        augment_mask_prob (`float`, defaults to `0.0`):
+            Training inputs: probability that a real (non-special) token is replaced by the mask token. The
+            teacher labels the augmented input, so it runs online (cached logits are for clean inputs only).
+        augment_replace_prob (`float`, defaults to `0.0`):
+            Probability that a real token is replaced by a random token of the vocabulary.
         teacher_dtype (`str`, defaults to `"auto"`):
             Dtype the frozen teacher runs in: `"auto"` keeps the dtype it was loaded in; `"bfloat16"` or `"float16"`
             halve its memory and speed up its forward on GPU (the loss is still computed in fp32); `"float32"` forces
@@ -185,6 +221,44 @@ class DistillationArguments(TrainingArguments):
         default=False, metadata={"help": "Whether δ may be non-zero on special tokens (padding never is)."}
     )
 
+    hidden_distill_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the hidden-state matching term (>= 0; 0 turns it off)."}
+    )
+    hidden_distill_loss: str = field(
+        default="mse", metadata={"help": "Hidden-state distance: 'mse' or 'cosine'.", "choices": list(HIDDEN_LOSSES)}
+    )
+    attention_distill_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the attention-map KL term (>= 0; 0 turns it off)."}
+    )
+    feature_layer_map: str | None = field(
+        default=None,
+        metadata={"help": "Student:teacher layer pairs, e.g. '1:2,2:4,3:6' (0 = embeddings); default uniform."},
+    )
+    teacher_ensemble: str = field(
+        default="mean",
+        metadata={"help": "Combining several teachers: 'mean', 'weighted' or 'confidence'.",
+                  "choices": list(ENSEMBLE_METHODS)},
+    )
+    teacher_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per teacher for teacher_ensemble='weighted'."}
+    )
+    self_distillation: str = field(
+        default="none",
+        metadata={"help": "'ema': the teacher is an exponential moving average of the student (no teacher_model).",
+                  "choices": list(SELF_DISTILLATION)},
+    )
+    ema_decay: float = field(default=0.999, metadata={"help": "Decay of the EMA teacher, in [0, 1)."})
+    pseudo_label_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Give unlabeled examples the teacher's argmax where its top probability >= this."},
+    )
+    augment_mask_prob: float = field(
+        default=0.0, metadata={"help": "Probability of replacing a real training token by the mask token."}
+    )
+    augment_replace_prob: float = field(
+        default=0.0, metadata={"help": "Probability of replacing a real training token by a random token."}
+    )
+
     teacher_dtype: str = field(
         default="auto",
         metadata={"help": "Dtype of the frozen teacher: 'auto' (as loaded), 'float32', 'bfloat16' or 'float16'.",
@@ -218,6 +292,36 @@ class DistillationArguments(TrainingArguments):
             )
         _choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
         _choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        for name in ("hidden_distill_weight", "attention_distill_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+        _choice("hidden_distill_loss", self.hidden_distill_loss, HIDDEN_LOSSES)
+        _choice("teacher_ensemble", self.teacher_ensemble, ENSEMBLE_METHODS)
+        if self.teacher_weights is not None:
+            if any(not (math.isfinite(w) and w >= 0) for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
+                raise ValueError(f"`teacher_weights` must be >= 0 with a positive sum, got {self.teacher_weights}.")
+            if self.teacher_ensemble != "weighted":
+                raise ValueError(
+                    f"`teacher_weights` is set but `teacher_ensemble` is {self.teacher_ensemble!r}, which ignores it. "
+                    "Set `teacher_ensemble='weighted'`, or drop `teacher_weights`."
+                )
+        elif self.teacher_ensemble == "weighted":
+            raise ValueError("`teacher_ensemble='weighted'` needs `teacher_weights`, one per teacher.")
+        _choice("self_distillation", self.self_distillation, SELF_DISTILLATION)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
+        if self.pseudo_label_threshold is not None and not 0.0 < self.pseudo_label_threshold <= 1.0:
+            raise ValueError(f"`pseudo_label_threshold` must be in (0, 1], got {self.pseudo_label_threshold}.")
+        for name in ("augment_mask_prob", "augment_replace_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
+        if self.augment_mask_prob + self.augment_replace_prob > 1.0:
+            raise ValueError(
+                f"`augment_mask_prob + augment_replace_prob` must be <= 1, got {self.augment_mask_prob} + "
+                f"{self.augment_replace_prob}."
+            )
         _choice("adversarial", self.adversarial, ADVERSARIAL)
         _choice("adv_objective", self.adv_objective, ADV_OBJECTIVES)
         _choice("adv_norm", self.adv_norm, ADV_NORMS)
@@ -241,6 +345,17 @@ class DistillationArguments(TrainingArguments):
             )
 
     @property
+    def uses_features(self) -> bool:
+        """Whether hidden states or attention maps are distilled."""
+        return self.hidden_distill_weight > 0 or self.attention_distill_weight > 0
+
+    @property
+    def augments(self) -> bool:
+        return self.augment_mask_prob > 0 or self.augment_replace_prob > 0
+
+    @property
     def needs_labels(self) -> bool:
-        """Whether the hard-label loss has any weight at some point of training."""
-        return self.alpha < 1.0 or (self.final_alpha is not None and self.final_alpha < 1.0)
+        """Whether the hard-label loss has weight at some point of training and needs a labels column (with
+        pseudo-labels the teacher can supply every label)."""
+        weighted = self.alpha < 1.0 or (self.final_alpha is not None and self.final_alpha < 1.0)
+        return weighted and self.pseudo_label_threshold is None

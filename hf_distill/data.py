@@ -756,3 +756,38 @@ def load_text_classification_file(
         dataset = _integer_labels(dataset, path, label_column, label_names)
     logger.info("Read %d rows from %s (columns %s)", len(dataset), path, found)
     return dataset
+
+
+def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: int | None = None) -> datasets.Dataset:
+    """One training set from a labelled and an unlabelled tokenized dataset (semi-supervised distillation).
+
+    Unlabelled rows get `labels` of -100 (one per token for token classification, one per row otherwise), so the
+    hard-label loss skips them while the distillation term covers them; with `pseudo_label_threshold` the teacher
+    labels them. Only the columns both datasets share are kept (plus `labels`). For token classification, distil
+    the unlabelled rows with `distill_positions="all_subwords"`: `"first_subword"` distils labelled positions only.
+
+    Args:
+        labeled: tokenized rows with `input_ids` and `labels`.
+        unlabeled: tokenized rows with `input_ids` (any `labels` column is ignored and replaced by -100).
+        seed: shuffle the mixed rows with this seed (the Trainer shuffles anyway; this is for `select` users).
+    """
+    for name, split in (("labeled", labeled), ("unlabeled", unlabeled)):
+        if isinstance(split, datasets.DatasetDict):
+            raise ValueError(f"`{name}` is a DatasetDict with splits {list(split)}; pass one split, e.g. "
+                             f"`{name}['train']`.")
+        if "input_ids" not in split.column_names:
+            raise ValueError(f"`{name}` has no `input_ids` column (columns: {split.column_names}); tokenize it first.")
+    if "labels" not in labeled.column_names:
+        raise ValueError(f"`labeled` has no `labels` column (columns: {labeled.column_names}).")
+    per_token = isinstance(labeled.features["labels"], datasets.Sequence | datasets.List) if hasattr(
+        datasets, "List") else isinstance(labeled.features["labels"], datasets.Sequence)
+    shared = [c for c in labeled.column_names if c in unlabeled.column_names and c != "labels"]
+    unlabeled = unlabeled.remove_columns([c for c in unlabeled.column_names if c not in shared])
+    unlabeled = unlabeled.map(
+        lambda batch: {"labels": [[-100] * len(ids) if per_token else -100 for ids in batch["input_ids"]]},
+        batched=True,
+    )
+    labeled = labeled.remove_columns([c for c in labeled.column_names if c not in shared and c != "labels"])
+    unlabeled = unlabeled.cast(labeled.features)
+    mixed = datasets.concatenate_datasets([labeled, unlabeled])
+    return mixed.shuffle(seed=seed) if seed is not None else mixed

@@ -159,3 +159,36 @@ def distillation_objective(
 
 def _at_least_one(value: torch.Tensor | float) -> torch.Tensor | float:
     return value.clamp_min(1) if torch.is_tensor(value) else max(float(value), 1.0)
+
+
+def pseudo_labels(
+    labels: torch.Tensor | None,
+    teacher_logits: torch.Tensor,
+    candidates: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
+    """Fill unlabelled positions with the teacher's argmax where the teacher is confident.
+
+    Args:
+        labels: (...) class ids with -100 where unlabelled, or None (nothing labelled).
+        teacher_logits: (..., C).
+        candidates: (...) bool, the positions that may receive a pseudo-label (e.g. the distilled positions of
+            examples that carry no label at all).
+        threshold: minimum top-class probability of the teacher (at temperature 1) for a pseudo-label.
+
+    Returns:
+        Labels of the same shape: the original ones, plus pseudo-labels at confident candidate positions.
+    """
+    probs = teacher_logits.float().softmax(-1)
+    confidence, prediction = probs.max(-1)
+    base = torch.full_like(prediction, IGNORE_INDEX) if labels is None else labels.clone()
+    take = candidates.bool() & base.eq(IGNORE_INDEX) & confidence.ge(threshold)
+    base[take] = prediction[take]
+    return base
+
+
+def unlabeled_rows(labels: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(B,) bool: the examples that carry no label at all (every label -100, or no `labels` in the batch)."""
+    if labels is None:
+        return torch.ones(batch_size, dtype=torch.bool, device=device)
+    return labels.reshape(batch_size, -1).eq(IGNORE_INDEX).all(-1)

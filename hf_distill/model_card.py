@@ -23,6 +23,36 @@ _ADVERSARIAL_FIELDS = (
     "adversarial", "adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm", "adv_init_scale",
     "adv_weight", "adv_start_step",
 )
+# Strategy settings shown only when they differ from the default (off).
+_STRATEGY_FIELDS = (
+    ("hidden_distill_weight", 0.0), ("hidden_distill_loss", None), ("attention_distill_weight", 0.0),
+    ("feature_layer_map", None), ("teacher_ensemble", None), ("teacher_weights", None), ("self_distillation", "none"),
+    ("ema_decay", None), ("pseudo_label_threshold", None), ("augment_mask_prob", 0.0), ("augment_replace_prob", 0.0),
+)
+
+
+def _strategy_rows(args) -> list[tuple[str, object]]:
+    """The strategy settings in use: the switches that are on, with their companion settings."""
+    on = {
+        "hidden": getattr(args, "hidden_distill_weight", 0.0) > 0,
+        "attention": getattr(args, "attention_distill_weight", 0.0) > 0,
+        "ema": getattr(args, "self_distillation", "none") == "ema",
+    }
+    rows = []
+    for name, off in _STRATEGY_FIELDS:
+        value = getattr(args, name, None)
+        if name == "hidden_distill_loss" and not on["hidden"]:
+            continue
+        if name == "feature_layer_map" and not (on["hidden"] or on["attention"]):
+            continue
+        if name == "ema_decay" and not on["ema"]:
+            continue
+        if name == "teacher_ensemble" and getattr(args, "teacher_ensemble", "mean") == "mean":
+            continue
+        if value is None or value == off:
+            continue
+        rows.append((name, value))
+    return rows
 
 
 def framework_versions() -> dict[str, str]:
@@ -109,6 +139,9 @@ def build_model_card(
             "",
             _table([(name, getattr(args, name)) for name in _ADVERSARIAL_FIELDS if hasattr(args, name)]),
         ]
+    strategy = _strategy_rows(args)
+    if strategy:
+        sections += ["", "### Other distillation strategies", "", _table(strategy)]
     sections += ["", "## Size", ""]
     size_rows = []
     if student_params:

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .adversarial import AttackSettings, adversarial_backward, embed_inputs, perturbation_mask
+from .augment import augment_input_ids
 from .cache import CACHE_INDEX_COLUMN, TeacherLogitCache
 from .checks import (
     TOKEN_CLASSIFICATION,
@@ -38,6 +39,8 @@ from .checks import (
     infer_task,
 )
 from .config import DistillationArguments
+from .ensemble import combine_teacher_logits
+from .features import FeatureProjector, attention_kl, hidden_state_loss, parse_layer_map
 from .files import (
     CHECKPOINT_MARKER,
     atomic_write_json,
@@ -47,11 +50,15 @@ from .files import (
     move_into,
 )
 from .loading import load_model
-from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective
+from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective, pseudo_labels, unlabeled_rows
 from .model_card import build_model_card
 from .schedules import scheduled_value
+from .self_distillation import ema_copy, ema_update
 
 logger = logging.getLogger(__name__)
+
+PROJECTOR_FILE = "feature_projector.pt"
+EMA_TEACHER_FILE = "ema_teacher.pt"
 
 
 class DistillationTrainer(Trainer):
@@ -60,8 +67,9 @@ class DistillationTrainer(Trainer):
     Args:
         model: the student, a sequence- or token-classification model.
         teacher_model: the fine-tuned teacher, a model or a local path / Hub id loaded with the student's Auto
-            class. It must share the student's vocabulary and labels (checked at init). May be `None` when
-            `teacher_cache` holds its logits for every training example.
+            class, or a list of them (an ensemble, combined as `args.teacher_ensemble` says). Every teacher must
+            share the student's vocabulary and labels (checked at init). May be `None` when `teacher_cache` holds
+            its logits for every training example, or with `args.self_distillation="ema"`.
         teacher_cache: a `TeacherLogitCache` built over `train_dataset` (`build_teacher_cache`). Batches read the
             teacher's logits from it instead of running the teacher; the training set gets the cache's index
             column automatically. The cache covers clean inputs only: adversarial training still works (the teacher
@@ -79,7 +87,7 @@ class DistillationTrainer(Trainer):
     def __init__(
         self,
         model: PreTrainedModel | nn.Module,
-        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
         args: DistillationArguments | None = None,
         data_collator: Callable | None = None,
         train_dataset: Any = None,
@@ -102,16 +110,15 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("`model` (the student) is required; `model_init` is not supported by DistillationTrainer.")
         self.task = infer_task(model, "student")
-        if isinstance(teacher_model, str):
-            teacher_model = load_model(teacher_model, self.task, role="teacher")
-        if teacher_model is None and teacher_cache is None:
-            raise ValueError(
-                "`teacher_model` is required: pass a fine-tuned model, a local path or a Hub id (or a `teacher_cache` "
-                "of its logits built with `hf_distill.build_teacher_cache`)."
-            )
-        if teacher_model is not None:
-            check_teacher_student(teacher_model, model)
-            check_tokenizer(processing_class, teacher_model)
+        teachers = list(teacher_model) if isinstance(teacher_model, list | tuple) else (
+            [] if teacher_model is None else [teacher_model])
+        teachers = [load_model(t, self.task, role="teacher") if isinstance(t, str) else t for t in teachers]
+        _check_teacher_sources(args, teachers, teacher_cache)
+        for teacher in teachers:
+            check_teacher_student(teacher, model)
+            check_tokenizer(processing_class, teacher)
+        if args.attention_distill_weight > 0:
+            _use_eager_attention([model, *teachers])
         num_labels = model.config.num_labels
         if teacher_cache is not None:
             if teacher_cache.task != self.task or teacher_cache.num_labels != num_labels:
@@ -149,14 +156,40 @@ class DistillationTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.teacher_cache = teacher_cache
-        self.teacher_model = None
+        if args.self_distillation == "ema":
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                raise ValueError(
+                    "`self_distillation='ema'` keeps a full copy of the student, which FSDP and DeepSpeed shard. Use "
+                    "DDP (plain `accelerate launch`) for EMA self-distillation."
+                )
+            teachers = [ema_copy(self.accelerator.unwrap_model(self.model))]
+        self.teacher_models = [self._prepare_teacher(t) for t in teachers]
+        self.teacher_model = self.teacher_models[0] if self.teacher_models else None
         self._teacher_inputs: set[str] = set()
-        if teacher_model is not None:
-            self.teacher_model = self._prepare_teacher(teacher_model)
+        if self.teacher_model is not None:
             forward = inspect.signature(self.accelerator.unwrap_model(self.teacher_model).forward).parameters
             self._teacher_inputs = {name for name in forward if name not in ("labels", "kwargs", "args")}
         special = getattr(processing_class, "all_special_ids", None) or []
         self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+        # Distilled positions skip special tokens, but not the mask token that augmentation writes into real ones.
+        mask_id = getattr(processing_class, "mask_token_id", None)
+        self._distill_skip_ids = torch.tensor(sorted(set(special) - {mask_id}), dtype=torch.long)
+        self.feature_projector: FeatureProjector | None = None
+        self._layer_map: dict[int, int] = {}
+        if args.uses_features:
+            self._setup_features()
+        if args.self_distillation == "ema":
+            self.add_callback(_EMACallback(self))
+        if self.feature_projector is not None:
+            self.add_callback(_ProjectorCallback(self))
+        self._augment_generator = None
+        if args.augments:
+            if processing_class is None or not hasattr(processing_class, "all_special_ids"):
+                raise ValueError(
+                    "Augmentation (`augment_mask_prob`/`augment_replace_prob`) needs the tokenizer to find the mask "
+                    "token and the special tokens it must not touch: pass `processing_class=tokenizer`."
+                )
+            self._augment_generator = torch.Generator().manual_seed(args.seed + 1)
         self._window = _LossWindow()
         self.skipped_batches = 0
         self._attack = None
@@ -189,24 +222,57 @@ class DistillationTrainer(Trainer):
         return self.accelerator.prepare_model(teacher, evaluation_mode=True).eval()
 
     @torch.inference_mode()
-    def _teacher_forward(self, inputs: dict[str, Any]) -> torch.Tensor:
-        outputs = self.teacher_model(**{k: v for k, v in inputs.items() if k in self._teacher_inputs})
-        return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    def _teacher_forward(self, teacher: nn.Module, inputs: dict[str, Any], features: bool = False) -> Any:
+        flags = self._feature_flags() if features else {}
+        return teacher(**{k: v for k, v in inputs.items() if k in self._teacher_inputs}, **flags)
 
-    def teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """The teacher's logits for a batch, as an ordinary (autograd-usable) tensor without gradient: read from the
-        cache when the batch carries its index column, else from a forward of the teacher."""
+    def _feature_flags(self) -> dict[str, bool]:
+        flags = {}
+        if self.args.hidden_distill_weight > 0:
+            flags["output_hidden_states"] = True
+        if self.args.attention_distill_weight > 0:
+            flags["output_attentions"] = True
+        return flags
+
+    def teacher_outputs(self, inputs: dict[str, Any], features: bool = False) -> dict[str, Any]:
+        """The teacher's outputs for a batch, as ordinary (autograd-usable) tensors without gradient.
+
+        `logits` are read from the cache when the batch carries its index column, else computed by the teacher (or
+        combined from several teachers at the current temperature). With `features`, also `hidden_states` and
+        `attentions` (a single teacher run online). `confidence_logits` are the logits whose softmax at temperature
+        1 says how sure the teacher is (for pseudo-labels).
+        """
         index = inputs.get(CACHE_INDEX_COLUMN)
-        if self.teacher_cache is not None and index is not None:
+        if self.teacher_cache is not None and index is not None and not features:
             logits = self.teacher_cache.logits(index, seq_len=inputs["input_ids"].shape[1])
-            return logits.to(inputs["input_ids"].device, non_blocking=True)
+            logits = logits.to(inputs["input_ids"].device, non_blocking=True)
+            return {"logits": logits, "confidence_logits": logits}
         if self.teacher_model is None:
             raise ValueError(
                 f"This batch has no `{CACHE_INDEX_COLUMN}` column, so its teacher logits are not in the cache (an "
                 "augmented or unattached dataset?), and no online `teacher_model` was given. Pass `teacher_model` "
                 "too, or train on `teacher_cache.attach(dataset)`."
             )
-        return self._teacher_forward(inputs).clone()
+        outputs = [self._teacher_forward(t, inputs, features) for t in self.teacher_models]
+        result = {}
+        if features:
+            for key in ("hidden_states", "attentions"):
+                if outputs[0].get(key) is not None:
+                    result[key] = tuple(x.clone() for x in outputs[0][key])
+        all_logits = [o["logits"].clone() for o in outputs]
+        if len(all_logits) == 1:
+            result["logits"] = result["confidence_logits"] = all_logits[0]
+            return result
+        a = self.args
+        result["logits"] = combine_teacher_logits(all_logits, method=a.teacher_ensemble, weights=a.teacher_weights,
+                                                  temperature=self.current_temperature, distill_loss=a.distill_loss)
+        result["confidence_logits"] = combine_teacher_logits(all_logits, method=a.teacher_ensemble,
+                                                             weights=a.teacher_weights, temperature=1.0)
+        return result
+
+    def teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The teacher's logits for a batch (see `teacher_outputs`)."""
+        return self.teacher_outputs(inputs)["logits"]
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -244,24 +310,34 @@ class DistillationTrainer(Trainer):
                 )
             return labels.ne(IGNORE_INDEX)
         mask = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
-        return mask & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
+        return mask & ~torch.isin(input_ids, self._distill_skip_ids.to(input_ids.device))
+
+    def pseudo_label_candidates(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """Bool mask of the positions that may get a pseudo-label: the distilled positions of unlabeled examples."""
+        mask = self.distill_mask(inputs)
+        rows = unlabeled_rows(inputs.get("labels"), mask.shape[0], mask.device)
+        return mask & rows.view(-1, *([1] * (mask.dim() - 1)))
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Collect the micro-batches of one optimizer step and count their distilled and labelled positions.
 
-        Returns `(batches, counts)` where `counts` is a tensor `[distilled, labelled]` summed over the micro-batches
-        (and over processes when `average_tokens_across_devices`). Trainer passes it to `compute_loss` as
-        `num_items_in_batch`.
+        Returns `(batches, counts)` where `counts` is a tensor `[distilled, labelled, tokens]` summed over the
+        micro-batches (and over processes when `average_tokens_across_devices`): distilled positions, labelled
+        positions (plus pseudo-label candidates when `pseudo_label_threshold` is set) and real tokens (for
+        feature distillation). Trainer passes it to `compute_loss` as `num_items_in_batch`.
         """
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = torch.zeros(2, dtype=torch.long)
+        counts = torch.zeros(3, dtype=torch.long)
         for batch in batch_samples:
             counts[0] += self.distill_mask(batch).sum().cpu()
             labels = batch.get("labels")
             if labels is not None:
                 counts[1] += labels.ne(IGNORE_INDEX).sum().cpu()
+            if self.args.pseudo_label_threshold is not None:
+                counts[1] += self.pseudo_label_candidates(batch).sum().cpu()
+            counts[2] += self.feature_mask(batch).sum().cpu()
         counts = counts.to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
@@ -273,12 +349,17 @@ class DistillationTrainer(Trainer):
             inputs = {k: v for k, v in inputs.items() if k != CACHE_INDEX_COLUMN}
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", CACHE_INDEX_COLUMN)}
-        outputs = model(**model_inputs)
+        features = self.args.uses_features
+        outputs = model(**model_inputs, **(self._feature_flags() if features else {}))
         alpha, temperature = self.current_alpha, self.current_temperature
-        teacher_logits = self.teacher_logits(inputs) if alpha > 0 else None
+        needs_teacher = alpha > 0 or features or self.args.pseudo_label_threshold is not None
+        teacher = self.teacher_outputs(inputs, features=features) if needs_teacher else {}
+        teacher_logits = teacher.get("logits")
 
-        objective, scale = self._objective(inputs, teacher_logits, alpha, temperature, num_items_in_batch)
+        objective, scale = self._objective(inputs, teacher, alpha, temperature, num_items_in_batch)
         parts = objective(outputs["logits"], alpha)
+        if features:
+            parts = self._add_feature_losses(parts, outputs, teacher, inputs, num_items_in_batch)
         if not torch.isfinite(parts.loss):
             self._handle_nonfinite(parts, teacher_logits, self.distill_mask(inputs))
             # Zero-weighted but connected to every student parameter, so DDP still sees a full backward.
@@ -311,16 +392,23 @@ class DistillationTrainer(Trainer):
         self._window.skipped += 1
         logger.warning("%s: skipped (%d skipped so far).", message, self.skipped_batches)
 
-    def _objective(self, inputs, teacher_logits, alpha, temperature, num_items_in_batch):
+    def _objective(self, inputs, teacher, alpha, temperature, num_items_in_batch):
         """`(objective, scale)`: `objective(student_logits, alpha)` is the batch's `DistillationLoss`, normalised by
-        the counts over the whole accumulated batch; `scale` undoes DDP's gradient mean when those counts are global."""
+        the counts over the whole accumulated batch; `scale` undoes DDP's gradient mean when those counts are global.
+        `teacher` is `teacher_outputs(...)` (or {} when no teacher is needed)."""
         kd_normalizer = ce_normalizer = None
         scale = 1.0
-        if torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 2:
+        if torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 3:
             kd_normalizer, ce_normalizer = num_items_in_batch[0], num_items_in_batch[1]
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 scale = float(self.args.world_size)
         labels, mask = inputs.get("labels"), self.distill_mask(inputs)
+        teacher_logits = teacher.get("logits")
+        if self.args.pseudo_label_threshold is not None:
+            candidates = self.pseudo_label_candidates(inputs)
+            if ce_normalizer is None:  # as get_batch_samples counts: labelled positions plus every candidate
+                ce_normalizer = candidates.sum() + (labels.ne(IGNORE_INDEX).sum() if labels is not None else 0)
+            labels = pseudo_labels(labels, teacher["confidence_logits"], candidates, self.args.pseudo_label_threshold)
 
         def objective(student_logits, weight):
             return distillation_objective(
@@ -331,9 +419,113 @@ class DistillationTrainer(Trainer):
 
         return objective, scale
 
+    # ---- feature distillation ------------------------------------------------------------------------------
+
+    def _setup_features(self) -> None:
+        """Layer map, head-count and dropout checks, and the projection when hidden sizes differ."""
+        if self.teacher_model is None or len(self.teacher_models) > 1:
+            raise ValueError(
+                "Hidden-state and attention distillation compare the student with one online teacher's internals: "
+                "pass a single `teacher_model` (not a cache of logits, not a list of teachers), or set "
+                "`hidden_distill_weight=0` and `attention_distill_weight=0`."
+            )
+        if self.args.adversarial != "none":
+            raise ValueError(
+                "Feature distillation (`hidden_distill_weight`/`attention_distill_weight`) is not combined with "
+                "`adversarial` training; use one or the other."
+            )
+        student = self.accelerator.unwrap_model(self.model).config
+        teacher = self.accelerator.unwrap_model(self.teacher_model).config
+        self._layer_map = parse_layer_map(self.args.feature_layer_map, student.num_hidden_layers,
+                                          teacher.num_hidden_layers)
+        if self.args.attention_distill_weight > 0:
+            if any(s == 0 or t == 0 for s, t in self._layer_map.items()):
+                raise ValueError("Attention distillation matches layers 1..N; `feature_layer_map` pairs layer 0 (the "
+                                 "embeddings, which have no attention). Drop the 0 pairs.")
+            if student.num_attention_heads != teacher.num_attention_heads:
+                raise ValueError(
+                    f"Attention distillation compares attention maps head by head, but the student has "
+                    f"{student.num_attention_heads} heads and the teacher {teacher.num_attention_heads}. Give the "
+                    "student the teacher's head count, or use `hidden_distill_weight` alone."
+                )
+            dropout = getattr(student, "attention_probs_dropout_prob", 0.0) or 0.0
+            if dropout > 0:
+                raise ValueError(
+                    f"Attention distillation compares attention distributions, but the student drops attention "
+                    f"probabilities in training (`attention_probs_dropout_prob={dropout}`), so its maps are not "
+                    "distributions. Build the student with `attention_probs_dropout_prob=0.0`, e.g. "
+                    "`AutoModelForTokenClassification.from_pretrained(..., attention_probs_dropout_prob=0.0)`."
+                )
+        if self.args.hidden_distill_weight > 0 and student.hidden_size != teacher.hidden_size:
+            self.feature_projector = FeatureProjector(student.hidden_size, teacher.hidden_size,
+                                                      list(self._layer_map)).to(self.args.device)
+
+    def feature_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """(B, L) bool: the real tokens whose hidden states and attention rows are compared."""
+        input_ids = inputs["input_ids"]
+        return inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
+
+    def _add_feature_losses(self, parts, outputs, teacher, inputs, num_items_in_batch) -> DistillationLoss:
+        """`parts` with the weighted hidden-state and attention terms added to its loss (logged separately)."""
+        mask = self.feature_mask(inputs)
+        normalizer = None
+        if torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 3:
+            normalizer = num_items_in_batch[2].clamp_min(1)
+        loss = parts.loss
+        a = self.args
+        if a.hidden_distill_weight > 0:
+            total, count = hidden_state_loss(outputs["hidden_states"], teacher["hidden_states"], self._layer_map, mask,
+                                             kind=a.hidden_distill_loss, projector=self.feature_projector)
+            loss = loss + a.hidden_distill_weight * total / (count.clamp_min(1) if normalizer is None else normalizer)
+            self._window.add_extra("hidden_loss", total.detach() / count.clamp_min(1))
+        if a.attention_distill_weight > 0:
+            total, count = attention_kl(outputs["attentions"], teacher["attentions"], self._layer_map, mask)
+            loss = loss + a.attention_distill_weight * total / (
+                count.clamp_min(1) if normalizer is None else normalizer)
+            self._window.add_extra("attention_loss", total.detach() / count.clamp_min(1))
+        return parts._replace(loss=loss)
+
+    def create_optimizer(self, model=None):
+        """The stock optimizer, plus the feature projection (when there is one) as its own parameter group."""
+        optimizer = super().create_optimizer(model)
+        if self.feature_projector is not None and not any(
+            p is q for group in optimizer.param_groups for p in group["params"]
+            for q in self.feature_projector.parameters()
+        ):
+            optimizer.add_param_group({"params": list(self.feature_projector.parameters()),
+                                       "weight_decay": self.args.weight_decay})
+        return optimizer
+
+    # ---- augmentation ----------------------------------------------------------------------------------------
+
+    def augment(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A copy of the batch with masked / replaced tokens (`augment_*_prob`). The cache index is dropped, so the
+        teacher labels the augmented input online."""
+        input_ids = inputs["input_ids"]
+        candidates = inputs.get("attention_mask", torch.ones_like(input_ids)).bool() & ~torch.isin(
+            input_ids, self._special_ids.to(input_ids.device))
+        tokenizer = self.processing_class
+        new_ids = augment_input_ids(
+            input_ids, candidates, mask_prob=self.args.augment_mask_prob, replace_prob=self.args.augment_replace_prob,
+            mask_token_id=getattr(tokenizer, "mask_token_id", None),
+            vocab_size=self.accelerator.unwrap_model(self.model).config.vocab_size,
+            generator=self._augment_generator, replacement_ids=self._replacement_ids(),
+        )
+        return {**{k: v for k, v in inputs.items() if k != CACHE_INDEX_COLUMN}, "input_ids": new_ids}
+
+    def _replacement_ids(self) -> torch.Tensor:
+        if getattr(self, "_replacement_cache", None) is None:
+            vocab = self.accelerator.unwrap_model(self.model).config.vocab_size
+            keep = torch.ones(vocab, dtype=torch.bool)
+            keep[self._special_ids[self._special_ids < vocab]] = False
+            self._replacement_cache = keep.nonzero().squeeze(-1)
+        return self._replacement_cache
+
     # ---- adversarial training ------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._augment_generator is not None:
+            inputs = self.augment(inputs)
         if self._attack is None or self.state.global_step < self.args.adv_start_step:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
@@ -342,8 +534,10 @@ class DistillationTrainer(Trainer):
         input_ids = inputs["input_ids"]
         alpha, temperature = self.current_alpha, self.current_temperature
         # The teacher sees the clean input once; every perturbed pass is compared with these targets.
-        teacher_logits = self.teacher_logits(inputs) if alpha > 0 or self.args.adv_objective != "ce" else None
-        objective, scale = self._objective(inputs, teacher_logits, alpha, temperature, num_items_in_batch)
+        needs_teacher = alpha > 0 or self.args.adv_objective != "ce" or self.args.pseudo_label_threshold is not None
+        teacher = self.teacher_outputs(inputs) if needs_teacher else {}
+        teacher_logits = teacher.get("logits")
+        objective, scale = self._objective(inputs, teacher, alpha, temperature, num_items_in_batch)
         if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
             zero = teacher_logits.new_zeros(())
             self._handle_nonfinite(DistillationLoss(zero, zero, zero, zero, zero), teacher_logits,
@@ -434,6 +628,13 @@ class DistillationTrainer(Trainer):
             return
         teacher = self.accelerator.unwrap_model(self.teacher_model) if self.teacher_model is not None else None
         teacher_name = getattr(teacher.config, "_name_or_path", "") if teacher is not None else ""
+        if len(self.teacher_models) > 1:
+            names = [getattr(self.accelerator.unwrap_model(t).config, "_name_or_path", "") or "unnamed"
+                     for t in self.teacher_models]
+            teacher_name = f"an ensemble ({self.args.teacher_ensemble}) of " + ", ".join(names)
+        if self.args.self_distillation == "ema":
+            teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
+            teacher = None
         if not teacher_name and self.teacher_cache is not None:
             teacher_name = f"cached logits ({self.teacher_cache.path})"
         card = build_model_card(
@@ -460,17 +661,47 @@ class DistillationTrainer(Trainer):
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             if os.path.isdir(folder):
+                if self.feature_projector is not None:
+                    torch.save(self.feature_projector.state_dict(), os.path.join(folder, PROJECTOR_FILE))
+                if self.args.self_distillation == "ema":
+                    teacher = self.accelerator.unwrap_model(self.teacher_model)
+                    torch.save(teacher.state_dict(), os.path.join(folder, EMA_TEACHER_FILE))
                 atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
                                   {"global_step": self.state.global_step, "skipped_batches": self.skipped_batches})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Load the student as Trainer does, then the trainer-owned state: the feature projection and the EMA
+        teacher."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for module, name in ((self.feature_projector, PROJECTOR_FILE), (
+                self.accelerator.unwrap_model(self.teacher_model) if self.args.self_distillation == "ema" else None,
+                EMA_TEACHER_FILE)):
+            if module is None:
+                continue
+            path = os.path.join(resume_from_checkpoint, name)
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"{resume_from_checkpoint!r} has no {name}, which this run needs to continue exactly (it was "
+                    "saved by a run without the same feature-distillation / self-distillation settings). Resume with "
+                    "the settings of the run that wrote it, or start a new run."
+                )
+            module.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
 
     def _save_rng_state(self, output_dir):
         super()._save_rng_state(output_dir)
         if self._attack is not None:
             path = os.path.join(output_dir, f"adversarial_rng_state_{self.args.process_index}.pth")
             torch.save(self._attack_generator.get_state(), path)
+        if self._augment_generator is not None:
+            path = os.path.join(output_dir, f"augment_rng_state_{self.args.process_index}.pth")
+            torch.save(self._augment_generator.get_state(), path)
 
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
+        if checkpoint is not None and self._augment_generator is not None:
+            path = os.path.join(checkpoint, f"augment_rng_state_{self.args.process_index}.pth")
+            if os.path.isfile(path):
+                self._augment_generator.set_state(torch.load(path, weights_only=True))
         if checkpoint is None or self._attack is None:
             return
         path = os.path.join(checkpoint, f"adversarial_rng_state_{self.args.process_index}.pth")
@@ -508,6 +739,80 @@ class DistillationTrainer(Trainer):
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval)
+
+
+def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: TeacherLogitCache | None) -> None:
+    """Exactly one source of teacher outputs, and the settings that source allows."""
+    if args.self_distillation == "ema":
+        if teachers or cache is not None:
+            raise ValueError(
+                "`self_distillation='ema'` makes the teacher an average of the student itself; do not pass "
+                "`teacher_model` or `teacher_cache` with it (or set `self_distillation='none'`)."
+            )
+        if args.teacher_dtype != "auto":
+            raise ValueError("The EMA teacher accumulates small updates and stays in the student's dtype; leave "
+                             "`teacher_dtype='auto'` with `self_distillation='ema'`.")
+        return
+    if not teachers and cache is None:
+        raise ValueError(
+            "`teacher_model` is required: pass a fine-tuned model, a local path or a Hub id (or a `teacher_cache` "
+            "of its logits built with `hf_distill.build_teacher_cache`, or `self_distillation='ema'`)."
+        )
+    if len(teachers) > 1 and cache is not None:
+        raise ValueError("A teacher cache holds one teacher's logits; with several teachers, train online (drop "
+                         "`teacher_cache`) or build the cache from one of them.")
+    if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
+        raise ValueError(
+            f"`teacher_weights` has {len(args.teacher_weights)} weights but {len(teachers)} teachers were given; "
+            "give one weight per teacher, in the order of `teacher_model`."
+        )
+    if args.augments and not teachers:
+        raise ValueError(
+            "Augmented inputs are new inputs, so the teacher must label them online, but only a `teacher_cache` "
+            "(logits of the clean inputs) was given. Pass `teacher_model` too, or turn augmentation off."
+        )
+
+
+def _use_eager_attention(models: list[nn.Module]) -> None:
+    """Attention maps are only returned by eager attention; switch the models that use SDPA/flash kernels."""
+    for model in models:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if getattr(base.config, "_attn_implementation", "eager") != "eager":
+            logger.info("Attention distillation: switching %s to eager attention to read its attention maps.",
+                        type(base).__name__)
+            base.set_attn_implementation("eager")
+
+
+class _EMACallback(TrainerCallback):
+    """After each optimizer step, move the EMA teacher towards the student."""
+
+    def __init__(self, trainer: DistillationTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        ema_update(trainer.accelerator.unwrap_model(trainer.teacher_model),
+                   trainer.accelerator.unwrap_model(trainer.model), args.ema_decay)
+
+
+class _ProjectorCallback(TrainerCallback):
+    """The feature projection lives outside the (DDP-wrapped) student, so Trainer neither averages its gradients
+    across processes nor zeroes them: do both around the optimizer step, as is done for the student."""
+
+    def __init__(self, trainer: DistillationTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for param in self.trainer.feature_projector.parameters():
+                if param.grad is not None:
+                    dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                    param.grad /= dist.get_world_size()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.feature_projector.zero_grad(set_to_none=True)
 
 
 class _LossWindow:

@@ -35,12 +35,12 @@ def tokenizer(vocab_file):
     return BertTokenizerFast(vocab=vocab_file, do_lower_case=True)
 
 
-def tiny_config(vocab_size, num_labels, layers=2, hidden=32, **kwargs):
+def tiny_config(vocab_size, num_labels, layers=2, hidden=32, heads=2, **kwargs):
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
         num_hidden_layers=layers,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         intermediate_size=64,
         max_position_embeddings=64,
         num_labels=num_labels,

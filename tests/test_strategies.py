@@ -1,0 +1,331 @@
+"""Strategies beyond logits, wired into DistillationTrainer: feature and attention distillation, several teachers,
+EMA self-distillation, pseudo-labels and mixed unlabeled data, augmentation, a LoRA student."""
+
+import pytest
+import torch
+from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
+from test_reliability import StopAt
+from test_trainer import NO_DROPOUT, make_args, ner_dataset, ner_trainer, seq_dataset
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+from hf_distill import DistillationTrainer, mix_unlabeled, soft_kl
+from hf_distill.features import attention_kl
+from hf_distill.trainer import EMA_TEACHER_FILE, PROJECTOR_FILE
+
+NO_DROP = {**NO_DROPOUT}
+
+
+def _batch(tokenizer, n=3):
+    return dict(DataCollatorForTokenClassification(tokenizer)([ner_dataset(tokenizer)[i] for i in range(n)]))
+
+
+# ---- hidden states --------------------------------------------------------------------------------------------
+
+
+def test_hidden_state_term_is_added_with_its_weight(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP)
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROP)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, alpha=0.5,
+                          hidden_distill_weight=3.0)
+    assert trainer.feature_projector is None  # same hidden size: nothing to learn
+    batch = _batch(tokenizer)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s, t = student(**inputs, output_hidden_states=True), teacher(**inputs, output_hidden_states=True)
+    mask = batch["labels"].ne(-100)
+    kd = soft_kl(s.logits[mask], t.logits[mask], 2.0).mean()
+    ce = torch.nn.functional.cross_entropy(s.logits[mask], batch["labels"][mask])
+    real = batch["attention_mask"].bool()
+    hidden = ((s.hidden_states[1] - t.hidden_states[2]) ** 2).mean(-1)[real].mean()  # uniform map 1 -> 2
+    assert loss.item() == pytest.approx((0.5 * kd + 0.5 * ce + 3.0 * hidden).item(), rel=1e-5)
+    trainer.train()
+    assert all("hidden_loss" in h for h in trainer.state.log_history if "loss" in h)
+
+
+def _projector_trainer(tokenizer, tmp_path, out, **kwargs):
+    student = tiny_token_model(tokenizer, layers=1, seed=1, hidden=16)
+    return ner_trainer(tokenizer, tmp_path, student=student, output_dir=str(tmp_path / out), max_steps=4,
+                       save_strategy="steps", save_steps=2, train_sampling_strategy="random",
+                       hidden_distill_weight=1.0, feature_layer_map="0:0,1:2", **kwargs)
+
+
+def test_projection_trains_with_the_student_lives_in_checkpoints_not_in_the_export(tokenizer, tmp_path):
+    trainer = _projector_trainer(tokenizer, tmp_path, "run")
+    projector = trainer.feature_projector
+    assert projector is not None and set(projector.maps) == {"0", "1"}
+    before = {k: v.clone() for k, v in projector.state_dict().items()}
+    trainer.train()
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in projector.parameters()} <= optimized
+    assert any(not torch.equal(before[k], v) for k, v in projector.state_dict().items())
+    assert (tmp_path / "run" / "checkpoint-2" / PROJECTOR_FILE).is_file()
+    trainer.save_model(str(tmp_path / "export"))
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "export" / "model.safetensors"))) == set(trainer.model.state_dict())
+
+
+def test_resume_restores_the_projection_and_continues_exactly(tokenizer, tmp_path):
+    full = _projector_trainer(tokenizer, tmp_path, "full")
+    full.train()
+    cut = _projector_trainer(tokenizer, tmp_path, "cut")
+    cut.add_callback(StopAt(2))
+    cut.train()
+    resumed = _projector_trainer(tokenizer, tmp_path, "cut")
+    resumed.train(resume_from_checkpoint=True)
+    for key, value in full.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+    for key, value in full.feature_projector.state_dict().items():
+        assert torch.allclose(value, resumed.feature_projector.state_dict()[key], atol=1e-6), key
+
+
+def test_feature_distillation_needs_one_online_teacher(tokenizer, tmp_path):
+    teachers = [tiny_token_model(tokenizer, seed=2), tiny_token_model(tokenizer, seed=3)]
+    with pytest.raises(ValueError, match="one online teacher"):
+        ner_trainer(tokenizer, tmp_path, teacher=teachers, hidden_distill_weight=1.0)
+
+
+# ---- attention maps -------------------------------------------------------------------------------------------
+
+
+def test_attention_term_by_hand_with_eager_attention(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP)
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROP)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, alpha=1.0,
+                          attention_distill_weight=2.0)
+    assert student.config._attn_implementation == teacher.config._attn_implementation == "eager"
+    batch = _batch(tokenizer)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s, t = student(**inputs, output_attentions=True), teacher(**inputs, output_attentions=True)
+    mask = batch["labels"].ne(-100)
+    kd = soft_kl(s.logits[mask], t.logits[mask], 2.0).mean()
+    real = batch["attention_mask"].bool()
+    total, count = attention_kl(s.attentions, t.attentions, {1: 2}, real)
+    assert loss.item() == pytest.approx((kd + 2.0 * total / count).item(), rel=1e-5)
+
+
+def test_attention_distillation_refuses_dropout_and_other_head_counts(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="attention_probs_dropout_prob=0.1"):
+        ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, hidden_dropout_prob=0.0),
+                    attention_distill_weight=1.0)
+    student = tiny_token_model(tokenizer, layers=1, heads=4, attention_probs_dropout_prob=0.0)
+    with pytest.raises(ValueError, match="student has 4 heads and the teacher 2"):
+        ner_trainer(tokenizer, tmp_path, student=student, attention_distill_weight=1.0)
+
+
+# ---- several teachers -----------------------------------------------------------------------------------------
+
+
+def test_two_teachers_distil_their_mixture(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP)
+    t1, t2 = tiny_token_model(tokenizer, seed=2, **NO_DROP), tiny_token_model(tokenizer, seed=3, **NO_DROP)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=[t1, t2], alpha=1.0, temperature=2.0,
+                          teacher_ensemble="weighted", teacher_weights=[3.0, 1.0])
+    assert len(trainer.teacher_models) == 2
+    batch = _batch(tokenizer)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s, z1, z2 = student(**inputs).logits, t1(**inputs).logits, t2(**inputs).logits
+    mask = batch["labels"].ne(-100)
+    target = 0.75 * (z1[mask] / 2).softmax(-1) + 0.25 * (z2[mask] / 2).softmax(-1)
+    expected = 4 * (target * (target.log() - (s[mask] / 2).log_softmax(-1))).sum(-1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    trainer.train()
+    for teacher in (t1, t2):
+        assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_every_teacher_is_checked(tokenizer, tmp_path):
+    other_labels = tiny_token_model(tokenizer, labels=NER_LABELS[:5], seed=3)
+    with pytest.raises(ValueError, match="label"):
+        ner_trainer(tokenizer, tmp_path, teacher=[tiny_token_model(tokenizer, seed=2), other_labels])
+    with pytest.raises(ValueError, match="`teacher_weights` has 3 weights but 2 teachers"):
+        ner_trainer(tokenizer, tmp_path, teacher=[tiny_token_model(tokenizer, seed=2)] * 2,
+                    teacher_ensemble="weighted", teacher_weights=[1.0, 1.0, 1.0])
+
+
+# ---- EMA self-distillation ------------------------------------------------------------------------------------
+
+
+def _ema_trainer(tokenizer, tmp_path, student, **kwargs):
+    return DistillationTrainer(
+        model=student, args=make_args(tmp_path, self_distillation="ema", **kwargs),
+        train_dataset=ner_dataset(tokenizer), data_collator=DataCollatorForTokenClassification(tokenizer),
+        processing_class=tokenizer,
+    )
+
+
+def test_ema_teacher_follows_the_student_by_the_decay(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    initial = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer = _ema_trainer(tokenizer, tmp_path, student, max_steps=1, ema_decay=0.9)
+    teacher = trainer.teacher_model
+    assert teacher is not student and not any(p.requires_grad for p in teacher.parameters())
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]} if trainer.optimizer \
+        else set()
+    trainer.train()
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    after = student.state_dict()
+    for name, param in teacher.named_parameters():
+        assert torch.allclose(param, 0.9 * initial[name] + 0.1 * after[name], atol=1e-6), name
+    assert any(not torch.equal(initial[k], after[k]) for k in initial)
+
+
+def test_ema_teacher_is_saved_and_restored_on_resume(tokenizer, tmp_path):
+    def run(out, stop=None):
+        trainer = _ema_trainer(tokenizer, tmp_path, tiny_token_model(tokenizer, layers=1, seed=1), max_steps=4,
+                               ema_decay=0.5, output_dir=str(tmp_path / out), save_strategy="steps", save_steps=2,
+                               train_sampling_strategy="random")
+        if stop:
+            trainer.add_callback(StopAt(stop))
+        return trainer
+
+    full = run("full")
+    full.train()
+    cut = run("cut", stop=2)
+    cut.train()
+    assert (tmp_path / "cut" / "checkpoint-2" / EMA_TEACHER_FILE).is_file()
+    resumed = run("cut")
+    resumed.train(resume_from_checkpoint=True)
+    for key, value in full.teacher_model.state_dict().items():
+        assert torch.allclose(value, resumed.teacher_model.state_dict()[key], atol=1e-6), key
+
+
+def test_ema_with_a_teacher_is_refused(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="do not pass `teacher_model`"):
+        ner_trainer(tokenizer, tmp_path, self_distillation="ema")
+
+
+# ---- unlabeled data -------------------------------------------------------------------------------------------
+
+
+def _seq_trainer(tokenizer, tmp_path, dataset, **kwargs):
+    return DistillationTrainer(
+        model=tiny_sequence_model(tokenizer, layers=1, seed=1, **NO_DROP),
+        teacher_model=tiny_sequence_model(tokenizer, seed=2, **NO_DROP),
+        args=make_args(tmp_path, **kwargs), train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+    )
+
+
+def test_pseudo_labels_train_the_hard_loss_on_unlabeled_rows(tokenizer, tmp_path):
+    labeled, unlabeled = seq_dataset(tokenizer).select(range(3)), seq_dataset(tokenizer, labels=False)
+    mixed = mix_unlabeled(labeled, unlabeled.select(range(3, 6)))
+    assert mixed["labels"] == [0, 1, 0, -100, -100, -100]
+    trainer = _seq_trainer(tokenizer, tmp_path, mixed, alpha=0.0, pseudo_label_threshold=0.5)
+    batch = dict(DataCollatorWithPadding(tokenizer)(list(mixed)))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s, t = trainer.model(**inputs).logits, trainer.teacher_model(**inputs).logits
+    targets = batch["labels"].clone()
+    targets[3:] = t[3:].argmax(-1)  # two classes: the top class always has probability >= 0.5
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(s, targets).item(), rel=1e-5)
+    # A threshold nobody reaches: unlabeled rows add 0 but still count in the mean.
+    strict = _seq_trainer(tokenizer, tmp_path, mixed, alpha=0.0, pseudo_label_threshold=1.0)
+    strict.model.train()
+    loss = strict.compute_loss(strict.model, dict(batch))
+    labelled_sum = torch.nn.functional.cross_entropy(s[:3], batch["labels"][:3], reduction="sum")
+    assert loss.item() == pytest.approx((labelled_sum / 6).item(), rel=1e-5)
+
+
+def test_unlabeled_text_with_pseudo_labels_needs_no_labels_column(tokenizer, tmp_path):
+    trainer = _seq_trainer(tokenizer, tmp_path, seq_dataset(tokenizer, labels=False), alpha=0.5,
+                           pseudo_label_threshold=0.6)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all("kd_loss" in h for h in logs)
+
+
+def test_mixed_token_data_distils_unlabeled_rows_on_all_subwords(tokenizer, tmp_path):
+    labeled = ner_dataset(tokenizer, n=3)
+    unlabeled = ner_dataset(tokenizer).select(range(3, 6)).remove_columns("labels")
+    mixed = mix_unlabeled(labeled, unlabeled)
+    assert [set(r) for r in mixed["labels"][3:]] == [{-100}] * 3
+    trainer = ner_trainer(tokenizer, tmp_path, dataset=mixed, distill_positions="all_subwords")
+    batch = dict(DataCollatorForTokenClassification(tokenizer)(list(mixed)))
+    assert trainer.distill_mask(batch)[3:].any()  # the unlabeled rows are distilled
+    trainer.train()
+
+
+def test_mix_unlabeled_explains_a_dataset_dict(tokenizer):
+    from datasets import DatasetDict
+
+    with pytest.raises(ValueError, match="pass one split"):
+        mix_unlabeled(seq_dataset(tokenizer), DatasetDict({"train": seq_dataset(tokenizer)}))
+
+
+# ---- augmentation ---------------------------------------------------------------------------------------------
+
+
+def test_teacher_labels_the_augmented_input(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, augment_mask_prob=0.5, augment_replace_prob=0.2, max_steps=2)
+    seen = []
+    trainer.teacher_model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].clone()),
+                                                   with_kwargs=True)
+    trainer.train()
+    clean = {tuple(r) for r in ner_dataset(tokenizer)["input_ids"]}
+    assert seen and any(tuple(x[x != 0].tolist()) not in clean for batch in seen for x in batch)
+    specials = torch.tensor(tokenizer.all_special_ids)
+    for batch in seen:  # [CLS]/[SEP] stay where they were; padding stays padding
+        assert (batch[:, 0] == tokenizer.cls_token_id).all()
+        assert ((batch == tokenizer.mask_token_id) | ~torch.isin(batch, specials) | (batch == 0) |
+                (batch == tokenizer.sep_token_id) | (batch == tokenizer.cls_token_id)).all()
+
+
+def test_augmentation_is_seeded(tokenizer, tmp_path):
+    def draws(seed):
+        trainer = ner_trainer(tokenizer, tmp_path, augment_mask_prob=0.3, seed=seed)
+        batch = _batch(tokenizer)
+        return [trainer.augment(batch)["input_ids"] for _ in range(2)]
+
+    a, b, c = draws(0), draws(0), draws(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_augmentation_with_only_a_cache_is_refused(tokenizer, tmp_path):
+    from hf_distill import build_teacher_cache
+
+    data = ner_dataset(tokenizer)
+    cache = build_teacher_cache(tiny_token_model(tokenizer, seed=2), data, DataCollatorForTokenClassification(tokenizer),
+                                tmp_path / "cache", progress_bar=False)
+    with pytest.raises(ValueError, match="the teacher must label them online"):
+        DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), teacher_cache=cache,
+                            args=make_args(tmp_path, augment_mask_prob=0.1), train_dataset=data,
+                            data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer)
+
+
+# ---- a LoRA student -------------------------------------------------------------------------------------------
+
+
+def test_lora_student_trains_its_adapters_and_saves_them(tokenizer, tmp_path):
+    peft = pytest.importorskip("peft")
+    base = tiny_token_model(tokenizer, layers=2, seed=1, **NO_DROP)
+    frozen_before = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    config = peft.LoraConfig(task_type=peft.TaskType.TOKEN_CLS, r=4, lora_alpha=8, target_modules=["query", "value"])
+    student = peft.get_peft_model(base, config)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, max_steps=4, learning_rate=1e-2)
+    lora_before = {n: p.detach().clone() for n, p in student.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert torch.equal(base.bert.encoder.layer[0].attention.self.query.base_layer.weight, frozen_before)
+    assert any(not torch.equal(lora_before[n], p) for n, p in student.named_parameters() if "lora_B" in n)
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapter" / "README.md").is_file()
+    reloaded = peft.PeftModel.from_pretrained(tiny_token_model(tokenizer, layers=2, seed=1, **NO_DROP),
+                                              tmp_path / "adapter").eval()
+    batch = _batch(tokenizer)
+    batch.pop("labels")
+    student.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, student(**batch).logits, atol=1e-6)
