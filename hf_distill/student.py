@@ -92,7 +92,7 @@ def _validate_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return layers
 
 
-def create_student(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
+def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_overrides) -> PreTrainedModel:
     """Build a student of the teacher's class with ``len(layers)`` layers, initialised from the teacher's weights.
 
     Every student weight is copied from the teacher by state-dict key: the embeddings, the pooler and the task head
@@ -106,6 +106,8 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTraine
     Args:
         teacher: A model of a supported family (see below), e.g. ``BertForTokenClassification`` with 12 layers.
         layers: Teacher layer indices to keep, strictly increasing, each in ``[0, teacher_layers)``.
+        **config_overrides: config attributes to change in the student, e.g. ``attention_probs_dropout_prob=0.0``
+            (for attention distillation). Each must already exist in the teacher's config; shapes cannot change.
 
     Returns:
         The student model, e.g. a 6-layer ``BertForTokenClassification``.
@@ -124,6 +126,10 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTraine
 
     config = copy.deepcopy(teacher.config)
     setattr(config, attribute, len(layers))
+    for name, value in config_overrides.items():
+        if not hasattr(config, name):
+            raise ValueError(f"`{name}` is not an attribute of {type(config).__name__}; it cannot be overridden.")
+        setattr(config, name, value)
     student = type(teacher)(config)
     student.to(device=teacher.device, dtype=teacher.dtype)
 

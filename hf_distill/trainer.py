@@ -454,6 +454,7 @@ class DistillationTrainer(Trainer):
                     f"Attention distillation compares attention distributions, but the student drops attention "
                     f"probabilities in training (`attention_probs_dropout_prob={dropout}`), so its maps are not "
                     "distributions. Build the student with `attention_probs_dropout_prob=0.0`, e.g. "
+                    "`create_student(teacher, layers, attention_probs_dropout_prob=0.0)` or "
                     "`AutoModelForTokenClassification.from_pretrained(..., attention_probs_dropout_prob=0.0)`."
                 )
         if self.args.hidden_distill_weight > 0 and student.hidden_size != teacher.hidden_size:

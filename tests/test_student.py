@@ -152,3 +152,12 @@ def test_unsupported_architecture_names_class_and_families():
     teacher = GPT2ForSequenceClassification(config)
     with pytest.raises(ValueError, match=r"GPT2ForSequenceClassification.*supports BERT-family.*DistilBERT"):
         create_student(teacher, [0])
+
+
+def test_config_overrides_reach_the_student_and_unknown_ones_are_refused(teacher):
+    student = create_student(teacher, [0], attention_probs_dropout_prob=0.0)
+    assert student.config.attention_probs_dropout_prob == 0.0
+    assert teacher.config.attention_probs_dropout_prob != 0.0
+    assert student.bert.encoder.layer[0].attention.self.dropout.p == 0.0
+    with pytest.raises(ValueError, match="`not_a_field` is not an attribute of BertConfig"):
+        create_student(teacher, [0], not_a_field=1)
