@@ -54,7 +54,7 @@ def main():
     # ---- training, teacher vs student, save, push ----------------------------------------------------------------
     collator = DataCollatorForTokenClassification(tokenizer)
     distill(teacher, student, tokenizer, tokenized, collator, token_classification_metrics(label_names), "f1", args,
-            data_args)
+            data_args, generations=model_args.generations)
 
 
 def align_tags(dataset, column, label_names):

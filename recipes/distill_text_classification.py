@@ -44,7 +44,7 @@ def main():
 
     metrics = sequence_classification_metrics(teacher.config.num_labels)
     distill(teacher, student, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), metrics, "accuracy", args,
-            data_args)
+            data_args, generations=model_args.generations)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ teacher-vs-student evaluation table."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import tempfile
@@ -31,6 +33,15 @@ class ModelArguments:
     student_layers: str = field(
         default="0,2,4", metadata={"help": "Teacher layers copied into the student when --model_name_or_path is absent."}
     )
+    generations: int = field(
+        default=1,
+        metadata={"help": "Born-again training: generation k > 1 restarts from the same initial student and is "
+                  "distilled from generation k-1 (frozen). Earlier generations are saved in output_dir/generation-k."},
+    )
+
+    def __post_init__(self):
+        if self.generations < 1:
+            raise ValueError(f"`generations` must be >= 1, got {self.generations}.")
 
 
 @dataclass
@@ -127,15 +138,30 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
     return report
 
 
-def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, args, data_args):
-    """Distil on `tokenized["train"]`, compare teacher and student on the other splits, save, and push if asked."""
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
-        compute_metrics=metrics,
-    )
-    trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
-    trainer.train()
+def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, args, data_args, generations=1):
+    """Distil on `tokenized["train"]`, compare teacher and student on the other splits, save, and push if asked.
+
+    With `generations > 1` (born-again training), each later generation starts again from the initial student
+    weights and is distilled from the previous generation, frozen; the last one is the result.
+    """
+    initial = copy.deepcopy(student) if generations > 1 else None
+    generation_teacher = teacher
+    for generation in range(1, generations + 1):
+        last = generation == generations
+        gen_args = args if last else dataclasses.replace(
+            args, output_dir=os.path.join(args.output_dir, f"generation-{generation}"), push_to_hub=False)
+        trainer = DistillationTrainer(
+            model=student, teacher_model=generation_teacher, args=gen_args, train_dataset=tokenized["train"],
+            eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
+            compute_metrics=metrics,
+        )
+        trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
+        trainer.train()
+        if not last:
+            trainer.save_model()
+            logger.info("born-again generation %d of %d saved in %s", generation, generations, gen_args.output_dir)
+            generation_teacher = trainer.accelerator.unwrap_model(trainer.model).eval()
+            student = copy.deepcopy(initial)
     evaluation = {k: v for k, v in tokenized.items() if k != "train"}
     if trainer.is_world_process_zero():
         trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)

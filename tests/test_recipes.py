@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import NER_LABELS, tiny_token_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,3 +98,28 @@ def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
     assert "text-classification" in card and "| temperature | 3.0 |" in card and "validation_accuracy" in card
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
     assert saved["num_hidden_layers"] == 1 and saved["id2label"] == {"0": "negative", "1": "positive"}
+
+
+def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=3)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    data = tmp_path / "train.txt"
+    data.write_text(CONLL * 4)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "distill_ner.py"), "--teacher_model_name_or_path",
+         str(tmp_path / "teacher"), "--student_layers", "0", "--train_file", str(data), "--validation_file", str(data),
+         "--output_dir", str(tmp_path / "student"), "--max_steps", "2", "--per_device_train_batch_size", "4",
+         "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true",
+         "--generations", "3"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    weights = [load_file(str(tmp_path / "student" / f"generation-{g}" / "model.safetensors")) for g in (1, 2)]
+    weights.append(load_file(str(tmp_path / "student" / "model.safetensors")))
+    assert all(set(w) == set(weights[0]) for w in weights)
+    key = "classifier.weight"
+    assert not any(torch.equal(a[key], b[key]) for a, b in ((weights[0], weights[1]), (weights[1], weights[2])))
+    assert result.stdout.count("born-again generation") + result.stderr.count("born-again generation") == 2

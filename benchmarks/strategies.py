@@ -1,0 +1,243 @@
+"""Distillation strategies beyond logits on CoNLL-2003, at equal epochs against `student_kd`.
+
+    python benchmarks/strategies.py                  # every run (meant for a GPU; hours on 2 CPU cores)
+    python benchmarks/strategies.py --quick          # a smoke run on a few hundred sentences
+    python benchmarks/strategies.py --runs hidden_kd,attention_kd   # some runs; others in the JSON are kept
+
+Every student has 3 layers and trains for `--epochs` epochs with the same batch, learning rate and seed. Runs:
+- student_kd: logit KD as in benchmarks/ner_conll2003.py (alpha 0.8, T 2), student = teacher layers 0, 2, 4. The
+  baseline, re-run here so every figure comes from the same machine and run;
+- hidden_kd: + hidden-state MSE (uniform layer map 1:2, 2:4, 3:6), weight --hidden_weight;
+- attention_kd: + attention-map KL (same map), weight --attention_weight, student without attention dropout;
+- ensemble_kd: two teachers fine-tuned with seeds 42 and 43, their softened distributions averaged;
+- ema_self: self-distillation, no second model: the teacher is an EMA of the student (decay --ema_decay);
+- born_again: one born-again generation: a fresh student distilled from the trained student_kd;
+- augment_kd: student_kd plus seeded token masking/replacement, the teacher labelling the augmented inputs;
+- low_label_kd: 10% of the training sentences labelled, the other 90% as unlabelled text (mix_unlabeled), all
+  sub-words distilled, pseudo-labels above --pseudo_threshold; student cut from the pretrained base (not from the
+  teacher, whose layers have seen every label);
+- student_10pct: the same base-initialised student fine-tuned on the 10% alone, for as many optimizer steps as
+  low_label_kd (so 10× the epochs: the fair, better-trained baseline).
+The teacher of low_label_kd is the full-data teacher (the usual setting: a strong teacher exists, labels for the
+student are scarce). `--strict_low_label` also runs low_label_kd_strict, whose teacher saw only the 10%.
+
+Writes benchmarks/results/strategies.json ({"runs": {name: {"dev_f1", "test_f1", "train_samples_per_second"}}})
+and benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+
+import torch
+from common import (
+    CACHE_DIR,
+    device_kwargs,
+    machine,
+    minilm_path,
+    score,
+    setup_logging,
+    write_results,
+)
+from ner_conll2003 import KD_SETTINGS, load_data
+from transformers import AutoModelForTokenClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+from hf_distill import DistillationArguments, DistillationTrainer, create_student, mix_unlabeled
+
+logger = logging.getLogger("benchmarks.strategies")
+LAYERS = [0, 2, 4]
+ALL_RUNS = ("student_kd", "hidden_kd", "attention_kd", "ensemble_kd", "ema_self", "born_again", "augment_kd",
+            "low_label_kd", "student_10pct")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny smoke run; writes results/strategies_quick.json")
+    p.add_argument("--runs", default=",".join(ALL_RUNS))
+    p.add_argument("--teacher_epochs", type=float, default=3)
+    p.add_argument("--epochs", type=float, default=2)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--hidden_weight", type=float, default=1.0)
+    p.add_argument("--attention_weight", type=float, default=1.0)
+    p.add_argument("--ema_decay", type=float, default=0.999)
+    p.add_argument("--label_fraction", type=float, default=0.1)
+    p.add_argument("--pseudo_threshold", type=float, default=0.9)
+    p.add_argument("--strict_low_label", action="store_true")
+    p.add_argument("--cache_name", default=None, help="folder under benchmarks/.cache (default: per task/quick)")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    name = "strategies_quick" if args.quick else "strategies"
+    setup_logging(name)
+    cache = CACHE_DIR / (args.cache_name or name)
+    base_path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    data = load_data(tokenizer, args.max_length, quick=args.quick)
+    train, dev, test, collator, metrics = (data[k] for k in ("train", "dev", "test", "collator", "metrics"))
+    label_kwargs = dict(num_labels=len(data["label_names"]), id2label=data["id2label"], label2id=data["label2id"])
+
+    def training_args(cls, out, epochs, dataset_size=None, **extra):
+        return cls(
+            output_dir=str(cache / out), num_train_epochs=epochs, learning_rate=args.learning_rate,
+            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
+            weight_decay=0.01, seed=args.seed if "seed" not in extra else extra.pop("seed"), data_seed=args.seed,
+            train_sampling_strategy="group_by_length", logging_steps=50, save_strategy="no", eval_strategy="no",
+            report_to="none", disable_tqdm=True, **device_kwargs(), **extra,
+        )
+
+    def record(trainer, started):
+        out = trainer.train()
+        rec = {"train_seconds": round(time.perf_counter() - started, 1),
+               "train_samples_per_second": round(out.metrics["train_samples_per_second"], 2)}
+        rec.update(score(trainer, dev, test, "f1"))
+        return rec
+
+    def teacher_for(tag, seed, dataset, epochs):
+        folder = cache / tag
+        if (folder / "config.json").exists():
+            logger.info("reusing %s", folder)
+            return AutoModelForTokenClassification.from_pretrained(folder).to(device()), None
+        set_seed(seed)
+        model = AutoModelForTokenClassification.from_pretrained(base_path, **label_kwargs)
+        trainer = Trainer(model=model, args=training_args(TrainingArguments, tag + "_run", epochs, seed=seed),
+                          train_dataset=dataset, data_collator=collator, compute_metrics=metrics)
+        rec = record(trainer, time.perf_counter())
+        model.save_pretrained(folder)
+        return model.eval(), rec
+
+    results = {"runs": {}}
+    wanted = [r for r in args.runs.split(",") if r]
+    if args.strict_low_label:
+        wanted.append("low_label_kd_strict")
+
+    def save(run, rec, settings=None):
+        results["runs"][run] = {**rec, **({"settings": settings} if settings else {})}
+        logger.info("%s %s", run, results["runs"][run])
+        write_results(name, {**results, **meta(args)})
+
+    teacher, rec = teacher_for("teacher", args.seed, train, args.teacher_epochs)
+    if rec:
+        save("teacher", rec)
+
+    def kd(run, student, teacher_model, settings, dataset=train, epochs=args.epochs):
+        set_seed(args.seed)
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher_model,
+            args=training_args(DistillationArguments, run, epochs, **settings), train_dataset=dataset,
+            data_collator=collator, processing_class=tokenizer, compute_metrics=metrics,
+        )
+        rec = record(trainer, time.perf_counter())
+        save(run, rec, settings)
+        return trainer
+
+    def from_teacher(**overrides):
+        set_seed(args.seed)
+        return create_student(teacher, LAYERS, **overrides)
+
+    def from_base():
+        set_seed(args.seed)
+        return create_student(AutoModelForTokenClassification.from_pretrained(base_path, **label_kwargs), LAYERS)
+
+    if "student_kd" in wanted or "born_again" in wanted:
+        trainer = kd("student_kd", from_teacher(), teacher, dict(KD_SETTINGS))
+        if "born_again" in wanted:
+            previous = trainer.model.eval()
+            previous.requires_grad_(False)
+            kd("born_again", from_teacher(), previous, dict(KD_SETTINGS))
+    if "hidden_kd" in wanted:
+        kd("hidden_kd", from_teacher(), teacher, {**KD_SETTINGS, "hidden_distill_weight": args.hidden_weight})
+    if "attention_kd" in wanted:
+        kd("attention_kd", from_teacher(attention_probs_dropout_prob=0.0), teacher,
+           {**KD_SETTINGS, "attention_distill_weight": args.attention_weight})
+    if "ensemble_kd" in wanted:
+        teacher_b, rec = teacher_for("teacher_seed43", args.seed + 1, train, args.teacher_epochs)
+        if rec:
+            save("teacher_seed43", rec)
+        kd("ensemble_kd", from_teacher(), [teacher, teacher_b], {**KD_SETTINGS, "teacher_ensemble": "mean"})
+    if "ema_self" in wanted:
+        # The same initial student as student_kd, but no second model: it teaches itself through its own EMA.
+        kd("ema_self", from_teacher(), None, {**KD_SETTINGS, "self_distillation": "ema", "ema_decay": args.ema_decay})
+    if "augment_kd" in wanted:
+        kd("augment_kd", from_teacher(), teacher,
+           {**KD_SETTINGS, "augment_mask_prob": 0.1, "augment_replace_prob": 0.05})
+
+    low = [r for r in ("low_label_kd", "student_10pct", "low_label_kd_strict") if r in wanted]
+    if low:
+        shuffled = train.shuffle(seed=args.seed)
+        n_labeled = max(1, int(round(args.label_fraction * len(train))))
+        labeled = shuffled.select(range(n_labeled))
+        unlabeled = shuffled.select(range(n_labeled, len(train))).remove_columns("labels")
+        mixed = mix_unlabeled(labeled, unlabeled)
+        low_settings = {**KD_SETTINGS, "distill_positions": "all_subwords",
+                        "pseudo_label_threshold": args.pseudo_threshold}
+        same_steps = args.epochs * len(mixed) / len(labeled)
+        if "low_label_kd" in wanted:
+            kd("low_label_kd", from_base(), teacher, low_settings, dataset=mixed)
+        if "student_10pct" in wanted:
+            set_seed(args.seed)
+            trainer = Trainer(model=from_base(), args=training_args(TrainingArguments, "student_10pct", same_steps),
+                              train_dataset=labeled, data_collator=collator, compute_metrics=metrics)
+            save("student_10pct", {**record(trainer, time.perf_counter()), "epochs": round(same_steps, 2)})
+        if "low_label_kd_strict" in wanted:
+            teacher_10, rec = teacher_for("teacher_10pct", args.seed, labeled, same_steps * args.teacher_epochs /
+                                          args.epochs)
+            if rec:
+                save("teacher_10pct", rec)
+            kd("low_label_kd_strict", from_base(), teacher_10, low_settings, dataset=mixed)
+
+    path = write_results(name, {**results, **meta(args), "targets": targets(name)})
+    logger.info("wrote %s", path)
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def meta(args) -> dict:
+    return {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": machine(),
+        "setup": {"teacher_epochs": args.teacher_epochs, "student_epochs": args.epochs, "batch_size": args.batch_size,
+                  "learning_rate": args.learning_rate, "max_length": args.max_length, "seed": args.seed,
+                  "student_layers": LAYERS, "label_fraction": args.label_fraction,
+                  "hidden_weight": args.hidden_weight, "attention_weight": args.attention_weight,
+                  "ema_decay": args.ema_decay, "pseudo_threshold": args.pseudo_threshold},
+    }
+
+
+def targets(name: str) -> dict:
+    """The issue's targets, checked on what the results file holds."""
+    from common import RESULTS_DIR
+
+    runs = json.loads((RESULTS_DIR / f"{name}.json").read_text())["runs"]
+    out = {}
+    base = runs.get("student_kd", {}).get("test_f1")
+    strategies = {k: v["test_f1"] for k, v in runs.items()
+                  if k in ("hidden_kd", "attention_kd", "ensemble_kd", "ema_self", "born_again", "augment_kd")}
+    if base is not None and strategies:
+        best = max(strategies, key=strategies.get)
+        out["best_strategy_vs_student_kd"] = (f"{best} {strategies[best]} vs student_kd {base}: "
+                                              f"{strategies[best] - base:+.2f} (target +0.5: "
+                                              f"{'met' if strategies[best] - base >= 0.5 else 'missed'})")
+    low, ten = runs.get("low_label_kd", {}).get("test_f1"), runs.get("student_10pct", {}).get("test_f1")
+    if low is not None and base is not None:
+        out["low_label_vs_full_student_kd"] = (f"{low} / {base} = {100 * low / base:.1f}% (target 95%: "
+                                               f"{'met' if low >= 0.95 * base else 'missed'})")
+    if low is not None and ten is not None:
+        out["low_label_vs_10pct_alone"] = (f"{low} vs {ten}: {low - ten:+.2f} (target +3: "
+                                           f"{'met' if low - ten >= 3 else 'missed'})")
+    return out
+
+
+if __name__ == "__main__":
+    main()
