@@ -135,6 +135,13 @@ class DistillationTrainer(Trainer):
         for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
             if split is not None:
                 check_label_range(split, num_labels)
+        if self.task == TOKEN_CLASSIFICATION and args.pseudo_label_threshold is not None and (
+                args.distill_positions == "first_subword"):
+            raise ValueError(
+                "Pseudo-labels go to the distilled positions of unlabeled sentences, but `distill_positions="
+                "'first_subword'` distils labelled positions only, so unlabeled sentences would get none. Use "
+                "`distill_positions='all_subwords'` with `pseudo_label_threshold`."
+            )
         if self.task == TOKEN_CLASSIFICATION and args.distill_positions == "all_subwords":
             if processing_class is None or not hasattr(processing_class, "all_special_ids"):
                 raise ValueError(

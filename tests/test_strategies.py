@@ -257,6 +257,17 @@ def test_mixed_token_data_distils_unlabeled_rows_on_all_subwords(tokenizer, tmp_
     trainer.train()
 
 
+def test_token_pseudo_labels_need_all_subwords(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="Use `distill_positions='all_subwords'` with `pseudo_label_threshold`"):
+        ner_trainer(tokenizer, tmp_path, pseudo_label_threshold=0.9)
+    trainer = ner_trainer(tokenizer, tmp_path, pseudo_label_threshold=0.0001, distill_positions="all_subwords",
+                          alpha=0.0, dataset=mix_unlabeled(ner_dataset(tokenizer, n=2),
+                                                           ner_dataset(tokenizer).select(range(2, 6))))
+    batch = dict(DataCollatorForTokenClassification(tokenizer)(list(trainer.train_dataset)))
+    candidates = trainer.pseudo_label_candidates(batch)
+    assert not candidates[:2].any() and candidates[2:].sum() == trainer.distill_mask(batch)[2:].sum()
+
+
 def test_mix_unlabeled_explains_a_dataset_dict(tokenizer):
     from datasets import DatasetDict
 
