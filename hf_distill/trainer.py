@@ -485,12 +485,12 @@ class DistillationTrainer(Trainer):
             total, count = hidden_state_loss(outputs["hidden_states"], teacher["hidden_states"], self._layer_map, mask,
                                              kind=a.hidden_distill_loss, projector=self.feature_projector)
             loss = loss + a.hidden_distill_weight * total / (count.clamp_min(1) if normalizer is None else normalizer)
-            self._window.add_extra("hidden_loss", total.detach() / count.clamp_min(1))
+            self._window.add_ratio("hidden_loss", total, count)
         if a.attention_distill_weight > 0:
             total, count = attention_kl(outputs["attentions"], teacher["attentions"], self._layer_map, mask)
             loss = loss + a.attention_distill_weight * total / (
                 count.clamp_min(1) if normalizer is None else normalizer)
-            self._window.add_extra("attention_loss", total.detach() / count.clamp_min(1))
+            self._window.add_ratio("attention_loss", total, count)
         return parts._replace(loss=loss)
 
     def create_optimizer(self, model=None):
@@ -832,7 +832,14 @@ class _LossWindow:
         self.temperature = 0.0
         self.alpha = 0.0
         self.extras: dict[str, list[torch.Tensor]] = {}
+        self.ratios: dict[str, torch.Tensor] = {}
         self.skipped = 0
+
+    def add_ratio(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        """A per-position loss logged exactly: its sum and its count are accumulated (and summed across
+        processes), and the log shows sum / count."""
+        row = torch.stack([total.detach().float(), count.detach().float()])
+        self.ratios[name] = row if name not in self.ratios else self.ratios[name] + row
 
     def add_extra(self, name: str, value: torch.Tensor) -> None:
         """A scalar averaged over the window's micro-steps (e.g. the adversarial loss)."""
@@ -857,6 +864,10 @@ class _LossWindow:
             logs["ce_loss"] = ce_sum / ce_count
         if self.skipped:
             logs["skipped_batches"] = self.skipped
+        for name, row in self.ratios.items():
+            total, count = (accelerator.reduce(row, reduction="sum") if accelerator.num_processes > 1 else row).tolist()
+            if count > 0:
+                logs[name] = total / count
         for name, values in self.extras.items():
             mean = torch.stack(values).mean()
             if accelerator.num_processes > 1:

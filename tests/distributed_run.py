@@ -16,9 +16,9 @@ from hf_distill import DistillationArguments, DistillationTrainer
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 
-def tiny(layers, seed):
+def tiny(layers, seed, hidden=32):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+    config = BertConfig(vocab_size=40, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=len(LABELS),
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                         id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
@@ -41,7 +41,7 @@ def main(output_dir, per_device_batch):
         output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_steps=4, optim="sgd",
         learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0, train_sampling_strategy="sequential",
         report_to="none", save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True, seed=0,
-        alpha=0.5, temperature=2.0,
+        alpha=0.5, temperature=2.0, hidden_distill_weight=0.5,
     )
 
     class Pad:
@@ -52,8 +52,10 @@ def main(output_dir, per_device_batch):
                 out[key] = torch.tensor([f[key] + [fill] * (width - len(f[key])) for f in features])
             return out
 
-    trainer = DistillationTrainer(model=tiny(1, 1), teacher_model=tiny(2, 2), args=args, train_dataset=data(),
-                                  data_collator=Pad())
+    # The student is narrower than the teacher, so hidden-state distillation trains a projection that lives outside
+    # the DDP-wrapped student: its gradients must be averaged across processes too.
+    trainer = DistillationTrainer(model=tiny(1, 1, hidden=16), teacher_model=tiny(2, 2), args=args,
+                                  train_dataset=data(), data_collator=Pad())
     teacher_before = {k: v.clone() for k, v in trainer.teacher_model.state_dict().items()}
     trainer.train()
     ddp = torch.nn.parallel.DistributedDataParallel
@@ -64,6 +66,7 @@ def main(output_dir, per_device_batch):
         "teacher_requires_grad": any(p.requires_grad for p in trainer.teacher_model.parameters()),
         "teacher_unchanged": all(torch.equal(teacher_before[k], v) for k, v in trainer.teacher_model.state_dict().items()),
         "logged": [h for h in trainer.state.log_history if "loss" in h],
+        "projector": {k: v.tolist() for k, v in trainer.feature_projector.state_dict().items()},
     }
     if trainer.is_world_process_zero():
         trainer.save_model(output_dir)

@@ -39,3 +39,8 @@ def test_two_process_launch_matches_single_process(tmp_path):
     for x, y in zip(one["logged"], two["logged"], strict=True):
         assert x["kd_loss"] == pytest.approx(y["kd_loss"], rel=1e-4)
         assert x["ce_loss"] == pytest.approx(y["ce_loss"], rel=1e-4)
+        assert x["hidden_loss"] == pytest.approx(y["hidden_loss"], rel=1e-4)
+    # The feature projection (outside the DDP wrapper) ends where the single process's does.
+    assert one["projector"].keys() == two["projector"].keys()
+    for key in one["projector"]:
+        assert torch.allclose(torch.tensor(one["projector"][key]), torch.tensor(two["projector"][key]), atol=1e-5), key
