@@ -432,6 +432,7 @@ def build_teacher_cache(
     batch_size: int = 64,
     overwrite: bool = False,
     progress_bar: bool = True,
+    sort_window: int = 4096,
 ) -> TeacherLogitCache:
     """Run `teacher` once over `dataset` and store its logits in `path`; resume or reuse a cache already there.
 
@@ -452,6 +453,9 @@ def build_teacher_cache(
         batch_size: rows per teacher forward.
         overwrite: delete a cache in `path` that was built for something else, and rebuild.
         progress_bar: show a tqdm progress bar.
+        sort_window: rows are taken in windows of this many consecutive rows; inside a window they are batched in
+            order of length, so batches carry little padding. A window is also the unit of resumption: an
+            interrupted build restarts at the first window it did not finish.
 
     Returns:
         The complete `TeacherLogitCache`. A complete cache already in `path` with the same fingerprint is returned
@@ -465,6 +469,8 @@ def build_teacher_cache(
     started = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    if sort_window < 1:
+        raise ValueError(f"`sort_window` must be at least 1, got {sort_window}.")
     if top_k is not None and top_k < 1:
         raise ValueError(f"`top_k` must be None (store every logit) or at least 1, got {top_k}.")
     path = Path(path)
@@ -510,23 +516,27 @@ def build_teacher_cache(
         with torch.inference_mode(), tqdm(
             total=num_rows, initial=completed, unit="row", desc="Teacher logits", disable=not progress_bar
         ) as bar:
-            for start in range(completed, num_rows, batch_size):
-                stop = min(start + batch_size, num_rows)
-                rows = _rows_for_collator(source, start, stop, columns)
-                batch = data_collator(rows)
-                inputs = {k: v.to(device) for k, v in batch.items() if k in forward_inputs and torch.is_tensor(v)}
-                outputs = teacher(**inputs)
-                logits = outputs["logits"] if isinstance(outputs, dict) else outputs
-                logits = (logits if torch.is_tensor(logits) else logits[0]).float().cpu()
-                if store is None:
-                    metadata = _new_metadata(logits, lengths, parts, top_k)
-                    store = _Store(path, metadata, mode="w+", lengths=lengths)
-                flat = _positions(logits, batch, rows, lengths[start:stop], metadata, start)
-                store.write(start, stop, flat)
-                metadata["completed_rows"] = stop
+            for window_start in range(completed, num_rows, sort_window):
+                window_stop = min(window_start + sort_window, num_rows)
+                order = window_start + np.argsort(lengths[window_start:window_stop], kind="stable")
+                for b in range(0, len(order), batch_size):
+                    indices = order[b:b + batch_size]
+                    rows = _rows_for_collator(source, indices, columns)
+                    batch = data_collator(rows)
+                    inputs = {k: v.to(device) for k, v in batch.items() if k in forward_inputs and torch.is_tensor(v)}
+                    outputs = teacher(**inputs)
+                    logits = outputs["logits"] if isinstance(outputs, dict) else outputs
+                    logits = (logits if torch.is_tensor(logits) else logits[0]).float().cpu()
+                    if store is None:
+                        metadata = _new_metadata(logits, lengths, parts, top_k)
+                        store = _Store(path, metadata, mode="w+", lengths=lengths)
+                    flat = _positions(logits, batch, rows, lengths[indices], metadata, indices)
+                    store.write(indices, flat)
+                    bar.update(len(indices))
+                store.flush()
+                metadata["completed_rows"] = window_stop
                 metadata["build_seconds"] = previous_seconds + time.perf_counter() - started
                 _write_metadata(path, metadata)
-                bar.update(stop - start)
     finally:
         teacher.train(was_training)
     logger.info(
@@ -559,12 +569,12 @@ def _forward_inputs(teacher: nn.Module) -> set[str]:
     return {p.name for p in parameters if p.kind not in variadic and p.name not in _LABEL_COLUMNS}
 
 
-def _rows_for_collator(source: Any, start: int, stop: int, columns: set[str]) -> list[dict[str, Any]]:
-    """Rows start..stop-1 as a list of dicts, restricted to `columns`."""
+def _rows_for_collator(source: Any, indices: np.ndarray, columns: set[str]) -> list[dict[str, Any]]:
+    """The rows at `indices`, in that order, as a list of dicts restricted to `columns`."""
     if isinstance(source, Dataset):
-        block = source[start:stop]
+        block = source[[int(i) for i in indices]]
         return [dict(zip(block, values, strict=True)) for values in zip(*block.values(), strict=True)]
-    return [{k: v for k, v in source[i].items() if k in columns} for i in range(start, stop)]
+    return [{k: v for k, v in source[int(i)].items() if k in columns} for i in indices]
 
 
 def _new_metadata(logits: torch.Tensor, lengths: np.ndarray, parts: dict[str, Any], top_k: int | None) -> dict:
@@ -601,9 +611,11 @@ def _new_metadata(logits: torch.Tensor, lengths: np.ndarray, parts: dict[str, An
 
 def _positions(
     logits: torch.Tensor, batch: dict[str, Any], rows: list[dict[str, Any]], lengths: np.ndarray, metadata: dict,
-    start: int,
+    indices: np.ndarray,
 ) -> np.ndarray:
-    """The logits to store for a batch of consecutive rows: (B, C), or (Σ L_i, C) for token classification."""
+    """The logits to store for a batch of rows (dataset `indices`): (B, C), or (Σ L_i, C) for token classification,
+    row after row."""
+    start = int(indices[0])
     task, num_labels = metadata["task"], metadata["num_labels"]
     expected_rank = 3 if task == TOKEN_CLASSIFICATION else 2
     if logits.dim() != expected_rank or logits.shape[-1] != num_labels:
@@ -620,19 +632,19 @@ def _positions(
     if task == SEQUENCE_CLASSIFICATION:
         flat = logits
     else:
-        _check_right_padded(batch, rows, lengths, logits.shape[1], start)
+        _check_right_padded(batch, rows, lengths, logits.shape[1], indices)
         flat = logits[torch.arange(logits.shape[1]) < torch.from_numpy(lengths)[:, None]]
     flat = flat.numpy()
     if np.isnan(flat).any():
         raise ValueError(
-            f"The teacher produced NaN logits for rows {start}..{start + len(lengths) - 1}. Check the teacher on "
+            f"The teacher produced NaN logits for rows {sorted(int(i) for i in indices)[:8]}. Check the teacher on "
             "these rows (e.g. an fp16 overflow) before caching its logits."
         )
     return np.clip(flat, -_FP16_MAX, _FP16_MAX)
 
 
 def _check_right_padded(
-    batch: dict[str, Any], rows: list[dict[str, Any]], lengths: np.ndarray, seq_len: int, start: int
+    batch: dict[str, Any], rows: list[dict[str, Any]], lengths: np.ndarray, seq_len: int, indices: np.ndarray
 ) -> None:
     """Raise unless each row's input ids sit untruncated at the start of its batch row."""
     fix = (
@@ -648,14 +660,14 @@ def _check_right_padded(
     for b, (row, length) in enumerate(zip(rows, lengths, strict=True)):
         if length > seq_len:
             raise ValueError(
-                f"Row {start + b} has {length} input ids but its batch is {seq_len} tokens long: the collator "
+                f"Row {int(indices[b])} has {length} input ids but its batch is {seq_len} tokens long: the collator "
                 f"truncates. {fix}."
             )
         expected = torch.as_tensor(row["input_ids"]).reshape(-1)
         if not torch.equal(input_ids[b, :length].cpu(), expected.to(input_ids.dtype)):
             padded_left = torch.equal(input_ids[b, seq_len - length:].cpu(), expected.to(input_ids.dtype))
             what = "left-pads the batch; right padding is required" if padded_left else "changes the input ids"
-            raise ValueError(f"The collator {what} (row {start + b}). {fix}.")
+            raise ValueError(f"The collator {what} (row {int(indices[b])}). {fix}.")
 
 
 class _Store:
@@ -686,21 +698,25 @@ class _Store:
         self.indices = array("indices.npy", (total, k), np.int16) if k is not None else None
         self.tail = array("tail_logsumexp.npy", (total,), np.float32) if k is not None else None
 
-    def write(self, start: int, stop: int, flat: np.ndarray) -> None:
-        """Store the (P, C) fp32 logits of rows start..stop-1 and flush them to disk."""
-        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+    def write(self, rows: np.ndarray, flat: np.ndarray) -> None:
+        """Store the (P, C) fp32 logits of the dataset rows `rows` (their positions one row after another)."""
+        starts, stops = self.offsets[rows], self.offsets[np.asarray(rows) + 1]
+        where = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)]) if len(rows) else []
         if self.top_k is None:
-            self.values[lo:hi] = flat.astype(np.float16)
-            self.values.flush()
+            self.values[where] = flat.astype(np.float16)
             return
         logits = torch.from_numpy(flat)
         top = logits.topk(self.top_k, dim=-1)
         rest = logits.scatter(-1, top.indices, float("-inf"))
-        self.values[lo:hi] = top.values.numpy().astype(np.float16)
-        self.indices[lo:hi] = top.indices.numpy().astype(np.int16)
-        self.tail[lo:hi] = torch.logsumexp(rest, dim=-1).numpy()
+        self.values[where] = top.values.numpy().astype(np.float16)
+        self.indices[where] = top.indices.numpy().astype(np.int16)
+        self.tail[where] = torch.logsumexp(rest, dim=-1).numpy()
+
+    def flush(self) -> None:
+        """Write what the arrays hold to disk (before the metadata says those rows are complete)."""
         for array in (self.values, self.indices, self.tail):
-            array.flush()
+            if array is not None:
+                array.flush()
 
 
 # ---- files -------------------------------------------------------------------------------------------------------

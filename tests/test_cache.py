@@ -246,22 +246,43 @@ class FailingCollator:
 
 def test_interrupted_build_resumes_to_identical_values(tokenizer, tmp_path):
     teacher, collator = ner_teacher(tokenizer), DataCollatorForTokenClassification(tokenizer)
-    reference = build_ner(tokenizer, tmp_path / "reference", teacher=teacher)
+    # Windows of 4 rows (2 batches of 2): the interruption comes after the first window is complete.
+    reference = build_ner(tokenizer, tmp_path / "reference", teacher=teacher, sort_window=4)
     with pytest.raises(KeyboardInterrupt):
-        build_ner(tokenizer, tmp_path / "cache", teacher=teacher, collator=FailingCollator(collator, 2))
+        build_ner(tokenizer, tmp_path / "cache", teacher=teacher, collator=FailingCollator(collator, 2),
+                  sort_window=4)
     assert json.loads((tmp_path / "cache" / "metadata.json").read_text())["completed_rows"] == 4
     with pytest.raises(ValueError, match="incomplete.*4 of 6 rows.*resumes"):
         TeacherLogitCache.load(tmp_path / "cache")
 
     calls, handle = count_forwards(teacher)
     try:
-        resumed = build_ner(tokenizer, tmp_path / "cache", teacher=teacher)
+        resumed = build_ner(tokenizer, tmp_path / "cache", teacher=teacher, sort_window=4)
     finally:
         handle.remove()
     assert len(calls) == 1  # only the last batch of 2 rows
     for name in ("offsets.npy", "values.npy"):
         assert np.array_equal(np.load(tmp_path / "cache" / name), np.load(tmp_path / "reference" / name))
     assert torch.equal(resumed.logits(range(6), seq_len=20), reference.logits(range(6), seq_len=20))
+
+
+def test_rows_are_batched_by_length_within_a_window(tokenizer, tmp_path):
+    teacher = ner_teacher(tokenizer)
+
+    def padded_positions(window):
+        shapes = []
+        handle = teacher.register_forward_pre_hook(lambda m, a, kw: shapes.append(kw["input_ids"].shape),
+                                                   with_kwargs=True)
+        try:
+            cache = build_ner(tokenizer, tmp_path / f"w{window}", teacher=teacher, sort_window=window)
+        finally:
+            handle.remove()
+        return sum(b * length for b, length in shapes), cache
+
+    in_order, plain = padded_positions(2)  # a window of one batch: dataset order
+    sorted_, by_length = padded_positions(6)
+    assert sorted_ < in_order
+    assert torch.allclose(by_length.logits(range(6), seq_len=20), plain.logits(range(6), seq_len=20), atol=1e-2)
 
 
 def test_complete_cache_is_reused_without_running_the_teacher(tokenizer, tmp_path):
