@@ -79,7 +79,7 @@ class FeatureProjector(nn.Module):
 
 def hidden_state_loss(
     student_hidden: Sequence[torch.Tensor],
-    teacher_hidden: Sequence[torch.Tensor],
+    teacher_hidden: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
     layer_map: Mapping[int, int],
     mask: torch.Tensor,
     *,
@@ -90,7 +90,7 @@ def hidden_state_loss(
 
     Args:
         student_hidden: `output_hidden_states` of the student, each (B, L, Hs).
-        teacher_hidden: the teacher's, each (B, L, Ht).
+        teacher_hidden: the teacher's, each (B, L, Ht): a tuple, or a dict holding just the matched layers.
         layer_map: student layer -> teacher layer.
         mask: (B, L) bool, the tokens compared (real tokens: the attention mask).
         kind: `"mse"` (mean over the hidden dimension of the squared difference) or `"cosine"` (1 - cosine).
@@ -124,7 +124,7 @@ def hidden_state_loss(
 
 def attention_kl(
     student_attentions: Sequence[torch.Tensor],
-    teacher_attentions: Sequence[torch.Tensor],
+    teacher_attentions: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
     layer_map: Mapping[int, int],
     mask: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +135,8 @@ def attention_kl(
 
     Args:
         student_attentions: `output_attentions` of the student, each (B, heads, L, L) of probabilities.
-        teacher_attentions: the teacher's, same head count.
+        teacher_attentions: the teacher's, same head count (a tuple, or a dict {layer - 1: map} of the matched
+            layers).
         layer_map: student layer -> teacher layer, both in 1..N (0, the embeddings, has no attention).
         mask: (B, L) bool, the query tokens compared.
 

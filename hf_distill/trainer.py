@@ -262,10 +262,10 @@ class DistillationTrainer(Trainer):
             )
         outputs = [self._teacher_forward(t, inputs, features) for t in self.teacher_models]
         result = {}
-        if features:
-            for key in ("hidden_states", "attentions"):
+        if features:  # only the matched layers leave inference mode (attention maps are indexed from layer 1)
+            for key, offset in (("hidden_states", 0), ("attentions", 1)):
                 if outputs[0].get(key) is not None:
-                    result[key] = tuple(x.clone() for x in outputs[0][key])
+                    result[key] = {t - offset: outputs[0][key][t - offset].clone() for t in self._layer_map.values()}
         all_logits = [o["logits"].clone() for o in outputs]
         if len(all_logits) == 1:
             result["logits"] = result["confidence_logits"] = all_logits[0]
