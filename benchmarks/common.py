@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -146,7 +148,7 @@ def write_results_md() -> None:
         lines += [f"## {path.stem}", ""]
         for command in data.get("commands") or [data.get("command", "")]:
             lines.append(f"- **command**: `{command}`")
-        for key in ("machine", "date", "notes"):
+        for key in ("machine", "date", "notes", "caveat"):
             if key in data:
                 lines.append(f"- **{key}**: {data[key]}")
         lines.append("")
@@ -157,14 +159,25 @@ def write_results_md() -> None:
             if title:
                 lines += [f"### {title}", ""]
             lines += _markdown_table(table)
+        if "memory_measured_as" in data:
+            lines += [f"Peak memory: {data['memory_measured_as']}.", ""]
         for key in ("ratios", "throughput_interleaved_samples_per_second", "overhead", "passes",
-                    "overhead_seconds_per_step", "selection", "targets"):
+                    "overhead_seconds_per_step", "selection", "targets", "latency_ms", "cache_build", "compile",
+                    "load_average"):
             if key in data:
                 lines += [f"**{key}**:", ""]
-                lines += [f"- {k}: {v}" for k, v in data[key].items()]
+                lines += [f"- {k}: {_format_value(v)}" for k, v in data[key].items()]
                 lines.append("")
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     write_readme_results()
+
+
+def _format_value(value) -> str:
+    if isinstance(value, dict) and {"measured", "target", "pass"} <= value.keys():
+        return f"{value['measured']} (target {value['target']}): {'**pass**' if value['pass'] else '**FAIL**'}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_format_value(v)}" for k, v in value.items())
+    return str(value)
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -212,9 +225,45 @@ def write_readme_results() -> None:
             parts.append("Step time relative to `student_kd` (interleaved): " + ", ".join(
                 f"{m} {r}× ({data['passes'].get(m)} passes)" for m, r in data["overhead"].items()))
             parts.append("")
+    parts += _throughput_readme()
     body = "\n".join(parts) if parts else "No benchmark has been run yet."
     start, end = text.index(README_START) + len(README_START), text.index(README_END)
     readme.write_text(text[:start] + "\n" + body + "\n" + text[end:])
+
+
+def _throughput_readme() -> list[str]:
+    """A short table from results/throughput.json (CPU) and results/throughput_gpu.json (GPU)."""
+    found = [(label, json.loads(path.read_text())) for label, path in
+             (("CPU", RESULTS_DIR / "throughput.json"), ("GPU", RESULTS_DIR / "throughput_gpu.json")) if path.exists()]
+    if not found:
+        return []
+    commands = "; ".join(f"`{c}`" for _, d in found for c in d.get("commands") or [d.get("command", "")])
+    methods = list(dict.fromkeys(m for _, d in found for m in d["runs"] if m != "teacher"))
+    with_f1 = [(label, d) for label, d in found if any("test_f1" in r for r in d["runs"].values())]
+    columns = [f"{label} samples/s | {label} peak MB" for label, _ in found] + [f"{label} test F1" for label, _ in with_f1]
+    parts = [f"**Training throughput** (same student, data, batch 32, lr and seed), from {commands}; "
+             + "; ".join(f"{label}: {d.get('device_label', '')}" for label, d in found), "",
+             "| method | " + " | ".join(columns) + " |", "|---" * (1 + len(columns) + len(found)) + "|"]
+    for method in methods:
+        cells = []
+        for _, d in found:
+            rec = d["runs"].get(method, {})
+            cells += [str(rec.get("train_samples_per_second", "")), str(rec.get("peak_memory_mb", ""))]
+        cells += [str(d["runs"].get(method, {}).get("test_f1", "")) for _, d in with_f1]
+        parts.append(f"| {method} | " + " | ".join(cells) + " |")
+    parts.append("")
+    for label, d in found:
+        if "online_compiled_vs_online" in d.get("ratios", {}):
+            parts += [f"{label}: online_compiled (`torch_compile=True`) was measured against a fresh online run in an "
+                      f"interleaving of its own: {d['ratios']['online_compiled_vs_online']}× online.", ""]
+        if d.get("caveat"):
+            parts += [f"{label} caveat: {d['caveat']}", ""]
+    for label, d in found:
+        targets = d.get("targets", {})
+        parts.append(f"{label} targets: " + "; ".join(
+            f"{name} {t['measured']} ({t['target']}: {'pass' if t['pass'] else 'FAIL'})" for name, t in targets.items()))
+        parts.append("")
+    return parts
 
 
 def promote_best_kd(name: str, metric: str) -> None:
@@ -254,21 +303,50 @@ def _markdown_table(runs: dict) -> list[str]:
     return lines + [""]
 
 
-def interleaved_throughput(trainers: dict[str, Trainer], steps: int, rounds: int) -> dict[str, float]:
-    """Training samples/s of several trainers measured side by side: each round runs `steps` optimizer steps of
-    every trainer in turn, so that machine noise falls on all of them alike. Returns the median samples/s."""
-    results: dict[str, list[float]] = {name: [] for name in trainers}
-    order = list(trainers)
+def interleaved_rates(
+    runs: dict[str, Trainer | Callable[[int], int | tuple[int, float]]], steps: int, rounds: int, warmup_steps: int = 0
+) -> dict[str, list[float]]:
+    """Training samples/s of several runs measured side by side, one value per round (index i = round i).
+
+    Each round runs `steps` optimizer steps of every run in turn, the order alternating between rounds, so that machine
+    noise falls on all of them alike. A run is a `Trainer` (its `train()` with `max_steps=steps`, timed from outside)
+    or a callable that trains `steps` optimizer steps and returns the number of samples it trained on, or
+    `(samples, seconds)` when it times itself. With `warmup_steps`, every run first trains that many steps untimed
+    (first-call costs: allocations, lazy initialisation, compilation).
+    """
+
+    def train(run, n: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        if callable(run) and not isinstance(run, Trainer):
+            out = run(n)
+        else:
+            run.args.max_steps = n
+            run.train()
+            out = n * run.args.per_device_train_batch_size * run.args.gradient_accumulation_steps
+        return out if isinstance(out, tuple) else (out, time.perf_counter() - start)
+
+    if warmup_steps:
+        for name, run in runs.items():
+            logger.info("warm-up: %s, %d steps", name, warmup_steps)
+            train(run, warmup_steps)
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
     for round_ in range(rounds):
         for name in order if round_ % 2 == 0 else order[::-1]:  # alternate who goes first
-            trainer = trainers[name]
-            trainer.args.max_steps = steps
-            start = time.perf_counter()
-            trainer.train()
-            elapsed = time.perf_counter() - start
-            batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-            results[name].append(steps * batch / elapsed)
-    return {name: sorted(v)[len(v) // 2] for name, v in results.items()}
+            samples, seconds = train(runs[name], steps)
+            results[name].append(samples / seconds)
+        logger.info("round %d/%d: %s", round_ + 1, rounds,
+                    ", ".join(f"{name} {values[-1]:.1f}" for name, values in results.items()))
+    return results
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def interleaved_throughput(trainers: dict[str, Trainer], steps: int, rounds: int) -> dict[str, float]:
+    """Training samples/s of several trainers measured side by side (`interleaved_rates`); returns the medians."""
+    return {name: median(v) for name, v in interleaved_rates(trainers, steps, rounds).items()}
 
 
 LAYERS = [0, 2, 4]
@@ -286,6 +364,59 @@ def add_suite_args(parser, *, teacher_epochs: float, epochs: float, max_length: 
     parser.add_argument("--name", default="student_kd", help="record name of the hf-distill run")
 
 
+def benchmark_training_args(cls, name: str, out: str, args, epochs: float, **extra):
+    """The TrainingArguments (or DistillationArguments, `cls`) every benchmark run shares: `args.learning_rate`,
+    `args.batch_size` and `args.seed`, 10% warm-up, weight decay 0.01, length-grouped batches, no checkpoints, and
+    the machine's `device_kwargs()`. `extra` adds or overrides fields (KD settings, `max_steps`, ...)."""
+    kwargs = dict(
+        output_dir=str(CACHE_DIR / name / out), num_train_epochs=epochs, learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
+        weight_decay=0.01, seed=args.seed, data_seed=args.seed, train_sampling_strategy="group_by_length",
+        logging_steps=50, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        **device_kwargs(),
+    )
+    return cls(**{**kwargs, **extra})
+
+
+def load_or_finetune_teacher(name, args, auto_cls, label_kwargs, train, dev, test, collator, metrics, metric,
+                             score_teacher: bool = True):
+    """The task's teacher: the one fine-tuned earlier in `.cache/<name>/teacher` if there is one, else all-MiniLM-L6-v2
+    fine-tuned for `args.teacher_epochs` on `train` and saved there. Returns `(teacher in eval mode, record)`; the
+    record has the teacher's dev/test scores unless `score_teacher` is False."""
+    from transformers import TrainingArguments, set_seed
+
+    teacher_dir = CACHE_DIR / name / "teacher"
+    if (teacher_dir / "config.json").exists():
+        logger.info("reusing the fine-tuned teacher in %s", teacher_dir)
+        teacher = auto_cls.from_pretrained(teacher_dir)
+        record = json.loads((teacher_dir / "train_record.json").read_text())
+        if score_teacher:
+            t_trainer = Trainer(model=teacher, args=benchmark_training_args(TrainingArguments, name, "teacher_eval",
+                                                                            args, 1),
+                                data_collator=collator, compute_metrics=metrics)
+            record.update(score(t_trainer, dev, test, metric))
+    else:
+        set_seed(args.seed)
+        teacher = auto_cls.from_pretrained(minilm_path(), **label_kwargs)
+        t_trainer = Trainer(model=teacher, args=benchmark_training_args(TrainingArguments, name, "teacher", args,
+                                                                        args.teacher_epochs),
+                            train_dataset=train, data_collator=collator, compute_metrics=metrics)
+        if score_teacher:
+            record = train_and_score(t_trainer, dev, test, metric)
+        else:
+            start = time.perf_counter()
+            out = t_trainer.train()
+            record = {"train_seconds": round(time.perf_counter() - start, 1),
+                      "train_samples_per_second": round(out.metrics["train_samples_per_second"], 2)}
+        teacher.save_pretrained(teacher_dir)
+        (teacher_dir / "train_record.json").write_text(json.dumps(
+            {k: record[k] for k in ("train_seconds", "train_samples_per_second")}))
+    record["params"] = num_params(teacher)
+    record["epochs"] = args.teacher_epochs
+    logger.info("teacher %s", record)
+    return teacher.eval(), record
+
+
 def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, collator, metrics, metric, kd_settings):
     """Teacher (fine-tuned once, cached), then the students that `args.runs` names, then side-by-side throughput.
 
@@ -300,41 +431,15 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
     base_path = minilm_path()
 
     def training_args(cls, out, epochs, **extra):
-        return cls(
-            output_dir=str(CACHE_DIR / name / out), num_train_epochs=epochs, learning_rate=args.learning_rate,
-            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
-            weight_decay=0.01, seed=args.seed, data_seed=args.seed, train_sampling_strategy="group_by_length",
-            logging_steps=50, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-            **device_kwargs(), **extra,
-        )
+        return benchmark_training_args(cls, name, out, args, epochs, **extra)
 
     def base_student():
         set_seed(args.seed)
         return create_student(auto_cls.from_pretrained(base_path, **label_kwargs), LAYERS)
 
-    teacher_dir = CACHE_DIR / name / "teacher"
-    results = {"runs": {}}
-    if (teacher_dir / "config.json").exists():
-        logger.info("reusing the fine-tuned teacher in %s", teacher_dir)
-        teacher = auto_cls.from_pretrained(teacher_dir)
-        t_trainer = Trainer(model=teacher, args=training_args(TrainingArguments, "teacher_eval", 1),
-                            data_collator=collator, compute_metrics=metrics)
-        record = json.loads((teacher_dir / "train_record.json").read_text())
-        record.update(score(t_trainer, dev, test, metric))
-    else:
-        set_seed(args.seed)
-        teacher = auto_cls.from_pretrained(base_path, **label_kwargs)
-        t_trainer = Trainer(model=teacher, args=training_args(TrainingArguments, "teacher", args.teacher_epochs),
-                            train_dataset=train, data_collator=collator, compute_metrics=metrics)
-        record = train_and_score(t_trainer, dev, test, metric)
-        teacher.save_pretrained(teacher_dir)
-        (teacher_dir / "train_record.json").write_text(json.dumps(
-            {k: record[k] for k in ("train_seconds", "train_samples_per_second")}))
-    record["params"] = num_params(teacher)
-    record["epochs"] = args.teacher_epochs
-    results["runs"]["teacher"] = record
-    logger.info("teacher %s", record)
-    teacher.eval()
+    teacher, record = load_or_finetune_teacher(name, args, auto_cls, label_kwargs, train, dev, test, collator,
+                                               metrics, metric)
+    results = {"runs": {"teacher": record}}
 
     wanted = args.runs.split(",")
     trainers = {}
