@@ -565,6 +565,7 @@ def _check_existing(path: Path, metadata: dict[str, Any], parts: dict[str, Any],
 def _forward_inputs(teacher: nn.Module) -> set[str]:
     """Named parameters of `teacher.forward`, without `labels` (so no loss is computed) and without *args/**kwargs."""
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    teacher = getattr(teacher, "_orig_mod", teacher)  # a torch.compile wrapper's forward takes *args, **kwargs
     parameters = inspect.signature(teacher.forward).parameters.values()
     return {p.name for p in parameters if p.kind not in variadic and p.name not in _LABEL_COLUMNS}
 

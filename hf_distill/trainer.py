@@ -169,12 +169,12 @@ class DistillationTrainer(Trainer):
                     "`self_distillation='ema'` keeps a full copy of the student, which FSDP and DeepSpeed shard. Use "
                     "DDP (plain `accelerate launch`) for EMA self-distillation."
                 )
-            teachers = [ema_copy(self.accelerator.unwrap_model(self.model))]
+            teachers = [ema_copy(self._unwrap(self.model))]
         self.teacher_models = [self._prepare_teacher(t) for t in teachers]
         self.teacher_model = self.teacher_models[0] if self.teacher_models else None
         self._teacher_inputs: set[str] = set()
         if self.teacher_model is not None:
-            forward = inspect.signature(self.accelerator.unwrap_model(self.teacher_model).forward).parameters
+            forward = inspect.signature(self._unwrap(self.teacher_model).forward).parameters
             self._teacher_inputs = {name for name in forward if name not in ("labels", "kwargs", "args")}
         special = getattr(processing_class, "all_special_ids", None) or []
         self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
@@ -211,6 +211,11 @@ class DistillationTrainer(Trainer):
         self.evaluation_report: dict[str, dict[str, float]] | None = None
 
     # ---- teacher ---------------------------------------------------------------------------------------------
+
+    def _unwrap(self, module: nn.Module) -> nn.Module:
+        """The model under Accelerate's wrappers, `torch.compile`'s included (whose `forward` takes only
+        `*args, **kwargs` and whose parameter names carry an `_orig_mod.` prefix)."""
+        return self.accelerator.unwrap_model(module, keep_torch_compile=False)
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         teacher.requires_grad_(False)
@@ -441,8 +446,8 @@ class DistillationTrainer(Trainer):
                 "Feature distillation (`hidden_distill_weight`/`attention_distill_weight`) is not combined with "
                 "`adversarial` training; use one or the other."
             )
-        student = self.accelerator.unwrap_model(self.model).config
-        teacher = self.accelerator.unwrap_model(self.teacher_model).config
+        student = self._unwrap(self.model).config
+        teacher = self._unwrap(self.teacher_model).config
         self._layer_map = parse_layer_map(self.args.feature_layer_map, student.num_hidden_layers,
                                           teacher.num_hidden_layers)
         if self.args.attention_distill_weight > 0:
@@ -516,14 +521,14 @@ class DistillationTrainer(Trainer):
         new_ids = augment_input_ids(
             input_ids, candidates, mask_prob=self.args.augment_mask_prob, replace_prob=self.args.augment_replace_prob,
             mask_token_id=getattr(tokenizer, "mask_token_id", None),
-            vocab_size=self.accelerator.unwrap_model(self.model).config.vocab_size,
+            vocab_size=self._unwrap(self.model).config.vocab_size,
             generator=self._augment_generator, replacement_ids=self._replacement_ids(),
         )
         return {**{k: v for k, v in inputs.items() if k != CACHE_INDEX_COLUMN}, "input_ids": new_ids}
 
     def _replacement_ids(self) -> torch.Tensor:
         if getattr(self, "_replacement_cache", None) is None:
-            vocab = self.accelerator.unwrap_model(self.model).config.vocab_size
+            vocab = self._unwrap(self.model).config.vocab_size
             keep = torch.ones(vocab, dtype=torch.bool)
             keep[self._special_ids[self._special_ids < vocab]] = False
             self._replacement_cache = keep.nonzero().squeeze(-1)
@@ -552,7 +557,7 @@ class DistillationTrainer(Trainer):
                                    torch.ones(teacher_logits.shape[:-1], dtype=torch.bool, device=zero.device))
             return super().training_step(model, inputs, num_items_in_batch)  # compute_loss skips it
         adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
-        base = self.accelerator.unwrap_model(model)
+        base = self._unwrap(model)
         special = None if self.args.adv_perturb_special_tokens else self._special_ids.to(input_ids.device)
         mask = perturbation_mask(input_ids, model_inputs.get("attention_mask"), special)
 
@@ -634,10 +639,10 @@ class DistillationTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        teacher = self.accelerator.unwrap_model(self.teacher_model) if self.teacher_model is not None else None
+        teacher = self._unwrap(self.teacher_model) if self.teacher_model is not None else None
         teacher_name = getattr(teacher.config, "_name_or_path", "") if teacher is not None else ""
         if len(self.teacher_models) > 1:
-            names = [getattr(self.accelerator.unwrap_model(t).config, "_name_or_path", "") or "unnamed"
+            names = [getattr(self._unwrap(t).config, "_name_or_path", "") or "unnamed"
                      for t in self.teacher_models]
             teacher_name = f"an ensemble ({self.args.teacher_ensemble}) of " + ", ".join(names)
         if self.args.self_distillation == "ema":
@@ -651,7 +656,7 @@ class DistillationTrainer(Trainer):
             args=self.args,
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
             dataset=(dataset[0] if isinstance(dataset, list) else dataset) or self.dataset_name,
-            student_params=sum(p.numel() for p in self.accelerator.unwrap_model(self.model).parameters()),
+            student_params=sum(p.numel() for p in self._unwrap(self.model).parameters()),
             teacher_params=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
             evaluation=self.evaluation_report,
             license=license or "apache-2.0",
@@ -672,7 +677,7 @@ class DistillationTrainer(Trainer):
                 if self.feature_projector is not None:
                     torch.save(self.feature_projector.state_dict(), os.path.join(folder, PROJECTOR_FILE))
                 if self.args.self_distillation == "ema":
-                    teacher = self.accelerator.unwrap_model(self.teacher_model)
+                    teacher = self._unwrap(self.teacher_model)
                     torch.save(teacher.state_dict(), os.path.join(folder, EMA_TEACHER_FILE))
                 atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
                                   {"global_step": self.state.global_step, "skipped_batches": self.skipped_batches})
@@ -682,7 +687,7 @@ class DistillationTrainer(Trainer):
         teacher."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         for module, name in ((self.feature_projector, PROJECTOR_FILE), (
-                self.accelerator.unwrap_model(self.teacher_model) if self.args.self_distillation == "ema" else None,
+                self._unwrap(self.teacher_model) if self.args.self_distillation == "ema" else None,
                 EMA_TEACHER_FILE)):
             if module is None:
                 continue
@@ -799,8 +804,8 @@ class _EMACallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         trainer = self.trainer
-        ema_update(trainer.accelerator.unwrap_model(trainer.teacher_model),
-                   trainer.accelerator.unwrap_model(trainer.model), args.ema_decay)
+        ema_update(trainer._unwrap(trainer.teacher_model),
+                   trainer._unwrap(trainer.model), args.ema_decay)
 
 
 class _ProjectorCallback(TrainerCallback):

@@ -342,3 +342,12 @@ def test_teacher_dtype_casts_the_teacher_and_keeps_the_loss_in_fp32(tokenizer, t
 def test_error_unknown_teacher_dtype(tmp_path):
     with pytest.raises(ValueError, match="`teacher_dtype` must be one of 'auto', 'float32', 'bfloat16'"):
         make_args(tmp_path, teacher_dtype="fp8")
+
+
+def test_torch_compile_keeps_the_teachers_inputs(tokenizer, tmp_path):
+    # Accelerate wraps both models in torch.compile, whose forward takes only *args/**kwargs; the teacher must still
+    # receive input_ids and attention_mask. The "eager" backend traces with dynamo but compiles nothing (fast on CPU).
+    trainer = ner_trainer(tokenizer, tmp_path, torch_compile=True, torch_compile_backend="eager", max_steps=2)
+    assert {"input_ids", "attention_mask"} <= trainer._teacher_inputs
+    trainer.train()
+    assert trainer.state.global_step == 2
