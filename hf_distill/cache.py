@@ -404,6 +404,31 @@ class TeacherLogitCache:
         return full.scatter_(1, indices, values)
 
 
+TEACHER_LOGITS_KEY = "teacher_logits"
+
+
+class CachedLogitsCollator:
+    """Wraps a data collator: batches that carry the cache's index column also get their cached teacher logits, under
+    `"teacher_logits"`, padded to the batch's length.
+
+    Reading the cache in the collator keeps it off the training step: it runs in DataLoader workers when there are
+    some, and the logits reach the device with the rest of the batch (pinned, non-blocking), so the step never waits
+    on a device-to-host copy of the indices.
+    """
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], cache: TeacherLogitCache):
+        self.collator = collator
+        self.cache = cache
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        index = batch.get(CACHE_INDEX_COLUMN)
+        if index is not None and "input_ids" in batch:
+            seq_len = batch["input_ids"].shape[1] if self.cache.task == TOKEN_CLASSIFICATION else None
+            batch[TEACHER_LOGITS_KEY] = self.cache.logits(index, seq_len=seq_len)
+        return batch
+
+
 class _IndexedRows(torch.utils.data.Dataset):
     """A map-style dataset of dicts whose row i gains `teacher_cache_index = i`."""
 

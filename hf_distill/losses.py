@@ -134,14 +134,18 @@ def distillation_objective(
                 f"Teacher logits {tuple(teacher_logits.shape)} and student logits {tuple(student_logits.shape)} "
                 "differ in shape; teacher and student must share the label set and see the same inputs."
             )
+        # Every row is computed and the masked ones are zeroed with `where` (no boolean indexing, whose output size
+        # the host must wait for). Masked rows are first replaced by zeros, so a NaN there (padding of an fp16
+        # teacher) reaches neither the sum nor the gradient.
+        keep = mask.unsqueeze(-1)
         rows = distillation_per_row(
-            flat_student[mask],
-            teacher_logits.reshape(-1, num_classes)[mask],
+            torch.where(keep, flat_student, 0.0),
+            torch.where(keep, teacher_logits.reshape(-1, num_classes), 0.0),
             temperature=temperature,
             distill_loss=distill_loss,
             teacher_labels=teacher_labels,
         )
-        kd_sum, kd_count = rows.sum(), mask.sum()
+        kd_sum, kd_count = torch.where(mask, rows, 0.0).sum(), mask.sum()
 
     ce_sum, ce_count = zero, zero.long()
     if alpha < 1:

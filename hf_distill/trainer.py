@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .adversarial import AttackSettings, adversarial_backward, embed_inputs, perturbation_mask
 from .augment import augment_input_ids
-from .cache import CACHE_INDEX_COLUMN, TeacherLogitCache
+from .cache import CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, CachedLogitsCollator, TeacherLogitCache
 from .checks import (
     TOKEN_CLASSIFICATION,
     check_label_range,
@@ -56,6 +56,9 @@ from .schedules import scheduled_value
 from .self_distillation import ema_copy, ema_update
 
 logger = logging.getLogger(__name__)
+
+# Batch entries that are for the trainer, never for the student's forward.
+_NOT_MODEL_INPUTS = ("labels", CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY)
 
 PROJECTOR_FILE = "feature_projector.pt"
 EMA_TEACHER_FILE = "ema_teacher.pt"
@@ -163,6 +166,8 @@ class DistillationTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.teacher_cache = teacher_cache
+        if teacher_cache is not None:
+            self.data_collator = CachedLogitsCollator(self.data_collator, teacher_cache)
         if args.self_distillation == "ema":
             if self.is_fsdp_enabled or self.is_deepspeed_enabled:
                 raise ValueError(
@@ -255,6 +260,9 @@ class DistillationTrainer(Trainer):
         1 says how sure the teacher is (for pseudo-labels).
         """
         index = inputs.get(CACHE_INDEX_COLUMN)
+        if inputs.get(TEACHER_LOGITS_KEY) is not None and not features:  # read from the cache by the collator
+            logits = inputs[TEACHER_LOGITS_KEY]
+            return {"logits": logits, "confidence_logits": logits}
         if self.teacher_cache is not None and index is not None and not features:
             logits = self.teacher_cache.logits(index, seq_len=inputs["input_ids"].shape[1])
             logits = logits.to(inputs["input_ids"].device, non_blocking=True)
@@ -341,16 +349,16 @@ class DistillationTrainer(Trainer):
         feature distillation). Trainer passes it to `compute_loss` as `num_items_in_batch`.
         """
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = torch.zeros(3, dtype=torch.long)
+        rows = []  # summed where the batches live, with no host synchronisation
         for batch in batch_samples:
-            counts[0] += self.distill_mask(batch).sum().cpu()
             labels = batch.get("labels")
-            if labels is not None:
-                counts[1] += labels.ne(IGNORE_INDEX).sum().cpu()
+            labelled = labels.ne(IGNORE_INDEX).sum() if labels is not None else torch.zeros((), dtype=torch.long)
             if self.args.pseudo_label_threshold is not None:
-                counts[1] += self.pseudo_label_candidates(batch).sum().cpu()
-            counts[2] += self.feature_mask(batch).sum().cpu()
-        counts = counts.to(device)
+                labelled = labelled + self.pseudo_label_candidates(batch).sum()
+            rows.append(torch.stack([self.distill_mask(batch).sum(), labelled.to(batch["input_ids"].device),
+                                     self.feature_mask(batch).sum()]))
+        counts = torch.stack(rows).sum(0).to(device, non_blocking=True) if rows else torch.zeros(
+            3, dtype=torch.long, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
         return batch_samples, counts
@@ -358,9 +366,9 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             # Evaluation and prediction: the student alone, exactly as the stock Trainer scores it.
-            inputs = {k: v for k, v in inputs.items() if k != CACHE_INDEX_COLUMN}
+            inputs = {k: v for k, v in inputs.items() if k not in (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY)}
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", CACHE_INDEX_COLUMN)}
+        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
         features = self.args.uses_features
         outputs = model(**model_inputs, **(self._feature_flags() if features else {}))
         alpha, temperature = self.current_alpha, self.current_temperature
@@ -524,7 +532,8 @@ class DistillationTrainer(Trainer):
             vocab_size=self._unwrap(self.model).config.vocab_size,
             generator=self._augment_generator, replacement_ids=self._replacement_ids(),
         )
-        return {**{k: v for k, v in inputs.items() if k != CACHE_INDEX_COLUMN}, "input_ids": new_ids}
+        return {**{k: v for k, v in inputs.items() if k not in (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY)},
+                "input_ids": new_ids}
 
     def _replacement_ids(self) -> torch.Tensor:
         if getattr(self, "_replacement_cache", None) is None:
@@ -543,7 +552,7 @@ class DistillationTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "input_ids", CACHE_INDEX_COLUMN)}
+        model_inputs = {k: v for k, v in inputs.items() if k not in (*_NOT_MODEL_INPUTS, "input_ids")}
         input_ids = inputs["input_ids"]
         alpha, temperature = self.current_alpha, self.current_temperature
         # The teacher sees the clean input once; every perturbed pass is compared with these targets.

@@ -40,6 +40,22 @@ def test_cached_loss_equals_online_loss_on_the_same_batch(tokenizer, tmp_path):
     assert loss_cached.item() == pytest.approx(loss_online.item(), rel=2e-3)
 
 
+def test_the_collator_reads_the_cache_and_the_loss_uses_it(tokenizer, tmp_path):
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    cached = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache, alpha=0.6, temperature=3.0)
+    batch = next(iter(cached.get_train_dataloader()))
+    assert torch.equal(batch["teacher_logits"], cache.logits(batch["teacher_cache_index"],
+                                                             seq_len=batch["input_ids"].shape[1]))
+    online = _trainer(tokenizer, tmp_path, teacher, data, collator, alpha=0.6, temperature=3.0)
+    cached.model.train()
+    online.model.train()
+    plain = {k: v for k, v in batch.items() if k not in ("teacher_cache_index", "teacher_logits")}
+    assert cached.compute_loss(cached.model, dict(batch)).item() == pytest.approx(
+        online.compute_loss(online.model, plain).item(), rel=2e-3)
+    # Evaluation batches carry no index, so nothing is read and nothing extra reaches the student.
+    assert "teacher_logits" not in cached.data_collator([{k: v for k, v in data[0].items()}])
+
+
 def test_training_from_the_cache_alone_matches_online_training(tokenizer, tmp_path):
     teacher, data, collator, cache = _setup(tokenizer, tmp_path)
     calls = []
