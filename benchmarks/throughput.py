@@ -129,6 +129,8 @@ def parse_args():
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--results_name", default=None,
+                   help="results file name (default: throughput, or throughput_gpu on a GPU)")
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one method's CPU memory subprocess
     args = p.parse_args()
     gpu = torch.cuda.is_available()
@@ -583,7 +585,7 @@ def save(setup: Setup, results: dict) -> None:
         path.write_text(json.dumps(results, indent=2) + "\n")
         plot([path], setup.dir / "throughput.png")
     else:
-        path = write_results(results_name(), results)
+        path = write_results(setup.args.results_name or results_name(), results)
         plot(sorted(RESULTS_DIR.glob("throughput*.json")), HERE / "throughput.png")
     logger.info("wrote %s", path)
 
