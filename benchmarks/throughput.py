@@ -129,6 +129,9 @@ def parse_args():
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cache_only", action="store_true",
+                   help="measure only the cache build against teacher epochs, with an untrained teacher head (speed "
+                        "does not depend on the weights); skips fine-tuning")
     p.add_argument("--results_name", default=None,
                    help="results file name (default: throughput, or throughput_gpu on a GPU)")
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one method's CPU memory subprocess
@@ -699,6 +702,16 @@ def main():
             "teacher batch without labels) and, where tensorboard is missing, a stand-in tensorboardX module."
         ),
     }
+
+    if args.cache_only:
+        teacher = AutoModelForTokenClassification.from_pretrained(minilm_path(), **setup.label_kwargs)
+        teacher = teacher.to("cuda" if gpu else "cpu", dtype=torch.bfloat16 if gpu else torch.float32).eval()
+        results["cache_build"] = cache_build_vs_epoch(teacher, setup, builds=1 if args.quick else 2)
+        results["ratios"]["cache_build_vs_teacher_epoch"] = round(results["cache_build"].pop("ratio"), 3)
+        results["runs"] = {}
+        save(setup, results)
+        logger.info("cache build %s", results["cache_build"])
+        return
 
     # Teacher and the shared initial student.
     teacher, teacher_record = load_or_finetune_teacher(
