@@ -226,15 +226,34 @@ def write_readme_results() -> None:
                 f"{m} {r}× ({data['passes'].get(m)} passes)" for m, r in data["overhead"].items()))
             parts.append("")
     parts += _throughput_readme()
+    parts += _strategies_readme()
     body = "\n".join(parts) if parts else "No benchmark has been run yet."
     start, end = text.index(README_START) + len(README_START), text.index(README_END)
     readme.write_text(text[:start] + "\n" + body + "\n" + text[end:])
 
 
+def _strategies_readme() -> list[str]:
+    """The strategies table from results/strategies.json."""
+    path = RESULTS_DIR / "strategies.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    commands = "; ".join(f"`{c}`" for c in data.get("commands") or [data.get("command", "")])
+    parts = [f"**Strategies beyond logits, CoNLL-2003** (equal epochs), from {commands} on {data.get('machine', '')}",
+             "", "| run | dev F1 | test F1 | train samples/s |", "|---|---|---|---|"]
+    for run, rec in data["runs"].items():
+        parts.append(f"| {run} | {rec.get('dev_f1', '')} | {rec.get('test_f1', '')} | "
+                     f"{rec.get('train_samples_per_second', '')} |")
+    parts.append("")
+    parts += [f"- {k}: {v}" for k, v in data.get("targets", {}).items()] + [""]
+    return parts
+
+
 def _throughput_readme() -> list[str]:
     """A short table from results/throughput.json (CPU) and results/throughput_gpu.json (GPU)."""
     found = [(label, json.loads(path.read_text())) for label, path in
-             (("CPU", RESULTS_DIR / "throughput.json"), ("GPU", RESULTS_DIR / "throughput_gpu.json")) if path.exists()]
+             (("CPU", RESULTS_DIR / "throughput.json"), ("GPU", RESULTS_DIR / "throughput_gpu.json"),
+              ("GPU, after the sync fixes", RESULTS_DIR / "throughput_gpu_sync_fixes.json")) if path.exists()]
     if not found:
         return []
     commands = "; ".join(f"`{c}`" for _, d in found for c in d.get("commands") or [d.get("command", "")])
