@@ -39,6 +39,36 @@ def test_local_paths_are_not_claimed_as_hub_ids():
     assert "text-classification" in card.data.tags
 
 
+def test_card_lists_the_strategies_in_use_and_only_those():
+    plain = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    assert "Other distillation strategies" not in str(build_model_card(task="token_classification", teacher="t",
+                                                                        args=plain))
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, hidden_distill_weight=0.5,
+                                 hidden_distill_loss="cosine", teacher_ensemble="weighted", teacher_weights=[2.0, 1.0],
+                                 augment_mask_prob=0.1)
+    text = str(build_model_card(task="token_classification", teacher="an ensemble", args=args))
+    assert "### Other distillation strategies" in text
+    for row in ("| hidden_distill_weight | 0.5 |", "| hidden_distill_loss | cosine |", "| teacher_ensemble | weighted |",
+                "| teacher_weights | [2.0, 1.0] |", "| augment_mask_prob | 0.1 |"):
+        assert row in text
+    assert "ema_decay" not in text and "attention_distill_weight" not in text
+
+
+def test_ema_card_names_the_student_as_its_own_teacher(tokenizer, tmp_path):
+    from test_trainer import make_args
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationTrainer
+
+    trainer = DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), processing_class=tokenizer,
+                                  args=make_args(tmp_path, self_distillation="ema", ema_decay=0.99),
+                                  train_dataset=ner_dataset(tokenizer),
+                                  data_collator=DataCollatorForTokenClassification(tokenizer))
+    trainer.create_model_card(output_dir=str(tmp_path))
+    text = (tmp_path / "README.md").read_text()
+    assert "EMA teacher, decay 0.99" in text and "| self_distillation | ema |" in text
+
+
 def test_every_save_writes_the_card(tokenizer, tmp_path):
     trainer = ner_trainer(tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
     trainer.dataset_name = "conll2003"
