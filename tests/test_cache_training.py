@@ -99,3 +99,16 @@ def test_no_teacher_and_no_cache_is_explained(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"`teacher_model` is required.*teacher_cache"):
         DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=None, args=make_args(tmp_path),
                             train_dataset=ner_dataset(tokenizer))
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_group_by_length_batches_are_dynamically_padded_and_distilled(tokenizer, tmp_path, cached):
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    trainer = _trainer(tokenizer, tmp_path, None if cached else teacher, data, collator, cache=cache if cached else None,
+                       train_sampling_strategy="group_by_length", per_device_train_batch_size=2, max_steps=3)
+    widths = [batch["input_ids"].shape[1] for batch in trainer.get_train_dataloader()]
+    longest = max(len(ids) for ids in data["input_ids"])
+    assert min(widths) < longest  # padded per batch, not to the longest example
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "kd_loss" in h]
+    assert len(logs) == 3 and all(h["kd_loss"] >= 0 for h in logs)
