@@ -11,6 +11,9 @@ How the pieces fit:
   the labelled positions. `compute_loss` divides each summed term by its count, so gradient accumulation gives the
   full-batch update and every token weighs the same however tokens fall into micro-batches.
 - Evaluation runs the student alone (stock Trainer loss and metrics); the teacher is not run.
+- Strategies beyond logits are wired in here but computed elsewhere: feature losses in `features.py` (the trainer
+  owns the projection and checkpoints it), ensembles in `ensemble.py`, the EMA teacher in `self_distillation.py`,
+  augmentation in `augment.py`, pseudo-labels in `losses.py`.
 """
 
 from __future__ import annotations
