@@ -260,7 +260,7 @@ class DistillationTrainer(Trainer):
         `logits` are read from the cache when the batch carries its index column, else computed by the teacher (or
         combined from several teachers at the current temperature). With `features`, also `hidden_states` and
         `attentions` (a single teacher run online). `confidence_logits` are the logits whose softmax at temperature
-        1 says how sure the teacher is (for pseudo-labels).
+        1 says how sure the teacher is (for pseudo-labels; an ensemble computes them only when pseudo-labels are on).
         """
         index = inputs.get(CACHE_INDEX_COLUMN)
         if inputs.get(TEACHER_LOGITS_KEY) is not None and not features:  # read from the cache by the collator
@@ -289,8 +289,9 @@ class DistillationTrainer(Trainer):
         a = self.args
         result["logits"] = combine_teacher_logits(all_logits, method=a.teacher_ensemble, weights=a.teacher_weights,
                                                   temperature=self.current_temperature, distill_loss=a.distill_loss)
-        result["confidence_logits"] = combine_teacher_logits(all_logits, method=a.teacher_ensemble,
-                                                             weights=a.teacher_weights, temperature=1.0)
+        if a.pseudo_label_threshold is not None:  # the mixture at temperature 1, only when pseudo-labels need it
+            result["confidence_logits"] = combine_teacher_logits(all_logits, method=a.teacher_ensemble,
+                                                                 weights=a.teacher_weights, temperature=1.0)
         return result
 
     def teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:

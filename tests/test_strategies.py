@@ -142,6 +142,23 @@ def test_two_teachers_distil_their_mixture(tokenizer, tmp_path):
         assert not any(p.requires_grad for p in teacher.parameters())
 
 
+def test_ensemble_pseudo_labels_come_from_the_mixture_at_temperature_one(tokenizer, tmp_path):
+    t1, t2 = tiny_sequence_model(tokenizer, seed=2, **NO_DROP), tiny_sequence_model(tokenizer, seed=3, **NO_DROP)
+    data = seq_dataset(tokenizer, labels=False)
+    trainer = DistillationTrainer(
+        model=tiny_sequence_model(tokenizer, layers=1, seed=1, **NO_DROP), teacher_model=[t1, t2],
+        args=make_args(tmp_path, alpha=0.0, pseudo_label_threshold=0.5), train_dataset=data,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+    )
+    batch = dict(DataCollatorWithPadding(tokenizer)(list(data)))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    with torch.no_grad():
+        s = trainer.model(**batch).logits
+        mixture = (t1(**batch).logits.softmax(-1) + t2(**batch).logits.softmax(-1)) / 2
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(s, mixture.argmax(-1)).item(), rel=1e-5)
+
+
 def test_every_teacher_is_checked(tokenizer, tmp_path):
     other_labels = tiny_token_model(tokenizer, labels=NER_LABELS[:5], seed=3)
     with pytest.raises(ValueError, match="label"):
