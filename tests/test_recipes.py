@@ -33,12 +33,18 @@ def _env():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
-def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path):
+def _ner_teacher_and_data(tokenizer, tmp_path):
+    """A tiny NER teacher saved with its tokenizer, and a small CoNLL file: `(teacher_dir, data_file)`."""
     teacher = tiny_token_model(tokenizer, layers=2, seed=3)
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     data = tmp_path / "train.txt"
     data.write_text(CONLL * 4)
+    return tmp_path / "teacher", data
+
+
+def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path):
+    _, data = _ner_teacher_and_data(tokenizer, tmp_path)
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({
         "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_layers": "0",
@@ -101,11 +107,7 @@ def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
 
 
 def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path):
-    teacher = tiny_token_model(tokenizer, layers=2, seed=3)
-    teacher.save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
-    data = tmp_path / "train.txt"
-    data.write_text(CONLL * 4)
+    _, data = _ner_teacher_and_data(tokenizer, tmp_path)
     result = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "distill_ner.py"), "--teacher_model_name_or_path",
          str(tmp_path / "teacher"), "--student_layers", "0", "--train_file", str(data), "--validation_file", str(data),

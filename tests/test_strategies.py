@@ -19,6 +19,15 @@ def _batch(tokenizer, n=3):
     return dict(DataCollatorForTokenClassification(tokenizer)([ner_dataset(tokenizer)[i] for i in range(n)]))
 
 
+def _loss_and_reference(trainer, student, teacher, batch, **flags):
+    """The trainer's training loss on `batch`, and both models' outputs (with `flags`) for a hand computation."""
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return loss, student(**inputs, **flags), teacher(**inputs, **flags)
+
+
 # ---- hidden states --------------------------------------------------------------------------------------------
 
 
@@ -29,11 +38,7 @@ def test_hidden_state_term_is_added_with_its_weight(tokenizer, tmp_path):
                           hidden_distill_weight=3.0)
     assert trainer.feature_projector is None  # same hidden size: nothing to learn
     batch = _batch(tokenizer)
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, dict(batch))
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.no_grad():
-        s, t = student(**inputs, output_hidden_states=True), teacher(**inputs, output_hidden_states=True)
+    loss, s, t = _loss_and_reference(trainer, student, teacher, batch, output_hidden_states=True)
     mask = batch["labels"].ne(-100)
     kd = soft_kl(s.logits[mask], t.logits[mask], 2.0).mean()
     ce = torch.nn.functional.cross_entropy(s.logits[mask], batch["labels"][mask])
@@ -97,11 +102,7 @@ def test_attention_term_by_hand_with_eager_attention(tokenizer, tmp_path):
                           attention_distill_weight=2.0)
     assert student.config._attn_implementation == teacher.config._attn_implementation == "eager"
     batch = _batch(tokenizer)
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, dict(batch))
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.no_grad():
-        s, t = student(**inputs, output_attentions=True), teacher(**inputs, output_attentions=True)
+    loss, s, t = _loss_and_reference(trainer, student, teacher, batch, output_attentions=True)
     mask = batch["labels"].ne(-100)
     kd = soft_kl(s.logits[mask], t.logits[mask], 2.0).mean()
     real = batch["attention_mask"].bool()
