@@ -63,6 +63,11 @@ def parse_layer_map(
     return dict(sorted(layer_map.items()))
 
 
+def _require_pairs(layer_map: Mapping[int, int]) -> None:
+    if not layer_map:
+        raise ValueError("The layer map is empty: give at least one student layer -> teacher layer pair.")
+
+
 class FeatureProjector(nn.Module):
     """One linear map per matched student layer, from the student's hidden size to the teacher's.
 
@@ -102,6 +107,7 @@ def hidden_state_loss(
     """
     if kind not in HIDDEN_LOSSES:
         raise ValueError(f"Unknown hidden-state loss {kind!r}; expected one of {HIDDEN_LOSSES}.")
+    _require_pairs(layer_map)
     mask = mask.bool()
     per_token = 0.0
     for s, t in layer_map.items():
@@ -118,8 +124,7 @@ def hidden_state_loss(
         else:
             per_token = per_token + 1.0 - F.cosine_similarity(hs, ht, dim=-1, eps=1e-8)
     per_token = per_token / len(layer_map)
-    total = per_token.sum() if torch.is_tensor(per_token) else mask.new_zeros((), dtype=torch.float32)
-    return total, mask.sum()
+    return per_token.sum(), mask.sum()
 
 
 def attention_kl(
@@ -143,6 +148,7 @@ def attention_kl(
     Returns:
         `(sum, count)` as in `hidden_state_loss`.
     """
+    _require_pairs(layer_map)
     mask = mask.bool()
     per_token = 0.0
     for s, t in layer_map.items():

@@ -205,6 +205,11 @@ class DistillationTrainer(Trainer):
                     "token and the special tokens it must not touch: pass `processing_class=tokenizer`."
                 )
             self._augment_generator = torch.Generator().manual_seed(args.seed + 1)
+            # Random replacements are drawn from the vocabulary without its special tokens.
+            vocab = self._unwrap(self.model).config.vocab_size
+            keep = torch.ones(vocab, dtype=torch.bool)
+            keep[self._special_ids[self._special_ids < vocab]] = False
+            self._replacement_ids = keep.nonzero().squeeze(-1)
         self._window = _LossWindow()
         self.skipped_batches = 0
         self._attack = None
@@ -333,8 +338,7 @@ class DistillationTrainer(Trainer):
                     "batch has no `labels`. For unlabeled text use `distill_positions='all_subwords'`."
                 )
             return labels.ne(IGNORE_INDEX)
-        mask = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
-        return mask & ~torch.isin(input_ids, self._distill_skip_ids.to(input_ids.device))
+        return _real_tokens(inputs, self._distill_skip_ids)
 
     def pseudo_label_candidates(self, inputs: dict[str, Any]) -> torch.Tensor:
         """Bool mask of the positions that may get a pseudo-label: the distilled positions of unlabeled examples."""
@@ -527,25 +531,15 @@ class DistillationTrainer(Trainer):
         """A copy of the batch with masked / replaced tokens (`augment_*_prob`). The cache index is dropped, so the
         teacher labels the augmented input online."""
         input_ids = inputs["input_ids"]
-        candidates = inputs.get("attention_mask", torch.ones_like(input_ids)).bool() & ~torch.isin(
-            input_ids, self._special_ids.to(input_ids.device))
         tokenizer = self.processing_class
         new_ids = augment_input_ids(
-            input_ids, candidates, mask_prob=self.args.augment_mask_prob, replace_prob=self.args.augment_replace_prob,
+            input_ids, _real_tokens(inputs, self._special_ids), mask_prob=self.args.augment_mask_prob, replace_prob=self.args.augment_replace_prob,
             mask_token_id=getattr(tokenizer, "mask_token_id", None),
             vocab_size=self._unwrap(self.model).config.vocab_size,
-            generator=self._augment_generator, replacement_ids=self._replacement_ids(),
+            generator=self._augment_generator, replacement_ids=self._replacement_ids,
         )
         return {**{k: v for k, v in inputs.items() if k not in (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY)},
                 "input_ids": new_ids}
-
-    def _replacement_ids(self) -> torch.Tensor:
-        if getattr(self, "_replacement_cache", None) is None:
-            vocab = self._unwrap(self.model).config.vocab_size
-            keep = torch.ones(vocab, dtype=torch.bool)
-            keep[self._special_ids[self._special_ids < vocab]] = False
-            self._replacement_cache = keep.nonzero().squeeze(-1)
-        return self._replacement_cache
 
     # ---- adversarial training ------------------------------------------------------------------------------
 
@@ -765,6 +759,13 @@ class DistillationTrainer(Trainer):
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval)
+
+
+def _real_tokens(inputs: dict[str, Any], skip_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: positions that are neither padding nor one of `skip_ids`."""
+    input_ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
+    return mask & ~torch.isin(input_ids, skip_ids.to(input_ids.device))
 
 
 def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: TeacherLogitCache | None) -> None:

@@ -145,3 +145,11 @@ def test_pseudo_labels_fill_only_confident_unlabelled_candidates():
     out = pseudo_labels(labels, logits, candidates, threshold=0.9)
     assert out.tolist() == [0, -100, -100, 0]  # unsure row stays unlabelled; non-candidate untouched; label kept
     assert pseudo_labels(None, logits, torch.ones(4, dtype=torch.bool), 0.5).tolist() == [0, 1, 1, 1]
+
+
+def test_feature_losses_refuse_an_empty_layer_map():
+    states = _states(0, 2, (1, 3, 4))
+    with pytest.raises(ValueError, match="The layer map is empty"):
+        hidden_state_loss(states, states, {}, torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="The layer map is empty"):
+        attention_kl([torch.rand(1, 2, 3, 3)], [torch.rand(1, 2, 3, 3)], {}, torch.ones(1, 3, dtype=torch.bool))
