@@ -4,13 +4,16 @@
     python benchmarks/robustness.py                                   # both tasks
     python benchmarks/robustness.py --tasks ner --methods fgm         # a subset
     python benchmarks/robustness.py --quick                           # smoke run on the --quick benchmark models
+    python benchmarks/robustness.py --tasks sst2 --methods fgm,freelb,fgm_typo,freelb_typo   # with typo views
 
 Models: `teacher`, `student_plain`, `student_kd` (from the core benchmarks' cache) and `student_adv_kd`, the best on
 dev of the adversarial candidates (`--methods`), each trained like `student_kd` (same initialisation from the
-teacher, same KD settings and epochs) plus embedding-space adversarial distillation (`adv_objective="kd"`).
-The candidate with the highest dev score under embedding PGD at the smaller epsilon is chosen, among those whose clean
-dev score is within 1 point of `student_kd`'s. Embedding PGD is run on a seeded subset (`--pgd_samples`) of dev and
-test to fit a CPU budget; the other measurements use the whole test split.
+teacher, same KD settings and epochs) plus embedding-space adversarial distillation (`adv_objective="kd"`). The
+`*_typo` candidates (sequence classification) also train the student on typo-noised text for half of the rows while
+the teacher labels the clean text (`hf_distill.add_noisy_view`, noise seeded apart from the evaluation's).
+The candidate with the highest mean of dev embedding PGD at the smaller epsilon and dev typos is chosen, among those
+whose clean dev score is within 1 point of `student_kd`'s. Embedding PGD is run on a seeded subset (`--pgd_samples`)
+of dev and test to fit a CPU budget; the other measurements use the whole split.
 
 Measured on test for each model: the clean score; embedding-space PGD against the model itself at two epsilons
 (`hf_distill.evaluate_robustness`); character typos on 20% of the words; for NER, entity swaps (mentions replaced by
@@ -46,7 +49,14 @@ from transformers import (
     set_seed,
 )
 
-from hf_distill import DistillationArguments, DistillationTrainer, create_student, evaluate_robustness
+from hf_distill import (
+    DistillationArguments,
+    DistillationTrainer,
+    add_noisy_view,
+    create_student,
+    evaluate_robustness,
+    typo_noise,
+)
 from hf_distill.adversarial import AttackSettings
 from hf_distill.text_attacks import (
     attack_accuracy,
@@ -62,12 +72,21 @@ logger = logging.getLogger("benchmarks.robustness")
 # Adversarial settings of each candidate, K kept small for CPU. MiniLM's word embeddings have a per-token norm of
 # about 1.1, and an SST-2 phrase hinges on one or two words: a per-example budget of 1.0 (the usual BERT-base value)
 # can erase the decisive word, and FGM at ε = 1.0 collapsed the SST-2 student to chance. Budgets are scaled down.
+# A `noisy_view` candidate (sequence classification only) also trains the student on typo-noised text while the
+# teacher reads the clean text (`hf_distill.add_noisy_view`): embedding-space noise does not reach the sub-word
+# changes that a typo makes.
 METHODS = {
     "fgm": {"adversarial": "fgm", "adv_epsilon": 0.3},
     "pgd": {"adversarial": "pgd", "adv_epsilon": 0.3, "adv_step_size": 0.15, "adv_steps": 2},
     "freelb": {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2,
                "adv_init_scale": 0.05},
+    "fgm_typo": {"adversarial": "fgm", "adv_epsilon": 0.3, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
+    "freelb_typo": {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2,
+                    "adv_init_scale": 0.05, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
 }
+SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
+                  "embedding PGD (smaller epsilon) and dev typos")
+NOISY_VIEW_SEED = 1000  # the training noise's seed; the evaluation typos are seeded from --seed
 COMMON_ADV = {"adv_objective": "kd", "adv_weight": 1.0, "adv_start_step": 50}
 
 
@@ -112,10 +131,10 @@ def pgd(model, dataset, data, metric, epsilon, steps, seed):
 
 # ---- text-level perturbations of the test split ---------------------------------------------------------------
 
-def ner_perturbed_sets(data, tokenizer, max_length, typo_rate, seed):
-    """Test sets with typos everywhere, typos in the context only, and entity swaps (all seeded)."""
+def ner_perturbed_sets(data, tokenizer, max_length, typo_rate, seed, split="test"):
+    """Copies of `split` with typos everywhere, typos in the context only, and entity swaps (all seeded)."""
     names = data["label_names"]
-    test = data["raw"]["test"]
+    test = data["raw"][split]
     pool = collect_entity_pool(data["raw"]["train"], label_names=names)
     to_id = {n: i for i, n in enumerate(names)}
     variants = {"typos": [], "context_typos": [], "entity_swap": []}
@@ -132,8 +151,9 @@ def ner_perturbed_sets(data, tokenizer, max_length, typo_rate, seed):
     return sets
 
 
-def sst2_perturbed_sets(data, tokenizer, max_length, typo_rate, seed):
-    test = data["raw"]["test"]
+def sst2_perturbed_sets(data, tokenizer, max_length, typo_rate, seed, split="test"):
+    """A copy of `split` with typos (seeded)."""
+    test = data["raw"][split]
     sentences = [" ".join(perturb_characters(s.split(), typo_rate, seed + i)) for i, s in enumerate(test["sentence"])]
     raw = Dataset.from_dict({"sentence": sentences, "label": test["label"]})
     return {"typos": sst2.tokenize(raw, tokenizer, max_length)}
@@ -152,7 +172,25 @@ def word_attack(model, tokenizer, data, samples, seed, max_length):
 
 # ---- training the adversarial candidates --------------------------------------------------------------------------
 
-def train_candidate(task_name, method, teacher, data, tokenizer, kd_settings, setup, seed, quick):
+def adv_settings(method):
+    """A candidate's `DistillationArguments` fields (its `noisy_view`, a data setting, left out)."""
+    return {k: v for k, v in METHODS[method].items() if k != "noisy_view"}
+
+
+def candidate_train_set(task, method, data, tokenizer, max_length):
+    """The training set of a candidate: the core benchmark's, or for a `noisy_view` candidate the same raw rows
+    with typos in the student's view of half of them and the clean text in the teacher's."""
+    view = METHODS[method].get("noisy_view")
+    if view is None:
+        return data["train"]
+    if task == "ner":
+        raise SystemExit(f"`{method}` trains on a noisy teacher view, which is for sequence classification only; "
+                         "leave it out of --methods for ner.")
+    return add_noisy_view(data["raw"]["train"], tokenizer, text_column="sentence", noise=typo_noise(view["typo_rate"]),
+                          probability=view["probability"], seed=NOISY_VIEW_SEED, max_length=max_length)
+
+
+def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_settings, setup, seed, quick):
     out = CACHE_DIR / task_name / f"adv_{method}"
     auto = AutoModelForTokenClassification if "ner" in task_name else AutoModelForSequenceClassification
     if (out / "config.json").exists():
@@ -165,10 +203,10 @@ def train_candidate(task_name, method, teacher, data, tokenizer, kd_settings, se
         per_device_train_batch_size=setup["batch_size"], per_device_eval_batch_size=64, warmup_steps=0.1,
         weight_decay=0.01, seed=seed, data_seed=seed, train_sampling_strategy="group_by_length", logging_steps=50,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
-        **{**kd_settings, **COMMON_ADV, **METHODS[method], **({"adv_start_step": 2} if quick else {})},
+        **{**kd_settings, **COMMON_ADV, **adv_settings(method), **({"adv_start_step": 2} if quick else {})},
     )
     trainer = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
-                                  train_dataset=data["train"], data_collator=data["collator"],
+                                  train_dataset=train_set, data_collator=data["collator"],
                                   processing_class=tokenizer)
     start = time.perf_counter()
     metrics = trainer.train().metrics
@@ -184,7 +222,7 @@ def step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, seed, s
     """Seconds per optimizer step of each adversarial method over plain KD, interleaved so noise falls alike."""
     trainers = {}
     for name in ["kd", *methods]:
-        adv = {**COMMON_ADV, **METHODS[name], "adv_start_step": 0} if name != "kd" else {}
+        adv = {**COMMON_ADV, **adv_settings(name), "adv_start_step": 0} if name != "kd" else {}
         args = DistillationArguments(
             output_dir=tempfile.mkdtemp(prefix=f"overhead_{name}_"), max_steps=steps,
             per_device_train_batch_size=setup["batch_size"], learning_rate=setup["learning_rate"], seed=seed,
@@ -239,29 +277,32 @@ def run_task(task, args, tokenizer):
 
     # ---- candidates, chosen on dev ----
     methods = args.methods.split(",")
-    selection = {"student_kd": {"dev_clean": score(models["student_kd"], data["dev"], data, metric, args.seed),
-                                "dev_pgd": pgd(models["student_kd"], dev_pgd, data, metric, eps[0], steps,
-                                               args.seed)}}
+    perturb = ner_perturbed_sets if task == "ner" else sst2_perturbed_sets
+    dev_typos = perturb(data, tokenizer, max_length, args.typo_rate, args.seed, split="dev")["typos"]
+
+    def dev_scores(model):
+        return {"dev_clean": score(model, data["dev"], data, metric, args.seed),
+                "dev_pgd": pgd(model, dev_pgd, data, metric, eps[0], steps, args.seed),
+                "dev_typos": score(model, dev_typos, data, metric, args.seed)}
+
+    selection = {"student_kd": dev_scores(models["student_kd"])}
     candidates = {}
     for method in methods:
-        model, record = train_candidate(name, method, models["teacher"], data, tokenizer, kd_settings, setup,
-                                        args.seed, quick)
+        train_set = candidate_train_set(task, method, data, tokenizer, max_length)
+        model, record = train_candidate(name, method, models["teacher"], train_set, data, tokenizer, kd_settings,
+                                        setup, args.seed, quick)
         candidates[method] = model.eval()
-        selection[method] = {
-            "dev_clean": score(model, data["dev"], data, metric, args.seed),
-            "dev_pgd": pgd(model, dev_pgd, data, metric, eps[0], steps, args.seed),
-            "train_samples_per_second": record["train_samples_per_second"],
-        }
+        selection[method] = {**dev_scores(model), "train_samples_per_second": record["train_samples_per_second"]}
         logger.info("%s %s candidate %s: %s", task, method, record, selection[method])
     floor = selection["student_kd"]["dev_clean"] - 1.0
     eligible = [m for m in methods if selection[m]["dev_clean"] >= floor] or methods
-    best = max(eligible, key=lambda m: selection[m]["dev_pgd"])
+    best = max(eligible, key=lambda m: selection[m]["dev_pgd"] + selection[m]["dev_typos"])
     models["student_adv_kd"] = candidates[best]
     selection["chosen"] = best
+    selection["rule"] = SELECTION_RULE
 
     # ---- test ----
-    perturbed = (ner_perturbed_sets if task == "ner" else sst2_perturbed_sets)(
-        data, tokenizer, max_length, args.typo_rate, args.seed)
+    perturbed = perturb(data, tokenizer, max_length, args.typo_rate, args.seed)
     table = {}
     for role, model in models.items():
         row = {"clean": score(model, data["test"], data, metric, args.seed)}
@@ -301,7 +342,7 @@ def main():
                                         rounds)
         payload["overhead"] = ratios
         payload["overhead_seconds_per_step"] = {k: round(v, 4) for k, v in seconds.items()}
-        payload["passes"] = {m: AttackSettings(method=m, epsilon=1.0, step_size=METHODS[m].get("adv_step_size", 0.3),
+        payload["passes"] = {m: AttackSettings(method=METHODS[m]["adversarial"], epsilon=1.0, step_size=METHODS[m].get("adv_step_size", 0.3),
                                                steps=METHODS[m].get("adv_steps", 1)).passes for m in methods}
         payload["overhead_task"] = args.tasks.split(",")[0]
     payload[f"setup_{args.tasks.replace(',', '_')}"] = {"epsilons": args.epsilons, "pgd_steps": args.pgd_steps, "pgd_samples": args.pgd_samples,

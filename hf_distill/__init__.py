@@ -30,6 +30,7 @@ from .schedules import scheduled_value
 from .self_distillation import ema_update
 from .student import create_student
 from .trainer import DistillationTrainer
+from .views import TeacherViewCollator, add_noisy_view, typo_noise
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "FeatureProjector",
     "Seqeval",
     "TeacherLogitCache",
+    "TeacherViewCollator",
+    "add_noisy_view",
     "attention_kl",
     "augment_input_ids",
     "build_model_card",
@@ -67,5 +70,6 @@ __all__ = [
     "soft_kl",
     "token_classification_metrics",
     "tokenize_and_align_labels",
+    "typo_noise",
     "uniform_layer_map",
 ]

@@ -91,6 +91,7 @@ def build_model_card(
     license: str = "apache-2.0",
     tags: list[str] | None = None,
     language: str | None = None,
+    teacher_view: bool = False,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -104,6 +105,8 @@ def build_model_card(
         evaluation: `{"student": {metric: value}, "teacher": {...}}`, plus optionally
             `{"speed": {"student_latency_ms": .., "teacher_latency_ms": ..}}`.
         license, tags, language: card metadata; the tags `distillation`, `hf-distill` and the task are always set.
+        teacher_view: whether the student trained on a noisy view of the text while the teacher read the clean text
+            (`hf_distill.add_noisy_view`).
     """
     task_tag = _TASK_TAGS.get(task, task)
     all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(tags or [])]))
@@ -139,6 +142,10 @@ def build_model_card(
             "",
             _table([(name, getattr(args, name)) for name in _ADVERSARIAL_FIELDS if hasattr(args, name)]),
         ]
+    if teacher_view:
+        sections += ["", "### Noisy student inputs", "",
+                     "The student trained on a noisy view of the training text (`hf_distill.add_noisy_view`), and the "
+                     "teacher labelled the clean text of each example."]
     strategy = _strategy_rows(args)
     if strategy:
         sections += ["", "### Other distillation strategies", "", _table(strategy)]

@@ -57,11 +57,12 @@ from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective, pseu
 from .model_card import build_model_card
 from .schedules import scheduled_value
 from .self_distillation import ema_copy, ema_update
+from .views import TEACHER_VIEW_KEYS, TeacherViewCollator, has_teacher_view, teacher_view_inputs
 
 logger = logging.getLogger(__name__)
 
 # Batch entries that are for the trainer, never for the student's forward.
-_NOT_MODEL_INPUTS = ("labels", CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY)
+_NOT_MODEL_INPUTS = ("labels", CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, *TEACHER_VIEW_KEYS)
 
 PROJECTOR_FILE = "feature_projector.pt"
 EMA_TEACHER_FILE = "ema_teacher.pt"
@@ -137,6 +138,9 @@ class DistillationTrainer(Trainer):
                                                                        or []):
                 train_dataset = teacher_cache.attach(train_dataset)
         check_train_dataset(train_dataset, args.needs_labels)
+        self.teacher_view = has_teacher_view(train_dataset)
+        if self.teacher_view:
+            _check_teacher_view(self.task, args, teacher_cache, processing_class)
         check_label_range(train_dataset, num_labels)
         for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
             if split is not None:
@@ -171,6 +175,8 @@ class DistillationTrainer(Trainer):
         self.teacher_cache = teacher_cache
         if teacher_cache is not None:
             self.data_collator = CachedLogitsCollator(self.data_collator, teacher_cache)
+        if self.teacher_view:
+            self.data_collator = TeacherViewCollator(self.data_collator, processing_class)
         if args.self_distillation == "ema":
             if self.is_fsdp_enabled or self.is_deepspeed_enabled:
                 raise ValueError(
@@ -249,6 +255,7 @@ class DistillationTrainer(Trainer):
     @torch.inference_mode()
     def _teacher_forward(self, teacher: nn.Module, inputs: dict[str, Any], features: bool = False) -> Any:
         flags = self._feature_flags() if features else {}
+        inputs = teacher_view_inputs(inputs)
         return teacher(**{k: v for k, v in inputs.items() if k in self._teacher_inputs}, **flags)
 
     def _feature_flags(self) -> dict[str, bool]:
@@ -307,6 +314,8 @@ class DistillationTrainer(Trainer):
         super()._set_signature_columns_if_needed()
         if self.teacher_cache is not None and CACHE_INDEX_COLUMN not in self._signature_columns:
             self._signature_columns.append(CACHE_INDEX_COLUMN)
+        if self.teacher_view:
+            self._signature_columns += [k for k in TEACHER_VIEW_KEYS if k not in self._signature_columns]
 
     # ---- schedules and positions -------------------------------------------------------------------------------
 
@@ -374,7 +383,8 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             # Evaluation and prediction: the student alone, exactly as the stock Trainer scores it.
-            inputs = {k: v for k, v in inputs.items() if k not in (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY)}
+            inputs = {k: v for k, v in inputs.items() if k not in (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY,
+                                                                    *TEACHER_VIEW_KEYS)}
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
         features = self.args.uses_features
@@ -669,6 +679,7 @@ class DistillationTrainer(Trainer):
             license=license or "apache-2.0",
             tags=[tags] if isinstance(tags, str) else tags,
             language=language,
+            teacher_view=self.teacher_view,
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))
@@ -798,6 +809,34 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             "Augmented inputs are new inputs, so the teacher must label them online, but only a `teacher_cache` "
             "(logits of the clean inputs) was given. Pass `teacher_model` too, or turn augmentation off."
         )
+
+
+def _check_teacher_view(task: str, args: DistillationArguments, cache: TeacherLogitCache | None,
+                        tokenizer: Any) -> None:
+    """A training set with a teacher view (`views.add_noisy_view`) needs per-example teacher outputs, computed online,
+    and a tokenizer to pad the view with."""
+    if task == TOKEN_CLASSIFICATION:
+        raise ValueError(
+            "The training set has a teacher view (`teacher_input_ids`), but the student does token classification: "
+            "the two views tokenize to different lengths, so the teacher's token logits do not line up with the "
+            "student's. Use a teacher view for sequence classification only; for token-level noise that keeps the "
+            "length, use `augment_mask_prob`/`augment_replace_prob`."
+        )
+    if cache is not None:
+        raise ValueError(
+            "The training set has a teacher view (`teacher_input_ids`) for the teacher to label online, and a "
+            "`teacher_cache` was given too. Drop one: train on the noisy view with `teacher_model`, or on the "
+            "dataset the cache was built from."
+        )
+    if args.uses_features:
+        raise ValueError(
+            "Hidden-state and attention distillation compare the two models token by token, but with a teacher view "
+            "(`teacher_input_ids`) they read different tokens. Set `hidden_distill_weight=0` and "
+            "`attention_distill_weight=0`, or train without the teacher view."
+        )
+    if tokenizer is None or not hasattr(tokenizer, "pad"):
+        raise ValueError("The training set has a teacher view (`teacher_input_ids`), which the trainer pads with the "
+                         "tokenizer: pass `processing_class=tokenizer`.")
 
 
 def _use_eager_attention(models: list[nn.Module]) -> None:

@@ -1,0 +1,142 @@
+"""A teacher view: the teacher reads the clean text while the student reads a noisy copy of it.
+
+Distillation that should make the student robust to noisy text (typos, say) needs two inputs per example: the
+student trains on the perturbed text, and the teacher, which was never trained on noise, labels the clean text it
+understands. A row with a teacher view carries the student's `input_ids` (and mask) as usual plus the teacher's own
+`teacher_input_ids` (and `teacher_attention_mask`, `teacher_token_type_ids`). `DistillationTrainer` feeds the
+teacher view to the teacher whenever a batch has one, and pads it with `TeacherViewCollator`.
+
+The two texts tokenize to different lengths, so the views only line up per example: a teacher view is for sequence
+classification. (Token-level noise that keeps the length, `augment_*_prob`, works for token classification.)
+
+The noise is drawn once, when the dataset is built, seeded per row: a run, its resume and a rerun see the same
+noisy rows, with no extra RNG state in checkpoints.
+
+References:
+    Goldblum et al. (2020), "Adversarially Robust Distillation": the student on perturbed inputs is matched to the
+        teacher on clean ones.
+    Xie et al. (2020), "Self-training with Noisy Student": noise on the student's inputs only.
+    Belinkov & Bisk (2018), "Synthetic and Natural Noise Both Break Neural Machine Translation": training on noise
+        is what makes a model robust to it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .text_attacks import TYPO_KINDS, perturb_characters
+
+TEACHER_VIEW_PREFIX = "teacher_"
+TEACHER_VIEW_KEYS = ("teacher_input_ids", "teacher_attention_mask", "teacher_token_type_ids")
+"""Batch entries that hold the teacher's view of each example; never given to the student."""
+
+TextNoise = Callable[[str, random.Random], str]
+"""A text perturbation: `(text, rng) -> noisy text`, drawing only from `rng`."""
+
+
+def has_teacher_view(dataset: Any) -> bool:
+    """Whether `dataset` (a `datasets.Dataset` or anything with `column_names`) carries `teacher_input_ids`."""
+    return TEACHER_VIEW_KEYS[0] in (getattr(dataset, "column_names", None) or [])
+
+
+def teacher_view_inputs(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The inputs the teacher reads: the teacher view under the model's usual names when the batch has one (with
+    whatever else the batch holds), else `inputs` itself."""
+    if TEACHER_VIEW_KEYS[0] not in inputs:
+        return inputs
+    view = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
+    view.update({k[len(TEACHER_VIEW_PREFIX):]: inputs[k] for k in TEACHER_VIEW_KEYS if k in inputs})
+    return view
+
+
+def typo_noise(rate: float = 0.2, kinds: Sequence[str] = TYPO_KINDS) -> TextNoise:
+    """A `TextNoise` that puts one character typo (swap, delete, insert, keyboard neighbour) into each of a fraction
+    `rate` of the whitespace-separated words (`text_attacks.perturb_characters`)."""
+    perturb_characters([], rate, 0, kinds)  # validate rate and kinds now, not on the first row
+
+    def noise(text: str, rng: random.Random) -> str:
+        return " ".join(perturb_characters(text.split(), rate, rng, kinds))
+
+    return noise
+
+
+def add_noisy_view(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    text_column: str,
+    noise: TextNoise,
+    probability: float = 0.5,
+    seed: int = 0,
+    max_length: int | None = None,
+    text_pair_column: str | None = None,
+) -> Any:
+    """Tokenize a text-classification `dataset` into a student view and a clean teacher view.
+
+    Row i gets noise with probability `probability`, drawn from `random.Random(f"{seed}:{i}")`: its `input_ids`
+    (and mask, type ids) come from `noise(text, rng)`, its `teacher_*` columns from the clean text. Other rows get the
+    clean text in both views. The text columns are removed; the rest (the labels) is kept.
+
+    Args:
+        dataset: a `datasets.Dataset` with the raw text in `text_column` (and `text_pair_column`, for pairs).
+        tokenizer: the student's tokenizer, which is also the teacher's (`DistillationTrainer` checks this).
+        text_column: the column holding the text.
+        noise: the perturbation, e.g. `typo_noise(0.2)`; it must draw only from the `rng` it is given.
+        probability: the fraction of rows in [0, 1] whose student view is noisy.
+        seed: seeds every row's draws.
+        max_length: truncation length of both views (default: the tokenizer's).
+        text_pair_column: the second text of a pair task; it gets its own noise from the same row generator.
+
+    Returns:
+        The tokenized dataset, ready for `DistillationTrainer` (which pads the teacher view itself).
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"`probability` must be in [0, 1], got {probability}.")
+    columns = getattr(dataset, "column_names", None) or []
+    for name in (text_column, text_pair_column):
+        if name is not None and name not in columns:
+            raise ValueError(f"`{name}` is not a column of the dataset (columns: {columns}). Pass the column that "
+                             "holds the raw text, before tokenization.")
+    if TEACHER_VIEW_KEYS[0] in columns or "input_ids" in columns:
+        raise ValueError(f"The dataset is already tokenized (columns: {columns}); `add_noisy_view` tokenizes the raw "
+                         f"text of `{text_column}` itself.")
+    text_columns = [c for c in (text_column, text_pair_column) if c is not None]
+
+    def encode(texts: list[list[str]]) -> dict[str, list]:
+        return dict(tokenizer(*texts, truncation=True, max_length=max_length))
+
+    def build(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        clean = [batch[c] for c in text_columns]
+        noisy = [list(column) for column in clean]
+        for j, i in enumerate(indices):
+            rng = random.Random(f"{seed}:{i}")
+            if rng.random() < probability:
+                for column in noisy:
+                    column[j] = noise(column[j], rng)
+        student, teacher = encode(noisy), encode(clean)
+        return {**student, **{TEACHER_VIEW_PREFIX + k: v for k, v in teacher.items()}}
+
+    return dataset.map(build, batched=True, with_indices=True, remove_columns=text_columns)
+
+
+class TeacherViewCollator:
+    """Wraps a data collator: the student's entries go through it, and the teacher view (`teacher_input_ids`, ...) is
+    padded on its own with the tokenizer, as the teacher's batch. Batches without a teacher view pass through.
+    `DistillationTrainer` installs it when the training set has a teacher view."""
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], tokenizer: Any):
+        self.collator = collator
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features or TEACHER_VIEW_KEYS[0] not in features[0]:
+            return self.collator(features)
+        student = [{k: v for k, v in f.items() if k not in TEACHER_VIEW_KEYS} for f in features]
+        teacher = [{k[len(TEACHER_VIEW_PREFIX):]: f[k] for k in TEACHER_VIEW_KEYS if k in f} for f in features]
+        batch = self.collator(student)
+        padded = self.tokenizer.pad(teacher, return_tensors="pt")
+        for key, value in padded.items():
+            batch[TEACHER_VIEW_PREFIX + key] = value
+        return batch

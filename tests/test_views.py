@@ -1,0 +1,216 @@
+"""Teacher views: the student trains on noisy text while the teacher reads the clean text (`hf_distill.views`)."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_sequence_model
+from datasets import Dataset
+from test_trainer import NO_DROPOUT, SENTENCES, make_args, ner_dataset
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+from hf_distill import DistillationTrainer, TeacherViewCollator, add_noisy_view, build_model_card, soft_kl, typo_noise
+from hf_distill.views import teacher_view_inputs
+
+
+def prefix_noise(text, rng):
+    """A noise whose effect is known exactly: one extra word, drawn from the row's generator."""
+    return rng.choice(["awful", "great"]) + " " + text
+
+
+def raw_sentences(n=6):
+    return Dataset.from_dict({"sentence": [SENTENCES[i % len(SENTENCES)] for i in range(n)],
+                              "label": [i % 2 for i in range(n)]})
+
+
+def noisy_dataset(tokenizer, **kwargs):
+    return add_noisy_view(raw_sentences(), tokenizer, text_column="sentence",
+                          **{"noise": prefix_noise, "probability": 1.0, "seed": 3, **kwargs})
+
+
+# ---- building the views ----------------------------------------------------------------------------------------
+
+
+def test_student_view_is_noisy_and_teacher_view_is_clean(tokenizer):
+    data = noisy_dataset(tokenizer)
+    assert set(data.column_names) == {"label", "input_ids", "token_type_ids", "attention_mask", "teacher_input_ids",
+                                      "teacher_token_type_ids", "teacher_attention_mask"}
+    for i, row in enumerate(data):
+        clean = tokenizer(SENTENCES[i])["input_ids"]
+        assert row["teacher_input_ids"] == clean
+        # The student's text is the clean text with one word in front, drawn from the row's own generator.
+        rng = random.Random(f"3:{i}")
+        rng.random()  # the draw that decided the row is noisy
+        assert row["input_ids"] == tokenizer(prefix_noise(SENTENCES[i], rng))["input_ids"]
+        assert len(row["input_ids"]) == len(clean) + 1
+
+
+def test_probability_picks_a_seeded_share_of_rows(tokenizer):
+    def noisy_rows(seed, probability):
+        data = add_noisy_view(raw_sentences(60), tokenizer, text_column="sentence", noise=prefix_noise,
+                              probability=probability, seed=seed)
+        return [i for i, row in enumerate(data) if row["input_ids"] != row["teacher_input_ids"]]
+
+    half = noisy_rows(0, 0.5)
+    assert half == noisy_rows(0, 0.5)  # reproducible
+    assert half != noisy_rows(1, 0.5)  # and seeded
+    assert 15 < len(half) < 45
+    assert noisy_rows(0, 0.0) == []
+    assert len(noisy_rows(0, 1.0)) == 60
+
+
+def test_typo_noise_is_seeded_and_changes_the_requested_share_of_words():
+    noise = typo_noise(0.5)
+    text = "the movie was great and the plot was awful"
+    assert noise(text, random.Random(7)) == noise(text, random.Random(7))
+    changed = [a != b for a, b in zip(text.split(), noise(text, random.Random(7)).split(), strict=True)]
+    assert sum(changed) == 5  # half of the 9 words (each has two letters or more), rounded half up
+    with pytest.raises(ValueError, match="rate"):
+        typo_noise(1.5)
+
+
+def test_pairs_get_noise_in_both_texts(tokenizer):
+    raw = Dataset.from_dict({"a": ["john lives in paris ."], "b": ["mary works"], "label": [1]})
+    row = add_noisy_view(raw, tokenizer, text_column="a", text_pair_column="b", noise=prefix_noise,
+                         probability=1.0)[0]
+    assert row["teacher_input_ids"] == tokenizer("john lives in paris .", "mary works")["input_ids"]
+    assert len(row["input_ids"]) == len(row["teacher_input_ids"]) + 2
+    assert row["token_type_ids"].count(1) == row["teacher_token_type_ids"].count(1) + 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"text_column": "text"}, r"`text` is not a column.*\['sentence', 'label'\]"),
+        ({"probability": 1.5}, r"`probability` must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_add_noisy_view_errors(tokenizer, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        add_noisy_view(raw_sentences(), tokenizer, **{"text_column": "sentence", "noise": prefix_noise, **kwargs})
+
+
+def test_add_noisy_view_refuses_tokenized_data(tokenizer):
+    tokenized = raw_sentences().map(lambda b: tokenizer(b["sentence"]), batched=True)
+    with pytest.raises(ValueError, match="already tokenized"):
+        add_noisy_view(tokenized, tokenizer, text_column="sentence", noise=prefix_noise)
+
+
+def test_collator_pads_each_view_on_its_own(tokenizer):
+    data = noisy_dataset(tokenizer)
+    batch = TeacherViewCollator(DataCollatorWithPadding(tokenizer), tokenizer)([data[0], data[3]])
+    assert batch["input_ids"].shape == (2, max(len(data[0]["input_ids"]), len(data[3]["input_ids"])))
+    assert batch["teacher_input_ids"].shape == (2, max(len(data[0]["teacher_input_ids"]),
+                                                      len(data[3]["teacher_input_ids"])))
+    assert batch["teacher_input_ids"][0, : len(data[0]["teacher_input_ids"])].tolist() == data[0]["teacher_input_ids"]
+    assert batch["teacher_attention_mask"].sum(1).tolist() == [len(data[0]["teacher_input_ids"]),
+                                                               len(data[3]["teacher_input_ids"])]
+    # Without a teacher view the wrapped collator's batch comes through untouched.
+    plain = TeacherViewCollator(DataCollatorWithPadding(tokenizer), tokenizer)([tokenizer(SENTENCES[0])])
+    assert set(plain) == {"input_ids", "token_type_ids", "attention_mask"}
+
+
+def test_teacher_view_inputs_renames_the_view_and_keeps_the_rest():
+    ids, view = torch.tensor([[1]]), torch.tensor([[2]])
+    out = teacher_view_inputs({"input_ids": ids, "attention_mask": ids, "teacher_input_ids": view,
+                               "teacher_attention_mask": view, "labels": ids})
+    assert out["input_ids"] is view and out["attention_mask"] is view and out["labels"] is ids
+    plain = {"input_ids": ids}
+    assert teacher_view_inputs(plain) is plain
+
+
+# ---- the trainer ----------------------------------------------------------------------------------------------
+
+
+def view_trainer(tokenizer, tmp_path, data=None, **kwargs):
+    student = tiny_sequence_model(tokenizer, seed=1, **NO_DROPOUT)
+    # A wide initialisation, so that the teacher's logits depend visibly on its input.
+    teacher = tiny_sequence_model(tokenizer, seed=2, initializer_range=0.5, **NO_DROPOUT)
+    return DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path, **{"alpha": 0.7, **kwargs}),
+        train_dataset=data if data is not None else noisy_dataset(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+    )
+
+
+def test_loss_compares_student_on_noise_with_teacher_on_clean_text(tokenizer, tmp_path):
+    trainer = view_trainer(tokenizer, tmp_path)
+    data = noisy_dataset(tokenizer)
+    batch = trainer.data_collator([data[i] for i in range(3)])
+    batch["labels"] = batch.pop("label") if "label" in batch else batch["labels"]
+    student, teacher = trainer.model, trainer.teacher_model
+    student.train()
+    loss = trainer.compute_loss(student, dict(batch))
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"]).logits
+        t = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                    token_type_ids=batch["teacher_token_type_ids"]).logits
+        t_noisy = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = 0.7 * soft_kl(s, t, 2.0).mean() + 0.3 * F.cross_entropy(s, batch["labels"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    wrong = 0.7 * soft_kl(s, t_noisy, 2.0).mean() + 0.3 * F.cross_entropy(s, batch["labels"])
+    assert abs(wrong.item() - expected.item()) > 1e-4  # the check above can tell the two views apart
+
+
+@pytest.mark.parametrize("adversarial", ["none", "fgm"])
+def test_training_feeds_the_teacher_the_clean_view_only(tokenizer, tmp_path, adversarial):
+    trainer = view_trainer(tokenizer, tmp_path, adversarial=adversarial, adv_epsilon=0.5)
+    seen = []
+    trainer.teacher_model.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
+    teacher_before = {k: v.clone() for k, v in trainer.teacher_model.state_dict().items()}
+    student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    clean = {tuple(tokenizer(s)["input_ids"]) for s in SENTENCES}
+    assert len(seen) == 3
+    for ids in seen:
+        for row in ids.tolist():
+            assert tuple(t for t in row if t != tokenizer.pad_token_id) in clean
+    assert all(torch.equal(v, trainer.teacher_model.state_dict()[k]) for k, v in teacher_before.items())
+    assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in student_before.items())
+    assert all("kd_loss" in h for h in trainer.state.log_history if "loss" in h)
+
+
+def test_evaluation_on_a_dataset_with_a_teacher_view_scores_the_student_view(tokenizer, tmp_path):
+    trainer = view_trainer(tokenizer, tmp_path)
+    data = noisy_dataset(tokenizer)
+    metrics = trainer.evaluate(data)
+    batch = DataCollatorWithPadding(tokenizer)([{k: v for k, v in r.items() if not k.startswith("teacher_")}
+                                                for r in data])
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = F.cross_entropy(trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits,
+                                   batch["labels"])
+    assert metrics["eval_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_error_teacher_view_with_token_classification(tokenizer, tmp_path):
+    from conftest import tiny_token_model
+
+    data = ner_dataset(tokenizer).add_column("teacher_input_ids", ner_dataset(tokenizer)["input_ids"])
+    with pytest.raises(ValueError, match="token classification.*augment_mask_prob"):
+        DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=tiny_token_model(tokenizer),
+                            args=make_args(tmp_path), train_dataset=data,
+                            data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer)
+
+
+def test_error_teacher_view_with_feature_distillation(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="hidden_distill_weight=0"):
+        view_trainer(tokenizer, tmp_path, hidden_distill_weight=1.0)
+
+
+def test_error_teacher_view_without_tokenizer(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="processing_class=tokenizer"):
+        DistillationTrainer(model=tiny_sequence_model(tokenizer), teacher_model=tiny_sequence_model(tokenizer),
+                            args=make_args(tmp_path), train_dataset=noisy_dataset(tokenizer),
+                            data_collator=DataCollatorWithPadding(tokenizer))
+
+
+def test_model_card_says_the_student_read_noisy_text(tokenizer, tmp_path):
+    trainer = view_trainer(tokenizer, tmp_path)
+    trainer.save_model(str(tmp_path / "export"))
+    assert "noisy view of the training text" in (tmp_path / "export" / "README.md").read_text()
+    card = str(build_model_card(task="sequence_classification", teacher="t", args=make_args(tmp_path)))
+    assert "Noisy student inputs" not in card
