@@ -14,6 +14,8 @@ How the pieces fit:
 - Strategies beyond logits are wired in here but computed elsewhere: feature losses in `features.py` (the trainer
   owns the projection and checkpoints it), ensembles in `ensemble.py`, the EMA teacher in `self_distillation.py`,
   augmentation in `augment.py`, pseudo-labels in `losses.py`.
+- A training set built by `views.add_noisy_view` carries a teacher view (`teacher_input_ids`, ...): the student trains
+  on the noisy text, the teacher reads the clean text, and `views.TeacherViewCollator` pads each view on its own.
 """
 
 from __future__ import annotations
