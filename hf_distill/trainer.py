@@ -63,8 +63,9 @@ from .views import TEACHER_VIEW_KEYS, TeacherViewCollator, has_teacher_view, tea
 
 logger = logging.getLogger(__name__)
 
-# Batch entries that are for the trainer, never for the student's forward.
-_NOT_MODEL_INPUTS = ("labels", CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, *TEACHER_VIEW_KEYS)
+# Batch entries that only the trainer reads (the teacher's side of the batch), and those never given to the student.
+_TEACHER_SIDE = (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, *TEACHER_VIEW_KEYS)
+_NOT_MODEL_INPUTS = ("labels", *_TEACHER_SIDE)
 
 PROJECTOR_FILE = "feature_projector.pt"
 EMA_TEACHER_FILE = "ema_teacher.pt"
@@ -385,8 +386,7 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             # Evaluation and prediction: the student alone, exactly as the stock Trainer scores it.
-            inputs = {k: v for k, v in inputs.items() if k not in (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY,
-                                                                    *TEACHER_VIEW_KEYS)}
+            inputs = {k: v for k, v in inputs.items() if k not in _TEACHER_SIDE}
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
         features = self.args.uses_features
