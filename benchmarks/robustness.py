@@ -83,6 +83,8 @@ METHODS = {
     "fgm_typo": {"adversarial": "fgm", "adv_epsilon": 0.3, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
     "freelb_typo": {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2,
                     "adv_init_scale": 0.05, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
+    "freelb_typo_all": {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2,
+                        "adv_init_scale": 0.05, "noisy_view": {"typo_rate": 0.2, "probability": 1.0}},
 }
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos")
