@@ -75,16 +75,15 @@ logger = logging.getLogger("benchmarks.robustness")
 # A `noisy_view` candidate (sequence classification only) also trains the student on typo-noised text while the
 # teacher reads the clean text (`hf_distill.add_noisy_view`): embedding-space noise does not reach the sub-word
 # changes that a typo makes.
+_FREELB = {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2, "adv_init_scale": 0.05}
+_FGM = {"adversarial": "fgm", "adv_epsilon": 0.3}
 METHODS = {
-    "fgm": {"adversarial": "fgm", "adv_epsilon": 0.3},
+    "fgm": _FGM,
     "pgd": {"adversarial": "pgd", "adv_epsilon": 0.3, "adv_step_size": 0.15, "adv_steps": 2},
-    "freelb": {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2,
-               "adv_init_scale": 0.05},
-    "fgm_typo": {"adversarial": "fgm", "adv_epsilon": 0.3, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
-    "freelb_typo": {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2,
-                    "adv_init_scale": 0.05, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
-    "freelb_typo_all": {"adversarial": "freelb", "adv_epsilon": 0.5, "adv_step_size": 0.15, "adv_steps": 2,
-                        "adv_init_scale": 0.05, "noisy_view": {"typo_rate": 0.2, "probability": 1.0}},
+    "freelb": _FREELB,
+    "fgm_typo": {**_FGM, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
+    "freelb_typo": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
+    "freelb_typo_all": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0}},
 }
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos")
