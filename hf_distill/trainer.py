@@ -383,9 +383,16 @@ class DistillationTrainer(Trainer):
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
         return batch_samples, counts
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Evaluation and prediction score the student alone, exactly as the stock Trainer does. The teacher's side of
+        # a batch goes first: without labels the stock step calls the model directly, and a forward that takes
+        # **kwargs would accept the teacher's columns silently.
+        inputs = {k: v for k, v in inputs.items() if k not in _TEACHER_SIDE}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
-            # Evaluation and prediction: the student alone, exactly as the stock Trainer scores it.
+            # Evaluation and prediction: the student alone (see `prediction_step`).
             inputs = {k: v for k, v in inputs.items() if k not in _TEACHER_SIDE}
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}

@@ -214,3 +214,21 @@ def test_model_card_says_the_student_read_noisy_text(tokenizer, tmp_path):
     assert "noisy view of the training text" in (tmp_path / "export" / "README.md").read_text()
     card = str(build_model_card(task="sequence_classification", teacher="t", args=make_args(tmp_path)))
     assert "Noisy student inputs" not in card
+
+
+def test_predict_on_unlabeled_data_with_a_teacher_view_reads_the_student_view(tokenizer, tmp_path):
+    # With no labels the stock prediction step calls the model itself: the teacher's columns must not reach it (a
+    # forward that takes **kwargs would accept them silently and pass them on).
+    trainer = view_trainer(tokenizer, tmp_path)
+    data = noisy_dataset(tokenizer).remove_columns("label")
+    seen = []
+    hook = trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    logits = trainer.predict(data).predictions
+    hook.remove()
+    assert seen and not any(key.startswith("teacher_") for keys in seen for key in keys), seen
+    batch = DataCollatorWithPadding(tokenizer)([{k: v for k, v in r.items() if not k.startswith("teacher_")}
+                                                for r in data])
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(**batch).logits
+    torch.testing.assert_close(torch.as_tensor(logits), expected, rtol=1e-5, atol=1e-6)
