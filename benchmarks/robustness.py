@@ -84,6 +84,12 @@ METHODS = {
     "fgm_typo": {**_FGM, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
     "freelb_typo": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 0.5}},
     "freelb_typo_all": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0}},
+    # Heavier training typos than the 20% that is evaluated, and a lighter embedding budget that leaves more of the
+    # student's capacity to the typos (the embedding-PGD margin is far above its target).
+    "freelb_typo30_all": {**_FREELB, "noisy_view": {"typo_rate": 0.3, "probability": 1.0}},
+    "freelb_typo40_all": {**_FREELB, "noisy_view": {"typo_rate": 0.4, "probability": 1.0}},
+    "freelb_light_typo30_all": {**_FREELB, "adv_epsilon": 0.25, "adv_step_size": 0.08,
+                                "noisy_view": {"typo_rate": 0.3, "probability": 1.0}},
 }
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos")
