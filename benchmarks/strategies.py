@@ -3,10 +3,14 @@
     python benchmarks/strategies.py                  # every run (meant for a GPU; hours on 2 CPU cores)
     python benchmarks/strategies.py --quick          # a smoke run on a few hundred sentences
     python benchmarks/strategies.py --runs hidden_kd,attention_kd   # some runs; others in the JSON are kept
+    python benchmarks/strategies.py --results_name strategies_cpu --cache_name strategies_cpu \
+        --teacher_from .cache/ner_conll2003/teacher --kd '{"alpha": 0.95}' --runs student_kd,ensemble_kd
+                                                     # on another machine, into a file of its own
 
 Every student has 3 layers and trains for `--epochs` epochs with the same batch, learning rate and seed. Runs:
-- student_kd: logit KD as in benchmarks/ner_conll2003.py (alpha 0.8, T 2), student = teacher layers 0, 2, 4. The
-  baseline, re-run here so every figure comes from the same machine and run;
+- student_kd: logit KD as in benchmarks/ner_conll2003.py (alpha 0.8, T 2, or what `--kd` sets), student = teacher
+  layers 0, 2, 4. The baseline, re-run here so every figure comes from the same machine and run; every strategy
+  adds its own settings on top of these;
 - hidden_kd: + hidden-state MSE (uniform layer map 1:2, 2:4, 3:6), weight --hidden_weight;
 - attention_kd: + attention-map KL (same map), weight --attention_weight, student without attention dropout;
 - ensemble_kd: two teachers fine-tuned with seeds 42 and 43, their softened distributions averaged;
@@ -33,6 +37,7 @@ import logging
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import torch
 from common import (
@@ -72,6 +77,15 @@ def parse_args():
     p.add_argument("--pseudo_threshold", type=float, default=0.9)
     p.add_argument("--strict_low_label", action="store_true")
     p.add_argument("--cache_name", default=None, help="folder under benchmarks/.cache (default: per task/quick)")
+    p.add_argument("--results_name", default=None,
+                   help="results/<name>.json to write (default: strategies, or strategies_quick with --quick); give "
+                        "runs on another machine a file of their own, so that one file never mixes machines")
+    p.add_argument("--teacher_from", default=None,
+                   help="folder of a teacher already fine-tuned on the task with the same seed and epochs (e.g. "
+                        "benchmarks/.cache/ner_conll2003/teacher), used instead of fine-tuning one again")
+    p.add_argument("--kd", default="{}",
+                   help="JSON overriding the KD settings of every run, e.g. the core benchmark's chosen student_kd "
+                        "settings ('{\"alpha\": 0.95}')")
     p.add_argument("--variants", default="{}",
                    help="JSON {name: settings} of extra strategy runs: DistillationArguments fields on top of the KD "
                         "settings, plus \"teachers\": 2 for the two-teacher ensemble")
@@ -80,7 +94,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    name = "strategies_quick" if args.quick else "strategies"
+    name = args.results_name or ("strategies_quick" if args.quick else "strategies")
+    kd_settings = {**KD_SETTINGS, **json.loads(args.kd)}
     setup_logging(name)
     cache = CACHE_DIR / (args.cache_name or name)
     base_path = minilm_path()
@@ -106,7 +121,10 @@ def main():
         return rec
 
     def teacher_for(tag, seed, dataset, epochs):
-        folder = cache / tag
+        folder = Path(args.teacher_from) if tag == "teacher" and args.teacher_from else cache / tag
+        if folder == Path(args.teacher_from or "") and not (folder / "config.json").exists():
+            raise SystemExit(f"--teacher_from {folder} holds no model (no config.json): run "
+                             "benchmarks/ner_conll2003.py first, or leave --teacher_from out to fine-tune one here.")
         if (folder / "config.json").exists():
             logger.info("reusing %s", folder)
             return AutoModelForTokenClassification.from_pretrained(folder).to(device()), None
@@ -152,24 +170,24 @@ def main():
         return create_student(AutoModelForTokenClassification.from_pretrained(base_path, **label_kwargs), LAYERS)
 
     if "student_kd" in wanted or "born_again" in wanted:
-        trainer = kd("student_kd", from_teacher(), teacher, dict(KD_SETTINGS))
+        trainer = kd("student_kd", from_teacher(), teacher, dict(kd_settings))
         if "born_again" in wanted:
             previous = trainer.model.eval()
             previous.requires_grad_(False)
-            kd("born_again", from_teacher(), previous, dict(KD_SETTINGS))
+            kd("born_again", from_teacher(), previous, dict(kd_settings))
     if "hidden_kd" in wanted:
-        kd("hidden_kd", from_teacher(), teacher, {**KD_SETTINGS, "hidden_distill_weight": args.hidden_weight})
+        kd("hidden_kd", from_teacher(), teacher, {**kd_settings, "hidden_distill_weight": args.hidden_weight})
     if "attention_kd" in wanted:
         kd("attention_kd", from_teacher(attention_probs_dropout_prob=0.0), teacher,
-           {**KD_SETTINGS, "attention_distill_weight": args.attention_weight})
+           {**kd_settings, "attention_distill_weight": args.attention_weight})
     if "ensemble_kd" in wanted:
         teacher_b, rec = teacher_for("teacher_seed43", args.seed + 1, train, args.teacher_epochs)
         if rec:
             save("teacher_seed43", rec)
-        kd("ensemble_kd", from_teacher(), [teacher, teacher_b], {**KD_SETTINGS, "teacher_ensemble": "mean"})
+        kd("ensemble_kd", from_teacher(), [teacher, teacher_b], {**kd_settings, "teacher_ensemble": "mean"})
     if "ema_self" in wanted:
         # The same initial student as student_kd, but no second model: it teaches itself through its own EMA.
-        kd("ema_self", from_teacher(), None, {**KD_SETTINGS, "self_distillation": "ema", "ema_decay": args.ema_decay})
+        kd("ema_self", from_teacher(), None, {**kd_settings, "self_distillation": "ema", "ema_decay": args.ema_decay})
     for run, settings in json.loads(args.variants).items():
         settings = dict(settings)
         teachers = [teacher]
@@ -180,10 +198,10 @@ def main():
             teachers.append(teacher_b)
         overrides = {"attention_probs_dropout_prob": 0.0} if settings.get("attention_distill_weight") else {}
         kd(run, from_teacher(**overrides), None if settings.get("self_distillation") == "ema" else teachers,
-           {**KD_SETTINGS, **settings})
+           {**kd_settings, **settings})
     if "augment_kd" in wanted:
         kd("augment_kd", from_teacher(), teacher,
-           {**KD_SETTINGS, "augment_mask_prob": 0.1, "augment_replace_prob": 0.05})
+           {**kd_settings, "augment_mask_prob": 0.1, "augment_replace_prob": 0.05})
 
     low = [r for r in ("low_label_kd", "student_10pct", "low_label_kd_strict") if r in wanted]
     if low:
@@ -192,7 +210,7 @@ def main():
         labeled = shuffled.select(range(n_labeled))
         unlabeled = shuffled.select(range(n_labeled, len(train))).remove_columns("labels")
         mixed = mix_unlabeled(labeled, unlabeled)
-        low_settings = {**KD_SETTINGS, "distill_positions": "all_subwords",
+        low_settings = {**kd_settings, "distill_positions": "all_subwords",
                         "pseudo_label_threshold": args.pseudo_threshold}
         same_steps = args.epochs * len(mixed) / len(labeled)
         if "low_label_kd" in wanted:
