@@ -235,19 +235,20 @@ def write_readme_results() -> None:
 
 
 def _strategies_readme() -> list[str]:
-    """The strategies table from results/strategies.json."""
-    path = RESULTS_DIR / "strategies.json"
-    if not path.exists():
-        return []
-    data = json.loads(path.read_text())
-    commands = "; ".join(f"`{c}`" for c in data.get("commands") or [data.get("command", "")])
-    parts = [f"**Strategies beyond logits, CoNLL-2003** (equal epochs), from {commands} on {data.get('machine', '')}",
-             "", "| run | dev F1 | test F1 | train samples/s |", "|---|---|---|---|"]
-    for run, rec in data["runs"].items():
-        parts.append(f"| {run} | {rec.get('dev_f1', '')} | {rec.get('test_f1', '')} | "
-                     f"{rec.get('train_samples_per_second', '')} |")
-    parts.append("")
-    parts += [f"- {k}: {v}" for k, v in data.get("targets", {}).items()] + [""]
+    """A strategies table from each results/strategies*.json (one file per machine: `strategies.py --results_name`)."""
+    parts = []
+    for path in sorted(RESULTS_DIR.glob("strategies*.json")):
+        if path.stem.endswith("_quick"):
+            continue
+        data = json.loads(path.read_text())
+        commands = "; ".join(f"`{c}`" for c in data.get("commands") or [data.get("command", "")])
+        parts += [f"**Strategies beyond logits, CoNLL-2003** (`{path.name}`, equal epochs), from {commands} on "
+                  f"{data.get('machine', '')}", "", "| run | dev F1 | test F1 | train samples/s |", "|---|---|---|---|"]
+        for run, rec in data["runs"].items():
+            parts.append(f"| {run} | {rec.get('dev_f1', '')} | {rec.get('test_f1', '')} | "
+                         f"{rec.get('train_samples_per_second', '')} |")
+        parts.append("")
+        parts += [f"- {k}: {v}" for k, v in data.get("targets", {}).items()] + [""]
     return parts
 
 
