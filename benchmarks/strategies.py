@@ -105,13 +105,15 @@ def main():
     label_kwargs = dict(num_labels=len(data["label_names"]), id2label=data["id2label"], label2id=data["label2id"])
 
     def training_args(cls, out, epochs, dataset_size=None, **extra):
-        return cls(
+        """Shared settings; `extra` (a run's settings, which may include e.g. `learning_rate` or `seed`) wins."""
+        shared = dict(
             output_dir=str(cache / out), num_train_epochs=epochs, learning_rate=args.learning_rate,
             per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
-            weight_decay=0.01, seed=args.seed if "seed" not in extra else extra.pop("seed"), data_seed=args.seed,
+            weight_decay=0.01, seed=args.seed, data_seed=args.seed,
             train_sampling_strategy="group_by_length", logging_steps=50, save_strategy="no", eval_strategy="no",
-            report_to="none", disable_tqdm=True, **device_kwargs(), **extra,
+            report_to="none", disable_tqdm=True, **device_kwargs(),
         )
+        return cls(**{**shared, **extra})
 
     def record(trainer, started):
         out = trainer.train()
