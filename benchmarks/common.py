@@ -374,6 +374,12 @@ def interleaved_throughput(trainers: dict[str, Trainer], steps: int, rounds: int
 LAYERS = [0, 2, 4]
 
 
+def _short_float(x: float) -> str:
+    """3e-4 as "3e-4" and 2.5e-4 as "2.5e-4" (the way the variant names write learning rates)."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def add_suite_args(parser, *, teacher_epochs: float, epochs: float, max_length: int) -> None:
     parser.add_argument("--runs", default="student_plain,student_naive_kd,student_kd")
     parser.add_argument("--teacher_epochs", type=float, default=teacher_epochs)
@@ -384,6 +390,11 @@ def add_suite_args(parser, *, teacher_epochs: float, epochs: float, max_length: 
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--kd", default="{}", help="JSON overriding the KD settings, e.g. '{\"alpha\": 1.0}'")
     parser.add_argument("--name", default="student_kd", help="record name of the hf-distill run")
+    parser.add_argument("--baseline_lr", type=float, default=None,
+                        help="train student_plain and student_naive_kd at this learning rate instead, recorded as "
+                             "student_plain_lr<lr> and student_naive_kd_lr<lr> next to the canonical runs (which "
+                             "keep --learning_rate): shows whether a student_kd found at another learning rate wins "
+                             "by the learning rate alone")
 
 
 def benchmark_training_args(cls, name: str, out: str, args, epochs: float, **extra):
@@ -465,20 +476,27 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
 
     wanted = args.runs.split(",")
     trainers = {}
+    # --baseline_lr: the baselines at another learning rate, under names of their own.
+    lr = {} if args.baseline_lr is None else {"learning_rate": args.baseline_lr}
+    suffix = "" if args.baseline_lr is None else f"_lr{_short_float(args.baseline_lr)}"
     if "student_plain" in wanted:
-        trainer = Trainer(model=base_student(), args=training_args(TrainingArguments, "plain", args.epochs),
+        run = "student_plain" + suffix
+        trainer = Trainer(model=base_student(), args=training_args(TrainingArguments, "plain" + suffix, args.epochs,
+                                                                   **lr),
                           train_dataset=train, data_collator=collator, compute_metrics=metrics)
-        results["runs"]["student_plain"] = train_and_score(trainer, dev, test, metric)
-        trainer.save_model(str(CACHE_DIR / name / "student_plain"))
-        logger.info("student_plain %s", results["runs"]["student_plain"])
+        results["runs"][run] = {**train_and_score(trainer, dev, test, metric), **lr}
+        trainer.save_model(str(CACHE_DIR / name / run))
+        logger.info("%s %s", run, results["runs"][run])
     if "student_naive_kd" in wanted:
+        run = "student_naive_kd" + suffix
         trainer = NaiveKDTrainer(model=base_student(), teacher=teacher,
-                                 args=training_args(TrainingArguments, "naive", args.epochs),
+                                 args=training_args(TrainingArguments, "naive" + suffix, args.epochs, **lr),
                                  train_dataset=train, data_collator=collator, compute_metrics=metrics)
-        results["runs"]["student_naive_kd"] = train_and_score(trainer, dev, test, metric)
-        trainer.save_model(str(CACHE_DIR / name / "student_naive_kd"))
-        trainers["student_naive_kd"] = trainer
-        logger.info("student_naive_kd %s", results["runs"]["student_naive_kd"])
+        results["runs"][run] = {**train_and_score(trainer, dev, test, metric), **lr}
+        trainer.save_model(str(CACHE_DIR / name / run))
+        if not suffix:
+            trainers["student_naive_kd"] = trainer
+        logger.info("%s %s", run, results["runs"][run])
     if "student_kd" in wanted:
         set_seed(args.seed)
         trainer = DistillationTrainer(

