@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-ENSEMBLE_METHODS = ("mean", "weighted", "confidence")
+from .config import ENSEMBLE_METHODS
 
 
 def teacher_weights(
