@@ -392,8 +392,7 @@ class DistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
-            # Evaluation and prediction: the student alone (see `prediction_step`).
-            inputs = {k: v for k, v in inputs.items() if k not in _TEACHER_SIDE}
+            # Evaluation and prediction: the student alone; `prediction_step` has dropped the teacher's side.
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
         features = self.args.uses_features
