@@ -24,6 +24,7 @@ from transformers import Trainer
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 CACHE_DIR = HERE / ".cache"
+DEFAULT_SEED = 42  # the suite's seed; other seeds make replicas (`--seed`)
 DATA_DIR = Path(os.environ.get("HF_DISTILL_DATA", HERE.parent.parent / "shared" / "data"))
 
 logger = logging.getLogger("benchmarks")
@@ -164,7 +165,7 @@ def write_results_md() -> None:
         if "memory_measured_as" in data:
             lines += [f"Peak memory: {data['memory_measured_as']}.", ""]
         for key in ("ratios", "throughput_interleaved_samples_per_second", "overhead", "passes",
-                    "overhead_seconds_per_step", "selection", "targets", "latency_ms", "cache_build", "compile",
+                    "overhead_seconds_per_step", "selection", "targets", "seed_means", "seed_mean_test_gaps", "latency_ms", "cache_build", "compile",
                     "load_average"):
             if key in data:
                 lines += [f"**{key}**:", ""]
@@ -300,7 +301,8 @@ def promote_best_kd(name: str, metric: str) -> None:
         runs["kd_default"] = runs["student_kd"]  # the first settings tried are a variant like the others
         if (CACHE_DIR / name / "student_kd").exists() and not (CACHE_DIR / name / "kd_default").exists():
             shutil.copytree(CACHE_DIR / name / "student_kd", CACHE_DIR / name / "kd_default")
-    variants = {k: v for k, v in runs.items() if "settings" in v and k != "student_kd"}
+    # Seed replicas (`--seed`) are not candidates: the choice is among settings, at the suite's seed.
+    variants = {k: v for k, v in runs.items() if "settings" in v and "seed" not in v and k != "student_kd"}
     if not variants:
         return
     best = max(variants, key=lambda k: variants[k][f"dev_{metric}"])
@@ -374,6 +376,49 @@ def interleaved_throughput(trainers: dict[str, Trainer], steps: int, rounds: int
 LAYERS = [0, 2, 4]
 
 
+def seed_means(runs: dict, metric: str) -> dict:
+    """Mean, min and max over seeds of every run that has seed replicas (`<run>_seed<N>`, recorded with `seed`);
+    the run itself counts as the suite's seed. Pure: reads the records, returns the summary."""
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for run, rec in runs.items():
+        if "seed" in rec and run.endswith(f"_seed{rec['seed']}"):
+            base = run[: -len(f"_seed{rec['seed']}")]
+            if base in runs:
+                groups.setdefault(base, [(DEFAULT_SEED, runs[base])]).append((rec["seed"], rec))
+    summary = {}
+    for base, members in groups.items():
+        members.sort(key=lambda m: m[0])
+        entry = {"seeds": [seed for seed, _ in members]}
+        for split in ("dev", "test"):
+            values = [rec[f"{split}_{metric}"] for _, rec in members]
+            entry[f"{split}_{metric}_mean"] = round(sum(values) / len(values), 2)
+            entry[f"{split}_{metric}_min"], entry[f"{split}_{metric}_max"] = min(values), max(values)
+        summary[base] = entry
+    return summary
+
+
+def write_seed_means(name: str, metric: str) -> None:
+    """Store `seed_means` (and, for `student_kd`'s chosen run, the gap of its seed mean to each baseline's seed mean
+    over the same seeds) in results/<name>.json, and re-render RESULTS.md."""
+    path = RESULTS_DIR / f"{name}.json"
+    data = json.loads(path.read_text())
+    summary = seed_means(data["runs"], metric)
+    if not summary:
+        return
+    data["seed_means"] = summary
+    chosen = data["runs"].get("student_kd", {}).get("selected")
+    gaps = {}
+    if chosen in summary:
+        for base, entry in summary.items():
+            if base.startswith("student_") and entry["seeds"] == summary[chosen]["seeds"]:
+                gaps[f"{chosen} - {base}"] = round(summary[chosen][f"test_{metric}_mean"]
+                                                    - entry[f"test_{metric}_mean"], 2)
+    if gaps:
+        data["seed_mean_test_gaps"] = gaps
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_results_md()
+
+
 def _short_float(x: float) -> str:
     """3e-4 as "3e-4" and 2.5e-4 as "2.5e-4" (the way the variant names write learning rates)."""
     mantissa, exponent = f"{x:e}".split("e")
@@ -387,7 +432,8 @@ def add_suite_args(parser, *, teacher_epochs: float, epochs: float, max_length: 
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--max_length", type=int, default=max_length)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"other than {DEFAULT_SEED}: replicas of the runs named <run>_seed<N>, for seed means")
     parser.add_argument("--kd", default="{}", help="JSON overriding the KD settings, e.g. '{\"alpha\": 1.0}'")
     parser.add_argument("--name", default="student_kd", help="record name of the hf-distill run")
     parser.add_argument("--baseline_lr", type=float, default=None,
@@ -479,12 +525,17 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
     # --baseline_lr: the baselines at another learning rate, under names of their own.
     lr = {} if args.baseline_lr is None else {"learning_rate": args.baseline_lr}
     suffix = "" if args.baseline_lr is None else f"_lr{_short_float(args.baseline_lr)}"
+    # --seed other than the suite's: a replica of each run, under the run's name + "_seed<N>" (never a KD candidate).
+    replica = args.seed != DEFAULT_SEED
+    seed_suffix = f"_seed{args.seed}" if replica else ""
+    seed_record = {"seed": args.seed} if replica else {}
+    suffix += seed_suffix
     if "student_plain" in wanted:
         run = "student_plain" + suffix
         trainer = Trainer(model=base_student(), args=training_args(TrainingArguments, "plain" + suffix, args.epochs,
                                                                    **lr),
                           train_dataset=train, data_collator=collator, compute_metrics=metrics)
-        results["runs"][run] = {**train_and_score(trainer, dev, test, metric), **lr}
+        results["runs"][run] = {**train_and_score(trainer, dev, test, metric), **lr, **seed_record}
         trainer.save_model(str(CACHE_DIR / name / run))
         logger.info("%s %s", run, results["runs"][run])
     if "student_naive_kd" in wanted:
@@ -492,23 +543,28 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
         trainer = NaiveKDTrainer(model=base_student(), teacher=teacher,
                                  args=training_args(TrainingArguments, "naive" + suffix, args.epochs, **lr),
                                  train_dataset=train, data_collator=collator, compute_metrics=metrics)
-        results["runs"][run] = {**train_and_score(trainer, dev, test, metric), **lr}
+        results["runs"][run] = {**train_and_score(trainer, dev, test, metric), **lr, **seed_record}
         trainer.save_model(str(CACHE_DIR / name / run))
         if not suffix:
             trainers["student_naive_kd"] = trainer
         logger.info("%s %s", run, results["runs"][run])
     if "student_kd" in wanted:
+        run = args.name + seed_suffix
         set_seed(args.seed)
         trainer = DistillationTrainer(
             model=create_student(teacher, LAYERS), teacher_model=teacher,
-            args=training_args(DistillationArguments, args.name, args.epochs, **kd_settings),
+            args=training_args(DistillationArguments, run, args.epochs, **kd_settings),
             train_dataset=train, data_collator=collator, processing_class=tokenizer, compute_metrics=metrics,
         )
-        results["runs"][args.name] = {**train_and_score(trainer, dev, test, metric), "settings": kd_settings}
-        trainer.save_model(str(CACHE_DIR / name / args.name))
-        trainers["student_kd"] = trainer
-        logger.info("%s %s", args.name, results["runs"][args.name])
+        results["runs"][run] = {**train_and_score(trainer, dev, test, metric), "settings": kd_settings,
+                                **seed_record}
+        trainer.save_model(str(CACHE_DIR / name / run))
+        if not replica:
+            trainers["student_kd"] = trainer
+        logger.info("%s %s", run, results["runs"][run])
 
+    if "throughput" in wanted and replica:
+        raise SystemExit("--runs throughput measures the suite's seed only; drop it, or --seed, from this command")
     if "throughput" in wanted and len(trainers) < 2:
         # Fresh trainers, measured side by side; no need to train them to the end first.
         trainers["student_naive_kd"] = NaiveKDTrainer(
@@ -527,6 +583,8 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
 
     results["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     results["machine"] = machine()
+    if replica:  # the suite's setup (and its seed) stays as it is; the replicas carry their seed
+        return results
     results["setup"] = {
         "teacher_epochs": args.teacher_epochs, "student_epochs": args.epochs, "batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "max_length": args.max_length, "seed": args.seed,

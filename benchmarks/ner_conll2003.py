@@ -22,7 +22,16 @@ import argparse
 import json
 import logging
 
-from common import DATA_DIR, add_suite_args, minilm_path, promote_best_kd, run_suite, setup_logging, write_results
+from common import (
+    DATA_DIR,
+    add_suite_args,
+    minilm_path,
+    promote_best_kd,
+    run_suite,
+    setup_logging,
+    write_results,
+    write_seed_means,
+)
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from hf_distill import read_conll, token_classification_metrics, tokenize_and_align_labels
@@ -56,6 +65,7 @@ def main():
     )
     path = write_results(name, results)
     promote_best_kd(name, "f1")
+    write_seed_means(name, "f1")
     logger.info("wrote %s", path)
 
 

@@ -14,7 +14,16 @@ import argparse
 import json
 import logging
 
-from common import DATA_DIR, add_suite_args, minilm_path, promote_best_kd, run_suite, setup_logging, write_results
+from common import (
+    DATA_DIR,
+    add_suite_args,
+    minilm_path,
+    promote_best_kd,
+    run_suite,
+    setup_logging,
+    write_results,
+    write_seed_means,
+)
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hf_distill import load_text_classification_file, sequence_classification_metrics
@@ -49,6 +58,7 @@ def main():
     results["setup"]["max_train_samples"] = n_train
     path = write_results(name, results)
     promote_best_kd(name, "accuracy")
+    write_seed_means(name, "accuracy")
     logger.info("wrote %s", path)
 
 
