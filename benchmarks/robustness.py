@@ -39,7 +39,7 @@ import ner_conll2003
 import sst2
 import torch
 from common import CACHE_DIR, LAYERS, machine, minilm_path, setup_logging, write_results
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -90,6 +90,11 @@ METHODS = {
     "freelb_typo40_all": {**_FREELB, "noisy_view": {"typo_rate": 0.4, "probability": 1.0}},
     "freelb_light_typo30_all": {**_FREELB, "adv_epsilon": 0.25, "adv_step_size": 0.08,
                                 "noisy_view": {"typo_rate": 0.3, "probability": 1.0}},
+    # Fresh typos on every pass instead of the same ones each epoch: `copies` noisy views of the training set (each
+    # with its own noise seed) are concatenated and trained for student_epochs / copies epochs, so the optimizer takes
+    # as many steps as every other candidate and each row is seen as often, but never twice with the same typos.
+    "freelb_typo_all_fresh": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0, "copies": 2}},
+    "freelb_typo_fresh": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 0.5, "copies": 2}},
 }
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos")
@@ -193,8 +198,17 @@ def candidate_train_set(task, method, data, tokenizer, max_length):
     if task == "ner":
         raise SystemExit(f"`{method}` trains on a noisy teacher view, which is for sequence classification only; "
                          "leave it out of --methods for ner.")
-    return add_noisy_view(data["raw"]["train"], tokenizer, text_column="sentence", noise=typo_noise(view["typo_rate"]),
-                          probability=view["probability"], seed=NOISY_VIEW_SEED, max_length=max_length)
+    views = [add_noisy_view(data["raw"]["train"], tokenizer, text_column="sentence",
+                            noise=typo_noise(view["typo_rate"]), probability=view["probability"],
+                            seed=NOISY_VIEW_SEED + copy, max_length=max_length)
+             for copy in range(view.get("copies", 1))]
+    return views[0] if len(views) == 1 else concatenate_datasets(views)
+
+
+def candidate_epochs(method, student_epochs):
+    """Epochs over a candidate's training set: the core students' epochs, divided by the number of noisy copies the
+    set holds (so that every candidate takes the same number of optimizer steps)."""
+    return student_epochs / METHODS[method].get("noisy_view", {}).get("copies", 1)
 
 
 def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_settings, setup, seed, quick):
@@ -205,13 +219,15 @@ def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_s
         record = json.loads((out / "train_record.json").read_text())
         return auto.from_pretrained(out), record
     set_seed(seed)
-    args = DistillationArguments(
-        output_dir=str(out), num_train_epochs=setup["student_epochs"], learning_rate=setup["learning_rate"],
-        per_device_train_batch_size=setup["batch_size"], per_device_eval_batch_size=64, warmup_steps=0.1,
-        weight_decay=0.01, seed=seed, data_seed=seed, train_sampling_strategy="group_by_length", logging_steps=50,
-        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
-        **{**kd_settings, **COMMON_ADV, **adv_settings(method), **({"adv_start_step": 2} if quick else {})},
-    )
+    # The chosen student_kd settings may carry their own learning rate; they win over the suite's, as in the core run.
+    args = DistillationArguments(**{
+        **dict(output_dir=str(out), num_train_epochs=candidate_epochs(method, setup["student_epochs"]),
+               learning_rate=setup["learning_rate"], per_device_train_batch_size=setup["batch_size"],
+               per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01, seed=seed, data_seed=seed,
+               train_sampling_strategy="group_by_length", logging_steps=50, save_strategy="no", eval_strategy="no",
+               report_to="none", disable_tqdm=True, use_cpu=True),
+        **kd_settings, **COMMON_ADV, **adv_settings(method), **({"adv_start_step": 2} if quick else {}),
+    })
     trainer = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
                                   train_dataset=train_set, data_collator=data["collator"],
                                   processing_class=tokenizer)
@@ -230,12 +246,13 @@ def step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, seed, s
     trainers = {}
     for name in ["kd", *methods]:
         adv = {**COMMON_ADV, **adv_settings(name), "adv_start_step": 0} if name != "kd" else {}
-        args = DistillationArguments(
-            output_dir=tempfile.mkdtemp(prefix=f"overhead_{name}_"), max_steps=steps,
-            per_device_train_batch_size=setup["batch_size"], learning_rate=setup["learning_rate"], seed=seed,
-            data_seed=seed, train_sampling_strategy="group_by_length", save_strategy="no", report_to="none",
-            disable_tqdm=True, use_cpu=True, logging_steps=1000, **kd_settings, **adv,
-        )
+        args = DistillationArguments(**{
+            **dict(output_dir=tempfile.mkdtemp(prefix=f"overhead_{name}_"), max_steps=steps,
+                   per_device_train_batch_size=setup["batch_size"], learning_rate=setup["learning_rate"], seed=seed,
+                   data_seed=seed, train_sampling_strategy="group_by_length", save_strategy="no", report_to="none",
+                   disable_tqdm=True, use_cpu=True, logging_steps=1000),
+            **kd_settings, **adv,
+        })
         trainers[name] = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
                                              train_dataset=data["train"], data_collator=data["collator"],
                                              processing_class=tokenizer)
