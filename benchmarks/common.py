@@ -211,6 +211,12 @@ def write_readme_results() -> None:
                          f"{rec.get('params', ''):,} | {rec.get('train_samples_per_second', '')} |")
         for k, v in data.get("ratios", {}).items():
             parts.append(f"\n{k} (interleaved, same run): **{v}**")
+        for base, entry in data.get("seed_means", {}).items():
+            parts.append(f"\n{base}, seeds {entry['seeds']}: dev {metric} mean {entry[f'dev_{metric}_mean']}, test "
+                         f"{metric} mean {entry[f'test_{metric}_mean']} (min {entry[f'test_{metric}_min']}, max "
+                         f"{entry[f'test_{metric}_max']})")
+        for k, v in data.get("seed_mean_test_gaps", {}).items():
+            parts.append(f"\n{k}, test {metric} over the same seeds: **{v:+}**")
         parts.append("")
     path = RESULTS_DIR / "robustness.json"
     if path.exists():

@@ -8,7 +8,8 @@
 
 Models: `teacher`, `student_plain`, `student_kd` (from the core benchmarks' cache) and `student_adv_kd`, the best on
 dev of the adversarial candidates (`--methods`), each trained like `student_kd` (same initialisation from the
-teacher, same KD settings and epochs) plus embedding-space adversarial distillation (`adv_objective="kd"`). The
+teacher, same KD settings and epochs; without hidden-state/attention terms, which hf-distill does not combine with
+adversarial training) plus embedding-space adversarial distillation (`adv_objective="kd"`). The
 `*_typo` candidates (sequence classification) also train the student on typo-noised text for half of the rows while
 the teacher labels the clean text (`hf_distill.add_noisy_view`, noise seeded apart from the evaluation's).
 The candidate with the highest mean of dev embedding PGD at the smaller epsilon and dev typos is chosen, among those
@@ -99,6 +100,7 @@ METHODS = {
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos")
 NOISY_VIEW_SEED = 1000  # the training noise's seed; the evaluation typos are seeded from --seed
+FEATURE_FIELDS = ("hidden_distill_weight", "hidden_distill_loss", "attention_distill_weight", "feature_layer_map")
 COMMON_ADV = {"adv_objective": "kd", "adv_weight": 1.0, "adv_start_step": 50}
 
 
@@ -286,6 +288,9 @@ def run_task(task, args, tokenizer):
         kd_settings = sst2.KD_SETTINGS
     core = json.loads(results_file.read_text())
     kd_settings = core["runs"].get("student_kd", {}).get("settings", kd_settings)
+    # hf-distill does not combine adversarial training with feature distillation: the candidates take student_kd's
+    # logit settings, without its hidden-state/attention terms if it has them (the selection records what was used).
+    kd_settings = {k: v for k, v in kd_settings.items() if k not in FEATURE_FIELDS}
     setup = core["setup"]
     models = {}
     for role in ("teacher", "student_plain", "student_kd"):
@@ -323,6 +328,7 @@ def run_task(task, args, tokenizer):
     best = max(eligible, key=lambda m: selection[m]["dev_pgd"] + selection[m]["dev_typos"])
     models["student_adv_kd"] = candidates[best]
     selection["chosen"] = best
+    selection["candidate_kd_settings"] = kd_settings
     selection["rule"] = SELECTION_RULE
 
     # ---- test ----

@@ -89,7 +89,12 @@ def parse_args():
     p.add_argument("--variants", default="{}",
                    help="JSON {name: settings} of extra strategy runs: DistillationArguments fields on top of the KD "
                         "settings, plus \"teachers\": 2 for the two-teacher ensemble")
-    return p.parse_args()
+    args = p.parse_args()
+    unknown = [r for r in args.runs.split(",") if r and r not in ALL_RUNS]
+    if unknown:
+        p.error(f"--runs names {unknown}, which are not runs of this benchmark ({', '.join(ALL_RUNS)}); give "
+                "--runs '' to train only the --variants")
+    return args
 
 
 def main():
