@@ -164,9 +164,9 @@ def write_results_md() -> None:
             lines += _markdown_table(table)
         if "memory_measured_as" in data:
             lines += [f"Peak memory: {data['memory_measured_as']}.", ""]
-        for key in ("ratios", "throughput_interleaved_samples_per_second", "throughput_measured_with", "overhead", "passes",
-                    "overhead_seconds_per_step", "selection", "targets", "seed_means", "seed_mean_test_gaps", "latency_ms", "cache_build", "compile",
-                    "load_average"):
+        for key in ("ratios", "throughput_interleaved_samples_per_second", "throughput_measured_with", "overhead",
+                    "passes", "overhead_seconds_per_step", "selection", "targets", "seed_means", "seed_mean_test_gaps",
+                    "latency_ms", "cache_build", "compile", "load_average"):
             if key in data:
                 lines += [f"**{key}**:", ""]
                 lines += [f"- {k}: {_format_value(v)}" for k, v in data[key].items()]
@@ -525,6 +525,8 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
         set_seed(args.seed)
         return create_student(auto_cls.from_pretrained(base_path, **label_kwargs), LAYERS)
 
+    if "throughput" in args.runs.split(",") and args.seed != DEFAULT_SEED:
+        raise SystemExit("--runs throughput measures the suite's seed only; drop it, or --seed, from this command")
     teacher, record = load_or_finetune_teacher(name, args, auto_cls, label_kwargs, train, dev, test, collator,
                                                metrics, metric)
     results = {"runs": {"teacher": record}}
@@ -572,8 +574,6 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
             trainers["student_kd"] = trainer
         logger.info("%s %s", run, results["runs"][run])
 
-    if "throughput" in wanted and replica:
-        raise SystemExit("--runs throughput measures the suite's seed only; drop it, or --seed, from this command")
     if "throughput" in wanted and len(trainers) < 2:
         # Fresh trainers, measured side by side; no need to train them to the end first.
         trainers["student_naive_kd"] = NaiveKDTrainer(
