@@ -6,6 +6,7 @@ Nothing here is typed in by hand: every figure that lands in `benchmarks/results
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -295,6 +296,13 @@ def _throughput_readme() -> list[str]:
     return parts
 
 
+def own_teacher(teacher: torch.nn.Module, settings: dict) -> torch.nn.Module:
+    """The teacher to hand a `DistillationTrainer` with these settings: a copy when they cast it (`teacher_dtype`),
+    since the trainer casts the module it is given in place and the suite's teacher is shared (the naive loop's
+    teacher, students cut from it with `create_student`, the teacher's own scores)."""
+    return teacher if settings.get("teacher_dtype", "auto") == "auto" else copy.deepcopy(teacher)
+
+
 def promote_best_kd(name: str, metric: str) -> None:
     """Make `student_kd` the hf-distill run with the best *dev* score among the variants tried (their records keep
     their own names), and point the cached `student_kd` model at it. Test scores play no part in the choice."""
@@ -563,7 +571,7 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
         run = args.name + seed_suffix
         set_seed(args.seed)
         trainer = DistillationTrainer(
-            model=create_student(teacher, LAYERS), teacher_model=teacher,
+            model=create_student(teacher, LAYERS), teacher_model=own_teacher(teacher, kd_settings),
             args=training_args(DistillationArguments, run, args.epochs, **kd_settings),
             train_dataset=train, data_collator=collator, processing_class=tokenizer, compute_metrics=metrics,
         )
@@ -581,7 +589,7 @@ def run_suite(name, args, auto_cls, label_kwargs, tokenizer, train, dev, test, c
             train_dataset=train, data_collator=collator)
         set_seed(args.seed)
         trainers["student_kd"] = DistillationTrainer(
-            model=create_student(teacher, LAYERS), teacher_model=teacher,
+            model=create_student(teacher, LAYERS), teacher_model=own_teacher(teacher, kd_settings),
             args=training_args(DistillationArguments, "kd_tp", 1, **kd_settings), train_dataset=train,
             data_collator=collator, processing_class=tokenizer)
     if len(trainers) == 2:

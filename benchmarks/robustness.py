@@ -39,7 +39,7 @@ import time
 import ner_conll2003
 import sst2
 import torch
-from common import CACHE_DIR, LAYERS, machine, minilm_path, setup_logging, write_results
+from common import CACHE_DIR, LAYERS, machine, minilm_path, own_teacher, setup_logging, write_results
 from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoModelForSequenceClassification,
@@ -230,7 +230,8 @@ def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_s
                report_to="none", disable_tqdm=True, use_cpu=True),
         **kd_settings, **COMMON_ADV, **adv_settings(method), **({"adv_start_step": 2} if quick else {}),
     })
-    trainer = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
+    trainer = DistillationTrainer(model=create_student(teacher, LAYERS),
+                                  teacher_model=own_teacher(teacher, kd_settings), args=args,
                                   train_dataset=train_set, data_collator=data["collator"],
                                   processing_class=tokenizer)
     start = time.perf_counter()
@@ -255,7 +256,8 @@ def step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, seed, s
                    disable_tqdm=True, use_cpu=True, logging_steps=1000),
             **kd_settings, **adv,
         })
-        trainers[name] = DistillationTrainer(model=create_student(teacher, LAYERS), teacher_model=teacher, args=args,
+        trainers[name] = DistillationTrainer(model=create_student(teacher, LAYERS),
+                                             teacher_model=own_teacher(teacher, kd_settings), args=args,
                                              train_dataset=data["train"], data_collator=data["collator"],
                                              processing_class=tokenizer)
     times = {name: [] for name in trainers}

@@ -126,6 +126,11 @@ class DistillationArguments(TrainingArguments):
             probability.
         teacher_weights (`list[float]` or `None`, defaults to `None`):
             One weight per teacher for `teacher_ensemble="weighted"` (normalised to sum to 1).
+        feature_teacher (`int`, defaults to `0`):
+            With several teachers and hidden-state or attention distillation: the index, in `teacher_model`'s list,
+            of the teacher whose internals the student matches (the soft targets still come from the whole
+            ensemble). Choose the teacher the student was cut from (`create_student(teachers[i], ...)`): the student
+            starts in its representation space. Only that teacher returns hidden states or attention maps.
         self_distillation (`str`, defaults to `"none"`):
             `"ema"`: no `teacher_model`; the teacher is an exponential moving average of the student (mean teacher),
             updated after every optimizer step and saved in checkpoints.
@@ -143,7 +148,10 @@ class DistillationArguments(TrainingArguments):
         teacher_dtype (`str`, defaults to `"auto"`):
             Dtype the frozen teacher runs in: `"auto"` keeps the dtype it was loaded in; `"bfloat16"` or `"float16"`
             halve its memory and speed up its forward on GPU (the loss is still computed in fp32); `"float32"` forces
-            full precision. On CPU, half precision is usually slower.
+            full precision. On CPU, `"bfloat16"` pays off only where the CPU has bf16 matrix instructions (Intel AMX or
+            AVX512-BF16; `torch.backends.cpu.get_cpu_capability()` and `lscpu` tell) and is usually slower elsewhere.
+            The teacher module you pass is cast in place, as the Trainer moves a model to its device in place: pass a
+            copy if you still need it in its own precision.
         nonfinite_policy (`str`, defaults to `"skip"`):
             What to do when the teacher's logits or a loss component is NaN or infinite: `"skip"` drops the batch
             (it contributes no gradient), logs a warning naming the step and the component, and counts it in
@@ -242,6 +250,10 @@ class DistillationArguments(TrainingArguments):
     teacher_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per teacher for teacher_ensemble='weighted'."}
     )
+    feature_teacher: int = field(
+        default=0,
+        metadata={"help": "With several teachers: index of the one whose hidden states/attention maps are matched."},
+    )
     self_distillation: str = field(
         default="none",
         metadata={"help": "'ema': the teacher is an exponential moving average of the student (no teacher_model).",
@@ -308,6 +320,15 @@ class DistillationArguments(TrainingArguments):
                 )
         elif self.teacher_ensemble == "weighted":
             raise ValueError("`teacher_ensemble='weighted'` needs `teacher_weights`, one per teacher.")
+        if type(self.feature_teacher) is not int or self.feature_teacher < 0:
+            raise ValueError(f"`feature_teacher` must be an index >= 0 into the list of teachers, got "
+                             f"{self.feature_teacher!r}.")
+        if self.feature_teacher != 0 and not self.uses_features:
+            raise ValueError(
+                f"`feature_teacher={self.feature_teacher}` picks whose hidden states or attention maps the student "
+                "matches, but `hidden_distill_weight` and `attention_distill_weight` are both 0, so nothing would be "
+                "matched. Turn one of them on, or drop `feature_teacher`."
+            )
         _choice("self_distillation", self.self_distillation, SELF_DISTILLATION)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")

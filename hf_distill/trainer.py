@@ -128,7 +128,7 @@ class DistillationTrainer(Trainer):
             check_teacher_student(teacher, model)
             check_tokenizer(processing_class, teacher)
         if args.attention_distill_weight > 0:
-            _use_eager_attention([model, *teachers])
+            _use_eager_attention([model, *teachers[args.feature_teacher:args.feature_teacher + 1]])
         num_labels = model.config.num_labels
         if teacher_cache is not None:
             if teacher_cache.task != self.task or teacher_cache.num_labels != num_labels:
@@ -274,8 +274,9 @@ class DistillationTrainer(Trainer):
 
         `logits` are read from the cache when the batch carries its index column, else computed by the teacher (or
         combined from several teachers at the current temperature). With `features`, also `hidden_states` and
-        `attentions` (a single teacher run online). `confidence_logits` are the logits whose softmax at temperature
-        1 says how sure the teacher is (for pseudo-labels; an ensemble computes them only when pseudo-labels are on).
+        `attentions`, from the online teacher `args.feature_teacher` picks. `confidence_logits` are the logits whose
+        softmax at temperature 1 says how sure the teacher is (for pseudo-labels; an ensemble computes them only when
+        pseudo-labels are on).
         """
         index = inputs.get(CACHE_INDEX_COLUMN)
         if inputs.get(TEACHER_LOGITS_KEY) is not None and not features:  # read from the cache by the collator
@@ -291,12 +292,14 @@ class DistillationTrainer(Trainer):
                 "augmented or unattached dataset?), and no online `teacher_model` was given. Pass `teacher_model` "
                 "too, or train on `teacher_cache.attach(dataset)`."
             )
-        outputs = [self._teacher_forward(t, inputs, features) for t in self.teacher_models]
+        matched = self.args.feature_teacher if features else None  # the one teacher whose internals are matched
+        outputs = [self._teacher_forward(t, inputs, i == matched) for i, t in enumerate(self.teacher_models)]
         result = {}
         if features:  # only the matched layers leave inference mode (attention maps are indexed from layer 1)
             for key, offset in (("hidden_states", 0), ("attentions", 1)):
-                if outputs[0].get(key) is not None:
-                    result[key] = {t - offset: outputs[0][key][t - offset].clone() for t in self._layer_map.values()}
+                if outputs[matched].get(key) is not None:
+                    result[key] = {t - offset: outputs[matched][key][t - offset].clone()
+                                   for t in self._layer_map.values()}
         all_logits = [o["logits"].clone() for o in outputs]
         if len(all_logits) == 1:
             result["logits"] = result["confidence_logits"] = all_logits[0]
@@ -469,11 +472,17 @@ class DistillationTrainer(Trainer):
 
     def _setup_features(self) -> None:
         """Layer map, head-count and dropout checks, and the projection when hidden sizes differ."""
-        if self.teacher_model is None or len(self.teacher_models) > 1:
+        if self.teacher_model is None:
             raise ValueError(
-                "Hidden-state and attention distillation compare the student with one online teacher's internals: "
-                "pass a single `teacher_model` (not a cache of logits, not a list of teachers), or set "
-                "`hidden_distill_weight=0` and `attention_distill_weight=0`."
+                "Hidden-state and attention distillation compare the student with an online teacher's internals, and "
+                "a teacher cache holds logits only: pass `teacher_model`, or set `hidden_distill_weight=0` and "
+                "`attention_distill_weight=0`."
+            )
+        count = len(self.teacher_models)
+        if self.args.feature_teacher >= count:
+            raise ValueError(
+                f"`feature_teacher={self.args.feature_teacher}` names a teacher that is not there: `teacher_model` "
+                f"holds {count} teacher(s), so it must be in 0..{count - 1}."
             )
         if self.args.adversarial != "none":
             raise ValueError(
@@ -481,7 +490,7 @@ class DistillationTrainer(Trainer):
                 "`adversarial` training; use one or the other."
             )
         student = self._unwrap(self.model).config
-        teacher = self._unwrap(self.teacher_model).config
+        teacher = self._unwrap(self.teacher_models[self.args.feature_teacher]).config
         self._layer_map = parse_layer_map(self.args.feature_layer_map, student.num_hidden_layers,
                                           teacher.num_hidden_layers)
         if self.args.attention_distill_weight > 0:

@@ -86,10 +86,50 @@ def test_resume_restores_the_projection_and_continues_exactly(tokenizer, tmp_pat
         assert torch.allclose(value, resumed.feature_projector.state_dict()[key], atol=1e-6), key
 
 
-def test_feature_distillation_needs_one_online_teacher(tokenizer, tmp_path):
+def test_an_ensemble_distils_its_mixture_and_the_feature_teachers_hidden_states(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP)
+    t1, t2 = tiny_token_model(tokenizer, seed=2, **NO_DROP), tiny_token_model(tokenizer, seed=3, **NO_DROP)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=[t1, t2], alpha=1.0, temperature=2.0,
+                          teacher_ensemble="weighted", teacher_weights=[3.0, 1.0], hidden_distill_weight=2.0,
+                          feature_teacher=1)
+    batch = _batch(tokenizer)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s, o1, o2 = (m(**inputs, output_hidden_states=True) for m in (student, t1, t2))
+    mask, real = batch["labels"].ne(-100), batch["attention_mask"].bool()
+    target = 0.75 * (o1.logits[mask] / 2).softmax(-1) + 0.25 * (o2.logits[mask] / 2).softmax(-1)
+    kd = 4 * (target * (target.log() - (s.logits[mask] / 2).log_softmax(-1))).sum(-1).mean()
+
+    def hidden(teacher_out):  # uniform map: student layer 1 -> teacher layer 2
+        return ((s.hidden_states[1] - teacher_out.hidden_states[2]) ** 2).mean(-1)[real].mean()
+
+    assert loss.item() == pytest.approx((kd + 2.0 * hidden(o2)).item(), rel=1e-5)
+    assert loss.item() != pytest.approx((kd + 2.0 * hidden(o1)).item(), rel=1e-3)  # not the first teacher's
+
+
+def test_feature_teacher_must_name_a_teacher_and_a_feature_term(tokenizer, tmp_path):
     teachers = [tiny_token_model(tokenizer, seed=2), tiny_token_model(tokenizer, seed=3)]
-    with pytest.raises(ValueError, match="one online teacher"):
-        ner_trainer(tokenizer, tmp_path, teacher=teachers, hidden_distill_weight=1.0)
+    with pytest.raises(ValueError, match=r"`feature_teacher=2` names a teacher that is not there: .* 2 teacher\(s\)"):
+        ner_trainer(tokenizer, tmp_path, teacher=teachers, hidden_distill_weight=1.0, feature_teacher=2)
+    with pytest.raises(ValueError, match="`hidden_distill_weight` and `attention_distill_weight` are both 0"):
+        make_args(tmp_path, feature_teacher=1)
+    with pytest.raises(ValueError, match="`feature_teacher` must be an index >= 0"):
+        make_args(tmp_path, hidden_distill_weight=1.0, feature_teacher=-1)
+
+
+def test_feature_distillation_needs_an_online_teacher(tokenizer, tmp_path):
+    from hf_distill import build_teacher_cache
+
+    data = ner_dataset(tokenizer)
+    collator = DataCollatorForTokenClassification(tokenizer)
+    cache = build_teacher_cache(tiny_token_model(tokenizer, seed=2), data, collator, tmp_path / "cache",
+                                progress_bar=False)
+    with pytest.raises(ValueError, match="a teacher cache holds logits only"):
+        DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), teacher_cache=cache,
+                            args=make_args(tmp_path, hidden_distill_weight=1.0), train_dataset=data,
+                            data_collator=collator, processing_class=tokenizer)
 
 
 # ---- attention maps -------------------------------------------------------------------------------------------
