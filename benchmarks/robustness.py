@@ -217,9 +217,12 @@ def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_s
     out = CACHE_DIR / task_name / f"adv_{method}"
     auto = AutoModelForTokenClassification if "ner" in task_name else AutoModelForSequenceClassification
     if (out / "config.json").exists():
-        logger.info("reusing %s", out)
         record = json.loads((out / "train_record.json").read_text())
-        return auto.from_pretrained(out), record
+        if record.get("kd_settings") == kd_settings:
+            logger.info("reusing %s", out)
+            return auto.from_pretrained(out), record
+        # A candidate trained under other student_kd settings (or before they were recorded) is not today's candidate.
+        logger.info("retraining %s: cached with kd settings %s, wanted %s", out, record.get("kd_settings"), kd_settings)
     set_seed(seed)
     # The chosen student_kd settings may carry their own learning rate; they win over the suite's, as in the core run.
     args = DistillationArguments(**{
@@ -238,7 +241,7 @@ def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_s
     metrics = trainer.train().metrics
     record = {"train_seconds": round(time.perf_counter() - start, 1),
               "train_samples_per_second": round(metrics["train_samples_per_second"], 2),
-              "settings": {**METHODS[method], **COMMON_ADV}}
+              "settings": {**METHODS[method], **COMMON_ADV}, "kd_settings": kd_settings}
     trainer.save_model(str(out))
     (out / "train_record.json").write_text(json.dumps(record))
     return trainer.model, record
