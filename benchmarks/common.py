@@ -296,10 +296,10 @@ def _throughput_readme() -> list[str]:
     return parts
 
 
-def own_teacher(teacher: torch.nn.Module, settings: dict) -> torch.nn.Module:
-    """The teacher to hand a `DistillationTrainer` with these settings: a copy when they cast it (`teacher_dtype`),
-    since the trainer casts the module it is given in place and the suite's teacher is shared (the naive loop's
-    teacher, students cut from it with `create_student`, the teacher's own scores)."""
+def own_teacher(teacher, settings: dict):
+    """The teacher (a model, a list of them, or None) to hand a `DistillationTrainer` with these settings: a copy when
+    they cast it (`teacher_dtype`), since the trainer casts the module it is given in place and the suite's teacher is
+    shared (the naive loop's teacher, students cut from it with `create_student`, the teacher's own scores)."""
     return teacher if settings.get("teacher_dtype", "auto") == "auto" else copy.deepcopy(teacher)
 
 

@@ -161,7 +161,7 @@ def main():
     def kd(run, student, teacher_model, settings, dataset=train, epochs=args.epochs):
         set_seed(args.seed)
         trainer = DistillationTrainer(
-            model=student, teacher_model=own_teacher(teacher_model, settings) if teacher_model is not None else None,
+            model=student, teacher_model=own_teacher(teacher_model, settings),
             args=training_args(DistillationArguments, run, epochs, **settings), train_dataset=dataset,
             data_collator=collator, processing_class=tokenizer, compute_metrics=metrics,
         )
