@@ -13,7 +13,8 @@ Every student has 3 layers and trains for `--epochs` epochs with the same batch,
   adds its own settings on top of these;
 - hidden_kd: + hidden-state MSE (uniform layer map 1:2, 2:4, 3:6), weight --hidden_weight;
 - attention_kd: + attention-map KL (same map), weight --attention_weight, student without attention dropout;
-- ensemble_kd: two teachers fine-tuned with seeds 42 and 43, their softened distributions averaged;
+- ensemble_kd: two teachers fine-tuned with seeds 42 and 43, their softened distributions averaged (a --variants
+  entry with "teachers": N uses N teachers, seeds 42 to 41 + N);
 - ema_self: self-distillation, no second model: the teacher is an EMA of the student (decay --ema_decay);
 - born_again: one born-again generation: a fresh student distilled from the trained student_kd;
 - augment_kd: student_kd plus seeded token masking/replacement, the teacher labelling the augmented inputs;
@@ -57,6 +58,7 @@ from hf_distill import DistillationArguments, DistillationTrainer, create_studen
 
 logger = logging.getLogger("benchmarks.strategies")
 LAYERS = [0, 2, 4]
+TEACHER_SEED = 42  # the core benchmark's teacher; the ensembles' other teachers take the seeds after it
 ALL_RUNS = ("student_kd", "hidden_kd", "attention_kd", "ensemble_kd", "ema_self", "born_again", "augment_kd",
             "low_label_kd", "student_10pct")
 
@@ -89,7 +91,7 @@ def parse_args():
                         "settings ('{\"alpha\": 0.95}')")
     p.add_argument("--variants", default="{}",
                    help="JSON {name: settings} of extra strategy runs: DistillationArguments fields on top of the KD "
-                        "settings, plus \"teachers\": 2 for the two-teacher ensemble")
+                        "settings, plus \"teachers\": N for an N-teacher ensemble (seeds 42, 43, ...)")
     args = p.parse_args()
     unknown = [r for r in args.runs.split(",") if r and r not in ALL_RUNS]
     if unknown:
@@ -177,6 +179,17 @@ def main():
         set_seed(args.seed)
         return create_student(AutoModelForTokenClassification.from_pretrained(base_path, **label_kwargs), LAYERS)
 
+    def extra_teachers(count):
+        """The teacher plus `count - 1` more, fine-tuned like it with seeds 43, 44, ... (cached under
+        teacher_seed<N>; the seed is the tag's, whatever --seed the students use)."""
+        teachers = [teacher]
+        for seed in range(TEACHER_SEED + 1, TEACHER_SEED + count):
+            other, rec = teacher_for(f"teacher_seed{seed}", seed, train, args.teacher_epochs)
+            if rec:
+                save(f"teacher_seed{seed}", rec)
+            teachers.append(other)
+        return teachers
+
     if "student_kd" in wanted or "born_again" in wanted:
         trainer = kd("student_kd", from_teacher(), teacher, dict(kd_settings))
         if "born_again" in wanted:
@@ -189,21 +202,13 @@ def main():
         kd("attention_kd", from_teacher(attention_probs_dropout_prob=0.0), teacher,
            {**kd_settings, "attention_distill_weight": args.attention_weight})
     if "ensemble_kd" in wanted:
-        teacher_b, rec = teacher_for("teacher_seed43", args.seed + 1, train, args.teacher_epochs)
-        if rec:
-            save("teacher_seed43", rec)
-        kd("ensemble_kd", from_teacher(), [teacher, teacher_b], {**kd_settings, "teacher_ensemble": "mean"})
+        kd("ensemble_kd", from_teacher(), extra_teachers(2), {**kd_settings, "teacher_ensemble": "mean"})
     if "ema_self" in wanted:
         # The same initial student as student_kd, but no second model: it teaches itself through its own EMA.
         kd("ema_self", from_teacher(), None, {**kd_settings, "self_distillation": "ema", "ema_decay": args.ema_decay})
     for run, settings in json.loads(args.variants).items():
         settings = dict(settings)
-        teachers = [teacher]
-        if settings.pop("teachers", 1) == 2:
-            teacher_b, rec = teacher_for("teacher_seed43", args.seed + 1, train, args.teacher_epochs)
-            if rec:
-                save("teacher_seed43", rec)
-            teachers.append(teacher_b)
+        teachers = extra_teachers(settings.pop("teachers", 1))
         overrides = {"attention_probs_dropout_prob": 0.0} if settings.get("attention_distill_weight") else {}
         kd(run, from_teacher(**overrides), None if settings.get("self_distillation") == "ema" else teachers,
            {**kd_settings, **settings})
