@@ -19,7 +19,8 @@ of dev and test to fit a CPU budget; the other measurements use the whole split.
 Measured on test for each model: the clean score; embedding-space PGD against the model itself at two epsilons
 (`hf_distill.evaluate_robustness`); character typos on 20% of the words; for NER, entity swaps (mentions replaced by
 other training mentions of the same type) and typos in the context only; for SST-2, a greedy black-box word attack
-(30% word budget) on a seeded sample of the test set. Also the training step time of each adversarial method
+(30% word budget) on a seeded sample of the test set; with `--perturbation_draws N`, each text perturbation is also
+drawn N times with different seeds and averaged (`<perturbation>_mean<N>`). Also the training step time of each adversarial method
 relative to `student_kd`, measured interleaved in one run.
 
 Writes benchmarks/results/robustness.json and benchmarks/RESULTS.md.
@@ -100,6 +101,7 @@ METHODS = {
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos")
 NOISY_VIEW_SEED = 1000  # the training noise's seed; the evaluation typos are seeded from --seed
+DRAW_SEED_STRIDE = 1_000_000  # draw k of a test perturbation seeds sentence i with --seed + k * stride + i
 FEATURE_FIELDS = ("hidden_distill_weight", "hidden_distill_loss", "attention_distill_weight", "feature_layer_map")
 COMMON_ADV = {"adv_objective": "kd", "adv_weight": 1.0, "adv_start_step": 50}
 
@@ -114,6 +116,10 @@ def parse_args():
     p.add_argument("--pgd_steps", type=int, default=3)
     p.add_argument("--typo_rate", type=float, default=0.2)
     p.add_argument("--word_attack_samples", type=int, default=500)
+    p.add_argument("--perturbation_draws", type=int, default=1,
+                   help="test each text perturbation (typos, entity swaps) this many times with different seeds; "
+                        "above 1, each row also gets <perturbation>_mean<N>, the mean over the draws (the first "
+                        "draw is the one reported under the plain name)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true")
     return p.parse_args()
@@ -337,7 +343,9 @@ def run_task(task, args, tokenizer):
     selection["rule"] = SELECTION_RULE
 
     # ---- test ----
-    perturbed = perturb(data, tokenizer, max_length, args.typo_rate, args.seed)
+    draws = [perturb(data, tokenizer, max_length, args.typo_rate, args.seed + k * DRAW_SEED_STRIDE)
+             for k in range(args.perturbation_draws)]
+    perturbed = draws[0]
     table = {}
     for role, model in models.items():
         row = {"clean": score(model, data["test"], data, metric, args.seed)}
@@ -345,6 +353,9 @@ def run_task(task, args, tokenizer):
             row[f"pgd_eps{e:g}"] = pgd(model, test_pgd, data, metric, e, steps, args.seed)
         for variant, dataset in perturbed.items():
             row[variant] = score(model, dataset, data, metric, args.seed)
+            if len(draws) > 1:
+                values = [row[variant]] + [score(model, d[variant], data, metric, args.seed) for d in draws[1:]]
+                row[f"{variant}_mean{len(draws)}"] = round(sum(values) / len(values), 2)
         if task == "sst2":
             attack = word_attack(model, tokenizer, data, 50 if quick else args.word_attack_samples, args.seed,
                                  max_length)
@@ -382,6 +393,7 @@ def main():
         payload["overhead_task"] = args.tasks.split(",")[0]
     payload[f"setup_{args.tasks.replace(',', '_')}"] = {"epsilons": args.epsilons, "pgd_steps": args.pgd_steps, "pgd_samples": args.pgd_samples,
                         "typo_rate": args.typo_rate, "word_attack_samples": args.word_attack_samples,
+                        "perturbation_draws": args.perturbation_draws,
                         "candidates": args.methods, "candidate_settings": METHODS, "common_adv": COMMON_ADV}
     payload["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     payload["machine"] = machine()
