@@ -21,8 +21,8 @@ Measured on test for each model: the clean score; embedding-space PGD against th
 other training mentions of the same type) and typos in the context only; for SST-2, a greedy black-box word attack
 (30% word budget) on a seeded sample of the test set; with `--perturbation_draws N`, each text perturbation is also
 drawn N times with different seeds and averaged (`<perturbation>_mean<N>`, and the dev typos that choose the
-candidate). Also the training step time of each adversarial method
-relative to `student_kd`, measured interleaved in one run.
+candidate). Also the training step time of each adversarial method relative to `student_kd`, measured interleaved
+in one run.
 
 Writes benchmarks/results/robustness.json and benchmarks/RESULTS.md.
 """
@@ -123,7 +123,10 @@ def parse_args():
                         "<perturbation>_mean<N> (the first draw is the one reported under the plain name)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.perturbation_draws < 1:
+        p.error(f"--perturbation_draws {args.perturbation_draws}: give 1 (one draw, the default) or more")
+    return args
 
 
 def eval_args(seed):
