@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from common import (
     CACHE_DIR,
+    DEFAULT_SEED,
     RESULTS_DIR,
     device_kwargs,
     machine,
@@ -60,7 +61,6 @@ from hf_distill import DistillationArguments, DistillationTrainer, create_studen
 
 logger = logging.getLogger("benchmarks.strategies")
 LAYERS = [0, 2, 4]
-TEACHER_SEED = 42  # the core benchmark's teacher; the ensembles' other teachers take the seeds after it
 ALL_RUNS = ("student_kd", "hidden_kd", "attention_kd", "ensemble_kd", "ema_self", "born_again", "augment_kd",
             "low_label_kd", "student_10pct")
 
@@ -182,10 +182,10 @@ def main():
         return create_student(AutoModelForTokenClassification.from_pretrained(base_path, **label_kwargs), LAYERS)
 
     def extra_teachers(count):
-        """The teacher plus `count - 1` more, fine-tuned like it with seeds 43, 44, ... (cached under
-        teacher_seed<N>; the seed is the tag's, whatever --seed the students use)."""
+        """The teacher (fine-tuned with the suite's seed, 42) plus `count - 1` more, fine-tuned like it with the seeds
+        after it, 43, 44, ... (cached under teacher_seed<N>; the seed is the tag's, whatever --seed the students use)."""
         teachers = [teacher]
-        for seed in range(TEACHER_SEED + 1, TEACHER_SEED + count):
+        for seed in range(DEFAULT_SEED + 1, DEFAULT_SEED + count):
             other, rec = teacher_for(f"teacher_seed{seed}", seed, train, args.teacher_epochs)
             if rec:
                 save(f"teacher_seed{seed}", rec)
