@@ -92,10 +92,25 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
     return student_task
 
 
+def has_no_vocabulary(tokenizer: Any) -> bool:
+    """Whether `tokenizer` knows no token but its special ones. `AutoTokenizer.from_pretrained` on a directory without
+    tokenizer files (a model saved alone) can return such a tokenizer, which turns every word into the unknown token."""
+    special = getattr(tokenizer, "all_special_ids", None)
+    return special is not None and hasattr(tokenizer, "__len__") and len(tokenizer) <= len(set(special))
+
+
 def check_tokenizer(tokenizer: Any, teacher: nn.Module) -> None:
-    """Check that the tokenizer's ids fit the teacher's embedding table."""
+    """Check that the tokenizer has a vocabulary and that its ids fit the teacher's embedding table."""
     if tokenizer is None or not hasattr(tokenizer, "__len__"):
         return
+    if has_no_vocabulary(tokenizer):
+        raise ValueError(
+            f"The tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has no vocabulary, "
+            f"only its {len(tokenizer)} special tokens, so every word would become {tokenizer.unk_token!r}. It was "
+            "probably loaded from a directory that holds a model but no tokenizer files. Load the tokenizer the "
+            "teacher was trained with (e.g. `AutoTokenizer.from_pretrained(<the teacher's base model>)`) and save it "
+            "next to the teacher with `tokenizer.save_pretrained(<teacher dir>)`."
+        )
     vocab = getattr(_base(teacher).config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise ValueError(

@@ -15,6 +15,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .checks import has_no_vocabulary
+
 AUTO_CLASSES = {
     "token_classification": AutoModelForTokenClassification,
     "sequence_classification": AutoModelForSequenceClassification,
@@ -59,9 +61,18 @@ def load_model(name_or_path: str, task: str, *, role: str = "teacher", **kwargs)
 
 
 def load_tokenizer(name_or_path: str):
-    """`AutoTokenizer.from_pretrained(name_or_path)` with clear errors."""
+    """`AutoTokenizer.from_pretrained(name_or_path)` with clear errors, including for a directory that holds a model
+    but no tokenizer files (from which Transformers builds a tokenizer that knows only its special tokens)."""
     _check_local(name_or_path, "tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
     except (OSError, ValueError) as err:
         raise ValueError(_explain(name_or_path, "tokenizer", err)) from err
+    if has_no_vocabulary(tokenizer):
+        raise ValueError(
+            f"{name_or_path!r} holds no tokenizer files (no tokenizer.json, tokenizer_config.json or vocabulary), so "
+            f"the tokenizer loaded from it knows only its {len(tokenizer)} special tokens. Pass the tokenizer the "
+            "model was trained with (the recipes take --tokenizer_name_or_path), or save it into the directory with "
+            f"`AutoTokenizer.from_pretrained(<base model>).save_pretrained({name_or_path!r})`."
+        )
+    return tokenizer

@@ -30,6 +30,11 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "The student to start from. If absent, --student_layers cuts it from the teacher."}
     )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The teacher's tokenizer, when the teacher's directory holds none (default: the teacher's "
+                  "own directory or Hub id). It is saved with the student."},
+    )
     student_layers: str = field(
         default="0,2,4", metadata={"help": "Teacher layers copied into the student when --model_name_or_path is absent."}
     )
@@ -71,7 +76,7 @@ def load_models(model_args: ModelArguments, task: str):
     if model_args.teacher_model_name_or_path is None:
         raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned teacher (local directory or Hub id).")
     teacher = load_model(model_args.teacher_model_name_or_path, task, role="teacher")
-    tokenizer = load_tokenizer(model_args.teacher_model_name_or_path)
+    tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path)
     if model_args.model_name_or_path:
         student = load_model(
             model_args.model_name_or_path, task, role="student", num_labels=teacher.config.num_labels,

@@ -8,6 +8,7 @@ The tests after the tables check that the fixes the messages suggest do work.
 """
 
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,10 +16,17 @@ from types import SimpleNamespace
 import pytest
 from conftest import NER_LABELS, WORDS, tiny_config
 from datasets import Dataset, DatasetDict
-from transformers import BertForSequenceClassification, BertModel, BertTokenizerFast, BertTokenizerLegacy
+from transformers import (
+    AutoTokenizer,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+    BertTokenizerLegacy,
+)
 
 from hf_distill.checks import check_label_range, check_tokenizer, check_train_dataset, infer_task
 from hf_distill.data import iob1_to_iob2, load_text_classification_file, read_conll, tokenize_and_align_labels
+from hf_distill.loading import load_tokenizer
 
 BAD_INPUTS = Path(__file__).parent / "bad_inputs"
 
@@ -172,6 +180,21 @@ def other_models_tokenizer(ctx):
     check_tokenizer(ctx.tokenizer, BertForSequenceClassification(tiny_config(vocab_size=10, num_labels=2)))
 
 
+def tokenizer_without_vocabulary(ctx):
+    # What `AutoTokenizer.from_pretrained` builds from a directory that holds a model but no tokenizer files.
+    teacher = BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 2))
+    with tempfile.TemporaryDirectory() as folder:
+        teacher.save_pretrained(folder)
+        special_only = AutoTokenizer.from_pretrained(folder)
+    check_tokenizer(special_only, teacher)
+
+
+def tokenizer_loaded_from_a_model_only_folder(ctx):
+    with tempfile.TemporaryDirectory() as folder:
+        BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 2)).save_pretrained(folder)
+        load_tokenizer(folder)
+
+
 def dataset_dict_as_split(ctx):
     split = Dataset.from_dict({"input_ids": [[2, 7, 3]], "labels": [1]})
     check_train_dataset(DatasetDict({"train": split, "validation": split}), needs_labels=True)
@@ -199,6 +222,9 @@ OBJECT_CASES = [
     (zero_max_length, ValueError, r"`max_length` must be a positive number of sub-words, got 0", r"or None"),
     (base_model_teacher, ValueError, r"teacher is a BertModel, which has no .* head", r"AutoModelForSequenceClass"),
     (other_models_tokenizer, ValueError, r"has \d+ tokens but the teacher's vocab_size is 10", r"processing_class="),
+    (tokenizer_without_vocabulary, ValueError, r"has no vocabulary, only its \d+ special tokens",
+     r"tokenizer\.save_pretrained\(<teacher dir>\)"),
+    (tokenizer_loaded_from_a_model_only_folder, ValueError, r"holds no tokenizer files", r"--tokenizer_name_or_path"),
     (dataset_dict_as_split, ValueError, r"DatasetDict with splits \['train', 'validation'\]", r"`dataset\['train'\]`"),
     (empty_after_filtering, ValueError, r"training dataset is empty \(after filtering\?\)", r"`filter`/`select`"),
     (token_label_out_of_range, ValueError, r"label 9 in row 1 .*7 classes.*1 of 4 labels", r"`config\.label2id`"),
