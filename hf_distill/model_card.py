@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -93,6 +94,7 @@ def build_model_card(
     tags: list[str] | None = None,
     language: str | None = None,
     teacher_view: bool = False,
+    noisy_view: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -108,6 +110,8 @@ def build_model_card(
         license, tags, language: card metadata; the tags `distillation`, `hf-distill` and the task are always set.
         teacher_view: whether the student trained on a noisy view of the text while the teacher read the clean text
             (`hf_distill.add_noisy_view`).
+        noisy_view: how that noise was made, e.g. `{"noise": "typo_noise(rate=0.2)", "probability": 0.5}`: a table
+            under the noisy-inputs section (only with `teacher_view`).
     """
     task_tag = _TASK_TAGS.get(task, task)
     all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(tags or [])]))
@@ -147,6 +151,8 @@ def build_model_card(
         sections += ["", "### Noisy student inputs", "",
                      "The student trained on a noisy view of the training text (`hf_distill.add_noisy_view`), and the "
                      "teacher labelled the clean text of each example."]
+        if noisy_view:
+            sections += ["", _table(list(noisy_view.items()))]
     strategy = _strategy_rows(args)
     if strategy:
         sections += ["", "### Other distillation strategies", "", _table(strategy)]

@@ -231,6 +231,7 @@ class DistillationTrainer(Trainer):
         # Filled in by recipes (or users) to enrich the model card written with every save.
         self.dataset_name: str | None = None
         self.evaluation_report: dict[str, dict[str, float]] | None = None
+        self.noisy_view: dict[str, Any] | None = None  # how a teacher-view training set's noise was made
 
     # ---- teacher ---------------------------------------------------------------------------------------------
 
@@ -697,6 +698,7 @@ class DistillationTrainer(Trainer):
             tags=[tags] if isinstance(tags, str) else tags,
             language=language,
             teacher_view=self.teacher_view,
+            noisy_view=self.noisy_view,
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))

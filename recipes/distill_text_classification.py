@@ -3,27 +3,63 @@
     python recipes/distill_text_classification.py recipes/configs/sst2_quick.yaml
     python recipes/distill_text_classification.py --teacher_model_name_or_path my-sst2-teacher \
         --dataset_name glue --dataset_config_name sst2 --output_dir sst2-student
+    python recipes/distill_text_classification.py recipes/configs/sst2_quick.yaml \
+        --adversarial freelb --adv_epsilon 0.5 --adv_step_size 0.15 --adv_steps 2 --adv_init_scale 0.05 \
+        --adv_start_step 50 --typo_rate 0.2 --typo_probability 1.0
+                      # a typo-robust student: FreeLB plus typos in the student's text (benchmarks/robustness.py)
 
 Any field of the config file can be overridden on the command line; `--help` lists them.
 """
 
 import logging
+from dataclasses import dataclass, field
 
 from recipe_utils import DataArguments, ModelArguments, distill, load_models, load_splits
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_distill import (
     DistillationArguments,
+    add_noisy_view,
     load_text_classification_file,
     sequence_classification_metrics,
+    typo_noise,
 )
 from hf_distill.cli import parse_args
 
 logger = logging.getLogger("recipes.distill_text_classification")
 
 
+@dataclass
+class NoisyViewArguments:
+    """Typo-robust distillation: the student trains on text with typos while the teacher reads the clean text."""
+
+    typo_rate: float = field(
+        default=0.0,
+        metadata={"help": "Put one character typo (swap, delete, insert, keyboard neighbour) into this fraction of the "
+                  "words of the student's training text; the teacher labels the clean text (hf_distill.add_noisy_view). "
+                  "0, the default, trains on clean text only."},
+    )
+    typo_probability: float | None = field(
+        default=None,
+        metadata={"help": "With --typo_rate: the fraction of training rows whose student text gets typos (default "
+                  "0.5). benchmarks/robustness.py chose 1.0 (with FreeLB) on SST-2 dev."},
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.typo_rate <= 1.0:
+            raise ValueError(f"`typo_rate` is a fraction of the words, in [0, 1]; got {self.typo_rate}.")
+        if self.typo_probability is not None and self.typo_rate == 0.0:
+            raise ValueError(f"`typo_probability={self.typo_probability}` has no effect without typos: set "
+                             "`--typo_rate` (e.g. 0.2) as well, or leave `--typo_probability` out.")
+        if self.typo_probability is None:
+            self.typo_probability = 0.5
+        if not 0.0 <= self.typo_probability <= 1.0:
+            raise ValueError(f"`typo_probability` is a fraction of the rows, in [0, 1]; got {self.typo_probability}.")
+
+
 def main():
-    model_args, data_args, args = parse_args([ModelArguments, DataArguments, DistillationArguments])
+    model_args, data_args, noise_args, args = parse_args(
+        [ModelArguments, DataArguments, NoisyViewArguments, DistillationArguments])
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
     teacher, tokenizer, student = load_models(model_args, "sequence_classification")
@@ -39,12 +75,28 @@ def main():
         encoded["labels"] = batch[label_column]
         return encoded
 
+    noisy_view = None
+    if noise_args.typo_rate > 0:
+        noisy_view = {"noise": f"typo_noise(rate={noise_args.typo_rate})",
+                      "probability": noise_args.typo_probability, "seed": args.seed}
+
+    def encode_train(train):
+        """The training split: plain, or with the student's text noised and a clean teacher view (--typo_rate)."""
+        if noisy_view is None:
+            return train.map(encode, batched=True, remove_columns=train.column_names)
+        train = train.select_columns([text_column, label_column]).rename_column(label_column, "labels")
+        return add_noisy_view(train, tokenizer, text_column=text_column, noise=typo_noise(noise_args.typo_rate),
+                              probability=noise_args.typo_probability, seed=args.seed,
+                              max_length=data_args.max_seq_length)
+
     with args.main_process_first(desc="tokenization"):
-        tokenized = {name: d.map(encode, batched=True, remove_columns=d.column_names) for name, d in splits.items()}
+        tokenized = {name: encode_train(d) if name == "train" else d.map(encode, batched=True,
+                                                                         remove_columns=d.column_names)
+                     for name, d in splits.items()}
 
     metrics = sequence_classification_metrics(teacher.config.num_labels)
     distill(teacher, student, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), metrics, "accuracy", args,
-            data_args, generations=model_args.generations)
+            data_args, generations=model_args.generations, noisy_view=noisy_view)
 
 
 if __name__ == "__main__":

@@ -143,8 +143,11 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
     return report
 
 
-def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, args, data_args, generations=1):
+def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, args, data_args, generations=1,
+            noisy_view=None):
     """Distil on `tokenized["train"]`, compare teacher and student on the other splits, save, and push if asked.
+
+    `noisy_view` (how a noisy student view of the training text was made) goes on the model card.
 
     With `generations > 1` (born-again training), each later generation starts again from the initial student
     weights and is distilled from the previous generation, frozen; the last one is the result.
@@ -161,6 +164,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             compute_metrics=metrics,
         )
         trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
+        trainer.noisy_view = noisy_view
         trainer.train()
         if not last:
             trainer.save_model()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import NER_LABELS, tiny_token_model
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONLL = """-DOCSTART- -X- O O
@@ -81,7 +82,8 @@ def test_unreachable_hub_id_offline_suggests_local_files(tmp_path, name):
     assert "Offline mode is on (HF_HUB_OFFLINE=1)" in result.stderr and "local directory" in result.stderr
 
 
-def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
+def _text_teacher_and_data(tokenizer, tmp_path):
+    """A tiny sentiment teacher saved with its tokenizer in tmp_path/teacher, and tmp_path/train.tsv."""
     from conftest import tiny_sequence_model
 
     teacher = tiny_sequence_model(tokenizer, layers=2, seed=3, id2label={0: "negative", 1: "positive"},
@@ -89,21 +91,71 @@ def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     rows = ["label\tsentence"] + [f"{i % 2}\t{'a good movie' if i % 2 else 'an awful plot'} {i}" for i in range(24)]
-    data = tmp_path / "train.tsv"
-    data.write_text("\n".join(rows) + "\n")
-    result = subprocess.run(
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+
+
+def _text_recipe(tmp_path, *flags):
+    """The text-classification recipe on the files of `_text_teacher_and_data`, for 3 steps; `flags` win."""
+    data = str(tmp_path / "train.tsv")
+    return subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "distill_text_classification.py"),
          "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "1",
-         "--train_file", str(data), "--validation_file", str(data), "--output_dir", str(tmp_path / "student"),
+         "--train_file", data, "--validation_file", data, "--output_dir", str(tmp_path / "student"),
          "--max_steps", "3", "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true",
-         "--save_strategy", "no", "--disable_tqdm", "true", "--temperature", "3.0"],
+         "--save_strategy", "no", "--disable_tqdm", "true", *flags],
         capture_output=True, text=True, env=_env(), timeout=300,
     )
+
+
+def _run_text_recipe(tokenizer, tmp_path, *flags):
+    _text_teacher_and_data(tokenizer, tmp_path)
+    return _text_recipe(tmp_path, *flags)
+
+
+def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
+    result = _run_text_recipe(tokenizer, tmp_path, "--temperature", "3.0")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "text-classification" in card and "| temperature | 3.0 |" in card and "validation_accuracy" in card
+    assert "Noisy student inputs" not in card
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
     assert saved["num_hidden_layers"] == 1 and saved["id2label"] == {"0": "negative", "1": "positive"}
+
+
+def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_card(tokenizer, tmp_path):
+    result = _run_text_recipe(tokenizer, tmp_path, "--typo_rate", "0.3", "--typo_probability", "1.0",
+                              "--adversarial", "fgm", "--adv_start_step", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "noisy view of the training text" in card and "Adversarial training" in card
+    assert "| noise | typo_noise(rate=0.3) |" in card and "| probability | 1.0 |" in card and "| seed | 42 |" in card
+
+
+def test_teacher_saved_without_its_tokenizer_needs_tokenizer_name_or_path(tokenizer, tmp_path):
+    _text_teacher_and_data(tokenizer, tmp_path)
+    (tmp_path / "tokenizer").mkdir()
+    for path in (tmp_path / "teacher").iterdir():  # the teacher keeps its model files only
+        if path.name not in ("config.json", "model.safetensors"):
+            path.rename(tmp_path / "tokenizer" / path.name)
+    refused = _text_recipe(tmp_path)
+    assert refused.returncode != 0 and "holds no tokenizer files" in refused.stderr, refused.stderr[-3000:]
+    ran = _text_recipe(tmp_path, "--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--max_steps", "1")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "student")) == len(tokenizer)
+
+
+def test_text_recipe_typo_arguments_are_checked(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from distill_text_classification import NoisyViewArguments
+
+    assert NoisyViewArguments().typo_rate == 0.0
+    assert NoisyViewArguments(typo_rate=0.2).typo_probability == 0.5
+    with pytest.raises(ValueError, match="no effect without typos: set `--typo_rate`"):
+        NoisyViewArguments(typo_probability=1.0)
+    with pytest.raises(ValueError, match="fraction of the words, in \\[0, 1\\]; got 1.5"):
+        NoisyViewArguments(typo_rate=1.5)
+    with pytest.raises(ValueError, match="fraction of the rows, in \\[0, 1\\]; got -0.1"):
+        NoisyViewArguments(typo_rate=0.2, typo_probability=-0.1)
 
 
 def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path):

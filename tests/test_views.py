@@ -211,7 +211,11 @@ def test_error_teacher_view_without_tokenizer(tokenizer, tmp_path):
 def test_model_card_says_the_student_read_noisy_text(tokenizer, tmp_path):
     trainer = view_trainer(tokenizer, tmp_path)
     trainer.save_model(str(tmp_path / "export"))
-    assert "noisy view of the training text" in (tmp_path / "export" / "README.md").read_text()
+    text = (tmp_path / "export" / "README.md").read_text()
+    assert "noisy view of the training text" in text and "| noise |" not in text
+    trainer.noisy_view = {"noise": "prefix_noise", "probability": 1.0}
+    trainer.save_model(str(tmp_path / "export"))
+    assert "| noise | prefix_noise |\n| probability | 1.0 |" in (tmp_path / "export" / "README.md").read_text()
     card = str(build_model_card(task="sequence_classification", teacher="t", args=make_args(tmp_path)))
     assert "Noisy student inputs" not in card
 
