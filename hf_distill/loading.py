@@ -50,14 +50,31 @@ def _check_local(name_or_path: str, what: str) -> None:
         )
 
 
-def load_model(name_or_path: str, task: str, *, role: str = "teacher", **kwargs) -> PreTrainedModel:
-    """`AutoModelFor<Task>.from_pretrained(name_or_path, **kwargs)` with clear errors. `role` names it in messages."""
+def load_model(
+    name_or_path: str, task: str, *, role: str = "teacher", require_all_weights: bool = False, **kwargs
+) -> PreTrainedModel:
+    """`AutoModelFor<Task>.from_pretrained(name_or_path, **kwargs)` with clear errors. `role` names it in messages.
+
+    With `require_all_weights` (a teacher), a checkpoint that lacks some of the model's weights is refused: Transformers
+    would initialise them at random (a base model's classification head, typically) and only log it, and a teacher
+    with a random head teaches noise.
+    """
     _check_local(name_or_path, role)
     auto = AUTO_CLASSES[task]
     try:
-        return auto.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
+        model, info = auto.from_pretrained(os.path.expanduser(name_or_path), output_loading_info=True, **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(_explain(name_or_path, f"{role} ({auto.__name__})", err)) from err
+    missing = sorted(info.get("missing_keys") or ())
+    if require_all_weights and missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ValueError(
+            f"The {role} {name_or_path!r} is not a fine-tuned {task.replace('_', ' ')} model: its checkpoint has no "
+            f"{shown}, so these weights would be random and the {role} would teach noise. Pass a checkpoint "
+            "fine-tuned on the task (recipes/finetune_teacher.py makes one from a base model such as "
+            "'bert-base-cased')."
+        )
+    return model
 
 
 def load_tokenizer(name_or_path: str):

@@ -77,7 +77,7 @@ class DistillationTrainer(Trainer):
     Args:
         model: the student, a sequence- or token-classification model.
         teacher_model: the fine-tuned teacher, a model or a local path / Hub id loaded with the student's Auto
-            class, or a list of them (an ensemble, combined as `args.teacher_ensemble` says). Every teacher must
+            class (a checkpoint without that task head, a base model, is refused), or a list of them (an ensemble, combined as `args.teacher_ensemble` says). Every teacher must
             share the student's vocabulary and labels (checked at init). May be `None` when `teacher_cache` holds
             its logits for every training example, or with `args.self_distillation="ema"`.
         teacher_cache: a `TeacherLogitCache` built over `train_dataset` (`build_teacher_cache`). Batches read the
@@ -122,7 +122,8 @@ class DistillationTrainer(Trainer):
         self.task = infer_task(model, "student")
         teachers = list(teacher_model) if isinstance(teacher_model, list | tuple) else (
             [] if teacher_model is None else [teacher_model])
-        teachers = [load_model(t, self.task, role="teacher") if isinstance(t, str) else t for t in teachers]
+        teachers = [load_model(t, self.task, role="teacher", require_all_weights=True) if isinstance(t, str) else t
+                    for t in teachers]
         _check_teacher_sources(args, teachers, teacher_cache)
         for teacher in teachers:
             check_teacher_student(teacher, model)

@@ -75,7 +75,7 @@ def load_models(model_args: ModelArguments, task: str):
     """`(teacher, tokenizer, student)`: the student is loaded with the teacher's labels, or cut from the teacher."""
     if model_args.teacher_model_name_or_path is None:
         raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned teacher (local directory or Hub id).")
-    teacher = load_model(model_args.teacher_model_name_or_path, task, role="teacher")
+    teacher = load_model(model_args.teacher_model_name_or_path, task, role="teacher", require_all_weights=True)
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path)
     if model_args.model_name_or_path:
         student = load_model(

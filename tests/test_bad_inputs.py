@@ -26,7 +26,7 @@ from transformers import (
 
 from hf_distill.checks import check_label_range, check_tokenizer, check_train_dataset, infer_task
 from hf_distill.data import iob1_to_iob2, load_text_classification_file, read_conll, tokenize_and_align_labels
-from hf_distill.loading import load_tokenizer
+from hf_distill.loading import load_model, load_tokenizer
 
 BAD_INPUTS = Path(__file__).parent / "bad_inputs"
 
@@ -195,6 +195,13 @@ def tokenizer_loaded_from_a_model_only_folder(ctx):
         load_tokenizer(folder)
 
 
+def base_checkpoint_as_teacher(ctx):
+    # A base model (no task head) named as the teacher: its classifier would be random.
+    with tempfile.TemporaryDirectory() as folder:
+        BertModel(tiny_config(len(ctx.tokenizer), 2)).save_pretrained(folder)
+        load_model(folder, "token_classification", role="teacher", require_all_weights=True)
+
+
 def dataset_dict_as_split(ctx):
     split = Dataset.from_dict({"input_ids": [[2, 7, 3]], "labels": [1]})
     check_train_dataset(DatasetDict({"train": split, "validation": split}), needs_labels=True)
@@ -225,6 +232,9 @@ OBJECT_CASES = [
     (tokenizer_without_vocabulary, ValueError, r"has no vocabulary, only its \d+ special tokens",
      r"tokenizer\.save_pretrained\(<teacher dir>\)"),
     (tokenizer_loaded_from_a_model_only_folder, ValueError, r"holds no tokenizer files", r"--tokenizer_name_or_path"),
+    (base_checkpoint_as_teacher, ValueError,
+     r"is not a fine-tuned token classification model: its checkpoint has no classifier\.bias, classifier\.weight",
+     r"recipes/finetune_teacher\.py"),
     (dataset_dict_as_split, ValueError, r"DatasetDict with splits \['train', 'validation'\]", r"`dataset\['train'\]`"),
     (empty_after_filtering, ValueError, r"training dataset is empty \(after filtering\?\)", r"`filter`/`select`"),
     (token_label_out_of_range, ValueError, r"label 9 in row 1 .*7 classes.*1 of 4 labels", r"`config\.label2id`"),
@@ -244,6 +254,22 @@ def test_bad_object(ctx, make_bad_input, error, problem, hint):
     with pytest.raises(error, match=problem) as excinfo:
         make_bad_input(ctx)
     excinfo.match(hint)
+
+
+def test_a_base_checkpoint_still_loads_as_a_student_or_a_model_to_fine_tune(ctx, tmp_path):
+    BertModel(tiny_config(len(ctx.tokenizer), 2)).save_pretrained(tmp_path)
+    model = load_model(str(tmp_path), "token_classification", role="student", num_labels=3)
+    assert model.classifier.out_features == 3
+
+
+def test_trainer_refuses_a_base_checkpoint_named_as_the_teacher(ctx, tmp_path):
+    from hf_distill import DistillationArguments, DistillationTrainer
+
+    BertModel(tiny_config(len(ctx.tokenizer), 2)).save_pretrained(tmp_path / "base")
+    student = BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 2))
+    args = DistillationArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="teach noise"):
+        DistillationTrainer(model=student, teacher_model=str(tmp_path / "base"), args=args)
 
 
 # ---- long sentences: truncated with a warning, never a crash --------------------------------------------------------
