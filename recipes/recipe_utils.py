@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import datasets
 from transformers import Trainer, TrainingArguments
 
-from hf_distill import DistillationTrainer, create_student
+from hf_distill import DistillationTrainer, check_label_range, create_student
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
@@ -152,6 +152,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     With `generations > 1` (born-again training), each later generation starts again from the initial student
     weights and is distilled from the previous generation, frozen; the last one is the result.
     """
+    evaluation = scorable_splits(tokenized, teacher.config.num_labels)
     initial = copy.deepcopy(student) if generations > 1 else None
     generation_teacher = teacher
     for generation in range(1, generations + 1):
@@ -171,14 +172,35 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             logger.info("born-again generation %d of %d saved in %s", generation, generations, gen_args.output_dir)
             generation_teacher = trainer.accelerator.unwrap_model(trainer.model).eval()
             student = copy.deepcopy(initial)
-    evaluation = {k: v for k, v in tokenized.items() if k != "train"}
+    trainer.save_model()  # before anything else can fail: the trained student is never lost
+    tokenizer.save_pretrained(args.output_dir)
     if trainer.is_world_process_zero():
         trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)
-    trainer.save_model()
-    tokenizer.save_pretrained(args.output_dir)
+        trainer.create_model_card()  # again, now with the teacher/student table
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     return trainer
+
+
+def scorable_splits(tokenized: dict, num_labels: int) -> dict:
+    """The splits other than "train" that the teacher/student comparison scores, checked before any training.
+
+    A split other than "validation" whose labels are all negative has none to score (GLUE's test sets carry -1 for
+    their hidden labels): it is left out with a warning. The other splits must hold class ids in [0, num_labels)
+    (-100 aside), so that a bad label fails now and not after training.
+    """
+    splits = {}
+    for name, split in tokenized.items():
+        if name == "train":
+            continue
+        labels = [v for row in split["labels"] for v in (row if isinstance(row, list) else [row])]
+        if name != "validation" and labels and all(label < 0 for label in labels):
+            logger.warning("The %s split has no labels (all negative, as in GLUE's hidden test sets): it is not "
+                           "scored.", name)
+            continue
+        check_label_range(split, num_labels)
+        splits[name] = split
+    return splits
 
 
 def format_table(report: dict) -> str:

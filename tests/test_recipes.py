@@ -144,6 +144,26 @@ def test_teacher_saved_without_its_tokenizer_needs_tokenizer_name_or_path(tokeni
     assert len(AutoTokenizer.from_pretrained(tmp_path / "student")) == len(tokenizer)
 
 
+def test_text_recipe_leaves_out_a_test_split_without_labels_and_keeps_the_student(tokenizer, tmp_path):
+    # GLUE's test sets carry -1 for their hidden labels: scoring them after training used to crash before the save.
+    _text_teacher_and_data(tokenizer, tmp_path)
+    (tmp_path / "test.tsv").write_text("label\tsentence\n" + "".join(f"-1\ta good movie {i}\n" for i in range(8)))
+    result = _text_recipe(tmp_path, "--test_file", str(tmp_path / "test.tsv"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "The test split has no labels" in result.stderr
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "validation_accuracy" in card and "test_accuracy" not in card
+    assert (tmp_path / "student" / "model.safetensors").exists()
+
+
+def test_text_recipe_checks_the_test_labels_before_training(tokenizer, tmp_path):
+    _text_teacher_and_data(tokenizer, tmp_path)
+    (tmp_path / "test.tsv").write_text("label\tsentence\n0\ta good movie\n5\tan awful plot\n")
+    result = _text_recipe(tmp_path, "--test_file", str(tmp_path / "test.tsv"))
+    assert result.returncode != 0 and "label 5 in row 1" in result.stderr, result.stderr[-3000:]
+    assert "train_runtime" not in result.stdout + result.stderr  # refused before any training
+
+
 def test_text_recipe_typo_arguments_are_checked(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from distill_text_classification import NoisyViewArguments
