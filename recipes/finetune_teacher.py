@@ -86,10 +86,10 @@ def main():
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                       data_collator=collator, processing_class=tokenizer, compute_metrics=metrics)
     trainer.train()
+    trainer.save_model()  # before the evaluation, so that nothing after training can lose the teacher
+    tokenizer.save_pretrained(args.output_dir)
     result = trainer.evaluate()
     logger.info("teacher validation %s: %.4f", metric, result[f"eval_{metric}"])
-    trainer.save_model()
-    tokenizer.save_pretrained(args.output_dir)
 
 
 if __name__ == "__main__":

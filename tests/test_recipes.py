@@ -164,6 +164,29 @@ def test_text_recipe_checks_the_test_labels_before_training(tokenizer, tmp_path)
     assert "train_runtime" not in result.stdout + result.stderr  # refused before any training
 
 
+def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokenizer, tmp_path):
+    from conftest import tiny_config
+    from transformers import BertModel
+
+    from hf_distill.loading import load_model
+
+    BertModel(tiny_config(len(tokenizer), 2)).save_pretrained(tmp_path / "base")  # no task head yet
+    tokenizer.save_pretrained(tmp_path / "base")
+    rows = ["label\tsentence"] + [f"{i % 2}\t{'a good movie' if i % 2 else 'an awful plot'} {i}" for i in range(16)]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "finetune_teacher.py"), "--task", "text-classification",
+         "--model_name_or_path", str(tmp_path / "base"), "--train_file", str(tmp_path / "train.tsv"),
+         "--validation_file", str(tmp_path / "train.tsv"), "--output_dir", str(tmp_path / "teacher"),
+         "--max_steps", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher = load_model(str(tmp_path / "teacher"), "sequence_classification", require_all_weights=True)
+    assert teacher.config.id2label == {0: "0", 1: "1"}
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "teacher")) == len(tokenizer)
+
+
 def test_text_recipe_typo_arguments_are_checked(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from distill_text_classification import NoisyViewArguments
