@@ -1,7 +1,7 @@
 """Fine-tune a teacher for a user who does not have one yet (plain `transformers.Trainer`, no distillation).
 
     python recipes/finetune_teacher.py recipes/configs/ner_quick_teacher.yaml --model_name_or_path /path/to/bert
-    python recipes/finetune_teacher.py --task ner --model_name_or_path bert-base-cased --dataset_name conll2003 \
+    python recipes/finetune_teacher.py --task ner --model_name_or_path bert-base-cased --dataset_name lhoestq/conll2003 \
         --output_dir bert-base-cased-conll03 --num_train_epochs 3
 
 The output directory (model + tokenizer) is what the distillation recipes take as --teacher_model_name_or_path.

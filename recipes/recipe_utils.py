@@ -53,7 +53,7 @@ class ModelArguments:
 class DataArguments:
     """Where the data comes from: a Hub dataset or local files."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, e.g. 'conll2003' or 'glue'."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, e.g. 'lhoestq/conll2003' or 'glue'."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's config, e.g. 'sst2'."})
     train_file: str | None = field(default=None, metadata={"help": "Local training file (CoNLL .txt/.conll for NER; csv/tsv/json for text)."})
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
@@ -93,9 +93,14 @@ def load_splits(data: DataArguments, read_local) -> dict[str, datasets.Dataset]:
         try:
             raw = datasets.load_dataset(data.dataset_name, data.dataset_config_name)
         except Exception as err:  # the Hub or the network: say what to do instead
+            script = "Dataset scripts are no longer supported" in str(err)
+            hint = ("It is a loading-script dataset, which `datasets` 4 and later cannot run: use a Parquet copy of it "
+                    "(for CoNLL-2003, --dataset_name lhoestq/conll2003) or local files: --train_file, "
+                    "--validation_file [--test_file]." if script else
+                    "If you are offline or the id is wrong, pass local files instead: --train_file, --validation_file "
+                    "[--test_file].")
             raise ValueError(
-                f"Could not load the Hub dataset {data.dataset_name!r} ({type(err).__name__}: {err}). If you are offline "
-                "or the id is wrong, pass local files instead: --train_file, --validation_file [--test_file]."
+                f"Could not load the Hub dataset {data.dataset_name!r} ({type(err).__name__}: {err}). {hint}"
             ) from err
         splits = {"train": raw["train"], "validation": raw["validation"]}
         if "test" in raw:

@@ -187,6 +187,18 @@ def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokeni
     assert len(AutoTokenizer.from_pretrained(tmp_path / "teacher")) == len(tokenizer)
 
 
+def test_a_loading_script_dataset_gets_a_parquet_hint(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import recipe_utils
+
+    def script_only(*args, **kwargs):  # what datasets >= 4 raises for the Hub's script-based "conll2003"
+        raise RuntimeError("Dataset scripts are no longer supported, but found conll2003.py")
+
+    monkeypatch.setattr(recipe_utils.datasets, "load_dataset", script_only)
+    with pytest.raises(ValueError, match="loading-script dataset.*--dataset_name lhoestq/conll2003"):
+        recipe_utils.load_splits(recipe_utils.DataArguments(dataset_name="conll2003"), read_local=None)
+
+
 def test_text_recipe_typo_arguments_are_checked(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from distill_text_classification import NoisyViewArguments
