@@ -66,8 +66,10 @@ def main():
 
     text_column = data_args.text_column_name or "sentence"
     label_column = data_args.label_column_name or "label"
-    splits = load_splits(
-        data_args, lambda path: load_text_classification_file(path, text_column=text_column, label_column=label_column)
+    label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+    splits = load_splits(  # a file's labels may be ids or the teacher's label names ("negative", "positive")
+        data_args, lambda path: load_text_classification_file(path, text_column=text_column, label_column=label_column,
+                                                              label_names=label_names)
     )
 
     def encode(batch):

@@ -82,15 +82,17 @@ def test_unreachable_hub_id_offline_suggests_local_files(tmp_path, name):
     assert "Offline mode is on (HF_HUB_OFFLINE=1)" in result.stderr and "local directory" in result.stderr
 
 
-def _text_teacher_and_data(tokenizer, tmp_path):
-    """A tiny sentiment teacher saved with its tokenizer in tmp_path/teacher, and tmp_path/train.tsv."""
+def _text_teacher_and_data(tokenizer, tmp_path, names=False):
+    """A tiny sentiment teacher saved with its tokenizer in tmp_path/teacher, and tmp_path/train.tsv (labels as
+    ids, or with `names` as the teacher's label names)."""
     from conftest import tiny_sequence_model
 
     teacher = tiny_sequence_model(tokenizer, layers=2, seed=3, id2label={0: "negative", 1: "positive"},
                                   label2id={"negative": 0, "positive": 1})
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
-    rows = ["label\tsentence"] + [f"{i % 2}\t{'a good movie' if i % 2 else 'an awful plot'} {i}" for i in range(24)]
+    label = (lambda i: ["negative", "positive"][i % 2]) if names else (lambda i: i % 2)
+    rows = ["label\tsentence"] + [f"{label(i)}\t{'a good movie' if i % 2 else 'an awful plot'} {i}" for i in range(24)]
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
 
 
@@ -113,7 +115,8 @@ def _run_text_recipe(tokenizer, tmp_path, *flags):
 
 
 def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
-    result = _run_text_recipe(tokenizer, tmp_path, "--temperature", "3.0")
+    _text_teacher_and_data(tokenizer, tmp_path, names=True)  # labels written as the teacher's names
+    result = _text_recipe(tmp_path, "--temperature", "3.0")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "text-classification" in card and "| temperature | 3.0 |" in card and "validation_accuracy" in card
