@@ -86,7 +86,9 @@ def main():
         """The training split: plain, or with the student's text noised and a clean teacher view (--typo_rate)."""
         if noisy_view is None:
             return train.map(encode, batched=True, remove_columns=train.column_names)
-        train = train.select_columns([text_column, label_column]).rename_column(label_column, "labels")
+        train = train.select_columns([text_column, label_column])
+        if label_column != "labels":
+            train = train.rename_column(label_column, "labels")
         return add_noisy_view(train, tokenizer, text_column=text_column, noise=typo_noise(noise_args.typo_rate),
                               probability=noise_args.typo_probability, seed=args.seed,
                               max_length=data_args.max_seq_length)
