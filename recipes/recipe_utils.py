@@ -158,6 +158,12 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     weights and is distilled from the previous generation, frozen; the last one is the result.
     """
     evaluation = scorable_splits(tokenized, teacher.config.num_labels)
+    resume = resume_target(args.resume_from_checkpoint)
+    if resume is not None and generations > 1:
+        raise ValueError(
+            "--resume_from_checkpoint resumes a single run, and --generations > 1 chains several (each generation "
+            "starts from the initial student). Resume without --generations, or start the generations again."
+        )
     initial = copy.deepcopy(student) if generations > 1 else None
     generation_teacher = teacher
     for generation in range(1, generations + 1):
@@ -171,7 +177,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
         )
         trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
         trainer.noisy_view = noisy_view
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         if not last:
             trainer.save_model()
             logger.info("born-again generation %d of %d saved in %s", generation, generations, gen_args.output_dir)
@@ -185,6 +191,14 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     return trainer
+
+
+def resume_target(value: str | None) -> str | bool | None:
+    """`TrainingArguments.resume_from_checkpoint` (a string on the command line) as `Trainer.train` takes it: a
+    checkpoint folder, or `True` for "true" (the last complete checkpoint in output_dir)."""
+    if value is None or value.strip().lower() in ("", "false", "none"):
+        return None
+    return True if value.strip().lower() == "true" else value
 
 
 def scorable_splits(tokenized: dict, num_labels: int) -> dict:

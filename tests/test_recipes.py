@@ -157,6 +157,27 @@ def test_text_recipe_leaves_out_a_test_split_without_labels_and_keeps_the_studen
     assert (tmp_path / "student" / "model.safetensors").exists()
 
 
+def test_text_recipe_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
+    _text_teacher_and_data(tokenizer, tmp_path)
+    first = _text_recipe(tmp_path, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+                         "--logging_steps", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("{'loss'") == 2
+    again = _text_recipe(tmp_path, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+                         "--logging_steps", "1", "--resume_from_checkpoint", "true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("{'loss'") == 2  # steps 3 and 4 only: it went on from checkpoint-2
+    assert (tmp_path / "student" / "checkpoint-4").is_dir()
+
+
+def test_resume_target_reads_the_command_line_value(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import resume_target
+
+    assert resume_target(None) is None and resume_target("false") is None
+    assert resume_target("True") is True and resume_target("out/checkpoint-500") == "out/checkpoint-500"
+
+
 def test_evaluation_splits_are_checked_before_training(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from datasets import Dataset
