@@ -10,7 +10,7 @@ The output directory (model + tokenizer) is what the distillation recipes take a
 import logging
 from dataclasses import dataclass, field
 
-from recipe_utils import DataArguments, load_splits
+from recipe_utils import DataArguments, load_splits, resume_target
 from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
@@ -85,7 +85,7 @@ def main():
     )
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                       data_collator=collator, processing_class=tokenizer, compute_metrics=metrics)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_target(args.resume_from_checkpoint))
     trainer.save_model()  # before the evaluation, so that nothing after training can lose the teacher
     tokenizer.save_pretrained(args.output_dir)
     result = trainer.evaluate()

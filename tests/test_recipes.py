@@ -207,9 +207,13 @@ def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokeni
         [sys.executable, str(ROOT / "recipes" / "finetune_teacher.py"), "--task", "text-classification",
          "--model_name_or_path", str(tmp_path / "base"), "--train_file", str(tmp_path / "train.tsv"),
          "--validation_file", str(tmp_path / "train.tsv"), "--output_dir", str(tmp_path / "teacher"),
-         "--max_steps", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"],
+         "--max_steps", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "steps",
+         "--save_steps", "1", "--resume_from_checkpoint", "true"],
         capture_output=True, text=True, env=_env(), timeout=300,
     )
+    # There is nothing to resume from: the flag reaches Trainer.train, which says so.
+    assert result.returncode != 0 and "No valid checkpoint found" in result.stderr, result.stderr[-3000:]
+    result = subprocess.run(result.args[:-2], capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     teacher = load_model(str(tmp_path / "teacher"), "sequence_classification", require_all_weights=True)
     assert teacher.config.id2label == {0: "0", 1: "1"}
