@@ -14,7 +14,7 @@ Any field of the config file can be overridden on the command line (`--num_train
 
 import logging
 
-from recipe_utils import DataArguments, ModelArguments, distill, load_models, load_splits
+from recipe_utils import DataArguments, ModelArguments, align_labels, distill, load_models, load_splits
 from transformers import DataCollatorForTokenClassification, set_seed
 
 from hf_distill import (
@@ -40,7 +40,7 @@ def main():
     splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names))
     tokens_column = data_args.text_column_name or "tokens"
     tags_column = data_args.label_column_name or "ner_tags"
-    splits = {name: align_tags(data, tags_column, label_names) for name, data in splits.items()}
+    splits = {name: align_labels(data, tags_column, label_names, strict=True) for name, data in splits.items()}
     with args.main_process_first(desc="tokenization"):
         tokenized = {
             name: data.map(
@@ -55,22 +55,6 @@ def main():
     collator = DataCollatorForTokenClassification(tokenizer)
     distill(teacher, student, tokenizer, tokenized, collator, token_classification_metrics(label_names), "f1", args,
             data_args, generations=model_args.generations)
-
-
-def align_tags(dataset, column, label_names):
-    """Re-encode a ClassLabel tag column in the teacher's label order (Hub datasets may order labels differently)."""
-    feature = dataset.features[column].feature if hasattr(dataset.features[column], "feature") else None
-    names = getattr(feature, "names", None)
-    if names is None or list(names) == list(label_names):
-        return dataset
-    missing = sorted(set(names) - set(label_names))
-    if missing:
-        raise ValueError(
-            f"The dataset's tags {missing} are not labels of the teacher ({label_names}). Distil with a teacher "
-            "fine-tuned on this label set."
-        )
-    remap = [label_names.index(name) for name in names]
-    return dataset.map(lambda row: {column: [remap[t] for t in row[column]]}, desc="aligning tags to the teacher")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Any field of the config file can be overridden on the command line; `--help` lis
 import logging
 from dataclasses import dataclass, field
 
-from recipe_utils import DataArguments, ModelArguments, distill, load_models, load_splits
+from recipe_utils import DataArguments, ModelArguments, align_labels, distill, load_models, load_splits
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_distill import (
@@ -71,6 +71,7 @@ def main():
         data_args, lambda path: load_text_classification_file(path, text_column=text_column, label_column=label_column,
                                                               label_names=label_names)
     )
+    splits = {name: align_labels(data, label_column, label_names, strict=False) for name, data in splits.items()}
 
     def encode(batch):
         encoded = tokenizer(batch[text_column], truncation=True, max_length=data_args.max_seq_length)

@@ -193,6 +193,41 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     return trainer
 
 
+def align_labels(dataset, column, label_names, *, strict):
+    """Re-encode a `ClassLabel` column (or a sequence of them, for tags) in the teacher's label order: Hub datasets
+    may order their labels differently, and the ids would then mean other classes to the teacher.
+
+    Names are compared without case. A label the teacher does not have is an error with `strict` (NER tags, whose
+    names are standard); otherwise (text classes, whose teachers are often named LABEL_0, LABEL_1, ...) the ids are
+    kept with a warning. Columns without names (plain ids) are kept as they are.
+    """
+    feature = dataset.features[column]
+    sequence = hasattr(feature, "feature")
+    names = getattr(feature.feature if sequence else feature, "names", None)
+    teacher = [str(name).lower() for name in label_names]
+    if names is None or [name.lower() for name in names] == teacher:
+        return dataset
+    missing = sorted(name for name in names if name.lower() not in teacher)
+    if missing:
+        message = (f"The dataset's labels {missing} are not labels of the teacher ({list(label_names)}).")
+        if strict:
+            raise ValueError(f"{message} Distil with a teacher fine-tuned on this label set.")
+        logger.warning("%s Their ids are kept as they are (dataset label i = teacher label i): check that this is "
+                       "what the teacher was trained with.", message)
+        return dataset
+    remap = [teacher.index(name.lower()) for name in names]
+    features = dataset.features.copy()
+    relabelled = datasets.ClassLabel(names=[str(name) for name in label_names])
+    features[column] = datasets.Sequence(relabelled) if sequence else relabelled
+
+    def realign(row):
+        if sequence:
+            return {column: [remap[t] for t in row[column]]}
+        return {column: remap[row[column]] if row[column] >= 0 else row[column]}  # -1: a hidden test label
+
+    return dataset.map(realign, features=features, desc="aligning labels to the teacher")
+
+
 def resume_target(value: str | None) -> str | bool | None:
     """`TrainingArguments.resume_from_checkpoint` (a string on the command line) as `Trainer.train` takes it: a
     checkpoint folder, or `True` for "true" (the last complete checkpoint in output_dir)."""

@@ -178,6 +178,27 @@ def test_resume_target_reads_the_command_line_value(monkeypatch):
     assert resume_target("True") is True and resume_target("out/checkpoint-500") == "out/checkpoint-500"
 
 
+def test_hub_labels_are_put_in_the_teachers_order(monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+    from recipe_utils import align_labels
+
+    classes = Features({"sentence": Value("string"), "label": ClassLabel(names=["positive", "negative"])})
+    data = Dataset.from_dict({"sentence": ["a", "b", "c"], "label": [0, 1, -1]}, features=classes)
+    aligned = align_labels(data, "label", ["NEGATIVE", "POSITIVE"], strict=False)  # names compared without case
+    assert aligned["label"] == [1, 0, -1] and aligned.features["label"].names == ["NEGATIVE", "POSITIVE"]
+    with caplog.at_level("WARNING"):
+        kept = align_labels(data, "label", ["LABEL_0", "LABEL_1"], strict=False)
+    assert kept["label"] == [0, 1, -1] and "are not labels of the teacher" in caplog.text
+
+    tags = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=["O", "B-PER"]))})
+    ner = Dataset.from_dict({"tokens": [["john", "runs"]], "ner_tags": [[1, 0]]}, features=tags)
+    assert align_labels(ner, "ner_tags", ["B-PER", "O"], strict=True)["ner_tags"] == [[0, 1]]
+    assert align_labels(ner, "ner_tags", ["O", "B-PER"], strict=True) is ner
+    with pytest.raises(ValueError, match=r"labels \['B-PER'\] are not labels of the teacher"):
+        align_labels(ner, "ner_tags", ["O", "B-LOC"], strict=True)
+
+
 def test_evaluation_splits_are_checked_before_training(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from datasets import Dataset
