@@ -119,7 +119,11 @@ class DistillationArguments(TrainingArguments):
             of heads and a student without attention dropout; both models run eager attention.
         feature_layer_map (`str` or `None`, defaults to `None`):
             Which student layer matches which teacher layer, as `"1:2,2:4,3:6"` (0 is the embedding output, i the
-            output of layer i). `None`: uniform, student layer s -> teacher layer round(s·T/S).
+            output of layer i), for hidden states and attention maps. `None`: hidden states uniform, student layer
+            s -> teacher layer round(s·T/S); attention maps the same, except for a student made by `create_student`
+            from this teacher's depth, whose layers each match the teacher layer they were copied from (layers 0, 2,
+            4 of 6 -> `"1:1,2:3,3:5"`; on CoNLL-2003 the uniform map cost it several F1 points, see
+            `benchmarks/RESULTS.md`).
         teacher_ensemble (`str`, defaults to `"mean"`):
             With several teachers (`teacher_model=[...]`): `"mean"` averages their softened distributions,
             `"weighted"` uses `teacher_weights`, `"confidence"` weighs each teacher per position by its top-class

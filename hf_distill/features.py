@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,21 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int
     if student_layers < 1 or teacher_layers < 1:
         raise ValueError(f"Layer counts must be >= 1, got student {student_layers} and teacher {teacher_layers}.")
     return {s: max(1, round(s * teacher_layers / student_layers)) for s in range(1, student_layers + 1)}
+
+
+def cut_layer_map(student_config: Any, teacher_layers: int) -> dict[int, int] | None:
+    """Student layer s -> the teacher layer it was copied from (1-based), for a student that `create_student` cut from
+    a teacher of `teacher_layers` layers; `None` for any other student.
+
+    Attention patterns belong to their layer's weights: a copied layer starts with its teacher layer's attention,
+    and matching it to another layer's (the uniform map) pulls it away from what it was trained to do. A 3-layer
+    student cut from layers 0, 2, 4 of a 6-layer teacher matches 1, 2, 3 to 1, 3, 5.
+    """
+    layers = getattr(student_config, "cut_from_teacher_layers", None)
+    depth = getattr(student_config, "cut_from_teacher_depth", None)
+    if not layers or depth != teacher_layers or len(layers) != getattr(student_config, "num_hidden_layers", None):
+        return None
+    return {s: int(t) + 1 for s, t in enumerate(layers, start=1)}
 
 
 def parse_layer_map(

@@ -126,6 +126,9 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
 
     config = copy.deepcopy(teacher.config)
     setattr(config, attribute, len(layers))
+    # Where each student layer came from, for attention distillation's default layer map (`features.cut_layer_map`).
+    config.cut_from_teacher_layers = list(layers)
+    config.cut_from_teacher_depth = num_layers
     for name, value in config_overrides.items():
         if not hasattr(config, name):
             raise ValueError(f"`{name}` is not an attribute of {type(config).__name__}; it cannot be overridden.")

@@ -45,7 +45,7 @@ from .checks import (
 )
 from .config import DistillationArguments
 from .ensemble import combine_teacher_logits
-from .features import FeatureProjector, attention_kl, hidden_state_loss, parse_layer_map
+from .features import FeatureProjector, attention_kl, cut_layer_map, hidden_state_loss, parse_layer_map
 from .files import (
     CHECKPOINT_MARKER,
     atomic_write_json,
@@ -201,7 +201,8 @@ class DistillationTrainer(Trainer):
         mask_id = getattr(processing_class, "mask_token_id", None)
         self._distill_skip_ids = torch.tensor(sorted(set(special) - {mask_id}), dtype=torch.long)
         self.feature_projector: FeatureProjector | None = None
-        self._layer_map: dict[int, int] = {}
+        self._layer_map: dict[int, int] = {}  # hidden states: student layer -> teacher layer
+        self._attention_map: dict[int, int] = {}  # attention maps (the same unless the student was cut, see below)
         if args.uses_features:
             self._setup_features()
         if args.self_distillation == "ema":
@@ -299,10 +300,10 @@ class DistillationTrainer(Trainer):
         outputs = [self._teacher_forward(t, inputs, i == matched) for i, t in enumerate(self.teacher_models)]
         result = {}
         if features:  # only the matched layers leave inference mode (attention maps are indexed from layer 1)
-            for key, offset in (("hidden_states", 0), ("attentions", 1)):
+            for key, offset, layer_map in (("hidden_states", 0, self._layer_map),
+                                           ("attentions", 1, self._attention_map)):
                 if outputs[matched].get(key) is not None:
-                    result[key] = {t - offset: outputs[matched][key][t - offset].clone()
-                                   for t in self._layer_map.values()}
+                    result[key] = {t - offset: outputs[matched][key][t - offset].clone() for t in layer_map.values()}
         all_logits = [o["logits"].clone() for o in outputs]
         if len(all_logits) == 1:
             result["logits"] = result["confidence_logits"] = all_logits[0]
@@ -496,8 +497,11 @@ class DistillationTrainer(Trainer):
         teacher = self._unwrap(self.teacher_models[self.args.feature_teacher]).config
         self._layer_map = parse_layer_map(self.args.feature_layer_map, student.num_hidden_layers,
                                           teacher.num_hidden_layers)
+        self._attention_map = self._layer_map
+        if not self.args.feature_layer_map:  # a cut student's layers keep their own teacher layer's attention
+            self._attention_map = cut_layer_map(student, teacher.num_hidden_layers) or self._layer_map
         if self.args.attention_distill_weight > 0:
-            if any(s == 0 or t == 0 for s, t in self._layer_map.items()):
+            if any(s == 0 or t == 0 for s, t in self._attention_map.items()):
                 raise ValueError("Attention distillation matches layers 1..N; `feature_layer_map` pairs layer 0 (the "
                                  "embeddings, which have no attention). Drop the 0 pairs.")
             if student.num_attention_heads != teacher.num_attention_heads:
@@ -538,7 +542,7 @@ class DistillationTrainer(Trainer):
             loss = loss + a.hidden_distill_weight * total / (count.clamp_min(1) if normalizer is None else normalizer)
             self._window.add_ratio("hidden_loss", total, count)
         if a.attention_distill_weight > 0:
-            total, count = attention_kl(outputs["attentions"], teacher["attentions"], self._layer_map, mask)
+            total, count = attention_kl(outputs["attentions"], teacher["attentions"], self._attention_map, mask)
             loss = loss + a.attention_distill_weight * total / (
                 count.clamp_min(1) if normalizer is None else normalizer)
             self._window.add_ratio("attention_loss", total, count)

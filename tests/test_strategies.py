@@ -150,6 +150,45 @@ def test_attention_term_by_hand_with_eager_attention(tokenizer, tmp_path):
     assert loss.item() == pytest.approx((kd + 2.0 * total / count).item(), rel=1e-5)
 
 
+def test_a_cut_students_attention_matches_the_layers_it_was_copied_from(tokenizer, tmp_path):
+    from hf_distill import create_student
+
+    teacher = tiny_token_model(tokenizer, layers=4, seed=2, **NO_DROP)
+    student = create_student(teacher, [0, 2], attention_probs_dropout_prob=0.0)
+    assert student.config.cut_from_teacher_layers == [0, 2] and student.config.cut_from_teacher_depth == 4
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, alpha=1.0,
+                          attention_distill_weight=2.0, hidden_distill_weight=1.0)
+    assert trainer._attention_map == {1: 1, 2: 3} and trainer._layer_map == {1: 2, 2: 4}  # hidden: uniform
+    batch = _batch(tokenizer)
+    loss, s, t = _loss_and_reference(trainer, student, teacher, batch, output_attentions=True,
+                                     output_hidden_states=True)
+    mask, real = batch["labels"].ne(-100), batch["attention_mask"].bool()
+    kd = soft_kl(s.logits[mask], t.logits[mask], 2.0).mean()
+    attention, count = attention_kl(s.attentions, t.attentions, {1: 1, 2: 3}, real)
+    hidden = sum(((s.hidden_states[i] - t.hidden_states[j]) ** 2).mean(-1)[real].mean() for i, j in ((1, 2), (2, 4)))
+    assert loss.item() == pytest.approx((kd + 2.0 * attention / count + hidden / 2).item(), rel=1e-5)
+    # The first layer is the teacher's own, on the same input: its attention starts identical.
+    assert torch.allclose(s.attentions[0], t.attentions[0], atol=1e-6)
+
+    explicit = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, attention_distill_weight=1.0,
+                           feature_layer_map="1:2,2:4")
+    assert explicit._attention_map == explicit._layer_map == {1: 2, 2: 4}
+    other = ner_trainer(tokenizer, tmp_path, student=student, teacher=tiny_token_model(tokenizer, layers=2, **NO_DROP),
+                        attention_distill_weight=1.0)  # not the depth it was cut from: uniform
+    assert other._attention_map == {1: 1, 2: 2}
+
+
+def test_cut_layer_map_is_only_for_a_student_cut_from_that_depth():
+    from types import SimpleNamespace
+
+    from hf_distill.features import cut_layer_map
+
+    cut = SimpleNamespace(cut_from_teacher_layers=[0, 2, 4], cut_from_teacher_depth=6, num_hidden_layers=3)
+    assert cut_layer_map(cut, 6) == {1: 1, 2: 3, 3: 5}
+    assert cut_layer_map(cut, 12) is None
+    assert cut_layer_map(SimpleNamespace(num_hidden_layers=3), 6) is None
+
+
 def test_attention_distillation_refuses_dropout_and_other_head_counts(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="attention_probs_dropout_prob=0.1"):
         ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, hidden_dropout_prob=0.0),
