@@ -12,7 +12,8 @@ Every student has 3 layers and trains for `--epochs` epochs with the same batch,
   layers 0, 2, 4. The baseline, re-run here so every figure comes from the same machine and run; every strategy
   adds its own settings on top of these;
 - hidden_kd: + hidden-state MSE (uniform layer map 1:2, 2:4, 3:6), weight --hidden_weight;
-- attention_kd: + attention-map KL (same map), weight --attention_weight, student without attention dropout;
+- attention_kd: + attention-map KL (the library's default map: each layer of this cut student against the teacher
+  layer it was copied from, 1:1, 2:3, 3:5), weight --attention_weight, student without attention dropout;
 - ensemble_kd: two teachers fine-tuned with seeds 42 and 43, their softened distributions averaged (a --variants
   entry with "teachers": N uses N teachers, seeds 42 to 41 + N);
 - ema_self: self-distillation, no second model: the teacher is an EMA of the student (decay --ema_decay);
