@@ -110,7 +110,9 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
             (for attention distillation). Each must already exist in the teacher's config; shapes cannot change.
 
     Returns:
-        The student model, e.g. a 6-layer ``BertForTokenClassification``.
+        The student model, e.g. a 6-layer ``BertForTokenClassification``. Its config records the kept layers
+        (``cut_from_teacher_layers``) and the teacher's depth (``cut_from_teacher_depth``), from which attention
+        distillation takes its default layer map.
 
     Raises:
         ValueError: ``layers`` is empty, unsorted, repeated or out of range; or the architecture is not one of the
