@@ -95,6 +95,7 @@ def build_model_card(
     language: str | None = None,
     teacher_view: bool = False,
     noisy_view: Mapping[str, Any] | None = None,
+    layer_maps: Mapping[str, Mapping[int, int]] | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -112,6 +113,9 @@ def build_model_card(
             (`hf_distill.add_noisy_view`).
         noisy_view: how that noise was made, e.g. `{"noise": "typo_noise(rate=0.2)", "probability": 0.5}`: a table
             under the noisy-inputs section (only with `teacher_view`).
+        layer_maps: the student -> teacher layer pairs that feature distillation used, e.g.
+            `{"hidden states": {1: 2, 2: 4, 3: 6}, "attention maps": {1: 1, 2: 3, 3: 5}}`; shown under the strategies,
+            since the effective map can differ from `feature_layer_map` (which may be unset).
     """
     task_tag = _TASK_TAGS.get(task, task)
     all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(tags or [])]))
@@ -154,6 +158,8 @@ def build_model_card(
         if noisy_view:
             sections += ["", _table(list(noisy_view.items()))]
     strategy = _strategy_rows(args)
+    strategy += [(f"{kind} layer map (student → teacher)", _format_layer_map(pairs))
+                 for kind, pairs in (layer_maps or {}).items() if pairs]
     if strategy:
         sections += ["", "### Other distillation strategies", "", _table(strategy)]
     sections += ["", "## Size", ""]
@@ -169,6 +175,10 @@ def build_model_card(
         sections += ["", "## Evaluation", "", _evaluation_table(evaluation)]
     sections += ["", "## Framework versions", "", "\n".join(f"- {k} {v}" for k, v in framework_versions().items())]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections) + "\n")
+
+
+def _format_layer_map(pairs: Mapping[int, int]) -> str:
+    return ", ".join(f"{s}→{t}" for s, t in sorted(pairs.items()))
 
 
 def _method_text(args: Any) -> str:

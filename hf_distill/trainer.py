@@ -660,6 +660,15 @@ class DistillationTrainer(Trainer):
             if self.args.should_save and os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)
 
+    def _used_layer_maps(self) -> dict[str, dict[int, int]]:
+        """The layer pairs feature distillation compared, per kind, for the model card."""
+        maps = {}
+        if self.args.hidden_distill_weight > 0:
+            maps["hidden-state"] = dict(self._layer_map)
+        if self.args.attention_distill_weight > 0:
+            maps["attention"] = dict(self._attention_map)
+        return maps
+
     def create_model_card(
         self,
         language: str | None = None,
@@ -705,6 +714,7 @@ class DistillationTrainer(Trainer):
             language=language,
             teacher_view=self.teacher_view,
             noisy_view=self.noisy_view,
+            layer_maps=self._used_layer_maps(),
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))

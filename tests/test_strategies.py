@@ -169,6 +169,11 @@ def test_a_cut_students_attention_matches_the_layers_it_was_copied_from(tokenize
     assert loss.item() == pytest.approx((kd + 2.0 * attention / count + hidden / 2).item(), rel=1e-5)
     # The first layer is the teacher's own, on the same input: its attention starts identical.
     assert torch.allclose(s.attentions[0], t.attentions[0], atol=1e-6)
+    # The card names the maps that were used, not the unset feature_layer_map.
+    trainer.create_model_card(output_dir=str(tmp_path))
+    card = (tmp_path / "README.md").read_text()
+    assert "| hidden-state layer map (student → teacher) | 1→2, 2→4 |" in card
+    assert "| attention layer map (student → teacher) | 1→1, 2→3 |" in card
 
     explicit = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, attention_distill_weight=1.0,
                            feature_layer_map="1:2,2:4")
