@@ -6,6 +6,9 @@
     python throughput.py --f1 --compile   # GPU: also train every method for 2 epochs and score dev/test F1, and
                                           # measure `online_compiled` (torch_compile=True); 8 min on one H100, the
                                           # teacher's fine-tuning included
+    python throughput.py --teacher_dtype bfloat16 --methods plain,naive,textbrewer,textbrewer_bf16_teacher,online,cached \
+        --results_name throughput_cpu_bf16_teacher   # CPU with bf16 units (AMX): the fast teacher path, and TextBrewer
+                                          # with the same bf16 teacher for a same-precision comparison
     python throughput.py --plot_only      # redraw throughput.png (and RESULTS.md) from results/throughput*.json
 
 Run from `benchmarks/`. Every method trains the same student (layers 0, 2, 4 of the fine-tuned 6-layer MiniLM
@@ -101,6 +104,9 @@ from hf_distill.speed import inference_latency_ms
 
 logger = logging.getLogger("benchmarks.throughput")
 METHODS = ["plain", "naive", "textbrewer", "online", "cached"]
+# Opt-in: TextBrewer with its teacher cast to bf16 by hand, the parity check for an online run whose teacher is bf16
+# (`--teacher_dtype bfloat16` on a CPU; on a GPU textbrewer's teacher already runs under bf16 autocast).
+OPTIONAL_METHODS = ["textbrewer_bf16_teacher"]
 TARGETS = {  # name: (ratio or figure, comparison, bound)
     "cached_vs_plain": ("ratios", ">=", 0.95),
     "online_vs_naive": ("ratios", ">=", 1.0),
@@ -118,7 +124,12 @@ def parse_args():
     p.add_argument("--f1", action="store_true", help="also train every method to completion and score dev/test F1")
     p.add_argument("--compile", action="store_true", help="also measure online_compiled (torch_compile=True)")
     p.add_argument("--plot_only", action="store_true", help="redraw throughput.png from the results files")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated subset of " + ",".join(METHODS + OPTIONAL_METHODS))
+    p.add_argument("--teacher_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="dtype of the online run's teacher (`DistillationArguments.teacher_dtype`); auto: bfloat16 on "
+                        "a GPU, float32 on a CPU. bfloat16 on a CPU is hf-distill's fast teacher path where the CPU "
+                        "has bf16 matrix units (AMX)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per method per round")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     p.add_argument("--warmup_steps", type=int, default=None, help="untimed steps of every method first")
@@ -144,9 +155,11 @@ def parse_args():
         if getattr(args, field) is None:
             setattr(args, field, value)
     args.methods = [m for m in args.methods.split(",") if m]
-    unknown = set(args.methods) - set(METHODS)
+    unknown = set(args.methods) - set(METHODS + OPTIONAL_METHODS)
     if unknown:
-        p.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+        p.error(f"unknown methods {sorted(unknown)}; choose from {METHODS + OPTIONAL_METHODS}")
+    if args.teacher_dtype == "auto":
+        args.teacher_dtype = "bfloat16" if gpu else "float32"
     return args
 
 
@@ -381,8 +394,10 @@ def build(method: str, setup: Setup):
                                          args=setup.training_args(TrainingArguments, method), **common))
     if method == "textbrewer":
         return TextBrewerRun(setup, student, setup.teacher(), kd["alpha"], kd["temperature"])
-    if setup.gpu:
-        kd["teacher_dtype"] = "bfloat16"
+    if method == "textbrewer_bf16_teacher":
+        return TextBrewerRun(setup, student, setup.teacher().to(torch.bfloat16), kd["alpha"], kd["temperature"])
+    if setup.args.teacher_dtype != "float32":
+        kd["teacher_dtype"] = setup.args.teacher_dtype
     if method == "online":
         return TrainerRun(DistillationTrainer(model=student, teacher_model=setup.teacher(),
                                               args=setup.training_args(DistillationArguments, method, **kd),
@@ -428,7 +443,8 @@ def probe(args) -> None:
 def cpu_peak_memory(method: str, args) -> tuple[dict, str]:
     command = [sys.executable, str(Path(__file__).resolve()), "--probe", method, "--memory_steps", str(args.memory_steps),
                "--batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-               "--max_length", str(args.max_length), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+               "--max_length", str(args.max_length), "--seed", str(args.seed),
+               "--teacher_dtype", args.teacher_dtype] + (["--quick"] if args.quick else [])
     done = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
     lines = [line for line in done.stdout.splitlines() if line.startswith(PROBE_PREFIX)]
     if done.returncode != 0 or not lines:
@@ -677,13 +693,14 @@ def main():
     gpu = setup.gpu
     results = {
         "machine": machine(),
-        "device_label": (f"{torch.cuda.get_device_name()}, bf16" if gpu else f"{os.cpu_count()} CPU cores, fp32"),
+        "device_label": (f"{torch.cuda.get_device_name()}, bf16" if gpu else f"{os.cpu_count()} CPU cores, fp32"
+                         + (", online teacher bf16" if args.teacher_dtype == "bfloat16" else "")),
         "code": code_version(),
         "runs": {}, "ratios": {},
         "settings": {
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
             "max_length": args.max_length, "student_layers": LAYERS, "kd": KD_SETTINGS,
-            "teacher_dtype_online": "bfloat16" if gpu else "auto (float32)", "train_examples": len(setup.train),
+            "teacher_dtype_online": args.teacher_dtype, "train_examples": len(setup.train),
             "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup_steps,
             "memory_steps": args.memory_steps, "epochs": args.epochs, "torch_threads": torch.get_num_threads(),
             "textbrewer": {"kd_loss_type": "ce", "temperature": KD_SETTINGS["temperature"],
@@ -700,6 +717,13 @@ def main():
             "teacher runs in fp32; online runs it in bf16 (teacher_dtype) and textbrewer under bf16 autocast. "
             "TextBrewer 0.2.1 ran unmodified under Transformers 5 with adaptors (logits + labelled-position mask, "
             "teacher batch without labels) and, where tensorboard is missing, a stand-in tensorboardX module."
+            + ("" if gpu or args.teacher_dtype != "bfloat16" else
+               " On this CPU, online (and cached, which runs no teacher) had teacher_dtype='bfloat16' "
+               "(--teacher_dtype), hf-distill's fast teacher path for CPUs with bf16 matrix units, while the "
+               "student trained in fp32 in every method; plain, naive and textbrewer ran as they are shipped (fp32 "
+               "on a CPU: TextBrewer's own fp16 switch needs apex on CUDA), and textbrewer_bf16_teacher is "
+               "TextBrewer with its teacher cast to bf16 by hand, the same-precision comparison "
+               "(online_vs_textbrewer_bf16_teacher).")
         ),
     }
 
@@ -755,7 +779,8 @@ def main():
         results["runs"][method] = {"train_samples_per_second": round(median(values), 2),
                                    "rounds_samples_per_second": [round(v, 2) for v in values]}
     for name, (a, b) in {"cached_vs_plain": ("cached", "plain"), "online_vs_naive": ("online", "naive"),
-                         "online_vs_textbrewer": ("online", "textbrewer")}.items():
+                         "online_vs_textbrewer": ("online", "textbrewer"),
+                         "online_vs_textbrewer_bf16_teacher": ("online", "textbrewer_bf16_teacher")}.items():
         if a in rates and b in rates:
             results["ratios"][name] = paired_ratio(rates[a], rates[b])
     runs_measured = sorted(runs, key=lambda m: m not in ("online", "cached"))  # the F1 target's pair first
