@@ -261,9 +261,12 @@ def _strategies_readme() -> list[str]:
 
 
 def _throughput_readme() -> list[str]:
-    """A short table from results/throughput.json (CPU) and results/throughput_gpu.json (GPU)."""
+    """A short table from results/throughput.json (CPU), throughput_cpu_bf16_teacher.json (CPU, online teacher in
+    bf16) and throughput_gpu*.json (GPU)."""
     found = [(label, json.loads(path.read_text())) for label, path in
-             (("CPU", RESULTS_DIR / "throughput.json"), ("GPU", RESULTS_DIR / "throughput_gpu.json"),
+             (("CPU", RESULTS_DIR / "throughput.json"),
+              ("CPU, bf16 teacher", RESULTS_DIR / "throughput_cpu_bf16_teacher.json"),
+              ("GPU", RESULTS_DIR / "throughput_gpu.json"),
               ("GPU, after the sync fixes", RESULTS_DIR / "throughput_gpu_sync_fixes.json")) if path.exists()]
     if not found:
         return []
