@@ -161,3 +161,29 @@ def test_a_failed_save_leaves_the_previous_model_intact(tokenizer, tmp_path):
     assert (target / "model.safetensors").read_bytes() == good
     assert not Path(f"{target}.saving").exists()
     assert load_file(str(target / "model.safetensors"))  # still a readable model
+
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoint_and_rotation_keeps_it(tokenizer, tmp_path):
+    """The Trainer's best-model bookkeeping still works on top of the completion markers: the best-scoring
+    checkpoint survives `save_total_limit`, and the student after training is that checkpoint, not the last step."""
+    from test_trainer import make_args, ner_dataset
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+
+    from hf_distill import DistillationTrainer
+
+    scores = iter([0.1, 0.9, 0.3])
+    args = make_args(tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                     save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="score")
+    trainer = DistillationTrainer(
+        model=tiny_token_model(tokenizer, layers=1, seed=1), teacher_model=tiny_token_model(tokenizer, seed=2),
+        args=args, train_dataset=ner_dataset(tokenizer), eval_dataset=ner_dataset(tokenizer),
+        data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer,
+        compute_metrics=lambda prediction: {"score": next(scores)})
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.name == "checkpoint-4" and trainer.state.best_metric == 0.9
+    assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-4"]  # the last one rotated out, the best kept
+    assert (best / CHECKPOINT_MARKER).is_file()
+    saved = AutoModelForTokenClassification.from_pretrained(best).state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
