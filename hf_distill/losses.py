@@ -100,6 +100,7 @@ def distillation_objective(
     teacher_labels: str = "soft",
     kd_normalizer: torch.Tensor | float | None = None,
     ce_normalizer: torch.Tensor | float | None = None,
+    label_smoothing: float = 0.0,
 ) -> DistillationLoss:
     """`alpha · distill + (1 - alpha) · CE(labels)`, each term a mean over its own positions.
 
@@ -116,6 +117,8 @@ def distillation_objective(
             micro-batch losses add up to the full-batch loss even when micro-batches hold different numbers of
             tokens.
         ce_normalizer: divisor of the summed cross-entropy; defaults to the number of labelled positions here.
+        label_smoothing: ε of the label cross-entropy, whose target is (1 - ε)·one-hot + ε/C (`torch.nn.functional.
+            cross_entropy`'s `label_smoothing`, the same loss as Transformers' `label_smoothing_factor`); 0 is plain CE.
 
     Returns:
         A `DistillationLoss`. A batch with no distilled (or no labelled) positions contributes 0, never NaN.
@@ -153,7 +156,8 @@ def distillation_objective(
             raise ValueError("`labels` are required when alpha < 1; set alpha=1 to train on the teacher alone.")
         flat_labels = labels.reshape(-1)
         ce_count = flat_labels.ne(IGNORE_INDEX).sum()
-        ce_sum = F.cross_entropy(flat_student.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        ce_sum = F.cross_entropy(flat_student.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum",
+                                 label_smoothing=label_smoothing)
 
     kd_div = kd_count.clamp_min(1) if kd_normalizer is None else _at_least_one(kd_normalizer)
     ce_div = ce_count.clamp_min(1) if ce_normalizer is None else _at_least_one(ce_normalizer)

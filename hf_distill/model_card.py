@@ -33,6 +33,13 @@ _STRATEGY_FIELDS = (
 )
 
 
+def _method_rows(args) -> list[tuple[str, object]]:
+    rows = [(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None]
+    if getattr(args, "label_smoothing_factor", 0):
+        rows.append(("label_smoothing_factor", args.label_smoothing_factor))
+    return rows
+
+
 def _strategy_rows(args) -> list[tuple[str, object]]:
     """The strategy settings in use: the switches that are on, with their companion settings."""
     on = {
@@ -139,7 +146,7 @@ def build_model_card(
         "",
         _method_text(args),
         "",
-        _table([(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None]),
+        _table(_method_rows(args)),
     ]
     adversarial = getattr(args, "adversarial", "none")
     if adversarial and adversarial != "none":

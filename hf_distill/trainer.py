@@ -468,6 +468,7 @@ class DistillationTrainer(Trainer):
                 student_logits, teacher_logits, labels, mask, alpha=weight, temperature=temperature,
                 distill_loss=self.args.distill_loss, teacher_labels=self.args.teacher_labels,
                 kd_normalizer=kd_normalizer, ce_normalizer=ce_normalizer,
+                label_smoothing=self.args.label_smoothing_factor,
             )
 
         return objective, scale

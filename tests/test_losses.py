@@ -144,3 +144,19 @@ def test_missing_labels_with_alpha_below_one_is_explained():
     with pytest.raises(ValueError, match="alpha=1"):
         distillation_objective(torch.randn(2, 3), torch.randn(2, 3), None, torch.ones(2, dtype=torch.bool),
                                alpha=0.5, temperature=1.0)
+
+
+def test_label_smoothing_by_hand_and_ignored_positions_stay_out():
+    student = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [1.0, -2.0, 0.0]]])
+    labels = torch.tensor([[0, -100, 2]])
+    eps, rows = 0.1, [(0, [2.0, 0.0, -1.0]), (2, [1.0, -2.0, 0.0])]
+    expected = 0.0
+    for target, logits in rows:
+        logp = [math.log(p) for p in _probs(logits, 1.0)]
+        expected += (1 - eps) * -logp[target] + eps * -sum(logp) / 3
+    out = distillation_objective(student, None, labels, torch.zeros(1, 3, dtype=torch.bool), alpha=0.0,
+                                 temperature=1.0, label_smoothing=eps)
+    assert out.loss.item() == pytest.approx(expected / 2, rel=1e-5)
+    plain = distillation_objective(student, None, labels, torch.zeros(1, 3, dtype=torch.bool), alpha=0.0,
+                                   temperature=1.0)
+    assert plain.loss.item() < out.loss.item()

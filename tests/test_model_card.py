@@ -29,6 +29,10 @@ def test_card_records_method_data_metrics_and_versions():
     assert "| validation_f1 | 0.91 | 0.88 |" in text
     assert "| student / teacher | 0.25 |" in text and "speedup_batch32" in text
     assert "- transformers " in text and "- torch " in text
+    assert "label_smoothing_factor" not in text  # off: not listed
+    smoothed = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, label_smoothing_factor=0.1)
+    assert "| label_smoothing_factor | 0.1 |" in str(build_model_card(task="token_classification", teacher="t",
+                                                                       args=smoothed))
 
 
 def test_local_paths_are_not_claimed_as_hub_ids():

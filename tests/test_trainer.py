@@ -351,3 +351,20 @@ def test_torch_compile_keeps_the_teachers_inputs(tokenizer, tmp_path):
     assert {"input_ids", "attention_mask"} <= trainer._teacher_inputs
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_label_smoothing_factor_smooths_the_label_term_as_transformers_does(tokenizer, tmp_path):
+    """`label_smoothing_factor` is a TrainingArguments field: the label cross-entropy must honour it, not drop it."""
+    from transformers import DataCollatorForTokenClassification
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    student = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROPOUT)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, alpha=0.0, label_smoothing_factor=0.1)
+    batch = dict(DataCollatorForTokenClassification(tokenizer)([ner_dataset(tokenizer)[i] for i in range(3)]))
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    with torch.no_grad():
+        outputs = student(**{k: v for k, v in batch.items() if k != "labels"})
+    expected = LabelSmoother(epsilon=0.1)(outputs, batch["labels"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = ner_trainer(tokenizer, tmp_path, student=student, alpha=0.0).compute_loss(student, dict(batch))
+    assert abs(plain.item() - loss.item()) > 1e-4  # (a near-uniform tiny model: smoothing moves the loss a little)
