@@ -93,6 +93,52 @@ def embed_inputs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return word_embeddings(model)(input_ids)
 
 
+def check_embedding_path(model: nn.Module, input_ids: torch.Tensor, model_inputs: dict[str, Any],
+                         base: nn.Module | None = None) -> None:
+    """Check that the model gives the same logits from `inputs_embeds` as from `input_ids`, on real tokens.
+
+    Attacks feed `embed_inputs(input_ids) + δ` as `inputs_embeds`; at δ = 0 that must be the model's ordinary
+    forward. It is not for every model and batch: RoBERTa-style models derive position ids from `input_ids` (counting
+    from the first real token) but number `inputs_embeds` positions from the left edge, so a left-padded batch would be
+    attacked at shifted positions. Runs two forwards in eval mode without gradients, then restores the mode.
+
+    Args:
+        model: the model as it is called (possibly wrapped); `base` is the unwrapped one with the embeddings
+            (default: `model`).
+        input_ids: (B, L) token ids.
+        model_inputs: the other forward arguments (attention mask, token type ids), without `input_ids`.
+
+    Raises:
+        ValueError: the two forwards disagree, with the likely cause and the fix.
+    """
+    base = model if base is None else base
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            from_ids = model(input_ids=input_ids, **model_inputs)["logits"].float()
+            from_embeds = model(inputs_embeds=embed_inputs(base, input_ids), **model_inputs)["logits"].float()
+    finally:
+        model.train(was_training)
+    attention_mask = model_inputs.get("attention_mask")
+    if from_ids.dim() == 3 and attention_mask is not None:  # token logits: padding positions do not count
+        real = attention_mask.to(from_ids.device).bool()
+        from_ids, from_embeds = from_ids[real], from_embeds[real]
+    scale = 1.0 + (float(from_ids.abs().amax()) if from_ids.numel() else 0.0)
+    # Both forwards run the same operations on the same values, so any real difference is far above rounding.
+    if not torch.allclose(from_ids, from_embeds, rtol=1e-3, atol=1e-4 * scale):
+        gap = float((from_ids - from_embeds).abs().max())
+        padding_side = "left" if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()) else None
+        raise ValueError(
+            f"{type(base).__name__} gives different logits from `inputs_embeds` than from `input_ids` on this batch "
+            f"(largest gap {gap:.3g}), so an embedding-space attack would not perturb the model you evaluate. "
+            + ("The batch is left-padded, and models such as RoBERTa number `inputs_embeds` positions from the left "
+               "edge: pad on the right (`tokenizer.padding_side = \"right\"`)." if padding_side == "left" else
+               "Check that the model's forward treats `inputs_embeds` as the output of `get_input_embeddings()` (no "
+               "extra scaling or position handling that only the `input_ids` path applies).")
+        )
+
+
 def perturbation_mask(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,

@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import EvalPrediction, default_data_collator
 
-from .adversarial import NORMS, ascent_step, embed_inputs, init_delta, perturbation_mask, project, word_embeddings
+from .adversarial import (
+    NORMS,
+    ascent_step,
+    check_embedding_path,
+    embed_inputs,
+    init_delta,
+    perturbation_mask,
+    project,
+    word_embeddings,
+)
 from .losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -196,6 +205,8 @@ def evaluate_robustness(
             input_ids = torch.as_tensor(batch["input_ids"]).to(device)
             extra = {k: torch.as_tensor(batch[k]).to(device) for k in _PASSED_THROUGH if batch.get(k) is not None}
             mask = perturbation_mask(input_ids, extra.get("attention_mask"))
+            if start == 0:
+                check_embedding_path(model, input_ids, extra)
 
             with torch.no_grad():
                 embeds = embed_inputs(model, input_ids).detach()

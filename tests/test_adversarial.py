@@ -11,6 +11,7 @@ from torch import nn
 from hf_distill.adversarial import (
     AttackSettings,
     ascent_step,
+    check_embedding_path,
     delta_norm,
     embed_inputs,
     fgm_delta,
@@ -209,3 +210,35 @@ def test_attack_settings_validation_names_the_field(kwargs, message):
     settings = {"method": "pgd", "epsilon": 1.0, "step_size": 0.3, "steps": 3, **kwargs}
     with pytest.raises(ValueError, match=message):
         AttackSettings(**settings)
+
+
+def _tiny_roberta(num_labels=2):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=40, pad_token_id=1, num_labels=num_labels)
+    return RobertaForSequenceClassification(config).train()
+
+
+def test_embedding_path_check_catches_positions_that_inputs_embeds_would_shift(tokenizer):
+    model = _tiny_roberta()
+    right = torch.tensor([[0, 5, 6, 2, 1, 1], [0, 7, 8, 9, 10, 2]])
+    left = torch.tensor([[1, 1, 0, 5, 6, 2], [0, 7, 8, 9, 10, 2]])
+    check_embedding_path(model, right, {"attention_mask": right.ne(1).long()})  # same positions: passes
+    with pytest.raises(ValueError, match="left-padded.*padding_side"):
+        check_embedding_path(model, left, {"attention_mask": left.ne(1).long()})
+    assert model.training  # the check ran in eval mode and put the mode back
+    bert = tiny_token_model(tokenizer, layers=1)
+    check_embedding_path(bert, left, {"attention_mask": left.ne(1).long()})  # BERT: absolute positions either way
+
+
+def test_evaluate_robustness_refuses_a_batch_its_attack_would_misplace():
+    from datasets import Dataset
+
+    from hf_distill import evaluate_robustness
+
+    rows = Dataset.from_dict({"input_ids": [[1, 1, 0, 5, 6, 2], [0, 7, 8, 9, 10, 2]],
+                              "attention_mask": [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], "labels": [0, 1]})
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        evaluate_robustness(_tiny_roberta(), rows, epsilon=0.1, steps=1)

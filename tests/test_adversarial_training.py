@@ -10,9 +10,15 @@ from hf_distill import DistillationArguments
 METHODS = {"fgm": 2, "pgd": 4, "freelb": 3}  # forward+backward passes per step with adv_steps=3
 
 
-def _count_calls(module):
+def _count_calls(module, checks=None):
+    """The keyword arguments of every training forward of `module`; the no-grad eval-mode forwards of the one-time
+    embedding-path check (`check_embedding_path`) go to `checks` instead."""
     calls = []
-    module.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
+
+    def hook(mod, args, kwargs, out):
+        (calls if torch.is_grad_enabled() or mod.training else checks if checks is not None else calls).append(kwargs)
+
+    module.register_forward_hook(hook, with_kwargs=True)
     return calls
 
 
@@ -25,7 +31,8 @@ def test_each_method_trains_and_leaves_the_teacher_alone(tokenizer, tmp_path, me
     trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, adversarial=method,
                           adv_init_scale=0.1 if method != "fgm" else 0.0, max_steps=2)
     teacher_calls = _count_calls(trainer.teacher_model)
-    student_calls = _count_calls(student)
+    checks = []
+    student_calls = _count_calls(student, checks)
     trainer.train()
     assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(student_before[k], v) for k, v in student.state_dict().items())
@@ -33,6 +40,8 @@ def test_each_method_trains_and_leaves_the_teacher_alone(tokenizer, tmp_path, me
     assert len(teacher_calls) == 2 and all("inputs_embeds" not in kw and "input_ids" in kw for kw in teacher_calls)
     assert len(student_calls) == 2 * METHODS[method]
     assert all("inputs_embeds" in kw for kw in student_calls)
+    # Once, at the first adversarial step: the same batch from token ids and from their embeddings, no gradients.
+    assert len(checks) == 2 and "input_ids" in checks[0] and "inputs_embeds" in checks[1]
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all(h["adv_loss"] > 0 and h["adv_delta_norm"] > 0 for h in logs)
     # No hook of ours is left on the embeddings.
@@ -72,7 +81,7 @@ def test_gradient_accumulation_matches_full_batch(tokenizer, tmp_path, method):
 def test_adversarial_training_starts_at_adv_start_step(tokenizer, tmp_path):
     student = tiny_token_model(tokenizer, layers=1, seed=1)
     trainer = ner_trainer(tokenizer, tmp_path, student=student, adversarial="fgm", adv_start_step=2, max_steps=3)
-    calls = _count_calls(student)
+    calls = _count_calls(student, checks=[])
     trainer.train()
     assert len(calls) == 1 + 1 + 2  # two clean steps, then one FGM step
     logs = [h for h in trainer.state.log_history if "loss" in h]
