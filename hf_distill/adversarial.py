@@ -379,7 +379,7 @@ class AdversarialStep(NamedTuple):
 
     loss: torch.Tensor  # the total that was back-propagated (detached)
     clean: Any  # the objective's parts on clean inputs (FreeLB: on its first, nearly clean, pass)
-    adversarial: torch.Tensor  # mean adversarial objective over the perturbed passes that trained the student
+    adversarial: Any  # the adversarial objective's parts on the last perturbed pass that trained the student
     delta_norm: torch.Tensor  # mean per-example norm of the final perturbation
 
 
@@ -423,7 +423,7 @@ def adversarial_backward(
     if s.method == "freelb":
         # Zhu et al. (2020): K ascent steps; each pass trains the student on loss/K, so the K gradients add up.
         delta = init_delta(zero, mask, init_scale=s.init_scale, norm=s.norm, generator=generator)
-        total, adv_sum, clean = zero.new_zeros(()), zero.new_zeros(()), None
+        total, clean = zero.new_zeros(()), None
         for k in range(s.steps):
             delta = delta.detach().requires_grad_(True)
             with sync(k == s.steps - 1):
@@ -431,11 +431,10 @@ def adversarial_backward(
                 backward(parts.loss / s.steps)
             clean = parts if clean is None else clean
             total += parts.loss.detach() / s.steps
-            adv_sum += parts.loss.detach()
             if k < s.steps - 1:
                 delta = project(ascent_step(delta.detach(), delta.grad, mask, step_size=s.step_size, norm=s.norm),
                                 mask, epsilon=s.epsilon, norm=s.norm)
-        return AdversarialStep(total, clean, adv_sum / s.steps, delta_norm(delta.detach(), s.norm).mean())
+        return AdversarialStep(total, clean, parts, delta_norm(delta.detach(), s.norm).mean())
 
     # FGM and PGD: a clean pass trains the student and gives the first gradient w.r.t. the embeddings.
     start = zero.clone().requires_grad_(True)
@@ -461,4 +460,4 @@ def adversarial_backward(
         adversarial = adversarial_objective(forward(delta.detach()))
         backward(adv_weight * adversarial.loss)
     total = clean.loss.detach() + adv_weight * adversarial.loss.detach()
-    return AdversarialStep(total, clean, adversarial.loss.detach(), delta_norm(delta, s.norm).mean())
+    return AdversarialStep(total, clean, adversarial, delta_norm(delta, s.norm).mean())

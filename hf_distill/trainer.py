@@ -633,7 +633,7 @@ class DistillationTrainer(Trainer):
             adv_weight=self.args.adv_weight, generator=self._attack_generator,
         )
         self._window.add(step.clean, temperature, alpha)
-        self._window.add_extra("adv_loss", step.adversarial)
+        self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
         self._window.add_extra("adv_delta_norm", step.delta_norm)
         return (step.loss * scale).detach()
 
@@ -931,6 +931,7 @@ class _LossWindow:
         self.alpha = 0.0
         self.extras: dict[str, list[torch.Tensor]] = {}
         self.ratios: dict[str, torch.Tensor] = {}
+        self.objectives: dict[str, tuple[torch.Tensor | None, list[float]]] = {}
         self.skipped = 0
 
     def add_ratio(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
@@ -938,6 +939,15 @@ class _LossWindow:
         processes), and the log shows sum / count."""
         row = torch.stack([total.detach().float(), count.detach().float()])
         self.ratios[name] = row if name not in self.ratios else self.ratios[name] + row
+
+    def add_objective(self, name: str, parts: DistillationLoss, alpha: float) -> None:
+        """A whole objective, `alpha · distill + (1 - alpha) · CE`, logged exactly as the main components are: its
+        sums and counts are accumulated (and summed across processes), so neither gradient accumulation nor the
+        number of processes changes the logged value."""
+        row = torch.stack([parts.kd_sum.float(), parts.kd_count.float(), parts.ce_sum.float(),
+                           parts.ce_count.float()]).detach()
+        sums, alphas = self.objectives.get(name, (None, []))
+        self.objectives[name] = (row if sums is None else sums + row, [*alphas, alpha])
 
     def add_extra(self, name: str, value: torch.Tensor) -> None:
         """A scalar averaged over the window's micro-steps (e.g. the adversarial loss)."""
@@ -966,6 +976,11 @@ class _LossWindow:
             total, count = (accelerator.reduce(row, reduction="sum") if accelerator.num_processes > 1 else row).tolist()
             if count > 0:
                 logs[name] = total / count
+        for name, (row, alphas) in self.objectives.items():
+            kd_sum, kd_count, ce_sum, ce_count = (
+                accelerator.reduce(row, reduction="sum") if accelerator.num_processes > 1 else row).tolist()
+            alpha = sum(alphas) / len(alphas)
+            logs[name] = (alpha * kd_sum / max(kd_count, 1.0)) + (1.0 - alpha) * ce_sum / max(ce_count, 1.0)
         for name, values in self.extras.items():
             mean = torch.stack(values).mean()
             if accelerator.num_processes > 1:

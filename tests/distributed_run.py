@@ -1,7 +1,8 @@
 """Run by tests/test_launch.py, once as `python` and once under `accelerate launch --cpu --num_processes 2`.
 
-Trains a tiny student against a tiny teacher with the same *global* batch either way, checks how each model was
-wrapped, and saves the student's weights and those facts to the output directory.
+Trains a tiny student against a tiny teacher with the same *global* batch either way, twice: with hidden-state
+distillation (into `<output_dir>/hidden`) and with FGM adversarial distillation (into `<output_dir>/fgm`). Each run
+checks how each model was wrapped, and saves the student's weights and those facts to its folder.
 """
 
 import json
@@ -36,12 +37,26 @@ def data():
     return Dataset.from_dict(rows)
 
 
+RUNS = {
+    # The student is narrower than the teacher, so hidden-state distillation trains a projection that lives outside
+    # the DDP-wrapped student: its gradients must be averaged across processes too.
+    "hidden": ({"hidden_distill_weight": 0.5}, 16),
+    # Two passes per step: the clean backward must not all-reduce (no_sync), the adversarial one must.
+    "fgm": ({"adversarial": "fgm", "adv_epsilon": 0.5, "adv_objective": "both"}, 32),
+}
+
+
 def main(output_dir, per_device_batch):
+    for name, (settings, width) in RUNS.items():
+        run(f"{output_dir}/{name}", per_device_batch, settings, width)
+
+
+def run(output_dir, per_device_batch, settings, width):
     args = DistillationArguments(
         output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_steps=4, optim="sgd",
         learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0, train_sampling_strategy="sequential",
         report_to="none", save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True, seed=0,
-        alpha=0.5, temperature=2.0, hidden_distill_weight=0.5,
+        alpha=0.5, temperature=2.0, **settings,
     )
 
     class Pad:
@@ -52,9 +67,7 @@ def main(output_dir, per_device_batch):
                 out[key] = torch.tensor([f[key] + [fill] * (width - len(f[key])) for f in features])
             return out
 
-    # The student is narrower than the teacher, so hidden-state distillation trains a projection that lives outside
-    # the DDP-wrapped student: its gradients must be averaged across processes too.
-    trainer = DistillationTrainer(model=tiny(1, 1, hidden=16), teacher_model=tiny(2, 2), args=args,
+    trainer = DistillationTrainer(model=tiny(1, 1, hidden=width), teacher_model=tiny(2, 2), args=args,
                                   train_dataset=data(), data_collator=Pad())
     teacher_before = {k: v.clone() for k, v in trainer.teacher_model.state_dict().items()}
     trainer.train()
@@ -66,7 +79,8 @@ def main(output_dir, per_device_batch):
         "teacher_requires_grad": any(p.requires_grad for p in trainer.teacher_model.parameters()),
         "teacher_unchanged": all(torch.equal(teacher_before[k], v) for k, v in trainer.teacher_model.state_dict().items()),
         "logged": [h for h in trainer.state.log_history if "loss" in h],
-        "projector": {k: v.tolist() for k, v in trainer.feature_projector.state_dict().items()},
+        "projector": ({k: v.tolist() for k, v in trainer.feature_projector.state_dict().items()}
+                      if trainer.feature_projector is not None else {}),
     }
     if trainer.is_world_process_zero():
         trainer.save_model(output_dir)

@@ -71,11 +71,15 @@ def test_gradient_accumulation_matches_full_batch(tokenizer, tmp_path, method):
             adv_objective="both",
         )
         trainer.train()
-        return trainer.model.state_dict()
+        logged = [h for h in trainer.state.log_history if "adv_loss" in h]
+        return trainer.model.state_dict(), logged[0]
 
-    full, accumulated = final(4, 1), final(2, 2)
+    (full, full_log), (accumulated, accumulated_log) = final(4, 1), final(2, 2)
     for k in full:
         assert torch.allclose(full[k], accumulated[k], atol=1e-6), k
+    # The logged losses are those of the whole batch too, not a mean of micro-batch shares.
+    for key in ("kd_loss", "ce_loss", "adv_loss"):
+        assert full_log[key] == pytest.approx(accumulated_log[key], rel=1e-5), key
 
 
 def test_adversarial_training_starts_at_adv_start_step(tokenizer, tmp_path):

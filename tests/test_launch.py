@@ -1,4 +1,5 @@
-"""`accelerate launch --cpu --num_processes 2` gives the single-process result, with the teacher never wrapped."""
+"""`accelerate launch --cpu --num_processes 2` gives the single-process result, with the teacher never wrapped: for
+hidden-state distillation (a projection outside DDP) and for FGM adversarial distillation (two backwards a step)."""
 
 import json
 import os
@@ -26,6 +27,12 @@ def test_two_process_launch_matches_single_process(tmp_path):
     # and the script's `use_cpu=True` makes Accelerate run them as MULTI_CPU over gloo.
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(multi), "2"], tmp_path)
+    _compare(single / "hidden", multi / "hidden", ("kd_loss", "ce_loss", "hidden_loss"))
+    _compare(single / "fgm", multi / "fgm", ("kd_loss", "ce_loss", "adv_loss", "adv_delta_norm"))
+    assert json.loads((single / "hidden" / "facts.json").read_text())["projector"]  # the hidden run has one to compare
+
+
+def _compare(single, multi, logged):
     one, two = json.loads((single / "facts.json").read_text()), json.loads((multi / "facts.json").read_text())
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert two["student_wrapped_in_ddp"] and not two["teacher_wrapped_in_ddp"]
@@ -37,9 +44,8 @@ def test_two_process_launch_matches_single_process(tmp_path):
     # The logged components are global averages, identical in both runs.
     assert len(one["logged"]) == len(two["logged"]) == 4
     for x, y in zip(one["logged"], two["logged"], strict=True):
-        assert x["kd_loss"] == pytest.approx(y["kd_loss"], rel=1e-4)
-        assert x["ce_loss"] == pytest.approx(y["ce_loss"], rel=1e-4)
-        assert x["hidden_loss"] == pytest.approx(y["hidden_loss"], rel=1e-4)
+        for key in logged:
+            assert x[key] == pytest.approx(y[key], rel=1e-4), key
     # The feature projection (outside the DDP wrapper) ends where the single process's does.
     assert one["projector"].keys() == two["projector"].keys()
     for key in one["projector"]:
