@@ -61,6 +61,17 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
             f"(a fine-tuned {student_task.replace('_', ' ')} checkpoint)."
         )
     t_cfg, s_cfg = _base(teacher).config, _base(student).config
+    for role, cfg in (("teacher", t_cfg), ("student", s_cfg)):
+        problem = getattr(cfg, "problem_type", None)
+        if cfg.num_labels < 2 or problem in ("regression", "multi_label_classification"):
+            what = "multi-label classification (independent sigmoids)" if problem == "multi_label_classification" \
+                else f"regression (num_labels={cfg.num_labels})"
+            raise ValueError(
+                f"The {role} is configured for {what}, but hf-distill distils single-label classification: the KL "
+                "between softmax distributions over two or more classes (over one class it is always 0, so nothing "
+                "would be distilled). Regression and multi-label heads are not supported; load both models with "
+                "`num_labels` >= 2 and `problem_type` unset or 'single_label_classification'."
+            )
     t_vocab, s_vocab = getattr(t_cfg, "vocab_size", None), getattr(s_cfg, "vocab_size", None)
     if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
         raise ValueError(
@@ -161,9 +172,8 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels
     classification, with `-100` on the positions to skip). A label outside the range makes cross-entropy fail on
     CPU with an unhelpful index error, or trigger a device-side assert on GPU, in the middle of training.
 
-    Nothing is checked when the column is absent (`check_train_dataset` covers missing labels), when it holds
-    floats (regression or soft labels, not class ids), or when `dataset` is not an Arrow-backed `datasets.Dataset`
-    (e.g. an `IterableDataset`, which cannot be scanned up front).
+    Nothing is checked when the column is absent (`check_train_dataset` covers missing labels) or when `dataset` is
+    not an Arrow-backed `datasets.Dataset` (e.g. an `IterableDataset`, which cannot be scanned up front).
 
     Args:
         dataset: The split to check, e.g. the tokenised `train_dataset` or `eval_dataset`.
@@ -171,8 +181,8 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels
         label_column: The column holding the labels.
 
     Raises:
-        ValueError: `dataset` is a `DatasetDict`; the column holds strings instead of ids; or a label is negative
-            (other than -100) or at least `num_labels`.
+        ValueError: `dataset` is a `DatasetDict`; the column holds strings or floats instead of ids; or a label is
+            negative (other than -100) or at least `num_labels`.
     """
     if dataset is None:
         return
@@ -190,6 +200,13 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels
             f"Column {label_column!r} holds strings (e.g. {values[0].as_py()!r}), but the loss needs class ids. Map "
             "the names to ids with the teacher's `config.label2id`, or load the file with "
             "`load_text_classification_file(..., label_names=...)`."
+        )
+    if pa.types.is_floating(values.type):
+        raise ValueError(
+            f"Column {label_column!r} holds floats (e.g. {values[0].as_py()!r}), but the hard-label loss needs integer "
+            "class ids: regression targets and multi-hot (multi-label) rows are not supported. If the floats are "
+            f"whole class ids (read from a CSV, say), cast them: `dataset.cast_column({label_column!r}, "
+            "datasets.Value('int64'))` (for token labels: `datasets.Sequence(datasets.Value('int64'))`)."
         )
     if not pa.types.is_integer(values.type):
         return

@@ -24,7 +24,13 @@ from transformers import (
     BertTokenizerLegacy,
 )
 
-from hf_distill.checks import check_label_range, check_tokenizer, check_train_dataset, infer_task
+from hf_distill.checks import (
+    check_label_range,
+    check_teacher_student,
+    check_tokenizer,
+    check_train_dataset,
+    infer_task,
+)
 from hf_distill.data import iob1_to_iob2, load_text_classification_file, read_conll, tokenize_and_align_labels
 from hf_distill.loading import load_model, load_tokenizer
 
@@ -221,6 +227,21 @@ def label_names_instead_of_ids(ctx):
     check_label_range(Dataset.from_dict({"labels": ["positive", "negative"]}), num_labels=2)
 
 
+def float_labels(ctx):
+    check_label_range(Dataset.from_dict({"labels": [1.0, 0.0, 0.5]}), num_labels=2)
+
+
+def regression_student(ctx):
+    check_teacher_student(BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 1)),
+                          BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 1)))
+
+
+def multi_label_teacher(ctx):
+    multi = tiny_config(len(ctx.tokenizer), 3, problem_type="multi_label_classification")
+    check_teacher_student(BertForSequenceClassification(multi),
+                          BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 3)))
+
+
 OBJECT_CASES = [
     (slow_tokenizer, ValueError, r"BertTokenizerLegacy is not a fast tokenizer", r"AutoTokenizer\.from_pretrained"),
     (string_tag_dataset, ValueError, r"'ner_tags' holds tag strings \(e\.g\. 'B-PER'\)", r"`read_conll`.*label2id"),
@@ -239,6 +260,9 @@ OBJECT_CASES = [
     (empty_after_filtering, ValueError, r"training dataset is empty \(after filtering\?\)", r"`filter`/`select`"),
     (token_label_out_of_range, ValueError, r"label 9 in row 1 .*7 classes.*1 of 4 labels", r"`config\.label2id`"),
     (label_names_instead_of_ids, ValueError, r"'labels' holds strings \(e\.g\. 'positive'\)", r"label_names=\.\.\."),
+    (float_labels, ValueError, r"'labels' holds floats \(e\.g\. 1\.0\).*regression", r"cast_column\('labels'"),
+    (regression_student, ValueError, r"teacher is configured for regression \(num_labels=1\)", r"`num_labels` >= 2"),
+    (multi_label_teacher, ValueError, r"teacher is configured for multi-label classification", r"problem_type"),
 ]
 
 
