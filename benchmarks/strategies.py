@@ -6,6 +6,10 @@
     python benchmarks/strategies.py --results_name strategies_cpu --cache_name strategies_cpu \
         --teacher_from .cache/ner_conll2003/teacher --kd '{"alpha": 0.95}' --runs student_kd,ensemble_kd
                                                      # on another machine, into a file of its own
+    python benchmarks/strategies.py --runs '' --variants '{"ensemble3_hidden_attention_kd": {"teachers": 3,
+        "teacher_ensemble": "confidence", "hidden_distill_weight": 1.0, "attention_distill_weight": 1.0}}'
+                                                     # a combination: three teachers' confidence-weighted targets,
+                                                     # hidden states and attention maps of the first
 
 Every student has 3 layers and trains for `--epochs` epochs with the same batch, learning rate and seed. Runs:
 - student_kd: logit KD as in benchmarks/ner_conll2003.py (alpha 0.8, T 2, or what `--kd` sets), student = teacher
@@ -28,7 +32,8 @@ The teacher of low_label_kd is the full-data teacher (the usual setting: a stron
 student are scarce). `--strict_low_label` also runs low_label_kd_strict, whose teacher saw only the 10%.
 
 Writes benchmarks/results/strategies.json ({"runs": {name: {"dev_f1", "test_f1", "train_samples_per_second"}}})
-and benchmarks/RESULTS.md.
+and benchmarks/RESULTS.md. With `--seed N --results_name <name>_seed<N>`, a run is replicated at another seed; the
+suite's file then also holds `seed_means` and targets judged on them.
 """
 
 from __future__ import annotations
