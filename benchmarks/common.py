@@ -289,6 +289,9 @@ def _throughput_readme() -> list[str]:
         if "online_compiled_vs_online" in d.get("ratios", {}):
             parts += [f"{label}: online_compiled (`torch_compile=True`) was measured against a fresh online run in an "
                       f"interleaving of its own: {d['ratios']['online_compiled_vs_online']}× online.", ""]
+        if "online_vs_textbrewer_bf16_teacher" in d.get("ratios", {}):
+            parts += [f"{label}: online vs TextBrewer with its teacher also in bf16 (same precision): "
+                      f"{d['ratios']['online_vs_textbrewer_bf16_teacher']}×.", ""]
         if d.get("caveat"):
             parts += [f"{label} caveat: {d['caveat']}", ""]
     for label, d in found:
