@@ -121,7 +121,7 @@ def build_model_card(
         noisy_view: how that noise was made, e.g. `{"noise": "typo_noise(rate=0.2)", "probability": 0.5}`: a table
             under the noisy-inputs section (only with `teacher_view`).
         layer_maps: the student -> teacher layer pairs that feature distillation used, e.g.
-            `{"hidden states": {1: 2, 2: 4, 3: 6}, "attention maps": {1: 1, 2: 3, 3: 5}}`; shown under the strategies,
+            `{"hidden-state": {1: 2, 2: 4, 3: 6}, "attention": {1: 1, 2: 3, 3: 5}}`; shown under the strategies,
             since the effective map can differ from `feature_layer_map` (which may be unset).
     """
     task_tag = _TASK_TAGS.get(task, task)

@@ -950,7 +950,7 @@ class _LossWindow:
         self.objectives[name] = (row if sums is None else sums + row, [*alphas, alpha])
 
     def add_extra(self, name: str, value: torch.Tensor) -> None:
-        """A scalar averaged over the window's micro-steps (e.g. the adversarial loss)."""
+        """A scalar averaged over the window's micro-steps and the processes (e.g. the perturbation's norm)."""
         self.extras.setdefault(name, []).append(value.detach().float())
 
     def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
