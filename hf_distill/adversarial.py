@@ -101,6 +101,7 @@ def check_embedding_path(model: nn.Module, input_ids: torch.Tensor, model_inputs
     forward. It is not for every model and batch: RoBERTa-style models derive position ids from `input_ids` (counting
     from the first real token) but number `inputs_embeds` positions from the left edge, so a left-padded batch would be
     attacked at shifted positions. Runs two forwards in eval mode without gradients, then restores the mode.
+    `EmbeddingPathCheck` calls it on the batches that need it.
 
     Args:
         model: the model as it is called (possibly wrapped); `base` is the unwrapped one with the embeddings
@@ -137,6 +138,26 @@ def check_embedding_path(model: nn.Module, input_ids: torch.Tensor, model_inputs
                "Check that the model's forward treats `inputs_embeds` as the output of `get_input_embeddings()` (no "
                "extra scaling or position handling that only the `input_ids` path applies).")
         )
+
+
+class EmbeddingPathCheck:
+    """`check_embedding_path` on the first batch and, if that one had no padding, on the first padded batch too
+    (where position handling can differ); every later call returns at once."""
+
+    def __init__(self):
+        self.checked_unpadded = False
+        self.done = False
+
+    def __call__(self, model: nn.Module, input_ids: torch.Tensor, model_inputs: dict[str, Any],
+                 base: nn.Module | None = None) -> None:
+        if self.done:
+            return
+        attention_mask = model_inputs.get("attention_mask")
+        padded = attention_mask is not None and bool((attention_mask == 0).any())
+        if padded or not self.checked_unpadded:
+            check_embedding_path(model, input_ids, model_inputs, base)
+        self.checked_unpadded = True
+        self.done = padded or attention_mask is None
 
 
 def perturbation_mask(

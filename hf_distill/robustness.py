@@ -29,8 +29,8 @@ from transformers import EvalPrediction, default_data_collator
 
 from .adversarial import (
     NORMS,
+    EmbeddingPathCheck,
     ascent_step,
-    check_embedding_path,
     embed_inputs,
     init_delta,
     perturbation_mask,
@@ -188,6 +188,7 @@ def evaluate_robustness(
     try:
         model.eval()
         model.requires_grad_(False)
+        check_path = EmbeddingPathCheck()
         for start in range(0, len(dataset), batch_size):
             batch = _collate(_rows(dataset, start, min(start + batch_size, len(dataset))), data_collator)
             labels = batch.get("labels")
@@ -205,8 +206,7 @@ def evaluate_robustness(
             input_ids = torch.as_tensor(batch["input_ids"]).to(device)
             extra = {k: torch.as_tensor(batch[k]).to(device) for k in _PASSED_THROUGH if batch.get(k) is not None}
             mask = perturbation_mask(input_ids, extra.get("attention_mask"))
-            if start == 0:
-                check_embedding_path(model, input_ids, extra)
+            check_path(model, input_ids, extra)  # δ = 0 must be the ordinary forward
 
             with torch.no_grad():
                 embeds = embed_inputs(model, input_ids).detach()

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
-from .adversarial import AttackSettings, adversarial_backward, check_embedding_path, embed_inputs, perturbation_mask
+from .adversarial import AttackSettings, EmbeddingPathCheck, adversarial_backward, embed_inputs, perturbation_mask
 from .augment import augment_input_ids
 from .cache import CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, CachedLogitsCollator, TeacherLogitCache
 from .checks import (
@@ -225,7 +225,7 @@ class DistillationTrainer(Trainer):
         self._window = _LossWindow()
         self.skipped_batches = 0
         self._attack = None
-        self._embedding_path_checked = False
+        self._check_embedding_path = EmbeddingPathCheck()
         if args.adversarial != "none":
             self._attack = AttackSettings(
                 method=args.adversarial, epsilon=args.adv_epsilon, step_size=args.adv_step_size, steps=args.adv_steps,
@@ -601,9 +601,7 @@ class DistillationTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)  # compute_loss skips it
         adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
         base = self._unwrap(model)
-        if not self._embedding_path_checked:  # once: δ = 0 must be the ordinary forward
-            check_embedding_path(model, input_ids, model_inputs, base)
-            self._embedding_path_checked = True
+        self._check_embedding_path(model, input_ids, model_inputs, base)  # δ = 0 must be the ordinary forward
         special = None if self.args.adv_perturb_special_tokens else self._special_ids.to(input_ids.device)
         mask = perturbation_mask(input_ids, model_inputs.get("attention_mask"), special)
 

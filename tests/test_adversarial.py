@@ -10,6 +10,7 @@ from torch import nn
 
 from hf_distill.adversarial import (
     AttackSettings,
+    EmbeddingPathCheck,
     ascent_step,
     check_embedding_path,
     delta_norm,
@@ -231,6 +232,26 @@ def test_embedding_path_check_catches_positions_that_inputs_embeds_would_shift(t
     assert model.training  # the check ran in eval mode and put the mode back
     bert = tiny_token_model(tokenizer, layers=1)
     check_embedding_path(bert, left, {"attention_mask": left.ne(1).long()})  # BERT: absolute positions either way
+
+
+def test_the_path_is_checked_on_the_first_batch_and_the_first_padded_one_then_never():
+    model = _tiny_roberta()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    full = torch.tensor([[0, 5, 6, 2], [0, 7, 8, 2]])
+    left = torch.tensor([[1, 1, 0, 5, 6, 2], [0, 7, 8, 9, 10, 2]])
+    right = torch.tensor([[0, 5, 6, 2, 1, 1], [0, 7, 8, 9, 10, 2]])
+    check = EmbeddingPathCheck()
+    check(model, full, {"attention_mask": torch.ones_like(full)})  # no padding: checked, not yet done
+    check(model, full, {"attention_mask": torch.ones_like(full)})  # a second unpadded batch adds nothing
+    assert len(calls) == 2 and not check.done
+    with pytest.raises(ValueError, match="left-padded"):  # the first padded batch is checked
+        check(model, left, {"attention_mask": left.ne(1).long()})
+    done = EmbeddingPathCheck()
+    done(model, right, {"attention_mask": right.ne(1).long()})
+    assert done.done and len(calls) == 6
+    done(model, right, {"attention_mask": right.ne(1).long()})
+    assert len(calls) == 6  # no forward once a padded batch passed
 
 
 def test_evaluate_robustness_refuses_a_batch_its_attack_would_misplace():
