@@ -256,6 +256,12 @@ def _strategies_readme() -> list[str]:
             parts.append(f"| {run} | {rec.get('dev_f1', '')} | {rec.get('test_f1', '')} | "
                          f"{rec.get('train_samples_per_second', '')} |")
         parts.append("")
+        means = data.get("seed_means") or {}
+        if means:
+            parts += ["Means over seeds (this file's seed and its `_seed<N>` replicas):", "",
+                      "| run | seeds | dev F1 mean | test F1 mean (min, max) |", "|---|---|---|---|"]
+            parts += [f"| {run} | {m['seeds']} | {m['dev_f1_mean']} | {m['test_f1_mean']} ({m['test_f1_min']}, "
+                      f"{m['test_f1_max']}) |" for run, m in means.items()] + [""]
         parts += [f"- {k}: {v}" for k, v in data.get("targets", {}).items()] + [""]
     return parts
 
