@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
@@ -591,7 +592,8 @@ class DistillationTrainer(Trainer):
         alpha, temperature = self.current_alpha, self.current_temperature
         # The teacher sees the clean input once; every perturbed pass is compared with these targets.
         needs_teacher = alpha > 0 or self.args.adv_objective != "ce" or self.args.pseudo_label_threshold is not None
-        teacher = self.teacher_outputs(inputs) if needs_teacher else {}
+        with self.compute_loss_context_manager():  # as Trainer runs compute_loss (a subclass may autocast here)
+            teacher = self.teacher_outputs(inputs) if needs_teacher else {}
         teacher_logits = teacher.get("logits")
         objective, scale = self._objective(inputs, teacher, alpha, temperature, num_items_in_batch)
         if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
@@ -606,8 +608,9 @@ class DistillationTrainer(Trainer):
         mask = perturbation_mask(input_ids, model_inputs.get("attention_mask"), special)
 
         def forward(delta):
-            embeds = embed_inputs(base, input_ids)
-            return model(inputs_embeds=embeds + delta.to(embeds.dtype), **model_inputs)["logits"]
+            with self.compute_loss_context_manager():
+                embeds = embed_inputs(base, input_ids)
+                return model(inputs_embeds=embeds + delta.to(embeds.dtype), **model_inputs)["logits"]
 
         def backward(loss):
             if not torch.isfinite(loss):
@@ -633,6 +636,9 @@ class DistillationTrainer(Trainer):
         self._window.add(step.clean, temperature, alpha)
         self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
         self._window.add_extra("adv_delta_norm", step.delta_norm)
+        empty_cache_every = self.args.torch_empty_cache_steps
+        if empty_cache_every is not None and self.state.global_step % empty_cache_every == 0:
+            clear_device_cache()  # as Trainer.training_step does
         return (step.loss * scale).detach()
 
     # ---- logging ----------------------------------------------------------------------------------------------

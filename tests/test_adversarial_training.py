@@ -109,3 +109,20 @@ def test_adversarial_training_starts_at_adv_start_step(tokenizer, tmp_path):
 def test_bad_adversarial_settings_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, **kwargs)
+
+
+def test_adversarial_step_keeps_trainers_step_hooks(tokenizer, tmp_path, monkeypatch):
+    """The adversarial training_step replaces Trainer's: it still runs forwards in `compute_loss_context_manager`
+    (where a subclass may add autocast) and honours `torch_empty_cache_steps`."""
+    import contextlib
+
+    import hf_distill.trainer as trainer_module
+
+    cleared, entered = [], []
+    monkeypatch.setattr(trainer_module, "clear_device_cache", lambda: cleared.append(1))
+    trainer = ner_trainer(tokenizer, tmp_path, adversarial="fgm", max_steps=2, torch_empty_cache_steps=1)
+    monkeypatch.setattr(trainer, "compute_loss_context_manager",
+                        lambda: entered.append(1) or contextlib.nullcontext())
+    trainer.train()
+    assert len(cleared) == 2  # once a step
+    assert len(entered) == 2 * (1 + METHODS["fgm"])  # a step: the teacher, then each student pass
