@@ -925,6 +925,17 @@ class _ProjectorCallback(TrainerCallback):
         self.trainer.feature_projector.zero_grad(set_to_none=True)
 
 
+def _parts_row(parts: DistillationLoss) -> torch.Tensor:
+    """(4,) fp32: a loss's summed terms and their counts, `[kd_sum, kd_count, ce_sum, ce_count]`."""
+    return torch.stack([parts.kd_sum.float(), parts.kd_count.float(), parts.ce_sum.float(),
+                        parts.ce_count.float()]).detach()
+
+
+def _summed(row: torch.Tensor, accelerator) -> list[float]:
+    """`row` summed over the processes, as Python floats."""
+    return (accelerator.reduce(row, reduction="sum") if accelerator.num_processes > 1 else row).tolist()
+
+
 class _LossWindow:
     """Sums of the loss components since the last log, kept as tensors so that no step waits on the device."""
 
@@ -948,8 +959,7 @@ class _LossWindow:
         """A whole objective, `alpha · distill + (1 - alpha) · CE`, logged exactly as the main components are: its
         sums and counts are accumulated (and summed across processes), so neither gradient accumulation nor the
         number of processes changes the logged value."""
-        row = torch.stack([parts.kd_sum.float(), parts.kd_count.float(), parts.ce_sum.float(),
-                           parts.ce_count.float()]).detach()
+        row = _parts_row(parts)
         sums, alphas = self.objectives.get(name, (None, []))
         self.objectives[name] = (row if sums is None else sums + row, [*alphas, alpha])
 
@@ -958,7 +968,7 @@ class _LossWindow:
         self.extras.setdefault(name, []).append(value.detach().float())
 
     def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
-        row = torch.stack([parts.kd_sum.float(), parts.kd_count.float(), parts.ce_sum.float(), parts.ce_count.float()])
+        row = _parts_row(parts)
         self.sums = row if self.sums is None else self.sums + row
         self.temperature += temperature
         self.alpha += alpha
@@ -967,8 +977,7 @@ class _LossWindow:
     def averages(self, accelerator) -> dict[str, float]:
         if self.sums is None:
             return {"skipped_batches": self.skipped}
-        sums = accelerator.reduce(self.sums, reduction="sum") if accelerator.num_processes > 1 else self.sums
-        kd_sum, kd_count, ce_sum, ce_count = sums.tolist()
+        kd_sum, kd_count, ce_sum, ce_count = _summed(self.sums, accelerator)
         logs = {"temperature": self.temperature / self.steps, "alpha": self.alpha / self.steps}
         if kd_count > 0:
             logs["kd_loss"] = kd_sum / kd_count
@@ -977,12 +986,11 @@ class _LossWindow:
         if self.skipped:
             logs["skipped_batches"] = self.skipped
         for name, row in self.ratios.items():
-            total, count = (accelerator.reduce(row, reduction="sum") if accelerator.num_processes > 1 else row).tolist()
+            total, count = _summed(row, accelerator)
             if count > 0:
                 logs[name] = total / count
         for name, (row, alphas) in self.objectives.items():
-            kd_sum, kd_count, ce_sum, ce_count = (
-                accelerator.reduce(row, reduction="sum") if accelerator.num_processes > 1 else row).tolist()
+            kd_sum, kd_count, ce_sum, ce_count = _summed(row, accelerator)
             alpha = sum(alphas) / len(alphas)
             logs[name] = (alpha * kd_sum / max(kd_count, 1.0)) + (1.0 - alpha) * ce_sum / max(ce_count, 1.0)
         for name, values in self.extras.items():
