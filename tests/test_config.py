@@ -68,3 +68,25 @@ def test_help_texts_are_documented():
     for name in new:
         assert fields[name].metadata.get("help"), name
         assert name in DistillationArguments.__doc__, name
+
+
+class _FakeDeepSpeedPlugin:
+    """What `TrainingArguments` builds from `accelerate launch`'s DeepSpeed config, without DeepSpeed installed."""
+
+    def set_mixed_precision(self, mixed_precision):
+        pass
+
+    def set_deepspeed_weakref(self):
+        pass
+
+
+def test_adversarial_is_refused_under_a_deepspeed_launch_config(monkeypatch):
+    # `accelerate launch --config_file deepspeed_zero2.yaml` sets this variable and no `--deepspeed` argument; the
+    # DeepSpeed engine would step the optimizer after the clean backward and again after the adversarial one.
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "DeepSpeedPlugin", _FakeDeepSpeedPlugin)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert make().deepspeed_plugin is not None and make().deepspeed is None
+    with pytest.raises(ValueError, match="DeepSpeed's engine steps inside `backward`"):
+        make(adversarial="fgm")
