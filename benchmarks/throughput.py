@@ -365,22 +365,6 @@ class TextBrewerRun:
         return self.helper
 
 
-class _TeacherInputsFromBase(DistillationTrainer):
-    """DistillationTrainer for `torch_compile=True`: reads the teacher's forward arguments from the uncompiled teacher.
-
-    With `torch_compile=True`, Accelerate's `prepare_model` also wraps the teacher in `torch.compile`; the wrapper's
-    `forward` takes `*args, **kwargs`, so the inputs the trainer passes to the teacher (read from that signature)
-    would be none. Only this benchmark works around it here; see the report of issue #6.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.teacher_model is not None:
-            base = self.accelerator.unwrap_model(self.teacher_model, keep_torch_compile=False)
-            self._teacher_inputs = {n for n in inspect.signature(base.forward).parameters
-                                    if n not in ("labels", "kwargs", "args")}
-
-
 def build(method: str, setup: Setup):
     """A fresh run of `method`: a callable `run(steps) -> samples`, with `train_to_end(epochs)` and `scorer`."""
     set_seed(setup.args.seed)
@@ -403,7 +387,7 @@ def build(method: str, setup: Setup):
                                               args=setup.training_args(DistillationArguments, method, **kd),
                                               processing_class=setup.tokenizer, **common))
     if method == "online_compiled":
-        return TrainerRun(_TeacherInputsFromBase(
+        return TrainerRun(DistillationTrainer(
             model=student, teacher_model=setup.teacher(),
             args=setup.training_args(DistillationArguments, method, torch_compile=True, **kd),
             processing_class=setup.tokenizer, **common))
