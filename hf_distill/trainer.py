@@ -853,6 +853,13 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             "Augmented inputs are new inputs, so the teacher must label them online, but only a `teacher_cache` "
             "(logits of the clean inputs) was given. Pass `teacher_model` too, or turn augmentation off."
         )
+    lossy = cache is not None and cache.top_k is not None and cache.top_k < cache.num_labels
+    if lossy and args.distill_loss == "mse":  # (config refuses mse with hard teacher labels)
+        raise ValueError(
+            f"`distill_loss='mse'` matches the teacher's raw logits, but this cache keeps only the top {cache.top_k} "
+            f"of {cache.num_labels} (the others are stood in for by their shared tail mass, a distribution, not the "
+            "teacher's logits). Build the cache with `top_k=None`, or use `distill_loss='kl'` or 'soft_ce'."
+        )
 
 
 def _check_teacher_view(task: str, args: DistillationArguments, cache: TeacherLogitCache | None,

@@ -112,3 +112,18 @@ def test_group_by_length_batches_are_dynamically_padded_and_distilled(tokenizer,
     trainer.train()
     logs = [h for h in trainer.state.log_history if "kd_loss" in h]
     assert len(logs) == 3 and all(h["kd_loss"] >= 0 for h in logs)
+
+
+def test_top_k_cache_is_refused_for_the_raw_logit_mse(tokenizer, tmp_path):
+    # MSE compares raw logits, and a top-k cache (k < C) stands in for the tail with its shared mass: the target would
+    # silently be another vector. KL (a distribution) and the full cache are fine.
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT)
+    data, collator = ner_dataset(tokenizer), DataCollatorForTokenClassification(tokenizer)
+    top3 = build_teacher_cache(teacher, data, collator, str(tmp_path / "top3"), tokenizer=tokenizer, top_k=3,
+                               progress_bar=False)
+    with pytest.raises(ValueError, match=r"keeps only the top 3 of 7.*top_k=None"):
+        _trainer(tokenizer, tmp_path, None, data, collator, cache=top3, distill_loss="mse")
+    _trainer(tokenizer, tmp_path, None, data, collator, cache=top3, distill_loss="kl")
+    full = build_teacher_cache(teacher, data, collator, str(tmp_path / "full"), tokenizer=tokenizer,
+                               progress_bar=False)
+    _trainer(tokenizer, tmp_path, None, data, collator, cache=full, distill_loss="mse")
