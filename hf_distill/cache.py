@@ -537,6 +537,19 @@ def build_teacher_cache(
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     was_training = teacher.training
     teacher.eval()
+
+    def save(pending: tuple) -> None:
+        """Store a batch whose logits are on their way to the host (`_to_host`)."""
+        nonlocal store, metadata
+        indices, rows, batch, (logits, copied) = pending
+        if copied is not None:
+            copied.synchronize()
+        if store is None:
+            metadata = _new_metadata(logits, lengths, parts, top_k)
+            store = _Store(path, metadata, mode="w+", lengths=lengths)
+        store.write(indices, _positions(logits, batch, rows, lengths[indices], metadata, indices))
+        bar.update(len(indices))
+
     try:
         with torch.inference_mode(), tqdm(
             total=num_rows, initial=completed, unit="row", desc="Teacher logits", disable=not progress_bar
@@ -544,6 +557,7 @@ def build_teacher_cache(
             for window_start in range(completed, num_rows, sort_window):
                 window_stop = min(window_start + sort_window, num_rows)
                 order = window_start + np.argsort(lengths[window_start:window_stop], kind="stable")
+                pending = None  # the previous batch: stored on the host while the teacher runs this one
                 for b in range(0, len(order), batch_size):
                     indices = order[b:b + batch_size]
                     rows = _rows_for_collator(source, indices, columns)
@@ -551,13 +565,11 @@ def build_teacher_cache(
                     inputs = {k: v.to(device) for k, v in batch.items() if k in forward_inputs and torch.is_tensor(v)}
                     outputs = teacher(**inputs)
                     logits = outputs["logits"] if isinstance(outputs, dict) else outputs
-                    logits = (logits if torch.is_tensor(logits) else logits[0]).float().cpu()
-                    if store is None:
-                        metadata = _new_metadata(logits, lengths, parts, top_k)
-                        store = _Store(path, metadata, mode="w+", lengths=lengths)
-                    flat = _positions(logits, batch, rows, lengths[indices], metadata, indices)
-                    store.write(indices, flat)
-                    bar.update(len(indices))
+                    logits = _to_host(logits if torch.is_tensor(logits) else logits[0])
+                    if pending is not None:
+                        save(pending)
+                    pending = (indices, rows, batch, logits)
+                save(pending)  # a window is complete only once its last batch is stored
                 store.flush()
                 metadata["completed_rows"] = window_stop
                 metadata["build_seconds"] = previous_seconds + time.perf_counter() - started
@@ -569,6 +581,19 @@ def build_teacher_cache(
         num_rows, int(store.offsets[-1]), path, metadata["build_seconds"],
     )
     return TeacherLogitCache(path, metadata)
+
+
+def _to_host(logits: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """`(fp32 logits on the CPU, event)`. From a CUDA device the copy is asynchronous, so the host stores the previous
+    batch while the device runs the next one; the logits are valid once `event.synchronize()` returns. Elsewhere the
+    copy is done on return and the event is None."""
+    logits = logits.float()
+    if logits.device.type != "cuda":
+        return logits.cpu(), None
+    host = logits.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
 
 
 def _check_existing(path: Path, metadata: dict[str, Any], parts: dict[str, Any], dataset: Any, top_k: int | None):
