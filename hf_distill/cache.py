@@ -465,6 +465,8 @@ def build_teacher_cache(
     consecutive rows (dataset order, no shuffling) made by `data_collator`. The collator receives each row's teacher
     input columns and labels, as the Trainer's `remove_unused_columns` would pass them. For token classification
     the batches must be right-padded and not truncated: example i's first len(input_ids_i) positions are stored.
+    On a CUDA device the logits come back to the host asynchronously, so that each batch is written to the cache
+    while the teacher runs the next one.
 
     Args:
         teacher: a sequence- or token-classification model; the task is read from its logits' rank (2 or 3).
