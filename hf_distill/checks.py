@@ -231,3 +231,24 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels
         "`config.label2id`, or, if the data has more classes, use a teacher and student with `num_labels` covering "
         "them all."
     )
+
+
+def check_sharding(args: Any, *, fsdp: bool, deepspeed: bool) -> None:
+    """Refuse the settings that cannot train a student that FSDP or DeepSpeed shards.
+
+    Args:
+        args: the `DistillationArguments` (read: `self_distillation`, `adversarial`).
+        fsdp, deepspeed: whether the student is sharded by FSDP / run by DeepSpeed (`Trainer.is_fsdp_enabled`,
+            `Trainer.is_deepspeed_enabled`).
+    """
+    if args.self_distillation == "ema" and (fsdp or deepspeed):
+        raise ValueError(
+            "`self_distillation='ema'` keeps a full copy of the student, which FSDP and DeepSpeed shard. Use "
+            "DDP (plain `accelerate launch`) for EMA self-distillation."
+        )
+    if args.adversarial != "none" and fsdp:
+        raise ValueError(
+            "`adversarial` looks up the student's word embeddings outside its forward (to feed them, plus the "
+            "perturbation, as `inputs_embeds`), but FSDP keeps those weights sharded between forwards. Use DDP (plain "
+            "`accelerate launch`) for adversarial distillation, or set `adversarial='none'`."
+        )

@@ -368,7 +368,7 @@ class DistillationArguments(TrainingArguments):
         if self.adversarial != "none" and (self.deepspeed or self.deepspeed_plugin is not None):
             raise ValueError(
                 "`adversarial` needs several backward passes per optimizer step, but DeepSpeed's engine steps inside "
-                "`backward`. Use DDP or FSDP for adversarial distillation, or set `adversarial='none'`."
+                "`backward`. Use DDP (plain `accelerate launch`) for adversarial distillation, or set `adversarial='none'`."
             )
 
     @property

@@ -39,6 +39,7 @@ from .cache import CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, CachedLogitsCollator,
 from .checks import (
     TOKEN_CLASSIFICATION,
     check_label_range,
+    check_sharding,
     check_teacher_student,
     check_tokenizer,
     check_train_dataset,
@@ -183,12 +184,8 @@ class DistillationTrainer(Trainer):
             self.data_collator = CachedLogitsCollator(self.data_collator, teacher_cache)
         if self.teacher_view:
             self.data_collator = TeacherViewCollator(self.data_collator, processing_class)
+        check_sharding(args, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
         if args.self_distillation == "ema":
-            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-                raise ValueError(
-                    "`self_distillation='ema'` keeps a full copy of the student, which FSDP and DeepSpeed shard. Use "
-                    "DDP (plain `accelerate launch`) for EMA self-distillation."
-                )
             teachers = [ema_copy(self._unwrap(self.model))]
         self.teacher_models = [self._prepare_teacher(t) for t in teachers]
         self.teacher_model = self.teacher_models[0] if self.teacher_models else None

@@ -90,3 +90,16 @@ def test_adversarial_is_refused_under_a_deepspeed_launch_config(monkeypatch):
     assert make().deepspeed_plugin is not None and make().deepspeed is None
     with pytest.raises(ValueError, match="DeepSpeed's engine steps inside `backward`"):
         make(adversarial="fgm")
+
+
+@pytest.mark.parametrize("fsdp, deepspeed", [(True, False), (False, True)])
+def test_sharded_students_refuse_what_needs_the_whole_student(fsdp, deepspeed):
+    from hf_distill.checks import check_sharding
+
+    check_sharding(make(), fsdp=fsdp, deepspeed=deepspeed)  # plain distillation shards fine
+    with pytest.raises(ValueError, match="keeps a full copy of the student"):
+        check_sharding(make(self_distillation="ema"), fsdp=fsdp, deepspeed=deepspeed)
+    if fsdp:  # FSDP keeps the word embeddings sharded between forwards; the attack looks them up outside one
+        with pytest.raises(ValueError, match="FSDP keeps those weights sharded"):
+            check_sharding(make(adversarial="fgm"), fsdp=True, deepspeed=False)
+    check_sharding(make(adversarial="fgm"), fsdp=False, deepspeed=False)  # DDP or one device
