@@ -374,7 +374,13 @@ class DistillationTrainer(Trainer):
         positions (plus pseudo-label candidates when `pseudo_label_threshold` is set) and real tokens (for
         feature distillation). Trainer passes it to `compute_loss` as `num_items_in_batch`.
         """
-        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # Trainer's own count (labels only, gathered across processes) would be thrown away: collect without it.
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
         rows = []  # summed where the batches live, with no host synchronisation
         for batch in batch_samples:
             labels = batch.get("labels")

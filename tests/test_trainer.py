@@ -128,6 +128,18 @@ def test_gradient_accumulation_matches_full_batch_token_weighted(tokenizer, tmp_
         assert torch.allclose(full[k], accumulated[k], atol=1e-6), k
 
 
+def test_trainers_own_label_count_is_not_computed(tokenizer, tmp_path, monkeypatch):
+    # get_batch_samples counts distilled and labelled positions itself; Trainer's label count (a gather across
+    # processes under DDP) would be computed and thrown away on every step.
+    def refuse(*args, **kwargs):
+        raise AssertionError("Trainer._get_num_items_in_batch was called")
+
+    trainer = ner_trainer(tokenizer, tmp_path, gradient_accumulation_steps=2, max_steps=2)
+    monkeypatch.setattr(trainer, "_get_num_items_in_batch", refuse)
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
 def test_logs_components_and_schedules_per_window(tokenizer, tmp_path):
     trainer = ner_trainer(tokenizer, tmp_path, max_steps=4, logging_steps=2, temperature=4.0, final_temperature=1.0,
                           temperature_schedule="linear", alpha=0.2, final_alpha=0.6, alpha_schedule="linear")
