@@ -239,12 +239,19 @@ def check_sharding(args: Any, *, fsdp: bool, deepspeed: bool) -> None:
     Args:
         args: the `DistillationArguments` (read: `self_distillation`, `adversarial`).
         fsdp, deepspeed: whether the student is sharded by FSDP / run by DeepSpeed (`Trainer.is_fsdp_enabled`,
-            `Trainer.is_deepspeed_enabled`).
+            `Trainer.is_deepspeed_enabled`, which hold whether these come from `--fsdp`/`--deepspeed` or from the
+            config of `accelerate launch`).
     """
     if args.self_distillation == "ema" and (fsdp or deepspeed):
         raise ValueError(
             "`self_distillation='ema'` keeps a full copy of the student, which FSDP and DeepSpeed shard. Use "
             "DDP (plain `accelerate launch`) for EMA self-distillation."
+        )
+    if args.adversarial != "none" and deepspeed:
+        raise ValueError(
+            "`adversarial` needs several backward passes per optimizer step, but DeepSpeed's engine steps the "
+            "optimizer inside `backward`. Use DDP (plain `accelerate launch`) for adversarial distillation, or set "
+            "`adversarial='none'`."
         )
     if args.adversarial != "none" and fsdp:
         raise ValueError(

@@ -363,13 +363,6 @@ class DistillationArguments(TrainingArguments):
         if self.adv_start_step < 0:
             raise ValueError(f"`adv_start_step` must be >= 0, got {self.adv_start_step}.")
         super().__post_init__()
-        # `--deepspeed` and `accelerate launch` with a DeepSpeed config both leave a plugin here (the latter with
-        # `self.deepspeed` unset).
-        if self.adversarial != "none" and (self.deepspeed or self.deepspeed_plugin is not None):
-            raise ValueError(
-                "`adversarial` needs several backward passes per optimizer step, but DeepSpeed's engine steps inside "
-                "`backward`. Use DDP (plain `accelerate launch`) for adversarial distillation, or set `adversarial='none'`."
-            )
 
     @property
     def uses_features(self) -> bool:
