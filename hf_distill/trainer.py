@@ -223,8 +223,8 @@ class DistillationTrainer(Trainer):
         self._window = _LossWindow()
         self.skipped_batches = 0
         self._attack = None
-        self._check_embedding_path = EmbeddingPathCheck()
         if args.adversarial != "none":
+            self._check_embedding_path = EmbeddingPathCheck()
             self._attack = AttackSettings(
                 method=args.adversarial, epsilon=args.adv_epsilon, step_size=args.adv_step_size, steps=args.adv_steps,
                 norm=args.adv_norm, init_scale=args.adv_init_scale,
