@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .losses import zero_weighted_loss
+
 ATTACK_METHODS = ("fgm", "pgd", "freelb")
 NORMS = ("l2", "linf")
 
@@ -402,6 +404,7 @@ class AdversarialStep(NamedTuple):
     clean: Any  # the objective's parts on clean inputs (FreeLB: on its first, nearly clean, pass)
     adversarial: Any  # the adversarial objective's parts on the last perturbed pass that trained the student
     delta_norm: torch.Tensor  # mean per-example norm of the final perturbation
+    skipped: bool = False  # a pass was non-finite: the attack stopped there (see `on_nonfinite`)
 
 
 def adversarial_backward(
@@ -415,6 +418,7 @@ def adversarial_backward(
     adversarial_objective: Callable[[torch.Tensor], Any],
     backward: Callable[[torch.Tensor], None],
     sync: Callable[[bool], AbstractContextManager],
+    on_nonfinite: Callable[[], None],
     adv_weight: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> AdversarialStep:
@@ -434,6 +438,9 @@ def adversarial_backward(
         backward: back-propagates a loss into the parameters (the trainer scales it and applies AMP).
         sync: `sync(last)` is the context for one forward+backward pass: `last=False` must suppress gradient
             all-reduce (DDP `no_sync`), so that only the final pass of the step synchronises.
+        on_nonfinite: called when a pass's loss is NaN or inf (it may raise). That pass is not back-propagated and
+            the attack stops; a zero-weighted pass connected to every parameter takes the synchronising backward's
+            place, so every process still all-reduces once, and the step is returned with `skipped=True`.
         adv_weight: weight of the adversarial term added to the clean loss (FGM, PGD).
         generator: random start of δ (PGD, FreeLB with `init_scale > 0`).
 
@@ -441,18 +448,39 @@ def adversarial_backward(
     """
     zero = torch.zeros(shape, dtype=torch.float32, device=device)
     s = settings
+
+    def train_on(logits: torch.Tensor, parts: Any, weight: float) -> bool:
+        """Back-propagate `weight * parts.loss`, or, when it is not finite, report it and back-propagate a
+        zero-weighted loss on the same logits instead (finite, so no NaN reaches a gradient). False if skipped."""
+        if torch.isfinite(parts.loss):
+            backward(weight * parts.loss)
+            return True
+        on_nonfinite()
+        backward(zero_weighted_loss(logits))
+        return False
+
+    def skip() -> AdversarialStep:
+        """The step ends at a non-finite pass; that pass did not synchronise, so a zero-weighted one does."""
+        with sync(True):
+            logits = forward(zero)
+            backward(zero_weighted_loss(logits))
+        return _skipped_step(zero)
+
     if s.method == "freelb":
         # Zhu et al. (2020): K ascent steps; each pass trains the student on loss/K, so the K gradients add up.
         delta = init_delta(zero, mask, init_scale=s.init_scale, norm=s.norm, generator=generator)
         total, clean = zero.new_zeros(()), None
         for k in range(s.steps):
+            last = k == s.steps - 1
             delta = delta.detach().requires_grad_(True)
-            with sync(k == s.steps - 1):
-                parts = adversarial_objective(forward(delta))
-                backward(parts.loss / s.steps)
+            with sync(last):
+                logits = forward(delta)
+                parts = adversarial_objective(logits)
+                if not train_on(logits, parts, 1.0 / s.steps):
+                    return _skipped_step(zero) if last else skip()
             clean = parts if clean is None else clean
             total += parts.loss.detach() / s.steps
-            if k < s.steps - 1:
+            if not last:
                 delta = project(ascent_step(delta.detach(), delta.grad, mask, step_size=s.step_size, norm=s.norm),
                                 mask, epsilon=s.epsilon, norm=s.norm)
         return AdversarialStep(total, clean, parts, delta_norm(delta.detach(), s.norm).mean())
@@ -460,8 +488,10 @@ def adversarial_backward(
     # FGM and PGD: a clean pass trains the student and gives the first gradient w.r.t. the embeddings.
     start = zero.clone().requires_grad_(True)
     with sync(False):
-        clean = clean_objective(forward(start))
-        backward(clean.loss)
+        logits = forward(start)
+        clean = clean_objective(logits)
+        if not train_on(logits, clean, 1.0):
+            return skip()
     grad = start.grad
     if s.method == "fgm":
         delta = fgm_delta(grad, mask, epsilon=s.epsilon, norm=s.norm)
@@ -478,7 +508,13 @@ def adversarial_backward(
             delta = project(ascent_step(delta.detach(), grad, mask, step_size=s.step_size, norm=s.norm),
                             mask, epsilon=s.epsilon, norm=s.norm)
     with sync(True):
-        adversarial = adversarial_objective(forward(delta.detach()))
-        backward(adv_weight * adversarial.loss)
+        logits = forward(delta.detach())
+        adversarial = adversarial_objective(logits)
+        if not train_on(logits, adversarial, adv_weight):
+            return _skipped_step(zero)
     total = clean.loss.detach() + adv_weight * adversarial.loss.detach()
     return AdversarialStep(total, clean, adversarial, delta_norm(delta, s.norm).mean())
+
+
+def _skipped_step(zero: torch.Tensor) -> AdversarialStep:
+    return AdversarialStep(zero.new_zeros(()), None, None, zero.new_zeros(()), skipped=True)

@@ -200,3 +200,10 @@ def unlabeled_rows(labels: torch.Tensor | None, batch_size: int, device: torch.d
     if labels is None:
         return torch.ones(batch_size, dtype=torch.bool, device=device)
     return labels.reshape(batch_size, -1).eq(IGNORE_INDEX).all(-1)
+
+
+def zero_weighted_loss(logits: torch.Tensor) -> torch.Tensor:
+    """A loss of exactly 0 that is finite even where `logits` are not, yet connected to every parameter that produced
+    them: a skipped batch back-propagates it, so DDP still gets the full backward (and all-reduce) it waits for, and
+    the gradients it adds are zeros."""
+    return (logits.float().nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()

@@ -57,7 +57,14 @@ from .files import (
     move_into,
 )
 from .loading import load_model
-from .losses import IGNORE_INDEX, DistillationLoss, distillation_objective, pseudo_labels, unlabeled_rows
+from .losses import (
+    IGNORE_INDEX,
+    DistillationLoss,
+    distillation_objective,
+    pseudo_labels,
+    unlabeled_rows,
+    zero_weighted_loss,
+)
 from .model_card import build_model_card
 from .schedules import scheduled_value
 from .self_distillation import ema_copy, ema_update
@@ -420,8 +427,7 @@ class DistillationTrainer(Trainer):
             parts = self._add_feature_losses(parts, outputs, teacher, inputs, num_items_in_batch)
         if not torch.isfinite(parts.loss):
             self._handle_nonfinite(parts, teacher_logits, self.distill_mask(inputs))
-            # Zero-weighted but connected to every student parameter, so DDP still sees a full backward.
-            loss = (outputs["logits"].float().nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
+            loss = zero_weighted_loss(outputs["logits"])
             return (loss, outputs) if return_outputs else loss
         self._window.add(parts, temperature, alpha)
         loss = parts.loss * scale
@@ -584,6 +590,18 @@ class DistillationTrainer(Trainer):
     # ---- adversarial training ------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        skipped = self.skipped_batches
+        loss = self._training_step(model, inputs, num_items_in_batch)
+        if self.skipped_batches != skipped and self.accelerator.num_processes == 1:
+            # A skipped batch back-propagated a zero-weighted loss, whose gradients are zeros, except that a NaN inside
+            # the student's own forward still reaches them (0 * NaN): the batch must add nothing. (With several
+            # processes the last micro-batch's gradients are already all-reduced; the README says what that means.)
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.grad.nan_to_num_(0.0, 0.0, 0.0)
+        return loss
+
+    def _training_step(self, model, inputs, num_items_in_batch=None):
         if self._augment_generator is not None:
             inputs = self.augment(inputs)
         if self._attack is None or self.state.global_step < self.args.adv_start_step:
@@ -599,11 +617,15 @@ class DistillationTrainer(Trainer):
             teacher = self.teacher_outputs(inputs) if needs_teacher else {}
         teacher_logits = teacher.get("logits")
         objective, scale = self._objective(inputs, teacher, alpha, temperature, num_items_in_batch)
-        if teacher_logits is not None and not torch.isfinite(teacher_logits).all():
+        distilled = self.distill_mask(inputs)
+        if teacher_logits is not None and not torch.isfinite(teacher_logits[distilled]).all():
+            # As compute_loss skips a batch: reported once, and a zero-weighted backward keeps DDP in step.
             zero = teacher_logits.new_zeros(())
-            self._handle_nonfinite(DistillationLoss(zero, zero, zero, zero, zero), teacher_logits,
-                                   torch.ones(teacher_logits.shape[:-1], dtype=torch.bool, device=zero.device))
-            return super().training_step(model, inputs, num_items_in_batch)  # compute_loss skips it
+            self._handle_nonfinite(DistillationLoss(zero, zero, zero, zero, zero), teacher_logits, distilled)
+            with self.compute_loss_context_manager():
+                logits = model(input_ids=input_ids, **model_inputs)["logits"]
+            self.accelerator.backward(zero_weighted_loss(logits))
+            return zero
         adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
         base = self._unwrap(model)
         self._check_embedding_path(model, input_ids, model_inputs, base)  # δ = 0 must be the ordinary forward
@@ -616,13 +638,13 @@ class DistillationTrainer(Trainer):
                 return model(inputs_embeds=embeds + delta.to(embeds.dtype), **model_inputs)["logits"]
 
         def backward(loss):
-            if not torch.isfinite(loss):
-                self._report_nonfinite(
-                    f"Non-finite adversarial loss at step {self.state.global_step}",
-                    "Lower `adv_epsilon` or `adv_step_size`, or delay the attack with `adv_start_step`",
-                )
-                return
             self.accelerator.backward(loss * scale)
+
+        def on_nonfinite():
+            self._report_nonfinite(
+                f"Non-finite adversarial loss at step {self.state.global_step}",
+                "Lower `adv_epsilon` or `adv_step_size`, or delay the attack with `adv_start_step`",
+            )
 
         def sync(last):
             # Trainer already suppresses sync on micro-batches before the last; within the step only the final
@@ -634,11 +656,12 @@ class DistillationTrainer(Trainer):
             mask=mask,
             forward=forward, clean_objective=lambda logits: objective(logits, alpha),
             adversarial_objective=lambda logits: objective(logits, adv_alpha), backward=backward, sync=sync,
-            adv_weight=self.args.adv_weight, generator=self._attack_generator,
+            on_nonfinite=on_nonfinite, adv_weight=self.args.adv_weight, generator=self._attack_generator,
         )
-        self._window.add(step.clean, temperature, alpha)
-        self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
-        self._window.add_extra("adv_delta_norm", step.delta_norm)
+        if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
+            self._window.add(step.clean, temperature, alpha)
+            self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
+            self._window.add_extra("adv_delta_norm", step.delta_norm)
         empty_cache_every = self.args.torch_empty_cache_steps
         if empty_cache_every is not None and self.state.global_step % empty_cache_every == 0:
             clear_device_cache()  # as Trainer.training_step does

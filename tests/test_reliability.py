@@ -187,3 +187,42 @@ def test_load_best_model_at_end_restores_the_best_checkpoint_and_rotation_keeps_
     assert (best / CHECKPOINT_MARKER).is_file()
     saved = AutoModelForTokenClassification.from_pretrained(best).state_dict()
     assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["none", "fgm", "pgd", "freelb"])
+def test_nan_in_the_students_own_forward_is_skipped_and_changes_no_weight(tokenizer, tmp_path, method):
+    # A NaN inside the student's forward reaches its gradients even through a zero-weighted loss (0 * NaN): the
+    # skipped batch must still add nothing. On the first AdamW step, zero gradients leave every weight bit-identical.
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, adversarial=method, adv_steps=2, adv_init_scale=0.1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def poison(module, args, output):
+        return output * float("nan") if torch.is_grad_enabled() else output
+
+    trainer.model.classifier.register_forward_hook(poison)
+    trainer.train()  # used to crash in the attack (no gradient w.r.t. the embeddings after a skipped clean pass)
+    assert trainer.skipped_batches == 1
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("method", ["none", "fgm"])
+def test_nan_teacher_logits_count_once_and_only_at_distilled_positions(tokenizer, tmp_path, method):
+    def run(where):
+        trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, adversarial=method)
+
+        def hook(module, args, kwargs, output):
+            padded = (kwargs["attention_mask"] == 0).nonzero()
+            assert len(padded), "the first batch must have padding for this test"
+            row, col = padded[0].tolist() if where == "padding" else (0, 1)
+            output["logits"][row, col] = float("nan")
+            return output
+
+        trainer.teacher_model.register_forward_hook(hook, with_kwargs=True)
+        trainer.train()
+        return trainer
+
+    at_padding = run("padding")  # masked out of the loss, as without an attack: nothing to skip
+    assert at_padding.skipped_batches == 0
+    assert "kd_loss" in next(h for h in at_padding.state.log_history if "loss" in h)
+    assert run("label").skipped_batches == 1  # once, though the teacher's logits are checked on two paths
