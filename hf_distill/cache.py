@@ -333,13 +333,17 @@ class TeacherLogitCache:
             return dataset.add_column(CACHE_INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
         return _IndexedRows(dataset)
 
-    def logits(self, indices: torch.Tensor | Sequence[int] | np.ndarray, seq_len: int | None = None) -> torch.Tensor:
+    def logits(self, indices: torch.Tensor | Sequence[int] | np.ndarray, seq_len: int | None = None,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The cached teacher logits of rows `indices`, as float32 on the CPU.
 
         Args:
             indices: (B,) row numbers, e.g. `batch["teacher_cache_index"]` (any device).
             seq_len: L, the padded length of the batch, `batch["input_ids"].shape[1]` (token classification only;
                 defaults to the longest of these rows).
+            attention_mask: (B, L), the batch's mask (token classification only). When given, each row must be
+                right-padded to exactly the length the cache stores for it, else the logits would land on other
+                tokens: a left-padded batch, or an index column that names other rows, is refused.
 
         Returns:
             Token classification: (B, L, C), each row's stored positions first and zeros after them (right
@@ -364,6 +368,8 @@ class TeacherLogitCache:
                 "`input_ids`). Collate the batches as at build time, without truncation, with right padding, and "
                 "pass `seq_len=batch['input_ids'].shape[1]`."
             )
+        if attention_mask is not None:
+            _check_positions(attention_mask, lengths, rows)
         segment_starts = np.cumsum(lengths) - lengths
         total = int(lengths.sum())
         positions = np.arange(total) + np.repeat(starts - segment_starts, lengths)
@@ -424,9 +430,29 @@ class CachedLogitsCollator:
         batch = self.collator(features)
         index = batch.get(CACHE_INDEX_COLUMN)
         if index is not None and "input_ids" in batch:
-            seq_len = batch["input_ids"].shape[1] if self.cache.task == TOKEN_CLASSIFICATION else None
-            batch[TEACHER_LOGITS_KEY] = self.cache.logits(index, seq_len=seq_len)
+            tokens = self.cache.task == TOKEN_CLASSIFICATION
+            batch[TEACHER_LOGITS_KEY] = self.cache.logits(
+                index, seq_len=batch["input_ids"].shape[1] if tokens else None,
+                attention_mask=batch.get("attention_mask") if tokens else None)
         return batch
+
+
+def _check_positions(attention_mask: torch.Tensor, lengths: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse a batch whose real tokens are not the first `lengths[b]` positions of each row (see `logits`)."""
+    mask = attention_mask.detach().cpu().bool()
+    expected = torch.arange(mask.shape[1]) < torch.from_numpy(lengths)[:, None]
+    if torch.equal(mask, expected):
+        return
+    b = int((mask != expected).any(1).int().argmax())
+    real = mask[b].nonzero().flatten().tolist()
+    where = f"positions {real[0]}..{real[-1]}" if real else "no position"
+    raise ValueError(
+        f"Row {int(rows[b])} of the cache stores teacher logits for its first {int(lengths[b])} positions, but in this "
+        f"batch its attention mask covers {where} of {mask.shape[1]}. Either the batch is left-padded (the cache "
+        "places each row's logits from position 0: use a tokenizer with `padding_side='right'`, as at build time), "
+        f"or the `{CACHE_INDEX_COLUMN}` column names other rows (attach the cache to the dataset it was built from, "
+        "with `teacher_cache.attach(dataset)`, after removing a stale index column)."
+    )
 
 
 class _IndexedRows(torch.utils.data.Dataset):

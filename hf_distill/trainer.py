@@ -293,7 +293,9 @@ class DistillationTrainer(Trainer):
             logits = inputs[TEACHER_LOGITS_KEY]
             return {"logits": logits, "confidence_logits": logits}
         if self.teacher_cache is not None and index is not None and not features:
-            logits = self.teacher_cache.logits(index, seq_len=inputs["input_ids"].shape[1])
+            tokens = self.teacher_cache.task == TOKEN_CLASSIFICATION
+            logits = self.teacher_cache.logits(index, seq_len=inputs["input_ids"].shape[1],
+                                               attention_mask=inputs.get("attention_mask") if tokens else None)
             logits = logits.to(inputs["input_ids"].device, non_blocking=True)
             return {"logits": logits, "confidence_logits": logits}
         if self.teacher_model is None:

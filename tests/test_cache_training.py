@@ -56,6 +56,23 @@ def test_the_collator_reads_the_cache_and_the_loss_uses_it(tokenizer, tmp_path):
     assert "teacher_logits" not in cached.data_collator([{k: v for k, v in data[0].items()}])
 
 
+def test_a_batch_whose_tokens_are_not_where_the_cache_put_them_is_refused(tokenizer, tmp_path):
+    # The cache places each row's logits from position 0: a left-padded batch would silently shift them onto other
+    # tokens (and padding), and so would an index column that names other rows.
+    import copy
+
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    left = copy.deepcopy(tokenizer)
+    left.padding_side = "left"
+    trainer = _trainer(tokenizer, tmp_path, None, data, DataCollatorForTokenClassification(left), cache=cache)
+    with pytest.raises(ValueError, match=r"left-padded.*padding_side='right'"):
+        next(iter(trainer.get_train_dataloader()))
+    shifted = cache.attach(data).map(lambda row: {"teacher_cache_index": (row["teacher_cache_index"] + 1) % len(data)})
+    trainer = _trainer(tokenizer, tmp_path, None, shifted, collator, cache=cache)
+    with pytest.raises(ValueError, match=r"names other rows"):
+        next(iter(trainer.get_train_dataloader()))
+
+
 def test_training_from_the_cache_alone_matches_online_training(tokenizer, tmp_path):
     teacher, data, collator, cache = _setup(tokenizer, tmp_path)
     calls = []
