@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _reject_dataset_dict
+from .files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -843,16 +843,8 @@ def _read_metadata(path: Path) -> dict[str, Any] | None:
 
 
 def _write_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    """Write metadata.json atomically: a temporary file in the same directory, then `os.replace`."""
-    descriptor, temporary = tempfile.mkstemp(dir=path, prefix=".metadata-", suffix=".json.tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(metadata, handle, indent=2)
-        os.replace(temporary, path / METADATA_FILE)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Write metadata.json atomically (`files.atomic_write_json`)."""
+    atomic_write_json(path / METADATA_FILE, metadata)
 
 
 def _delete_cache(path: Path) -> None:

@@ -195,7 +195,7 @@ def _split_conll_lines(path: str) -> tuple[list[list[str]], list[list[str]], lis
     seen_content = False
 
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of the first token
             for line_number, line in enumerate(handle, start=1):
                 columns = line.split()
                 if not columns or columns[0] == _DOCSTART:  # a document start also ends the sentence before it

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 from typing import Any
 
 CHECKPOINT_MARKER = "hf_distill_checkpoint.json"
@@ -19,7 +19,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same directory."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    # Created like any file (mode 0o666 less the umask), not 0o600 as `tempfile.mkstemp` would: the model card, the
+    # checkpoint marker and a cache's metadata must stay readable by whoever may read the folder.
+    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -244,3 +244,11 @@ def test_load_missing_file_and_unknown_extension(tmp_path):
         load_text_classification_file(tmp_path / "missing.tsv")
     with pytest.raises(ValueError, match=r"unsupported extension '\.parquet'"):
         load_text_classification_file(write(tmp_path, "x", "data.parquet"))
+
+
+def test_read_conll_ignores_a_byte_order_mark(tmp_path):
+    # Files saved by some Windows tools start with U+FEFF: it must not turn "-DOCSTART-" into a one-token sentence.
+    path = tmp_path / "bom.txt"
+    path.write_text(CONLL_4_COLUMNS, encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_conll(path)["tokens"] == read_conll(write(tmp_path, CONLL_4_COLUMNS))["tokens"]

@@ -226,3 +226,17 @@ def test_nan_teacher_logits_count_once_and_only_at_distilled_positions(tokenizer
     assert at_padding.skipped_batches == 0
     assert "kd_loss" in next(h for h in at_padding.state.log_history if "loss" in h)
     assert run("label").skipped_batches == 1  # once, though the teacher's logits are checked on two paths
+
+
+def test_atomically_written_files_are_readable_like_any_other(tmp_path):
+    # tempfile.mkstemp creates 0o600 files; a model card or a cache's metadata must follow the umask as open() does.
+    from hf_distill.files import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "card.md", "hello")
+        (tmp_path / "plain.md").write_text("hello")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()].count("card.md") == 1 and len(list(tmp_path.iterdir())) == 2
