@@ -165,7 +165,7 @@ def check_train_dataset(dataset: Any, needs_labels: bool) -> None:
         )
 
 
-def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels") -> None:
+def check_label_range(dataset: Any, num_labels: int, label_column: str | None = None) -> None:
     """Check that every class id in `label_column` is in `[0, num_labels)`, ignoring `-100`.
 
     Works for one label per row (sequence classification, ints) and for a list of labels per row (token
@@ -178,7 +178,8 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels
     Args:
         dataset: The split to check, e.g. the tokenised `train_dataset` or `eval_dataset`.
         num_labels: The number of classes the models predict (`model.config.num_labels`).
-        label_column: The column holding the labels.
+        label_column: The column holding the labels; by default each of the columns the Trainer takes as labels
+            (`labels`, `label`, `label_ids`) that the dataset has.
 
     Raises:
         ValueError: `dataset` is a `DatasetDict`; the column holds strings or floats instead of ids; or a label is
@@ -187,7 +188,13 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str = "labels
     if dataset is None:
         return
     _reject_dataset_dict(dataset, "dataset")
-    if not isinstance(dataset, Dataset) or label_column not in dataset.column_names:
+    if not isinstance(dataset, Dataset):
+        return
+    if label_column is None:
+        for column in _LABEL_COLUMNS:
+            check_label_range(dataset, num_labels, column)
+        return
+    if label_column not in dataset.column_names:
         return
     column = dataset.with_format("arrow")[label_column]
     values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

@@ -286,6 +286,16 @@ def test_error_no_labels_with_alpha_below_one(tokenizer, tmp_path):
         _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer), dataset=data)
 
 
+@pytest.mark.parametrize("column", ["labels", "label"])
+def test_error_label_outside_the_classes_whatever_the_label_columns_name(tokenizer, tmp_path, column):
+    # `label` is the usual Hub name (and what load_text_classification_file gives); the Trainer takes it as labels.
+    data = seq_dataset(tokenizer)
+    data = data.rename_column("labels", column) if column != "labels" else data
+    data = data.map(lambda row, i: {column: 5 if i == 1 else row[column]}, with_indices=True)
+    with pytest.raises(ValueError, match=rf"Column '{column}' has the label 5 in row 1 .*outside the 2 classes"):
+        _init(tokenizer, tmp_path, tiny_sequence_model(tokenizer), tiny_sequence_model(tokenizer), dataset=data)
+
+
 def test_error_dataset_dict_instead_of_split(tokenizer, tmp_path):
     data = DatasetDict({"train": ner_dataset(tokenizer)})
     with pytest.raises(ValueError, match=r"Did you mean `dataset\['train'\]`"):
