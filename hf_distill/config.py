@@ -341,6 +341,12 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
         if self.pseudo_label_threshold is not None and not 0.0 < self.pseudo_label_threshold <= 1.0:
             raise ValueError(f"`pseudo_label_threshold` must be in (0, 1], got {self.pseudo_label_threshold}.")
+        if self.pseudo_label_threshold is not None and not self._hard_label_loss_weighted:
+            raise ValueError(
+                f"`pseudo_label_threshold` is set, but pseudo-labels feed only the hard-label loss, whose weight is "
+                f"1 - alpha = 0 throughout (alpha={self.alpha}, final_alpha={self.final_alpha}), so they would change "
+                "nothing. Set `alpha` (or `final_alpha`) below 1, or drop `pseudo_label_threshold`."
+            )
         for name in ("augment_mask_prob", "augment_replace_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -380,5 +386,9 @@ class DistillationArguments(TrainingArguments):
     def needs_labels(self) -> bool:
         """Whether the hard-label loss has weight at some point of training and needs a labels column (with
         pseudo-labels the teacher can supply every label)."""
-        weighted = self.alpha < 1.0 or (self.final_alpha is not None and self.final_alpha < 1.0)
-        return weighted and self.pseudo_label_threshold is None
+        return self._hard_label_loss_weighted and self.pseudo_label_threshold is None
+
+    @property
+    def _hard_label_loss_weighted(self) -> bool:
+        """Whether 1 - alpha is above 0 at some point of training."""
+        return self.alpha < 1.0 or (self.final_alpha is not None and self.final_alpha < 1.0)

@@ -35,6 +35,7 @@ def test_defaults():
         ({"teacher_labels": "argmax"}, r"`teacher_labels` must be one of"),
         ({"distill_positions": "last"}, r"`distill_positions` must be one of"),
         ({"teacher_labels": "hard", "distill_loss": "mse"}, r"cannot express"),
+        ({"alpha": 1.0, "pseudo_label_threshold": 0.9}, r"pseudo-labels feed only the hard-label loss.*would change"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, message):
@@ -45,6 +46,8 @@ def test_bad_values_name_the_field(kwargs, message):
 def test_needs_labels_follows_the_alpha_schedule():
     assert not make(alpha=1.0).needs_labels
     assert make(alpha=1.0, final_alpha=0.5, alpha_schedule="linear").needs_labels
+    # Pseudo-labels are accepted once the hard-label loss gets weight at some point of the schedule.
+    assert not make(alpha=1.0, final_alpha=0.5, alpha_schedule="linear", pseudo_label_threshold=0.9).needs_labels
 
 
 def test_schedules():
