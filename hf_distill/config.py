@@ -75,7 +75,8 @@ class DistillationArguments(TrainingArguments):
             `"mse"`: mean squared error between raw logits (the temperature is not used).
         teacher_labels (`str`, defaults to `"soft"`):
             `"soft"`: the teacher's distribution is the target. `"hard"`: the teacher's argmax is the target
-            (pseudo-labels), trained with plain cross-entropy; temperature and `distill_loss` are then unused.
+            (pseudo-labels), trained with plain cross-entropy; temperature and `distill_loss` are then unused (with
+            several teachers, the argmax of their mixture at temperature 1).
         distill_positions (`str`, defaults to `"first_subword"`):
             Token classification only: which positions are distilled. `"first_subword"`: exactly the positions
             whose label is not -100. `"all_subwords"`: every real sub-word token (padding and special tokens

@@ -317,8 +317,11 @@ class DistillationTrainer(Trainer):
             result["logits"] = result["confidence_logits"] = all_logits[0]
             return result
         a = self.args
+        # Hard labels are the argmax of the ensemble's own prediction (the mixture at temperature 1), which must not
+        # move with the distillation temperature or its schedule.
+        temperature = 1.0 if a.teacher_labels == "hard" else self.current_temperature
         result["logits"] = combine_teacher_logits(all_logits, method=a.teacher_ensemble, weights=a.teacher_weights,
-                                                  temperature=self.current_temperature, distill_loss=a.distill_loss)
+                                                  temperature=temperature, distill_loss=a.distill_loss)
         if a.pseudo_label_threshold is not None:  # the mixture at temperature 1, only when pseudo-labels need it
             result["confidence_logits"] = combine_teacher_logits(all_logits, method=a.teacher_ensemble,
                                                                  weights=a.teacher_weights, temperature=1.0)

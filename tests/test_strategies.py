@@ -9,6 +9,7 @@ from test_trainer import NO_DROPOUT, make_args, ner_dataset, ner_trainer, seq_da
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer, mix_unlabeled, soft_kl
+from hf_distill.ensemble import combine_teacher_logits
 from hf_distill.features import attention_kl
 from hf_distill.trainer import EMA_TEACHER_FILE, PROJECTOR_FILE
 
@@ -242,6 +243,27 @@ def test_ensemble_pseudo_labels_come_from_the_mixture_at_temperature_one(tokeniz
         s = trainer.model(**batch).logits
         mixture = (t1(**batch).logits.softmax(-1) + t2(**batch).logits.softmax(-1)) / 2
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(s, mixture.argmax(-1)).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 8.0])
+def test_ensemble_hard_labels_are_the_mixtures_argmax_at_temperature_one(tokenizer, tmp_path, temperature):
+    # The argmax of T·log Σ softmax(z/T) moves with T; hard labels must not (the temperature is unused with them).
+    t1, t2 = (tiny_sequence_model(tokenizer, num_labels=3, seed=s, **NO_DROP) for s in (2, 3))
+    with torch.no_grad():  # confident teachers that disagree, so the mixture's argmax depends on the temperature
+        t1.classifier.weight.mul_(200)
+        t2.classifier.weight.mul_(200)
+    data = seq_dataset(tokenizer, labels=False)
+    trainer = DistillationTrainer(
+        model=tiny_sequence_model(tokenizer, num_labels=3, layers=1, seed=1, **NO_DROP), teacher_model=[t1, t2],
+        args=make_args(tmp_path, alpha=1.0, temperature=temperature, teacher_labels="hard"), train_dataset=data,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+    )
+    batch = dict(DataCollatorWithPadding(tokenizer)(list(data)))
+    with torch.no_grad():
+        mixture = (t1(**batch).logits.softmax(-1) + t2(**batch).logits.softmax(-1)) / 2
+        at_eight = combine_teacher_logits([t1(**batch).logits, t2(**batch).logits], temperature=8.0)
+    assert not torch.equal(at_eight.argmax(-1), mixture.argmax(-1))  # the case the test is about does arise
+    assert torch.equal(trainer.teacher_logits(batch).argmax(-1), mixture.argmax(-1))
 
 
 def test_every_teacher_is_checked(tokenizer, tmp_path):
