@@ -35,7 +35,6 @@ here). The top-k storage keeps the teacher's total tail mass so that the cached 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -52,7 +51,7 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _reject_dataset_dict
+from .checks import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _reject_dataset_dict, forward_inputs
 from .files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -557,8 +556,8 @@ def build_teacher_cache(
     store = _Store(path, metadata, mode="r+") if metadata is not None else None
     completed = metadata["completed_rows"] if metadata is not None else 0
     previous_seconds = metadata["build_seconds"] if metadata is not None else 0.0
-    forward_inputs = _forward_inputs(teacher)
-    columns = set(forward_inputs) | set(_LABEL_COLUMNS)
+    accepted = forward_inputs(teacher)
+    columns = accepted | set(_LABEL_COLUMNS)
     source = dataset
     if isinstance(dataset, Dataset):
         source = dataset.select_columns([c for c in dataset.column_names if c in columns])
@@ -590,7 +589,7 @@ def build_teacher_cache(
                     indices = order[b:b + batch_size]
                     rows = _rows_for_collator(source, indices, columns)
                     batch = data_collator(rows)
-                    inputs = {k: v.to(device) for k, v in batch.items() if k in forward_inputs and torch.is_tensor(v)}
+                    inputs = {k: v.to(device) for k, v in batch.items() if k in accepted and torch.is_tensor(v)}
                     outputs = teacher(**inputs)
                     logits = outputs["logits"] if isinstance(outputs, dict) else outputs
                     logits = _to_host(logits if torch.is_tensor(logits) else logits[0])
@@ -638,14 +637,6 @@ def _check_existing(path: Path, metadata: dict[str, Any], parts: dict[str, Any],
             f"{'; '.join(messages)}. Build this cache into a new path, or pass `overwrite=True` to delete the one "
             f"at {path} and rebuild it."
         )
-
-
-def _forward_inputs(teacher: nn.Module) -> set[str]:
-    """Named parameters of `teacher.forward`, without `labels` (so no loss is computed) and without *args/**kwargs."""
-    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    teacher = getattr(teacher, "_orig_mod", teacher)  # a torch.compile wrapper's forward takes *args, **kwargs
-    parameters = inspect.signature(teacher.forward).parameters.values()
-    return {p.name for p in parameters if p.kind not in variadic and p.name not in _LABEL_COLUMNS}
 
 
 def _rows_for_collator(source: Any, indices: np.ndarray, columns: set[str]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ wrong thing when the two models disagree on the vocabulary or on the order of th
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -27,6 +28,22 @@ def _base(model: nn.Module) -> nn.Module:
     if hasattr(model, "get_base_model"):
         return model.get_base_model()
     return model
+
+
+def forward_inputs(model: nn.Module) -> set[str]:
+    """The batch keys that `model.forward` takes by name, without the label columns (so no loss is computed).
+
+    Looks through `torch.compile` (whose forward takes only `*args, **kwargs`) and through a PEFT-style wrapper, whose
+    forward names a few inputs and passes the rest (`token_type_ids`, `position_ids`, ...) on to the base model in
+    `**kwargs`: the base model's names count too. Otherwise `*args`/`**kwargs` accept nothing here.
+    """
+    model = getattr(model, "_orig_mod", model)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    names = {p.name for p in inspect.signature(model.forward).parameters.values() if p.kind not in variadic}
+    base = _base(model)
+    if base is not model:
+        names |= forward_inputs(base)
+    return names - set(_LABEL_COLUMNS)
 
 
 def infer_task(model: nn.Module, role: str = "student") -> str:

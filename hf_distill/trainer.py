@@ -21,7 +21,6 @@ How the pieces fit:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import shutil
@@ -43,6 +42,7 @@ from .checks import (
     check_teacher_student,
     check_tokenizer,
     check_train_dataset,
+    forward_inputs,
     infer_task,
 )
 from .config import DistillationArguments
@@ -196,10 +196,8 @@ class DistillationTrainer(Trainer):
             teachers = [ema_copy(self._unwrap(self.model))]
         self.teacher_models = [self._prepare_teacher(t) for t in teachers]
         self.teacher_model = self.teacher_models[0] if self.teacher_models else None
-        self._teacher_inputs: set[str] = set()
-        if self.teacher_model is not None:
-            forward = inspect.signature(self._unwrap(self.teacher_model).forward).parameters
-            self._teacher_inputs = {name for name in forward if name not in ("labels", "kwargs", "args")}
+        # Each teacher gets the batch keys its own forward takes (an ensemble may mix BERT and DistilBERT).
+        self._teacher_inputs: list[set[str]] = [forward_inputs(self._unwrap(t)) for t in self.teacher_models]
         special = getattr(processing_class, "all_special_ids", None) or []
         self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
         # Distilled positions skip special tokens, but not the mask token that augmentation writes into real ones.
@@ -266,10 +264,11 @@ class DistillationTrainer(Trainer):
         return self.accelerator.prepare_model(teacher, evaluation_mode=True).eval()
 
     @torch.inference_mode()
-    def _teacher_forward(self, teacher: nn.Module, inputs: dict[str, Any], features: bool = False) -> Any:
+    def _teacher_forward(self, index: int, inputs: dict[str, Any], features: bool = False) -> Any:
         flags = self._feature_flags() if features else {}
         inputs = teacher_view_inputs(inputs)
-        return teacher(**{k: v for k, v in inputs.items() if k in self._teacher_inputs}, **flags)
+        accepted = self._teacher_inputs[index]
+        return self.teacher_models[index](**{k: v for k, v in inputs.items() if k in accepted}, **flags)
 
     def _feature_flags(self) -> dict[str, bool]:
         flags = {}
@@ -305,7 +304,7 @@ class DistillationTrainer(Trainer):
                 "too, or train on `teacher_cache.attach(dataset)`."
             )
         matched = self.args.feature_teacher if features else None  # the one teacher whose internals are matched
-        outputs = [self._teacher_forward(t, inputs, i == matched) for i, t in enumerate(self.teacher_models)]
+        outputs = [self._teacher_forward(i, inputs, i == matched) for i in range(len(self.teacher_models))]
         result = {}
         if features:  # only the matched layers leave inference mode (attention maps are indexed from layer 1)
             for key, offset, layer_map in (("hidden_states", 0, self._layer_map),

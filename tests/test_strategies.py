@@ -464,3 +464,55 @@ def test_lora_student_trains_its_adapters_and_saves_them(tokenizer, tmp_path):
     student.eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(**batch).logits, student(**batch).logits, atol=1e-6)
+
+
+# ---- what each teacher's forward receives ----------------------------------------------------------------------
+
+
+def _pairs(tokenizer):
+    enc = tokenizer(["john lives in paris .", "the movie was great"], ["mary works at acme", "the plot was awful !"])
+    batch = dict(DataCollatorWithPadding(tokenizer)([{k: enc[k][i] for k in enc} for i in range(2)]))
+    assert batch["token_type_ids"].any()  # sentence pairs: the segment ids matter
+    return batch
+
+
+def _segment_sensitive(model):
+    with torch.no_grad():  # make the segment embedding decide the logits
+        model.bert.embeddings.token_type_embeddings.weight.normal_(0, 3.0)
+        model.classifier.weight.mul_(100)
+    return model.eval()
+
+
+def test_a_lora_teacher_gets_the_inputs_its_base_model_takes(tokenizer, tmp_path):
+    # PeftModel.forward names input_ids and attention_mask and passes the rest (token_type_ids) through **kwargs.
+    peft = pytest.importorskip("peft")
+    base = _segment_sensitive(tiny_sequence_model(tokenizer, seed=2, **NO_DROP))
+    config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"])
+    teacher = peft.get_peft_model(base, config).eval()
+    batch = _pairs(tokenizer)
+    trainer = DistillationTrainer(
+        model=tiny_sequence_model(tokenizer, layers=1, seed=1), teacher_model=teacher,
+        args=make_args(tmp_path, alpha=1.0), train_dataset=seq_dataset(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+    )
+    with torch.no_grad():
+        assert torch.equal(trainer.teacher_logits(batch), teacher(**batch).logits)
+
+
+def test_each_teacher_of_an_ensemble_gets_the_inputs_its_own_forward_takes(tokenizer, tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    distil = DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+        dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)).eval()  # takes no token_type_ids
+    bert = _segment_sensitive(tiny_sequence_model(tokenizer, seed=2, **NO_DROP))
+    batch = _pairs(tokenizer)
+    trainer = DistillationTrainer(
+        model=tiny_sequence_model(tokenizer, layers=1, seed=1), teacher_model=[distil, bert],
+        args=make_args(tmp_path, alpha=1.0, temperature=1.0), train_dataset=seq_dataset(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+    )
+    with torch.no_grad():
+        p_bert = bert(**batch).logits.softmax(-1)
+        p_distil = distil(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits.softmax(-1)
+        assert torch.allclose(trainer.teacher_logits(batch).softmax(-1), (p_bert + p_distil) / 2, atol=1e-6)
