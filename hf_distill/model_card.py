@@ -197,9 +197,14 @@ def _method_text(args: Any) -> str:
             "soft_ce": "soft-target cross-entropy at temperature T (no T² factor)",
             "mse": "mean squared error between logits",
         }.get(getattr(args, "distill_loss", "kl"), getattr(args, "distill_loss", "kl"))
+    if getattr(args, "self_distillation", "none") == "ema":
+        teacher = ("The teacher was an exponential moving average of the student, updated after every optimizer step; "
+                   "it received no gradient.")
+    else:
+        teacher = "The teacher was frozen and never updated."
     return (
         f"Loss = alpha · distill + (1 − alpha) · cross-entropy on the labels, where the distillation term is {term}, "
-        "averaged over the distilled positions. The teacher was frozen and never updated."
+        f"averaged over the distilled positions. {teacher}"
     )
 
 

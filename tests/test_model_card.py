@@ -71,6 +71,8 @@ def test_ema_card_names_the_student_as_its_own_teacher(tokenizer, tmp_path):
     trainer.create_model_card(output_dir=str(tmp_path))
     text = (tmp_path / "README.md").read_text()
     assert "EMA teacher, decay 0.99" in text and "| self_distillation | ema |" in text
+    assert "moving average of the student, updated after every optimizer step" in text
+    assert "frozen and never updated" not in text  # true of a separate teacher, not of an EMA one
 
 
 def test_every_save_writes_the_card(tokenizer, tmp_path):
