@@ -32,7 +32,7 @@ def _read_config(path: str) -> dict[str, Any]:
         import yaml
 
         try:
-            config = yaml.safe_load(text)
+            config = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as err:
             raise ValueError(f"Config file {path!r} is not valid YAML: {err}") from err
     if config is None:
@@ -45,6 +45,30 @@ def _read_config(path: str) -> dict[str, Any]:
     return config
 
 
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, except that YAML 1.1's base-60 numbers stay strings: `feature_layer_map: 3:6` is the
+    layer pair it looks like (and what the same flag gives on the command line), not the integer 186."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def number_or_text(construct):
+        def constructor(loader, node):
+            return node.value if ":" in node.value else construct(loader, node)
+        return constructor
+
+    Loader.add_constructor("tag:yaml.org,2002:int", number_or_text(yaml.SafeLoader.construct_yaml_int))
+    Loader.add_constructor("tag:yaml.org,2002:float", number_or_text(yaml.SafeLoader.construct_yaml_float))
+    return Loader
+
+
+def _flag_value(value: Any) -> str:
+    """A config value as the command line would spell it: a dict as JSON (what `TrainingArguments` parses for
+    `lr_scheduler_kwargs` and the like), not Python's repr."""
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
 def _to_flags(config: dict[str, Any]) -> list[str]:
     flags = []
     for key, value in config.items():
@@ -52,11 +76,9 @@ def _to_flags(config: dict[str, Any]) -> list[str]:
             continue
         flags.append(f"--{key}")
         if isinstance(value, list):
-            flags.extend(str(v) for v in value)
-        elif isinstance(value, bool):
-            flags.append(str(value))
+            flags.extend(_flag_value(v) for v in value)
         else:
-            flags.append(str(value))
+            flags.append(_flag_value(value))
     return flags
 
 

@@ -21,6 +21,27 @@ def test_json_config(tmp_path):
     assert args.distill_loss == "soft_ce"
 
 
+@pytest.mark.parametrize("name, text", [
+    ("run.yaml", "output_dir: out\nreport_to: none\nlr_scheduler_kwargs: {num_cycles: 2}\n"),
+    ("run.json", '{"output_dir": "out", "report_to": "none", "lr_scheduler_kwargs": {"num_cycles": 2}}'),
+])
+def test_a_mapping_in_a_config_file_reaches_the_field_as_on_the_command_line(tmp_path, name, text):
+    config = tmp_path / name
+    config.write_text(text)
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.lr_scheduler_kwargs == {"num_cycles": 2}
+
+
+def test_a_single_layer_pair_in_yaml_is_not_a_base_60_number(tmp_path):
+    # YAML 1.1 reads 3:6 as 3 * 60 + 6 = 186; the documented `student:teacher` syntax must survive the file.
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: none\nhidden_distill_weight: 1.0\nfeature_layer_map: 3:6\n"
+                      "temperature: 4.0\nlogging_steps: 25\n")
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.feature_layer_map == "3:6"
+    assert args.temperature == 4.0 and args.logging_steps == 25  # ordinary numbers are still numbers
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("output_dir: out\ntemprature: 4.0\n")
