@@ -103,6 +103,7 @@ def build_model_card(
     teacher_view: bool = False,
     noisy_view: Mapping[str, Any] | None = None,
     layer_maps: Mapping[str, Mapping[int, int]] | None = None,
+    generations: int = 1,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -123,6 +124,8 @@ def build_model_card(
         layer_maps: the student -> teacher layer pairs that feature distillation used, e.g.
             `{"hidden-state": {1: 2, 2: 4, 3: 6}, "attention": {1: 1, 2: 3, 3: 5}}`; shown under the strategies,
             since the effective map can differ from `feature_layer_map` (which may be unset).
+        generations: born-again distillation: this student is generation `generations`, each generation distilled
+            from the one before it and the first from `teacher`.
     """
     task_tag = _TASK_TAGS.get(task, task)
     all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(tags or [])]))
@@ -167,6 +170,9 @@ def build_model_card(
     strategy = _strategy_rows(args)
     strategy += [(f"{kind} layer map (student → teacher)", _format_layer_map(pairs))
                  for kind, pairs in (layer_maps or {}).items() if pairs]
+    if generations > 1:
+        strategy.append(("born-again generations", f"{generations} (this is the last; each learned from the one "
+                                                   f"before it, the first from `{teacher}`)"))
     if strategy:
         sections += ["", "### Other distillation strategies", "", _table(strategy)]
     sections += ["", "## Size", ""]

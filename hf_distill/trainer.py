@@ -239,6 +239,10 @@ class DistillationTrainer(Trainer):
         self.dataset_name: str | None = None
         self.evaluation_report: dict[str, dict[str, float]] | None = None
         self.noisy_view: dict[str, Any] | None = None  # how a teacher-view training set's noise was made
+        # Born-again distillation (set by whoever chains the generations): the card names the first generation's
+        # teacher, not the previous generation that taught this one.
+        self.generations: int = 1
+        self.original_teacher: nn.Module | None = None
 
     # ---- teacher ---------------------------------------------------------------------------------------------
 
@@ -739,6 +743,9 @@ class DistillationTrainer(Trainer):
             teacher = None
         if not teacher_name and self.teacher_cache is not None:
             teacher_name = f"cached logits ({self.teacher_cache.path})"
+        if self.generations > 1 and self.original_teacher is not None:
+            teacher = self._unwrap(self.original_teacher)
+            teacher_name = getattr(teacher.config, "_name_or_path", "") or "unnamed"
         card = build_model_card(
             task=self.task,
             teacher=finetuned_from or teacher_name or "unknown teacher",
@@ -754,6 +761,7 @@ class DistillationTrainer(Trainer):
             teacher_view=self.teacher_view,
             noisy_view=self.noisy_view,
             layer_maps=self._used_layer_maps(),
+            generations=self.generations,
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))

@@ -10,7 +10,7 @@ The output directory (model + tokenizer) is what the distillation recipes take a
 import logging
 from dataclasses import dataclass, field
 
-from recipe_utils import DataArguments, load_splits, resume_target
+from recipe_utils import DataArguments, load_splits, resume_target, text_label_names
 from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
@@ -64,10 +64,10 @@ def main():
     else:
         text_column = data_args.text_column_name or "sentence"
         label_column = data_args.label_column_name or "label"
+        label_names, by_name = text_label_names(data_args, lambda path: load_text_classification_file(
+            path, text_column=text_column, label_column=None), label_column)
         splits = load_splits(data_args, lambda path: load_text_classification_file(
-            path, text_column=text_column, label_column=label_column))
-        feature = splits["train"].features[label_column]
-        label_names = list(getattr(feature, "names", None) or [str(i) for i in sorted(set(splits["train"][label_column]))])
+            path, text_column=text_column, label_column=label_column, label_names=label_names if by_name else None))
 
         def encode(batch):
             encoded = tokenizer(batch[text_column], truncation=True, max_length=data_args.max_seq_length)

@@ -177,6 +177,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
         )
         trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
         trainer.noisy_view = noisy_view
+        trainer.generations, trainer.original_teacher = generation, teacher
         trainer.train(resume_from_checkpoint=resume)
         if not last:
             trainer.save_model()
@@ -191,6 +192,34 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     return trainer
+
+
+def text_label_names(data: DataArguments, read_local, label_column: str) -> tuple[list[str], bool]:
+    """A new teacher's class names for a text-classification dataset, from every split before any
+    `--max_*_samples` cut (a class seen only in validation, or only past the cut, still gets an id).
+
+    `read_local(path)` reads one file with its label column as written. Returns `(names, by_name)`: a `ClassLabel`'s
+    names; for integer ids, `"0"` to the largest id (ids keep their meaning; a negative id is a hidden label, as in
+    GLUE's test sets); for names such as `"positive"`, the sorted names, with `by_name` True (the files must then be
+    read with `label_names=names`).
+    """
+    splits = load_splits(dataclasses.replace(data, max_train_samples=None, max_eval_samples=None), read_local)
+    values, names = set(), None
+    for split in splits.values():
+        if label_column not in split.column_names:
+            continue
+        feature = split.features[label_column]
+        if isinstance(feature, datasets.ClassLabel):
+            names = names or list(feature.names)
+        values.update(v for v in split[label_column] if v is not None)
+    if names is not None:
+        return names, False
+    if values and all(isinstance(v, str) for v in values):
+        return sorted(values), True
+    ids = [v for v in values if isinstance(v, int) and v >= 0]
+    if not ids:
+        raise ValueError(f"No split has a class id in the {label_column!r} column: there is nothing to train on.")
+    return [str(i) for i in range(max(ids) + 1)], False
 
 
 def align_labels(dataset, column, label_names, *, strict):

@@ -241,6 +241,31 @@ def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokeni
     assert len(AutoTokenizer.from_pretrained(tmp_path / "teacher")) == len(tokenizer)
 
 
+def test_a_new_teachers_classes_come_from_every_split_before_any_cut(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import DataArguments, text_label_names
+
+    from hf_distill import load_text_classification_file
+
+    def files(train, validation):
+        for name, labels in (("train", train), ("validation", validation)):
+            rows = ["label\tsentence"] + [f"{label}\tsentence {i}" for i, label in enumerate(labels)]
+            (tmp_path / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+        return DataArguments(train_file=str(tmp_path / "train.tsv"), validation_file=str(tmp_path / "validation.tsv"),
+                             max_train_samples=2)
+
+    def read(path):
+        return load_text_classification_file(path, label_column=None)
+
+    # Class 2 only past the --max_train_samples cut and in validation: it still gets an id (it crashed evaluation).
+    assert text_label_names(files([0, 1, 2, 2], [0, 1, 2]), read, "label") == (["0", "1", "2"], False)
+    # Ids keep their meaning: 1-based ids give an unused class 0 rather than a crash on id 2.
+    assert text_label_names(files([1, 2], [2, 1]), read, "label") == (["0", "1", "2"], False)
+    # Names, which the recipe refused although the distillation recipe accepts them.
+    assert text_label_names(files(["positive", "negative"], ["negative"]), read, "label") == (
+        ["negative", "positive"], True)
+
+
 def test_a_loading_script_dataset_gets_a_parquet_hint(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     import recipe_utils
@@ -286,3 +311,8 @@ def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_
     key = "classifier.weight"
     assert not any(torch.equal(a[key], b[key]) for a, b in ((weights[0], weights[1]), (weights[1], weights[2])))
     assert result.stdout.count("born-again generation") + result.stderr.count("born-again generation") == 2
+    # The card names the first teacher and its size (not generation 2's), and says how the student was made.
+    card = (tmp_path / "student" / "README.md").read_text()
+    teacher_params = sum(p.numel() for p in tiny_token_model(tokenizer).parameters())
+    assert f"teacher `{tmp_path / 'teacher'}`" in card and f"| teacher parameters | {teacher_params:,} |" in card
+    assert "| born-again generations | 3 (this is the last;" in card
