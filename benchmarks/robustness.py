@@ -17,7 +17,7 @@ whose clean dev score is within 1 point of `student_kd`'s. Embedding PGD is run 
 of dev and test to fit a CPU budget; the other measurements use the whole split.
 
 Measured on test for each model: the clean score; embedding-space PGD against the model itself at two epsilons
-(`hf_distill.evaluate_robustness`); character typos on 20% of the words; for NER, entity swaps (mentions replaced by
+(`hf_distill.evaluate_robustness`, on the words' tokens: [CLS] and [SEP] are left alone, as in training); character typos on 20% of the words; for NER, entity swaps (mentions replaced by
 other training mentions of the same type) and typos in the context only; for SST-2, a greedy black-box word attack
 (30% word budget) on a seeded sample of the test set; with `--perturbation_draws N`, each text perturbation is also
 drawn N times with different seeds and averaged (`<perturbation>_mean<N>`, and the dev typos that choose the

@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -127,13 +127,15 @@ def evaluate_robustness(
     batch_size: int = 32,
     step_size: float | None = None,
     seed: int = 0,
+    special_token_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Loss and metrics of `model` on `dataset`, clean and under a white-box PGD attack on its word embeddings.
 
     Per batch: δ starts uniformly at random (seeded; l2: norm ε, linf: in the ε-box), then `steps` times
     δ ← project(δ + α · direction(∇δ CE)), with CE the model's own cross-entropy on the labels (-100 ignored). The
     attacked logits are those at the final δ. Padding is never perturbed. With ε = 0, δ stays zero and the attacked
-    results equal the clean ones exactly.
+    results equal the clean ones exactly. Neither are special tokens ([CLS], [SEP], ...), as in training
+    (`adv_perturb_special_tokens=False`): no edit of the text can reach them.
 
     Args:
         model: A sequence- or token-classification model that accepts `inputs_embeds`. It is run in eval mode on its
@@ -153,6 +155,9 @@ def evaluate_robustness(
         batch_size: Examples per batch.
         step_size: α; defaults to 2.5 · ε / K.
         seed: Seeds the random start.
+        special_token_ids: Ids never perturbed, e.g. `tokenizer.all_special_ids`. Defaults to the special tokens of
+            `data_collator.tokenizer` (the Transformers padding collators have one); pass `[]` to attack them too.
+            Without either, only padding is left alone, and a warning says so.
 
     Returns:
         `{"clean_loss", "attacked_loss"}`, each the mean cross-entropy over all labelled positions of the dataset,
@@ -178,6 +183,13 @@ def evaluate_robustness(
         )
     _check_columns(dataset)
     word_embeddings(model)  # fails early, with the fix, if the model has no input embeddings
+    if special_token_ids is None:
+        special_token_ids = getattr(getattr(data_collator, "tokenizer", None), "all_special_ids", None)
+        if special_token_ids is None:
+            logger.warning("evaluate_robustness perturbs special tokens too: pass `special_token_ids="
+                           "tokenizer.all_special_ids` (or a collator with a tokenizer) to leave them alone, as "
+                           "training does.")
+    special = torch.tensor(sorted(set(special_token_ids or [])), dtype=torch.long)
 
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -205,7 +217,7 @@ def evaluate_robustness(
                 )
             input_ids = torch.as_tensor(batch["input_ids"]).to(device)
             extra = {k: torch.as_tensor(batch[k]).to(device) for k in _PASSED_THROUGH if batch.get(k) is not None}
-            mask = perturbation_mask(input_ids, extra.get("attention_mask"))
+            mask = perturbation_mask(input_ids, extra.get("attention_mask"), special.to(device))
             check_path(model, input_ids, extra)  # δ = 0 must be the ordinary forward
 
             with torch.no_grad():

@@ -160,3 +160,37 @@ def test_settings_are_validated(tokenizer, kwargs, message):
     settings = {"epsilon": 1.0, "steps": 1, **kwargs}
     with pytest.raises(ValueError, match=message):
         evaluate_robustness(tiny_sequence_model(tokenizer, layers=1), sequence_rows(tokenizer), **settings)
+
+
+def _perturbation_at(model, tokenizer, **kwargs):
+    """|δ| per position of the attacked forward passes, summed over passes and the hidden axis: (B, L)."""
+    data = ner_dataset(tokenizer)
+    seen = []
+
+    def hook(module, args, kw):
+        if kw.get("inputs_embeds") is not None:
+            seen.append(kw["inputs_embeds"].detach())
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        evaluate_robustness(model, data, epsilon=1.0, steps=2, batch_size=len(data), **kwargs)
+    finally:
+        handle.remove()
+    batch = DataCollatorForTokenClassification(tokenizer)([{k: data[i][k] for k in ("input_ids", "attention_mask")}
+                                                           for i in range(len(data))])
+    clean = model.get_input_embeddings()(batch["input_ids"])
+    delta = sum((embeds - clean).abs().sum(-1) for embeds in seen[1:])  # seen[0] is the clean pass
+    return delta, batch
+
+
+def test_special_tokens_are_not_attacked_unless_asked(tokenizer):
+    # As in training (adv_perturb_special_tokens=False): [CLS] and [SEP] are not text an attacker can edit.
+    model = tiny_token_model(tokenizer, seed=3, **NO_DROPOUT)
+    special = torch.tensor(tokenizer.all_special_ids)
+    delta, batch = _perturbation_at(model, tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer))
+    is_special = torch.isin(batch["input_ids"], special)
+    real = batch["attention_mask"].bool()
+    assert (delta[is_special] == 0).all() and (delta[real & ~is_special] > 0).all()
+    delta, _ = _perturbation_at(model, tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
+                                special_token_ids=[])
+    assert (delta[is_special & real] > 0).all() and (delta[~real] == 0).all()  # padding never
