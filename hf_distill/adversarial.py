@@ -331,7 +331,7 @@ def fgm_delta(grad: torch.Tensor, mask: torch.Tensor, *, epsilon: float, norm: s
     """The FGM perturbation `ε · g / ‖g‖` ("l2") or `ε · sign(g)` ("linf"), masked: one step of size ε from zero.
 
     Args:
-        grad: (B, L, H) gradient of the clean loss with respect to the word embeddings.
+        grad: (B, L, H) gradient of the attacked loss with respect to the word embeddings.
         mask: (B, L, 1) from [`perturbation_mask`].
         epsilon: ε >= 0 and finite.
         norm: "l2" or "linf".
@@ -421,6 +421,7 @@ def adversarial_backward(
     on_nonfinite: Callable[[], None],
     adv_weight: float = 1.0,
     generator: torch.Generator | None = None,
+    same_objectives: bool = False,
 ) -> AdversarialStep:
     """Run the forward and backward passes of one FGM, PGD-K or FreeLB-K training step.
 
@@ -434,7 +435,8 @@ def adversarial_backward(
         forward: δ (B, L, H) fp32 -> student logits on `word_embeddings + δ`. It must re-embed on every call so that
             the embedding weights get their gradient from every pass.
         clean_objective / adversarial_objective: logits -> an object with a `.loss` tensor (a `DistillationLoss`).
-            The adversarial one is what the attacker maximises (the teacher's targets come from clean inputs).
+            The adversarial one is what the attacker maximises, at every step FGM's and PGD's first included (the
+            teacher's targets come from clean inputs).
         backward: back-propagates a loss into the parameters (the trainer scales it and applies AMP).
         sync: `sync(last)` is the context for one forward+backward pass: `last=False` must suppress gradient
             all-reduce (DDP `no_sync`), so that only the final pass of the step synchronises.
@@ -443,8 +445,12 @@ def adversarial_backward(
             place, so every process still all-reduces once, and the step is returned with `skipped=True`.
         adv_weight: weight of the adversarial term added to the clean loss (FGM, PGD).
         generator: random start of δ (PGD, FreeLB with `init_scale > 0`).
+        same_objectives: the two objectives are the same function (e.g. `adv_objective="both"`), so the clean pass's
+            gradient w.r.t. the embeddings is also the attack's. Otherwise FGM and PGD take the adversarial
+            objective's gradient at δ = 0 from the clean pass's graph: one extra backward to the embeddings only (no
+            weight gradients), about a third of a pass.
 
-    Passes (forward + backward) per call: FGM 2, PGD-K K + 1, FreeLB-K K.
+    Passes (forward + backward) per call: FGM 2, PGD-K K + 1, FreeLB-K K (plus that input-gradient backward).
     """
     zero = torch.zeros(shape, dtype=torch.float32, device=device)
     s = settings
@@ -485,14 +491,18 @@ def adversarial_backward(
                                 mask, epsilon=s.epsilon, norm=s.norm)
         return AdversarialStep(total, clean, parts, delta_norm(delta.detach(), s.norm).mean())
 
-    # FGM and PGD: a clean pass trains the student and gives the first gradient w.r.t. the embeddings.
+    # FGM and PGD: a clean pass trains the student and gives the first gradient w.r.t. the embeddings: of the
+    # adversarial objective, which the clean one equals only when `same_objectives`.
     start = zero.clone().requires_grad_(True)
     with sync(False):
         logits = forward(start)
         clean = clean_objective(logits)
+        if not same_objectives:
+            (grad,) = torch.autograd.grad(adversarial_objective(logits).loss, start, retain_graph=True)
         if not train_on(logits, clean, 1.0):
             return skip()
-    grad = start.grad
+    if same_objectives:
+        grad = start.grad
     if s.method == "fgm":
         delta = fgm_delta(grad, mask, epsilon=s.epsilon, norm=s.norm)
     else:

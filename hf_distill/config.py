@@ -90,7 +90,8 @@ class DistillationArguments(TrainingArguments):
             distillation term between student(x + δ) and the clean teacher(x) (adversarially robust distillation,
             Goldblum et al. 2020). `"ce"`: cross-entropy on the labels. `"both"`: the full alpha-weighted loss. FGM and
             PGD add it to the clean loss with weight `adv_weight`; FreeLB trains on it alone (with `"kd"` the labels
-            are then unused).
+            are then unused). Unless it equals the clean loss (`"both"`), FGM and PGD take its gradient at δ = 0 with
+            one extra backward to the embeddings (no weight gradients).
         adv_epsilon (`float`, defaults to `1.0`):
             Radius of the per-example ε-ball (over the whole sequence) that δ is projected into (>= 0).
         adv_step_size (`float`, defaults to `0.3`):

@@ -665,6 +665,7 @@ class DistillationTrainer(Trainer):
             forward=forward, clean_objective=lambda logits: objective(logits, alpha),
             adversarial_objective=lambda logits: objective(logits, adv_alpha), backward=backward, sync=sync,
             on_nonfinite=on_nonfinite, adv_weight=self.args.adv_weight, generator=self._attack_generator,
+            same_objectives=adv_alpha == alpha,
         )
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
             self._window.add(step.clean, temperature, alpha)

@@ -263,3 +263,41 @@ def test_evaluate_robustness_refuses_a_batch_its_attack_would_misplace():
                               "attention_mask": [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], "labels": [0, 1]})
     with pytest.raises(ValueError, match="inputs_embeds"):
         evaluate_robustness(_tiny_roberta(), rows, epsilon=0.1, steps=1)
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_fgm_ascends_the_adversarial_objective_not_the_clean_mixture(same):
+    # The clean pass trains on alpha·KD + (1 - alpha)·CE, but with adv_objective="kd" the attacker maximises KD:
+    # δ must be ε·∇KD/‖∇KD‖ at δ = 0, not the direction of the mixture's gradient (which may even lower KD).
+    import contextlib
+    from types import SimpleNamespace
+
+    from hf_distill.adversarial import adversarial_backward
+
+    torch.manual_seed(0)
+    weight, embeds = torch.randn(8, 3), torch.randn(2, 4, 8)
+    labels, teacher = torch.tensor([0, 1]), torch.randn(2, 3)
+
+    def forward(delta):
+        return ((embeds + delta) @ weight).mean(1)
+
+    def kd(logits):
+        return nn.functional.kl_div(logits.log_softmax(-1), teacher.softmax(-1), reduction="sum")
+
+    def mixture(logits):
+        return SimpleNamespace(loss=0.5 * kd(logits) + 0.5 * nn.functional.cross_entropy(logits, labels))
+
+    used = []
+    adversarial_backward(
+        AttackSettings("fgm", 1.0, 0.0, 1), shape=(2, 4, 8), device=torch.device("cpu"), mask=_ones_mask(2, 4),
+        forward=lambda delta: used.append(delta.detach()) or forward(delta), clean_objective=mixture,
+        adversarial_objective=mixture if same else (lambda logits: SimpleNamespace(loss=kd(logits))),
+        backward=lambda loss: loss.backward() if loss.requires_grad else None,
+        sync=lambda last: contextlib.nullcontext(),
+        on_nonfinite=lambda: None, same_objectives=same,
+    )
+    start = torch.zeros(2, 4, 8, requires_grad=True)
+    attacked = mixture(forward(start)).loss if same else kd(forward(start))
+    (grad,) = torch.autograd.grad(attacked, start)
+    expected = grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1)
+    assert torch.allclose(used[-1], expected, atol=1e-6)
