@@ -3,6 +3,9 @@
     python recipes/distill_text_classification.py recipes/configs/sst2_quick.yaml
     python recipes/distill_text_classification.py --teacher_model_name_or_path my-sst2-teacher \
         --dataset_name glue --dataset_config_name sst2 --output_dir sst2-student
+    python recipes/distill_text_classification.py --teacher_model_name_or_path my-mrpc-teacher \
+        --dataset_name glue --dataset_config_name mrpc --text_column_name sentence1 \
+        --text_pair_column_name sentence2 --output_dir mrpc-student     # sentence pairs
     python recipes/distill_text_classification.py recipes/configs/sst2_quick.yaml \
         --adversarial freelb --adv_epsilon 0.5 --adv_step_size 0.15 --adv_steps 2 --adv_init_scale 0.05 \
         --adv_start_step 50 --typo_rate 0.2 --typo_probability 1.0
@@ -14,7 +17,15 @@ Any field of the config file can be overridden on the command line; `--help` lis
 import logging
 from dataclasses import dataclass, field
 
-from recipe_utils import DataArguments, ModelArguments, align_labels, distill, load_models, load_splits
+from recipe_utils import (
+    DataArguments,
+    ModelArguments,
+    align_labels,
+    distill,
+    load_models,
+    load_splits,
+    text_encoder,
+)
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_distill import (
@@ -73,13 +84,12 @@ def main():
     )
     splits = {name: align_labels(data, label_column, label_names, strict=False) for name, data in splits.items()}
 
-    def encode(batch):
-        encoded = tokenizer(batch[text_column], truncation=True, max_length=data_args.max_seq_length)
-        encoded["labels"] = batch[label_column]
-        return encoded
-
+    encode = text_encoder(tokenizer, data_args, text_column, label_column)
     noisy_view = None
     if noise_args.typo_rate > 0:
+        if data_args.text_pair_column_name:
+            raise ValueError("--typo_rate puts typos into one text column, and sentence pairs "
+                             "(--text_pair_column_name) have two: drop one of the two flags.")
         noisy_view = {"noise": f"typo_noise(rate={noise_args.typo_rate})",
                       "probability": noise_args.typo_probability, "seed": args.seed}
 

@@ -10,7 +10,7 @@ The output directory (model + tokenizer) is what the distillation recipes take a
 import logging
 from dataclasses import dataclass, field
 
-from recipe_utils import DataArguments, load_splits, resume_target, text_label_names
+from recipe_utils import DataArguments, load_splits, resume_target, text_encoder, text_label_names
 from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
@@ -68,12 +68,7 @@ def main():
             path, text_column=text_column, label_column=None), label_column)
         splits = load_splits(data_args, lambda path: load_text_classification_file(
             path, text_column=text_column, label_column=label_column, label_names=label_names if by_name else None))
-
-        def encode(batch):
-            encoded = tokenizer(batch[text_column], truncation=True, max_length=data_args.max_seq_length)
-            encoded["labels"] = batch[label_column]
-            return encoded
-
+        encode = text_encoder(tokenizer, data_args, text_column, label_column)
         tokenized = {name: d.map(encode, batched=True, remove_columns=d.column_names) for name, d in splits.items()}
         collator = DataCollatorWithPadding(tokenizer)
         metrics, metric = sequence_classification_metrics(len(label_names)), "accuracy"

@@ -59,6 +59,11 @@ class DataArguments:
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
     test_file: str | None = field(default=None, metadata={"help": "Local test file (optional)."})
     text_column_name: str | None = field(default=None, metadata={"help": "Column with the text (or the tokens for NER)."})
+    text_pair_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Text classification: the column with each example's second text, for sentence-pair tasks "
+                  "(GLUE's MRPC, RTE, QNLI: e.g. --text_column_name sentence1 --text_pair_column_name sentence2)."},
+    )
     label_column_name: str | None = field(default=None, metadata={"help": "Column with the labels (or the tags for NER)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation/test examples."})
@@ -192,6 +197,21 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     return trainer
+
+
+def text_encoder(tokenizer, data: DataArguments, text_column: str, label_column: str):
+    """`encode(batch)` for `Dataset.map(batched=True)`: the text (and, with `--text_pair_column_name`, its pair, as
+    the tokenizer joins two segments: [SEP] between them and `token_type_ids` 1 on the second), truncated to
+    `--max_seq_length`, with the labels under `labels`."""
+    pair_column = data.text_pair_column_name
+
+    def encode(batch):
+        pair = batch[pair_column] if pair_column else None
+        encoded = tokenizer(batch[text_column], pair, truncation=True, max_length=data.max_seq_length)
+        encoded["labels"] = batch[label_column]
+        return encoded
+
+    return encode
 
 
 def text_label_names(data: DataArguments, read_local, label_column: str) -> tuple[list[str], bool]:

@@ -125,6 +125,25 @@ def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
     assert saved["num_hidden_layers"] == 1 and saved["id2label"] == {"0": "negative", "1": "positive"}
 
 
+def test_text_recipes_encode_sentence_pairs_as_two_segments(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import DataArguments, text_encoder
+
+    data = DataArguments(train_file="train.tsv", validation_file="dev.tsv", text_pair_column_name="sentence2",
+                         max_seq_length=32)
+    encoded = text_encoder(tokenizer, data, "sentence1", "label")(
+        {"sentence1": ["john lives in paris"], "sentence2": ["mary works at acme"], "label": [1]})
+    assert encoded["input_ids"][0].count(tokenizer.sep_token_id) == 2 and encoded["labels"] == [1]
+    assert encoded["token_type_ids"][0] == tokenizer("john lives in paris", "mary works at acme")["token_type_ids"]
+    assert 1 in encoded["token_type_ids"][0]
+    # End to end: a GLUE-style pair file (MRPC's column names) distils.
+    _text_teacher_and_data(tokenizer, tmp_path)
+    rows = ["label\tsentence1\tsentence2"] + [f"{i % 2}\ta good movie {i}\tan awful plot {i}" for i in range(24)]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    result = _text_recipe(tmp_path, "--text_column_name", "sentence1", "--text_pair_column_name", "sentence2")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_card(tokenizer, tmp_path):
     result = _run_text_recipe(tokenizer, tmp_path, "--typo_rate", "0.3", "--typo_probability", "1.0",
                               "--adversarial", "fgm", "--adv_start_step", "0")
