@@ -105,9 +105,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _require_indexable(dataset: Any) -> None:
+    """The cache stores one row per example and finds it by number: refuse a dataset without a length or indices."""
+    _reject_dataset_dict(dataset, "dataset")
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise ValueError(
+            f"The teacher-logit cache finds each example's logits by its row number, so it needs a map-style dataset "
+            f"(a `datasets.Dataset`, or anything with `len()` and indexing); got a {type(dataset).__name__}. Load the "
+            "data without `streaming=True` (or `.to_iterable_dataset()`), or train with an online `teacher_model`."
+        )
+
+
 def _input_ids_summary(dataset: Any) -> tuple[np.ndarray, str]:
     """`(lengths, digest)`: each row's number of input ids, (N,) int64, and a sha256 of all the ids in row order."""
-    _reject_dataset_dict(dataset, "dataset")
+    _require_indexable(dataset)
     columns = getattr(dataset, "column_names", None)
     if columns is not None and "input_ids" not in columns:
         raise ValueError(
@@ -140,7 +151,7 @@ def _dataset_matches(fingerprint: dict[str, Any], dataset: Any) -> bool:
     `attach`, and is random when a transform cannot be hashed, so when it differs the input ids are hashed and
     compared instead: the teacher's logits depend on nothing else.
     """
-    _reject_dataset_dict(dataset, "dataset")
+    _require_indexable(dataset)
     if len(dataset) != fingerprint["num_rows"]:
         return False
     if getattr(dataset, "_fingerprint", None) == fingerprint["dataset"]:

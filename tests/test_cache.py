@@ -155,6 +155,15 @@ def test_left_padding_is_refused_at_build_time(tokenizer, tmp_path):
         build_ner(tokenizer, tmp_path / "cache", collator=DataCollatorForTokenClassification(left))
 
 
+def test_a_streaming_dataset_is_refused_with_the_reason(tokenizer, tmp_path):
+    streamed = ner_dataset(tokenizer).to_iterable_dataset()
+    with pytest.raises(ValueError, match=r"needs a map-style dataset .*got a IterableDataset.*streaming=True"):
+        build_ner(tokenizer, tmp_path / "cache", dataset=streamed)
+    cache = build_ner(tokenizer, tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"needs a map-style dataset"):
+        cache.attach(streamed)
+
+
 def test_attach_refuses_another_dataset(tokenizer, tmp_path):
     cache = build_ner(tokenizer, tmp_path / "cache")
     with pytest.raises(ValueError, match="another dataset"):
