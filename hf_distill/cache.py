@@ -504,6 +504,10 @@ def build_teacher_cache(
     On a CUDA device the logits come back to the host asynchronously, so that each batch is written to the cache
     while the teacher runs the next one.
 
+    Several processes (`accelerate launch`) must not build the same `path` at once: build it in the main process
+    first, e.g. `with training_args.main_process_first(): cache = build_teacher_cache(...)`; the other processes then
+    find the complete cache and load it without running the teacher.
+
     Args:
         teacher: a sequence- or token-classification model; the task is read from its logits' rank (2 or 3).
         dataset: the tokenized training set: a `datasets.Dataset` or a map-style dataset of dicts with `input_ids`.
