@@ -441,7 +441,7 @@ def adversarial_backward(
         sync: `sync(last)` is the context for one forward+backward pass: `last=False` must suppress gradient
             all-reduce (DDP `no_sync`), so that only the final pass of the step synchronises.
         on_nonfinite: called when a pass's loss is NaN or inf (it may raise). That pass is not back-propagated and
-            the attack stops; a zero-weighted pass connected to every parameter takes the synchronising backward's
+            the attack stops; a zero-weighted loss connected to every parameter takes the synchronising backward's
             place, so every process still all-reduces once, and the step is returned with `skipped=True`.
         adv_weight: weight of the adversarial term added to the clean loss (FGM, PGD).
         generator: random start of δ (PGD, FreeLB with `init_scale > 0`).
@@ -455,14 +455,17 @@ def adversarial_backward(
     zero = torch.zeros(shape, dtype=torch.float32, device=device)
     s = settings
 
-    def train_on(logits: torch.Tensor, parts: Any, weight: float) -> bool:
-        """Back-propagate `weight * parts.loss`, or, when it is not finite, report it and back-propagate a
-        zero-weighted loss on the same logits instead (finite, so no NaN reaches a gradient). False if skipped."""
+    def train_on(logits: torch.Tensor, parts: Any, weight: float, last: bool) -> bool:
+        """Back-propagate `weight * parts.loss`; when it is not finite, report it instead and return False. The
+        synchronising (`last`) pass then back-propagates a zero-weighted loss on the same logits, so that every
+        process still all-reduces once (its gradients are zeros, unless a NaN inside the forward reaches them,
+        which the trainer cleans up)."""
         if torch.isfinite(parts.loss):
             backward(weight * parts.loss)
             return True
         on_nonfinite()
-        backward(zero_weighted_loss(logits))
+        if last:
+            backward(zero_weighted_loss(logits))
         return False
 
     def skip() -> AdversarialStep:
@@ -482,7 +485,7 @@ def adversarial_backward(
             with sync(last):
                 logits = forward(delta)
                 parts = adversarial_objective(logits)
-                if not train_on(logits, parts, 1.0 / s.steps):
+                if not train_on(logits, parts, 1.0 / s.steps, last):
                     return _skipped_step(zero) if last else skip()
             clean = parts if clean is None else clean
             total += parts.loss.detach() / s.steps
@@ -499,7 +502,7 @@ def adversarial_backward(
         clean = clean_objective(logits)
         if not same_objectives:
             (grad,) = torch.autograd.grad(adversarial_objective(logits).loss, start, retain_graph=True)
-        if not train_on(logits, clean, 1.0):
+        if not train_on(logits, clean, 1.0, last=False):
             return skip()
     if same_objectives:
         grad = start.grad
@@ -520,7 +523,7 @@ def adversarial_backward(
     with sync(True):
         logits = forward(delta.detach())
         adversarial = adversarial_objective(logits)
-        if not train_on(logits, adversarial, adv_weight):
+        if not train_on(logits, adversarial, adv_weight, last=True):
             return _skipped_step(zero)
     total = clean.loss.detach() + adv_weight * adversarial.loss.detach()
     return AdversarialStep(total, clean, adversarial, delta_norm(delta, s.norm).mean())
