@@ -460,8 +460,9 @@ def _check_positions(attention_mask: torch.Tensor, lengths: np.ndarray, rows: np
         f"Row {int(rows[b])} of the cache stores teacher logits for its first {int(lengths[b])} positions, but in this "
         f"batch its attention mask covers {where} of {mask.shape[1]}. Either the batch is left-padded (the cache "
         "places each row's logits from position 0: use a tokenizer with `padding_side='right'`, as at build time), "
-        f"or the `{CACHE_INDEX_COLUMN}` column names other rows (attach the cache to the dataset it was built from, "
-        "with `teacher_cache.attach(dataset)`, after removing a stale index column)."
+        "or truncated unlike the build (collate without truncation, as at build time), or the "
+        f"`{CACHE_INDEX_COLUMN}` column names other rows (attach the cache to the dataset it was built from, with "
+        "`teacher_cache.attach(dataset)`, after removing a stale index column)."
     )
 
 
