@@ -92,6 +92,10 @@ def _validate_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return layers
 
 
+# Config attributes that hold one entry per layer (Longformer's attention windows, per-layer attention types).
+_PER_LAYER_ATTRIBUTES = ("attention_window", "layer_types")
+
+
 def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_overrides) -> PreTrainedModel:
     """Build a student of the teacher's class with ``len(layers)`` layers, initialised from the teacher's weights.
 
@@ -100,7 +104,8 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
     (``layers=[0, 2, 4, 6, 8, 10]`` from a 12-layer BERT).
 
     The teacher is not modified and shares no tensor with the student. The student has a deep copy of the teacher's
-    config (so ``id2label``/``label2id`` and ``num_labels`` carry over) with the depth set to ``len(layers)``; it is
+    config (so ``id2label``/``label2id`` and ``num_labels`` carry over) with the depth set to ``len(layers)`` and
+    per-layer lists (Longformer's ``attention_window``, ``layer_types``) cut to the kept layers' entries; it is
     on the teacher's device and dtype, and in the mode a freshly constructed model has (training mode).
 
     Args:
@@ -128,6 +133,10 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
 
     config = copy.deepcopy(teacher.config)
     setattr(config, attribute, len(layers))
+    for name in _PER_LAYER_ATTRIBUTES:  # one entry per layer: keep the kept layers' own entries
+        value = getattr(config, name, None)
+        if isinstance(value, (list, tuple)) and len(value) == num_layers:
+            setattr(config, name, type(value)(value[i] for i in layers))
     # Where each student layer came from, for attention distillation's default layer map (`features.cut_layer_map`).
     config.cut_from_teacher_layers = list(layers)
     config.cut_from_teacher_depth = num_layers

@@ -530,14 +530,16 @@ class DistillationTrainer(Trainer):
                     f"{student.num_attention_heads} heads and the teacher {teacher.num_attention_heads}. Give the "
                     "student the teacher's head count, or use `hidden_distill_weight` alone."
                 )
-            dropout = getattr(student, "attention_probs_dropout_prob", 0.0) or 0.0
+            # BERT-style configs call it attention_probs_dropout_prob, DistilBERT-style ones attention_dropout.
+            name = next((n for n in ("attention_probs_dropout_prob", "attention_dropout") if hasattr(student, n)),
+                        "attention_probs_dropout_prob")
+            dropout = getattr(student, name, 0.0) or 0.0
             if dropout > 0:
                 raise ValueError(
                     f"Attention distillation compares attention distributions, but the student drops attention "
-                    f"probabilities in training (`attention_probs_dropout_prob={dropout}`), so its maps are not "
-                    "distributions. Build the student with `attention_probs_dropout_prob=0.0`, e.g. "
-                    "`create_student(teacher, layers, attention_probs_dropout_prob=0.0)` or "
-                    "`AutoModelForTokenClassification.from_pretrained(..., attention_probs_dropout_prob=0.0)`."
+                    f"probabilities in training (`{name}={dropout}`), so its maps are not distributions. Build the "
+                    f"student with `{name}=0.0`, e.g. `create_student(teacher, layers, {name}=0.0)` or "
+                    f"`AutoModelForTokenClassification.from_pretrained(..., {name}=0.0)`."
                 )
         if self.args.hidden_distill_weight > 0 and student.hidden_size != teacher.hidden_size:
             self.feature_projector = FeatureProjector(student.hidden_size, teacher.hidden_size,

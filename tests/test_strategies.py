@@ -202,6 +202,18 @@ def test_attention_distillation_refuses_dropout_and_other_head_counts(tokenizer,
     student = tiny_token_model(tokenizer, layers=1, heads=4, attention_probs_dropout_prob=0.0)
     with pytest.raises(ValueError, match="student has 4 heads and the teacher 2"):
         ner_trainer(tokenizer, tmp_path, student=student, attention_distill_weight=1.0)
+    # DistilBERT names it attention_dropout (0.1 by default): it used to pass the check unseen.
+    from transformers import DistilBertConfig, DistilBertForTokenClassification
+
+    def distil(layers, dropout):
+        return DistilBertForTokenClassification(DistilBertConfig(
+            vocab_size=tokenizer.vocab_size, dim=32, n_layers=layers, n_heads=2, hidden_dim=64,
+            max_position_embeddings=64, num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
+            label2id={name: i for i, name in enumerate(NER_LABELS)}, attention_dropout=dropout))
+
+    with pytest.raises(ValueError, match=r"`attention_dropout=0.1`.*create_student\(teacher, layers, attention_dropout"):
+        ner_trainer(tokenizer, tmp_path, student=distil(1, 0.1), teacher=distil(2, 0.0), attention_distill_weight=1.0)
+    ner_trainer(tokenizer, tmp_path, student=distil(1, 0.0), teacher=distil(2, 0.0), attention_distill_weight=1.0)
 
 
 # ---- several teachers -----------------------------------------------------------------------------------------

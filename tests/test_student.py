@@ -132,6 +132,18 @@ def test_distilbert_student_uses_n_layers():
     torch.testing.assert_close(student.pre_classifier.weight, teacher.pre_classifier.weight, rtol=0, atol=0)
 
 
+def test_per_layer_config_lists_keep_the_kept_layers_entries():
+    # Longformer has one attention window per layer: a cut student must keep its own layers' windows (it crashed).
+    from transformers import LongformerConfig, LongformerForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LongformerConfig(vocab_size=40, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=80, attention_window=[4, 4, 8, 8],
+                              pad_token_id=1)
+    student = create_student(LongformerForSequenceClassification(config), [1, 2])
+    assert student.config.attention_window == [4, 8] and student.config.num_hidden_layers == 2
+
+
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
