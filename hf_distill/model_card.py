@@ -78,7 +78,12 @@ def _is_hub_id(name: str | None) -> bool:
     """Whether `name` looks like a Hub repo id rather than a local path or file."""
     if not name or any(c.isspace() for c in name) or name.startswith(("/", ".", "~")) or os.path.exists(name):
         return False
-    return name.count("/") <= 1 and not os.path.splitext(name)[1]
+    # A version dot (`Qwen/Qwen2.5-0.5B`) is part of an id; a data or weight file's extension is not.
+    return name.count("/") <= 1 and os.path.splitext(name)[1].lower() not in _FILE_EXTENSIONS
+
+
+_FILE_EXTENSIONS = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".arrow", ".conll", ".safetensors", ".bin",
+                    ".pt", ".yaml", ".yml"}
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:

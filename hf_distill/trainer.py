@@ -706,6 +706,14 @@ class DistillationTrainer(Trainer):
             if self.args.should_save and os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)
 
+    def _teacher_params(self, teacher: nn.Module | None) -> int | None:
+        """The card's teacher size: that teacher's parameters, or every teacher's for an ensemble."""
+        if teacher is None:
+            return None
+        if len(self.teacher_models) > 1 and self.generations == 1:
+            return sum(p.numel() for t in self.teacher_models for p in self._unwrap(t).parameters())
+        return sum(p.numel() for p in teacher.parameters())
+
     def _used_layer_maps(self) -> dict[str, dict[int, int]]:
         """The layer pairs feature distillation compared, per kind, for the model card."""
         maps = {}
@@ -756,7 +764,7 @@ class DistillationTrainer(Trainer):
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
             dataset=(dataset[0] if isinstance(dataset, list) else dataset) or self.dataset_name,
             student_params=sum(p.numel() for p in self._unwrap(self.model).parameters()),
-            teacher_params=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
+            teacher_params=self._teacher_params(teacher),
             evaluation=self.evaluation_report,
             license=license or "apache-2.0",
             tags=[tags] if isinstance(tags, str) else tags,

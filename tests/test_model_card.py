@@ -43,6 +43,21 @@ def test_local_paths_are_not_claimed_as_hub_ids():
     assert "text-classification" in card.data.tags
 
 
+def test_hub_ids_with_a_version_dot_are_hub_ids():
+    from hf_distill.model_card import _is_hub_id
+
+    assert _is_hub_id("Qwen/Qwen2.5-0.5B") and _is_hub_id("EleutherAI/pythia-1.4b") and _is_hub_id("bert-base-cased")
+    assert not _is_hub_id("train.tsv") and not _is_hub_id("data/train.jsonl") and not _is_hub_id("a/b/c")
+
+
+def test_an_ensembles_card_counts_every_teacher(tokenizer, tmp_path):
+    small, big = tiny_token_model(tokenizer, layers=1, seed=2), tiny_token_model(tokenizer, layers=4, seed=3)
+    trainer = ner_trainer(tokenizer, tmp_path, teacher=[small, big])
+    trainer.create_model_card(output_dir=str(tmp_path))
+    total = sum(p.numel() for m in (small, big) for p in m.parameters())
+    assert f"| teacher parameters | {total:,} |" in (tmp_path / "README.md").read_text()
+
+
 def test_card_lists_the_strategies_in_use_and_only_those():
     plain = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
     assert "Other distillation strategies" not in str(build_model_card(task="token_classification", teacher="t",
