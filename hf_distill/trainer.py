@@ -710,7 +710,7 @@ class DistillationTrainer(Trainer):
         """The card's teacher size: that teacher's parameters, or every teacher's for an ensemble."""
         if teacher is None:
             return None
-        if len(self.teacher_models) > 1 and self.generations == 1:
+        if len(self.teacher_models) > 1:
             return sum(p.numel() for t in self.teacher_models for p in self._unwrap(t).parameters())
         return sum(p.numel() for p in teacher.parameters())
 
