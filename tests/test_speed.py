@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from hf_distill.speed import inference_latency_ms
+
+
+class Recorder(torch.nn.Module):
+    """Records the keyword arguments and mode of each call; raises on call number `fail_at` (1-based)."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.calls = []
+        self.fail_at = fail_at
+
+    def forward(self, **inputs):
+        self.calls.append((sorted(inputs), self.training))
+        if len(self.calls) == self.fail_at:
+            raise RuntimeError("boom")
+        return inputs["input_ids"].float() * self.weight
+
+
+def batch():
+    return {"input_ids": torch.ones(2, 3, dtype=torch.long), "labels": torch.zeros(2, dtype=torch.long),
+            "note": "not a tensor"}
+
+
+def test_times_warmup_plus_repeats_eval_mode_calls_without_labels_and_restores_training_mode():
+    model = Recorder().train()
+    ms = inference_latency_ms(model, batch(), repeats=4, warmup=2)
+    assert ms >= 0.0
+    assert model.calls == [(["input_ids"], False)] * 6
+    assert model.training
+
+
+def test_mode_is_restored_when_the_forward_raises():
+    model = Recorder(fail_at=2).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        inference_latency_ms(model, batch(), repeats=3, warmup=1)
+    assert model.training
+
+
+@pytest.mark.parametrize("repeats,warmup", [(0, 3), (2, -1)])
+def test_refuses_no_repeats_or_negative_warmup(repeats, warmup):
+    with pytest.raises(ValueError, match="repeats"):
+        inference_latency_ms(Recorder(), batch(), repeats=repeats, warmup=warmup)
