@@ -428,6 +428,24 @@ def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, fro
         logger.warning(message, f"max_length={limit}")
 
 
+def keeps_word_starts(tokenizer: Any) -> bool:
+    """Whether `tokenizer` encodes pre-split words (`is_split_into_words=True`) as it encodes the running text.
+
+    A byte-level BPE tokenizer (RoBERTa, GPT-2, BART, DeBERTa-v1) marks a word that follows a space with `Ġ`. Given
+    words without `add_prefix_space=True`, it encodes each one as if it opened the text: "went" becomes `wen t`
+    instead of `Ġwent`, pieces the model rarely saw in pre-training. WordPiece and SentencePiece tokenizers are
+    unaffected. The test compares the second word of a two-word probe in both modes.
+    """
+    probe = ["hello", "world"]
+    split = tokenizer(probe, is_split_into_words=True, add_special_tokens=False)
+    running = tokenizer(" ".join(probe), add_special_tokens=False)
+
+    def second_word(encoding: Any) -> list[int]:
+        return [t for t, w in zip(encoding["input_ids"], encoding.word_ids(), strict=True) if w == 1]
+
+    return second_word(split) == second_word(running)
+
+
 def tokenize_and_align_labels(
     examples: dict[str, list[Any]],
     tokenizer: Any,
@@ -466,7 +484,8 @@ def tokenize_and_align_labels(
         ``labels`` (list of ``L_i`` ints per example) when ``tags_column`` is present.
 
     Raises:
-        ValueError: The tokenizer is not fast; ``max_length`` is not positive; ``tokens_column`` is missing or holds
+        ValueError: The tokenizer is not fast, or drops word starts on pre-split words (see
+            [`keeps_word_starts`]); ``max_length`` is not positive; ``tokens_column`` is missing or holds
             strings instead of word lists; tags are strings instead of ids; or a sentence has more or fewer tags
             than words.
     """
@@ -476,6 +495,14 @@ def tokenize_and_align_labels(
             "(`word_ids()`), which label alignment needs. Load it with `AutoTokenizer.from_pretrained(name)`, which "
             "returns the fast tokenizer in transformers 5 (`use_fast=True` in older versions); if the model has no "
             "fast tokenizer, convert it with the `tokenizers` library."
+        )
+    if not keeps_word_starts(tokenizer):
+        raise ValueError(
+            f"{type(tokenizer).__name__} encodes pre-split words without the space that starts each word (a byte-level "
+            "BPE tokenizer loaded with `add_prefix_space=False`, the default for RoBERTa, GPT-2 and BART), so every "
+            "word would be tokenized as if it opened the sentence, unlike anything the model read in pre-training. "
+            "Load it with `AutoTokenizer.from_pretrained(name, add_prefix_space=True)`, as Transformers' run_ner.py "
+            "does."
         )
     if max_length is not None and max_length < 1:
         raise ValueError(

@@ -77,12 +77,12 @@ def load_model(
     return model
 
 
-def load_tokenizer(name_or_path: str):
-    """`AutoTokenizer.from_pretrained(name_or_path)` with clear errors, including for a directory that holds a model
-    but no tokenizer files (from which Transformers builds a tokenizer that knows only its special tokens)."""
+def load_tokenizer(name_or_path: str, **kwargs):
+    """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)` with clear errors, including for a directory that holds
+    a model but no tokenizer files (from which Transformers builds a tokenizer that knows only its special tokens)."""
     _check_local(name_or_path, "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(_explain(name_or_path, "tokenizer", err)) from err
     if has_no_vocabulary(tokenizer):

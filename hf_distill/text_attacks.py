@@ -528,8 +528,10 @@ def model_predict_proba(
 ) -> Callable[[list[list[str]]], np.ndarray]:
     """A `predict_proba` for the attacks above from a sequence-classification model and its tokenizer.
 
-    Texts are tokenized as pre-split words (`is_split_into_words=True`), padded and truncated to `max_length`, and
-    run in eval mode without gradient on the model's device; the model's train/eval mode is restored after each call.
+    Each text's words are joined with spaces and tokenized as running text, as a classifier reads it in training
+    (pre-split words would lose the word-start marks of byte-level BPE tokenizers such as RoBERTa's), padded and
+    truncated to `max_length`, and run in eval mode without gradient on the model's device; the model's train/eval
+    mode is restored after each call.
 
     Returns:
         A function from a list of N texts (lists of words) to softmax probabilities, an (N, C) float64 array.
@@ -546,8 +548,7 @@ def model_predict_proba(
             with torch.no_grad():
                 for start in range(0, len(texts), batch_size):
                     encoding = tokenizer(
-                        [list(words) for words in texts[start : start + batch_size]],
-                        is_split_into_words=True,
+                        [" ".join(words) for words in texts[start : start + batch_size]],
                         padding=True,
                         truncation=True,
                         max_length=max_length,

@@ -14,6 +14,7 @@ import datasets
 from transformers import Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
+from hf_distill.data import keeps_word_starts
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
@@ -81,7 +82,12 @@ def load_models(model_args: ModelArguments, task: str):
     if model_args.teacher_model_name_or_path is None:
         raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned teacher (local directory or Hub id).")
     teacher = load_model(model_args.teacher_model_name_or_path, task, role="teacher", require_all_weights=True)
-    tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path)
+    tokenizer_name = model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path
+    tokenizer = load_tokenizer(tokenizer_name)
+    if task == "token_classification" and not keeps_word_starts(tokenizer):
+        # Byte-level BPE (RoBERTa, GPT-2) needs add_prefix_space=True to read pre-split words; it is saved with the
+        # student, which then reads words the same way.
+        tokenizer = load_tokenizer(tokenizer_name, add_prefix_space=True)
     if model_args.model_name_or_path:
         student = load_model(
             model_args.model_name_or_path, task, role="student", num_labels=teacher.config.num_labels,

@@ -60,3 +60,19 @@ def tiny_token_model(tokenizer, labels=NER_LABELS, layers=2, seed=0, **kwargs):
 def tiny_sequence_model(tokenizer, num_labels=2, layers=2, seed=0, **kwargs):
     torch.manual_seed(seed)
     return BertForSequenceClassification(tiny_config(len(tokenizer), num_labels, layers=layers, **kwargs))
+
+
+@pytest.fixture(scope="session")
+def byte_level_tokenizer_dir(tmp_path_factory):
+    """A RoBERTa-style byte-level BPE tokenizer, trained on WORDS and saved with its default add_prefix_space=False."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    folder = tmp_path_factory.mktemp("byte_level")
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator([" ".join(WORDS)] * 5, vocab_size=1000, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    _, merges_path = trainer.save_model(str(folder))
+    merges = [tuple(line.split()) for line in open(merges_path).read().splitlines()[1:] if line]
+    RobertaTokenizerFast(vocab=trainer.get_vocab(), merges=merges).save_pretrained(folder / "tokenizer")
+    return folder / "tokenizer"

@@ -252,3 +252,25 @@ def test_read_conll_ignores_a_byte_order_mark(tmp_path):
     path.write_text(CONLL_4_COLUMNS, encoding="utf-8-sig")
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     assert read_conll(path)["tokens"] == read_conll(write(tmp_path, CONLL_4_COLUMNS))["tokens"]
+
+
+def test_pre_split_words_need_add_prefix_space_on_a_byte_level_tokenizer(byte_level_tokenizer_dir, tokenizer):
+    from transformers import AutoTokenizer
+
+    from hf_distill.data import keeps_word_starts
+
+    batch = {"tokens": [["john", "went", "to", "london"]], "ner_tags": [[1, 0, 0, 5]]}
+    plain = AutoTokenizer.from_pretrained(byte_level_tokenizer_dir)  # add_prefix_space=False, RoBERTa's default
+    assert not keeps_word_starts(plain)
+    with pytest.raises(ValueError, match=r"add_prefix_space=True"):
+        tokenize_and_align_labels(batch, plain, max_length=32)
+
+    spaced = AutoTokenizer.from_pretrained(byte_level_tokenizer_dir, add_prefix_space=True)
+    assert keeps_word_starts(spaced) and keeps_word_starts(tokenizer)
+    encoding = tokenize_and_align_labels(batch, spaced, max_length=32)
+    pieces = spaced.convert_ids_to_tokens(encoding["input_ids"][0])
+    running = spaced("john went to london")
+    after_first = [t for t, w in zip(running["input_ids"], running.word_ids(), strict=True) if w is not None and w > 0]
+    assert encoding["input_ids"][0][-1 - len(after_first):-1] == after_first  # words 2-4 as in the running text
+    labelled = [(p, label) for p, label in zip(pieces, encoding["labels"][0], strict=True) if label != -100]
+    assert [label for _, label in labelled] == [1, 0, 0, 5] and labelled[1][0] == "Ġwent"

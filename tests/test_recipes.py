@@ -335,3 +335,21 @@ def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_
     teacher_params = sum(p.numel() for p in tiny_token_model(tokenizer).parameters())
     assert f"teacher `{tmp_path / 'teacher'}`" in card and f"| teacher parameters | {teacher_params:,} |" in card
     assert "| born-again generations | 3 (this is the last;" in card
+
+
+def test_ner_recipe_loads_a_byte_level_tokenizer_with_add_prefix_space(byte_level_tokenizer_dir, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import ModelArguments, load_models
+    from transformers import RobertaConfig, RobertaForTokenClassification
+
+    from hf_distill.data import keeps_word_starts
+
+    tokenizer = AutoTokenizer.from_pretrained(byte_level_tokenizer_dir)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=70, num_labels=len(NER_LABELS))
+    RobertaForTokenClassification(config).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    args = ModelArguments(teacher_model_name_or_path=str(tmp_path / "teacher"), student_layers="0")
+    _, ner_tokenizer, _ = load_models(args, "token_classification")
+    assert keeps_word_starts(ner_tokenizer) and not keeps_word_starts(tokenizer)

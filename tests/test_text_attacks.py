@@ -256,3 +256,23 @@ def test_model_predict_proba_wraps_a_classifier(tokenizer):
     assert model.training  # the mode is restored
     outcome = greedy_word_attack(predict_proba, ["the", "movie", "was", "good"], 0, rng=0)
     assert outcome["queries"] >= 1
+
+
+def test_model_predict_proba_reads_words_as_the_running_text(byte_level_tokenizer_dir):
+    from transformers import AutoTokenizer
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            self.seen.append(input_ids)
+            return SequenceClassifierOutput(logits=torch.zeros(input_ids.shape[0], 2))
+
+    tokenizer = AutoTokenizer.from_pretrained(byte_level_tokenizer_dir)  # byte-level, add_prefix_space=False
+    spy = Spy()
+    model_predict_proba(spy, tokenizer)([["john", "went", "to", "london"]])
+    assert spy.seen[0][0].tolist() == tokenizer("john went to london")["input_ids"]
