@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import datasets
+import pyarrow.compute as pc
 from datasets.exceptions import DatasetGenerationError
 from transformers.utils import logging
 
@@ -634,6 +635,14 @@ def _first_null(dataset: datasets.Dataset, column: str) -> int | None:
     return next(row for row, value in enumerate(dataset[column]) if value is None)
 
 
+def _first_blank(dataset: datasets.Dataset, column: str) -> int | None:
+    """The first row whose text in `column` is empty or only whitespace (a blank csv cell reads as "")."""
+    blank = pc.equal(pc.utf8_trim_whitespace(dataset.data.column(column)), "")
+    if not pc.any(blank).as_py():
+        return None
+    return pc.index(blank, True).as_py()
+
+
 def _is_class_id(value: Any) -> bool:
     """An int, or a float with a whole value (``1.0``); not a bool."""
     if isinstance(value, bool):
@@ -749,6 +758,7 @@ def load_text_classification_file(
     options: dict[str, Any] = {}
     if builder == "csv":
         options["keep_default_na"] = False
+        options["converters"] = {text_column: str}  # a text of digits ("007") stays text, not the integer 7
         if extension == ".tsv":
             options["delimiter"] = "\t" if delimiter is None else delimiter
             options["quoting"] = 3  # csv.QUOTE_NONE: TSV corpora such as GLUE contain bare quote characters.
@@ -774,10 +784,20 @@ def load_text_classification_file(
             + _header_hint(found, extension, delimiter)
         )
     row = _first_null(dataset, text_column)
+    if row is None:
+        feature = dataset.features[text_column]
+        if not isinstance(feature, datasets.Value):
+            raise ValueError(
+                f"{path}: the text column {text_column!r} holds {feature} values, not texts (e.g. row 0: "
+                f"{dataset[0][text_column]!r}). Write every text as a string (in JSON, in quotes)."
+            )
+        if feature.dtype not in ("string", "large_string"):
+            dataset = dataset.cast_column(text_column, datasets.Value("string"))  # JSON numbers, as text
+        row = _first_blank(dataset, text_column)
     if row is not None:
         raise ValueError(
-            f"{path}: row {row} (`dataset[{row}]`) has no value in the text column {text_column!r}. Fill in the text "
-            "or drop the row."
+            f"{path}: row {row} (`dataset[{row}]`) has no text in the text column {text_column!r} (no value, or a "
+            "blank one). Fill in the text or drop the row."
         )
     if label_column is not None:
         dataset = _integer_labels(dataset, path, label_column, label_names)

@@ -119,7 +119,7 @@ FILE_CASES = [
     case("label_quoted_number.jsonl", text, ValueError, r"holds '1' in row 0", r"a quoted number: write 1"),
     case("label_fraction.csv", text, ValueError, r"holds 0\.5 in row 1 .*not an integer class id", r"write the ids"),
     case("label_missing_in_row.jsonl", text, ValueError, r"row 1 .* no value in the label column", r"drop the row"),
-    case("text_missing_in_row.jsonl", text, ValueError, r"row 1 .* no value in the text column", r"Fill in the text"),
+    case("text_missing_in_row.jsonl", text, ValueError, r"row 1 .* no text in the text column", r"Fill in the text"),
     case("invalid.json", text, ValueError, r"invalid JSON at line 3, column \d+: Expecting ','", r"JSON Lines"),
     case("invalid_line.jsonl", text, ValueError, r"invalid JSON at line 2, column \d+", r"Dataset\.to_json"),
     case("empty_list.json", text, ValueError, r"it is an empty list, with no rows", r"one object per line"),

@@ -220,6 +220,24 @@ def test_load_csv_with_custom_columns_and_jsonl(tmp_path):
     assert json_dataset["label"] == [1, 0]
 
 
+def test_texts_of_digits_stay_text_and_numbers_in_json_become_text(tmp_path):
+    tsv = load_text_classification_file(write(tmp_path, "label\tsentence\n1\t007\n0\t42\n", "codes.tsv"))
+    assert tsv["sentence"] == ["007", "42"]
+    jsonl = load_text_classification_file(write(tmp_path, '{"sentence": 7, "label": 1}\n', "codes.jsonl"))
+    assert jsonl["sentence"] == ["7"]
+    mixed = write(tmp_path, '{"sentence": 7, "label": 1}\n{"sentence": "ok", "label": 0}\n', "mixed.jsonl")
+    with pytest.raises(ValueError, match=r"holds .* values, not texts .*in quotes"):
+        load_text_classification_file(mixed)
+
+
+@pytest.mark.parametrize("name,content", [("blank.csv", "sentence,label\ngood film,1\n,0\n"),
+                                          ("spaces.tsv", "label\tsentence\n1\tgood\n0\t   \n"),
+                                          ("empty.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "", "label": 0}\n')])
+def test_a_blank_text_is_refused_with_its_row(tmp_path, name, content):
+    with pytest.raises(ValueError, match=r"row 1 .* no text in the text column 'sentence'.*Fill in the text"):
+        load_text_classification_file(write(tmp_path, content, name))
+
+
 def test_load_unlabeled_file_with_label_column_none(tmp_path):
     dataset = load_text_classification_file(write(tmp_path, "sentence\ngood film\n", "test.tsv"), label_column=None)
     assert dataset["sentence"] == ["good film"]
