@@ -196,10 +196,11 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             generation_teacher = trainer.accelerator.unwrap_model(trainer.model).eval()
             student = copy.deepcopy(initial)
     trainer.save_model()  # before anything else can fail: the trained student is never lost
-    tokenizer.save_pretrained(args.output_dir)
-    if trainer.is_world_process_zero():
-        trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)
-        trainer.create_model_card()  # again, now with the teacher/student table
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(args.output_dir)
+    # Every process scores (Trainer.evaluate gathers across processes); the card is written by the main one.
+    trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)
+    trainer.create_model_card()  # again, now with the teacher/student table
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     return trainer

@@ -353,3 +353,21 @@ def test_ner_recipe_loads_a_byte_level_tokenizer_with_add_prefix_space(byte_leve
     args = ModelArguments(teacher_model_name_or_path=str(tmp_path / "teacher"), student_layers="0")
     _, ner_tokenizer, _ = load_models(args, "token_classification")
     assert keeps_word_starts(ner_tokenizer) and not keeps_word_starts(tokenizer)
+
+
+def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(tokenizer, tmp_path):
+    _, data = _ner_teacher_and_data(tokenizer, tmp_path)
+    out = tmp_path / "student"
+    # The torchrun-based launcher with `use_cpu` runs two MULTI_CPU processes over gloo (see tests/test_launch.py).
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "distill_ner.py"),
+         "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "0",
+         "--train_file", str(data), "--validation_file", str(data), "--output_dir", str(out), "--max_steps", "2",
+         "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+         "--disable_tqdm", "true"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (out / "README.md").read_text()
+    assert "| validation_f1 |" in card and "speedup_batch32" in card
