@@ -45,21 +45,51 @@ def _read_config(path: str) -> dict[str, Any]:
     return config
 
 
+_YAML12_SCALARS = {
+    # YAML 1.2's core schema: what JSON and the command line agree on. PyYAML implements YAML 1.1, where `no` is
+    # False (`save_strategy: no` would become the invalid choice 'False'), `1e-6` is a string (it needs a dot),
+    # `3:6` is the base-60 integer 186 and `017` is octal.
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:int": (r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    "tag:yaml.org,2002:float": (
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+0123456789.",
+    ),
+}
+
+
+def _yaml12_int(loader: Any, node: Any) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+def _yaml12_float(loader: Any, node: Any) -> float:
+    text = loader.construct_scalar(node).lower()
+    return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+
 def _yaml_loader() -> type:
-    """PyYAML's safe loader, except that YAML 1.1's base-60 numbers stay strings: `feature_layer_map: 3:6` is the
-    layer pair it looks like (and what the same flag gives on the command line), not the integer 186."""
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars, so that a config value means what the same flag means
+    on the command line: `save_strategy: no` is the string "no", `min_lr: 1e-6` a float, `feature_layer_map: 3:6`
+    the layer pair it looks like, `017` the number 17. Booleans are true/false only."""
+    import re
+
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
-    def number_or_text(construct):
-        def constructor(loader, node):
-            return node.value if ":" in node.value else construct(loader, node)
-        return constructor
-
-    Loader.add_constructor("tag:yaml.org,2002:int", number_or_text(yaml.SafeLoader.construct_yaml_int))
-    Loader.add_constructor("tag:yaml.org,2002:float", number_or_text(yaml.SafeLoader.construct_yaml_float))
+    replaced = set(_YAML12_SCALARS)
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in replaced]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for tag, (pattern, first) in _YAML12_SCALARS.items():
+        Loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
+    Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+    Loader.add_constructor("tag:yaml.org,2002:float", _yaml12_float)
     return Loader
 
 

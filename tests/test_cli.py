@@ -42,6 +42,16 @@ def test_a_single_layer_pair_in_yaml_is_not_a_base_60_number(tmp_path):
     assert args.temperature == 4.0 and args.logging_steps == 25  # ordinary numbers are still numbers
 
 
+def test_yaml_values_mean_what_the_same_flags_mean(tmp_path):
+    # YAML 1.1 (PyYAML's default) reads `no` as False, keeps `1e-6` a string (no dot) and `010` octal (8).
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: none\nsave_strategy: no\nlr_scheduler_kwargs: {min_lr: 1e-6}\n"
+                      "learning_rate: 3e-4\nlogging_steps: 010\nuse_cpu: true\n")
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.save_strategy == "no" and args.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    assert args.learning_rate == 3e-4 and args.logging_steps == 10 and args.use_cpu is True
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("output_dir: out\ntemprature: 4.0\n")
