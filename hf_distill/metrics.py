@@ -88,7 +88,9 @@ class Seqeval(evaluate.Metric):
             "overall_precision": float(overall["precision"]),
             "overall_recall": float(overall["recall"]),
             "overall_f1": float(overall["f1-score"]),
-            "overall_accuracy": float(seqeval.metrics.accuracy_score(y_true=references, y_pred=predictions)),
+            # seqeval divides by the number of tags, so nothing labelled (every position -100) scores 0, like the rest.
+            "overall_accuracy": float(seqeval.metrics.accuracy_score(y_true=references, y_pred=predictions))
+            if any(references) else 0.0,
         }
         for entity, scores in report.items():
             if entity in _REPORT_AVERAGES:

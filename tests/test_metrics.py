@@ -97,6 +97,12 @@ def test_token_classification_metrics_accepts_tuple_and_argmaxed_ids():
     assert from_tuple == from_ids == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "accuracy": 1.0, "PER_f1": 1.0}
 
 
+def test_token_classification_metrics_with_nothing_labelled_scores_zero():
+    compute_metrics = token_classification_metrics(NER_LABELS)
+    nothing = EvalPrediction(predictions=one_hot_logits([["O", "B-PER", "O"]]), label_ids=np.full((1, 3), -100))
+    assert compute_metrics(nothing) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.0}
+
+
 def test_token_classification_metrics_too_few_label_names():
     compute_metrics = token_classification_metrics(["O", "B-PER"])
     with pytest.raises(ValueError, match="has only 2 entries"):
