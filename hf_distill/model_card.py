@@ -35,6 +35,8 @@ _STRATEGY_FIELDS = (
 
 def _method_rows(args) -> list[tuple[str, object]]:
     rows = [(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None]
+    if getattr(args, "max_steps", -1) > 0:  # max_steps, not num_train_epochs, decided how long training ran
+        rows = [("max_steps", args.max_steps) if name == "num_train_epochs" else (name, value) for name, value in rows]
     if getattr(args, "label_smoothing_factor", 0):
         rows.append(("label_smoothing_factor", args.label_smoothing_factor))
     return rows

@@ -186,7 +186,9 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
             compute_metrics=metrics,
         )
-        trainer.dataset_name = data_args.dataset_name or os.path.basename(data_args.train_file)
+        # A local file is named on the card but never listed as a Hub dataset in its metadata (`eng.train` could be
+        # either; only the recipe knows).
+        trainer.dataset_name = data_args.dataset_name or f"{os.path.basename(data_args.train_file)} (local file)"
         trainer.noisy_view = noisy_view
         trainer.generations, trainer.original_teacher = generation, teacher
         trainer.train(resume_from_checkpoint=resume)

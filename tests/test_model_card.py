@@ -35,6 +35,15 @@ def test_card_records_method_data_metrics_and_versions():
                                                                        args=smoothed))
 
 
+def test_a_run_bounded_by_max_steps_says_so_instead_of_its_epochs():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, max_steps=2)
+    text = str(build_model_card(task="token_classification", teacher="t", args=args))
+    assert "| max_steps | 2 |" in text and "num_train_epochs" not in text
+    by_epochs = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, num_train_epochs=2)
+    assert "| num_train_epochs | 2 |" in str(build_model_card(task="token_classification", teacher="t",
+                                                                args=by_epochs))
+
+
 def test_local_paths_are_not_claimed_as_hub_ids():
     args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
     card = build_model_card(task="sequence_classification", teacher="/tmp/my-teacher", args=args,

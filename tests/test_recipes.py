@@ -64,6 +64,7 @@ def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path):
     assert saved["num_hidden_layers"] == 1 and list(saved["id2label"].values()) == NER_LABELS
     card = (out / "README.md").read_text()
     assert "| alpha | 0.7 |" in card and "| validation_f1 |" in card and "speedup_batch32" in card
+    assert "train.txt (local file)" in card and "datasets:" not in card  # a local file is no Hub dataset
     table = result.stdout + result.stderr
     assert "teacher" in table and "latency ms, batch 32" in table
 
