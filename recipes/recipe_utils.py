@@ -42,7 +42,8 @@ class ModelArguments:
     generations: int = field(
         default=1,
         metadata={"help": "Born-again training: generation k > 1 restarts from the same initial student and is "
-                  "distilled from generation k-1 (frozen). Earlier generations are saved in output_dir/generation-k."},
+                  "distilled from generation k-1 (frozen). Earlier generations are saved next to output_dir, in "
+                  "<output_dir>-generation-k (outside it, so that --push_to_hub uploads the last one alone)."},
     )
 
     def __post_init__(self):
@@ -180,7 +181,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     for generation in range(1, generations + 1):
         last = generation == generations
         gen_args = args if last else dataclasses.replace(
-            args, output_dir=os.path.join(args.output_dir, f"generation-{generation}"), push_to_hub=False)
+            args, output_dir=f"{os.path.normpath(args.output_dir)}-generation-{generation}", push_to_hub=False)
         trainer = DistillationTrainer(
             model=student, teacher_model=generation_teacher, args=gen_args, train_dataset=tokenized["train"],
             eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
