@@ -21,6 +21,7 @@ How the pieces fit:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -265,7 +266,12 @@ class DistillationTrainer(Trainer):
                     "and run in inference mode), or precompute the teacher's logits."
                 )
             return teacher.to(self.args.device)
-        return self.accelerator.prepare_model(teacher, evaluation_mode=True).eval()
+        prepared = self.accelerator.prepare_model(teacher, evaluation_mode=True).eval()
+        # prepare_model lists the teacher among the accelerator's models, and Trainer's evaluation loop prepares the
+        # student (mixed-precision autocast, compile, FSDP) only while that list is empty: an evaluate() before
+        # train() would otherwise run the student unprepared. The teacher has no training state to track there.
+        self.accelerator._models = [m for m in self.accelerator._models if m is not prepared and m is not teacher]
+        return prepared
 
     @torch.inference_mode()
     def _teacher_forward(self, index: int, inputs: dict[str, Any], features: bool = False) -> Any:
@@ -577,6 +583,14 @@ class DistillationTrainer(Trainer):
             p is q for group in optimizer.param_groups for p in group["params"]
             for q in self.feature_projector.parameters()
         ):
+            if self.lr_scheduler is not None:
+                raise ValueError(
+                    "Hidden-state distillation trains a projection from the student's hidden size to the teacher's "
+                    "(`trainer.feature_projector`) with the student, but the optimizer you passed does not hold its "
+                    "parameters, and the learning-rate scheduler you passed was built without them. Pass the "
+                    "optimizer alone, `optimizers=(optimizer, None)`: the projection joins it as a parameter group and "
+                    "Trainer builds the scheduler (`lr_scheduler_type`) over every group."
+                )
             optimizer.add_param_group({"params": list(self.feature_projector.parameters()),
                                        "weight_decay": self.args.weight_decay})
         return optimizer
@@ -797,6 +811,10 @@ class DistillationTrainer(Trainer):
         """Load the student as Trainer does, then the trainer-owned state: the feature projection and the EMA
         teacher."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        marker = os.path.join(resume_from_checkpoint, CHECKPOINT_MARKER)
+        if os.path.isfile(marker):  # the count of skipped batches carries on
+            with open(marker, encoding="utf-8") as handle:
+                self.skipped_batches = json.load(handle).get("skipped_batches", 0)
         for module, name in ((self.feature_projector, PROJECTOR_FILE), (
                 self._unwrap(self.teacher_model) if self.args.self_distillation == "ema" else None,
                 EMA_TEACHER_FILE)):

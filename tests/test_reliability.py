@@ -240,3 +240,20 @@ def test_atomically_written_files_are_readable_like_any_other(tmp_path):
         os.umask(old)
     assert (tmp_path / "card.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()].count("card.md") == 1 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_the_count_of_skipped_batches_carries_on_after_a_resume(tokenizer, tmp_path):
+    def run():
+        trainer = ner_trainer(tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2,
+                              output_dir=str(tmp_path / "out"))
+        _poison_teacher(trainer)
+        return trainer
+
+    first = run()
+    first.add_callback(StopAt(2))
+    first.train()
+    assert first.skipped_batches == 1
+    resumed = ner_trainer(tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2,
+                          output_dir=str(tmp_path / "out"))
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.skipped_batches == 1  # the batch skipped before the checkpoint still counts

@@ -528,3 +528,27 @@ def test_each_teacher_of_an_ensemble_gets_the_inputs_its_own_forward_takes(token
         p_bert = bert(**batch).logits.softmax(-1)
         p_distil = distil(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits.softmax(-1)
         assert torch.allclose(trainer.teacher_logits(batch).softmax(-1), (p_bert + p_distil) / 2, atol=1e-6)
+
+
+def test_a_user_optimizer_gets_the_projection_and_a_user_scheduler_without_it_is_refused(tokenizer, tmp_path):
+    from transformers import DataCollatorForTokenClassification, get_linear_schedule_with_warmup
+
+    from hf_distill import DistillationTrainer
+
+    def trainer_with(out, scheduler):
+        student = tiny_token_model(tokenizer, layers=1, seed=1, hidden=16)
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+        schedule = get_linear_schedule_with_warmup(optimizer, 0, 4) if scheduler else None
+        reference = _projector_trainer(tokenizer, tmp_path, out)
+        return DistillationTrainer(model=student, teacher_model=reference.teacher_model, args=reference.args,
+                                   train_dataset=reference.train_dataset,
+                                   data_collator=DataCollatorForTokenClassification(tokenizer),
+                                   processing_class=tokenizer, optimizers=(optimizer, schedule))
+
+    alone = trainer_with("alone", scheduler=False)
+    before = {k: v.clone() for k, v in alone.feature_projector.state_dict().items()}
+    alone.train()  # the projection joins the user's optimizer, and Trainer's scheduler covers both groups
+    assert len(alone.optimizer.param_groups) == 2 and alone.optimizer.param_groups[1]["lr"] == 0.0  # linear decay
+    assert any(not torch.equal(before[k], v) for k, v in alone.feature_projector.state_dict().items())
+    with pytest.raises(ValueError, match=r"optimizers=\(optimizer, None\)"):
+        trainer_with("both", scheduler=True).train()

@@ -1,5 +1,7 @@
 """DistillationTrainer behaviour on tiny offline models: what it trains, what it leaves alone, what it refuses."""
 
+import copy
+
 import pytest
 import torch
 from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
@@ -8,6 +10,7 @@ from transformers import (
     AutoModelForTokenClassification,
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
+    Trainer,
     TrainingArguments,
 )
 
@@ -171,6 +174,19 @@ def test_evaluation_scores_the_student_without_running_the_teacher(tokenizer, tm
     assert metrics["eval_loss"] == pytest.approx(expected.item(), rel=1e-5)
     trainer.train()
     assert calls  # training does use it
+
+
+def test_an_evaluation_before_training_prepares_the_student_as_trainer_does(tokenizer, tmp_path):
+    # Trainer's evaluation loop prepares the model (here: bf16 autocast) only while Accelerate tracks no model yet.
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    stock = Trainer(model=copy.deepcopy(student), args=TrainingArguments(str(tmp_path / "stock"), report_to="none",
+                                                                          use_cpu=True, bf16=True),
+                    data_collator=DataCollatorForTokenClassification(tokenizer))
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, bf16=True)
+    data = ner_dataset(tokenizer)
+    expected, metrics = stock.evaluate(data), trainer.evaluate(data)
+    assert "eval_model_preparation_time" in metrics
+    assert metrics["eval_loss"] == expected["eval_loss"]
 
 
 def test_saved_checkpoint_holds_the_student_alone(tokenizer, tmp_path):
