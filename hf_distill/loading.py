@@ -6,6 +6,7 @@ here they become one message that says what was tried and what to do instead.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from transformers import (
@@ -16,6 +17,8 @@ from transformers import (
 )
 
 from .checks import has_no_vocabulary
+
+logger = logging.getLogger(__name__)
 
 AUTO_CLASSES = {
     "token_classification": AutoModelForTokenClassification,
@@ -61,11 +64,21 @@ def load_model(
     """
     _check_local(name_or_path, role)
     auto = AUTO_CLASSES[task]
+    if not require_all_weights:
+        # A student or a model to fine-tune may come with a head for another label set (a 2-class SST-2 model for a
+        # 3-class task): that head is re-initialised and trained, as Trainer users expect, and said below.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
     try:
         model, info = auto.from_pretrained(os.path.expanduser(name_or_path), output_loading_info=True, **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(_explain(name_or_path, f"{role} ({auto.__name__})", err)) from err
     missing = sorted(info.get("missing_keys") or ())
+    mismatched = [entry[0] if isinstance(entry, tuple) else entry for entry in info.get("mismatched_keys") or ()]
+    if mismatched:
+        logger.warning(
+            "The %s %r has weights of another shape for %s (a head for another number of labels?): they are "
+            "initialised anew and trained.", role, name_or_path, ", ".join(sorted(mismatched)[:4])
+        )
     if require_all_weights and missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ValueError(

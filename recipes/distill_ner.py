@@ -37,9 +37,10 @@ def main():
     label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
 
     # ---- data: tags encoded in the teacher's label order ------------------------------------------------------
-    splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names))
     tokens_column = data_args.text_column_name or "tokens"
     tags_column = data_args.label_column_name or "ner_tags"
+    splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names), columns=[tokens_column],
+                         label_column=tags_column)
     splits = {name: align_labels(data, tags_column, label_names, strict=True) for name, data in splits.items()}
     with args.main_process_first(desc="tokenization"):
         tokenized = {

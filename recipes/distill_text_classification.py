@@ -78,9 +78,10 @@ def main():
     text_column = data_args.text_column_name or "sentence"
     label_column = data_args.label_column_name or "label"
     label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
-    splits = load_splits(  # a file's labels may be ids or the teacher's label names ("negative", "positive")
+    splits = load_splits(  # labels may be ids or the teacher's label names ("negative", "positive")
         data_args, lambda path: load_text_classification_file(path, text_column=text_column, label_column=label_column,
-                                                              label_names=label_names)
+                                                              label_names=label_names),
+        columns=[text_column, data_args.text_pair_column_name], label_column=label_column, label_names=label_names,
     )
     splits = {name: align_labels(data, label_column, label_names, strict=False) for name, data in splits.items()}
 

@@ -10,6 +10,7 @@ The output directory (model + tokenizer) is what the distillation recipes take a
 import logging
 from dataclasses import dataclass, field
 
+from datasets import ClassLabel
 from recipe_utils import DataArguments, load_splits, resume_target, text_encoder, text_label_names
 from transformers import (
     DataCollatorForTokenClassification,
@@ -27,6 +28,7 @@ from hf_distill import (
     tokenize_and_align_labels,
 )
 from hf_distill.cli import parse_args
+from hf_distill.data import conll_label_names
 from hf_distill.loading import load_model, load_tokenizer
 
 logger = logging.getLogger("recipes.finetune_teacher")
@@ -47,13 +49,23 @@ def main():
     set_seed(args.seed)
     tokenizer = load_tokenizer(teacher_args.model_name_or_path)
     if teacher_args.task == "ner":
-        label_names = None
-        if data_args.train_file:
-            label_names = read_conll(data_args.train_file).features["ner_tags"].feature.names
-        splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names))
-        label_names = splits["train"].features[data_args.label_column_name or "ner_tags"].feature.names
         columns = {"tokens_column": data_args.text_column_name or "tokens",
                    "tags_column": data_args.label_column_name or "ner_tags"}
+        label_names = None
+        if data_args.dataset_name is None:  # the tag set of every local file: a tag may appear in one split only
+            files = [f for f in (data_args.train_file, data_args.validation_file, data_args.test_file) if f]
+            label_names = conll_label_names(
+                {tag for path in files for tag in read_conll(path).features["ner_tags"].feature.names})
+        splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names),
+                             columns=[columns["tokens_column"]], label_column=columns["tags_column"])
+        tags = splits["train"].features[columns["tags_column"]]
+        if not isinstance(getattr(tags, "feature", None), ClassLabel):
+            raise ValueError(
+                f"The {columns['tags_column']!r} column holds {tags}, not tag names: entity F1 and the teacher's "
+                "id2label need them (B-PER, I-PER, ...). Use a copy of the dataset whose tags are a "
+                "Sequence(ClassLabel), or local CoNLL files (--train_file, --validation_file)."
+            )
+        label_names = tags.feature.names
         tokenized = {
             name: d.map(tokenize_and_align_labels, batched=True, remove_columns=d.column_names,
                         fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length, **columns})
@@ -67,7 +79,9 @@ def main():
         label_names, by_name = text_label_names(data_args, lambda path: load_text_classification_file(
             path, text_column=text_column, label_column=None), label_column)
         splits = load_splits(data_args, lambda path: load_text_classification_file(
-            path, text_column=text_column, label_column=label_column, label_names=label_names if by_name else None))
+            path, text_column=text_column, label_column=label_column, label_names=label_names if by_name else None),
+            columns=[text_column, data_args.text_pair_column_name], label_column=label_column,
+            label_names=label_names if by_name else None)
         encode = text_encoder(tokenizer, data_args, text_column, label_column)
         tokenized = {name: d.map(encode, batched=True, remove_columns=d.column_names) for name, d in splits.items()}
         collator = DataCollatorWithPadding(tokenizer)

@@ -99,8 +99,16 @@ def load_models(model_args: ModelArguments, task: str):
     return teacher, tokenizer, student
 
 
-def load_splits(data: DataArguments, read_local) -> dict[str, datasets.Dataset]:
-    """`{"train", "validation"[, "test"]}` from the Hub or from local files (`read_local(path)` reads one file)."""
+def load_splits(
+    data: DataArguments, read_local, *, columns=(), label_column: str | None = None, label_names=None
+) -> dict[str, datasets.Dataset]:
+    """`{"train", "validation"[, "test"]}` from the Hub or from local files (`read_local(path)` reads one file).
+
+    A local `--validation_file`/`--test_file` also supplies (or replaces) that split of a Hub dataset, e.g. one that
+    has no validation split. Every split must hold `columns` (the text); the train and validation splits also
+    `label_column`. With `label_names`, a Hub label column of strings ("positive") is mapped to their ids, as
+    `read_local` does for files.
+    """
     if data.dataset_name is not None:
         try:
             raw = datasets.load_dataset(data.dataset_name, data.dataset_config_name)
@@ -114,14 +122,33 @@ def load_splits(data: DataArguments, read_local) -> dict[str, datasets.Dataset]:
             raise ValueError(
                 f"Could not load the Hub dataset {data.dataset_name!r} ({type(err).__name__}: {err}). {hint}"
             ) from err
-        splits = {"train": raw["train"], "validation": raw["validation"]}
-        if "test" in raw:
-            splits["test"] = raw["test"]
+        splits = {name: raw[name] for name in ("train", "validation", "test") if name in raw}
+        for name, path in (("validation", data.validation_file), ("test", data.test_file)):
+            if path is not None:
+                splits[name] = read_local(path)
+        missing = [name for name in ("train", "validation") if name not in splits]
+        if missing:
+            raise ValueError(
+                f"The Hub dataset {data.dataset_name!r} has the splits {list(raw)}, without {missing}: the recipes "
+                "train on 'train' and compare teacher and student on 'validation'. Pass --validation_file (a local "
+                "file for the missing split), or use a copy of the dataset with both splits."
+            )
+        if label_names is not None:
+            splits = {name: _label_names_to_ids(split, label_column, label_names, data.dataset_name)
+                      for name, split in splits.items()}
     else:
         files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}
         splits = {name: read_local(path) for name, path in files.items() if path is not None}
         if "validation" not in splits:
             raise ValueError("Pass --validation_file as well: teacher and student are compared on it.")
+    for name, split in splits.items():
+        needed = [c for c in columns if c] + ([label_column] if label_column and name != "test" else [])
+        absent = [c for c in needed if c not in split.column_names]
+        if absent:
+            raise ValueError(
+                f"The {name} split has no column {absent} (its columns: {split.column_names}). Name the right ones "
+                "with --text_column_name, --text_pair_column_name and --label_column_name."
+            )
     if data.max_train_samples:
         splits["train"] = splits["train"].select(range(min(data.max_train_samples, len(splits["train"]))))
     if data.max_eval_samples:
@@ -129,6 +156,20 @@ def load_splits(data: DataArguments, read_local) -> dict[str, datasets.Dataset]:
             if name in splits:
                 splits[name] = splits[name].select(range(min(data.max_eval_samples, len(splits[name]))))
     return splits
+
+
+def _label_names_to_ids(split: datasets.Dataset, column: str, names, source: str) -> datasets.Dataset:
+    """A Hub split whose label column holds names ("positive") as a `ClassLabel` of `names`, so ids follow them."""
+    if column not in split.column_names or split.features[column] != datasets.Value("string") and \
+            split.features[column] != datasets.Value("large_string"):
+        return split
+    unknown = sorted(set(split.unique(column)) - set(names))
+    if unknown:
+        raise ValueError(
+            f"The Hub dataset {source!r} has labels {unknown[:5]} in {column!r}, which are not among the label names "
+            f"{list(names)}. Use a dataset whose labels are these names or their ids."
+        )
+    return split.cast_column(column, datasets.ClassLabel(names=list(names)))
 
 
 def compare(teacher, student, splits, collator, compute_metrics, args, metric: str) -> dict:

@@ -374,3 +374,44 @@ def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(toke
     assert result.returncode == 0, result.stderr[-3000:]
     card = (out / "README.md").read_text()
     assert "| validation_f1 |" in card and "speedup_batch32" in card
+
+
+def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_validation_file(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import recipe_utils
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    rows = {"text": ["good", "bad", "fine"], "label": ["positive", "negative", "positive"]}
+    hub = DatasetDict(train=Dataset.from_dict(rows), test=Dataset.from_dict(rows))  # imdb-style: no validation
+    monkeypatch.setattr(recipe_utils.datasets, "load_dataset", lambda *args, **kwargs: hub)
+    local = Dataset.from_dict({"text": ["ok"], "label": [1]})
+    data = recipe_utils.DataArguments(dataset_name="some/imdb-like")
+    with pytest.raises(ValueError, match=r"splits \['train', 'test'\], without \['validation'\].*--validation_file"):
+        recipe_utils.load_splits(data, read_local=lambda path: local)
+    with_file = recipe_utils.DataArguments(dataset_name="some/imdb-like", validation_file="dev.tsv")
+    with pytest.raises(ValueError, match=r"train split has no column \['sentence'\].*--text_column_name"):
+        recipe_utils.load_splits(with_file, lambda path: local, columns=["sentence"], label_column="label")
+    splits = recipe_utils.load_splits(with_file, lambda path: local, columns=["text"], label_column="label",
+                                      label_names=["negative", "positive"])
+    assert splits["validation"] is local and splits["train"]["label"] == [1, 0, 1]
+    assert isinstance(splits["test"].features["label"], ClassLabel)
+    with pytest.raises(ValueError, match=r"labels \['negative'\] .* not among the label names"):
+        recipe_utils.load_splits(with_file, lambda path: local, label_column="label", label_names=["positive", "x"])
+
+
+def test_finetune_teacher_takes_ner_tags_from_every_file(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=1, seed=3)
+    teacher.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    (tmp_path / "train.txt").write_text("john B-PER\nlives O\n\n" * 4)
+    (tmp_path / "dev.txt").write_text("john B-PER\nin O\nparis B-LOC\n\n")  # B-LOC only in the validation file
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "finetune_teacher.py"), "--task", "ner", "--model_name_or_path",
+         str(tmp_path / "base"), "--train_file", str(tmp_path / "train.txt"), "--validation_file",
+         str(tmp_path / "dev.txt"), "--output_dir", str(tmp_path / "teacher"), "--max_steps", "1", "--report_to",
+         "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    labels = json.loads((tmp_path / "teacher" / "config.json").read_text())["id2label"].values()
+    assert {"B-PER", "B-LOC", "O"} <= set(labels)
