@@ -410,7 +410,8 @@ def greedy_word_attack(
 
     1. Importance: each word is deleted in turn; words are ranked by how much that lowers the true-class
        probability (ties keep the word order).
-    2. In that order, up to `max_tries_per_word` distinct [`typo`]s of the word are scored, and the one that lowers
+    2. In that order, skipping the words [`is_typo_eligible`] refuses (punctuation, single characters), up to
+       `max_tries_per_word` distinct [`typo`]s of the word are scored, and the one that lowers
        the true-class probability most is kept if it lowers it at all (a word whose typos do not help is skipped and
        does not count against the budget).
     3. The attack stops as soon as the prediction is no longer `label`, or when `word_budget(budget, len(words))`
@@ -455,6 +456,8 @@ def greedy_word_attack(
     for i in order:
         if perturbed >= limit:
             break
+        if not is_typo_eligible(current[i]):  # as in perturb_characters: a typo in "." or "a" is no misspelling
+            continue
         candidates: list[str] = []
         for _ in range(max_tries_per_word):
             candidate = typo(current[i], rng)

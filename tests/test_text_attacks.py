@@ -226,6 +226,15 @@ def test_attack_stops_as_soon_as_the_prediction_flips():
     assert 1 + len(WORDS) < outcome["queries"] <= 1 + len(WORDS) + 3
 
 
+def test_attack_leaves_punctuation_and_single_letters_alone():
+    def keyed_on_punctuation(texts):  # class 0 exactly while the text holds "." and "a"
+        return np.array([[0.8, 0.2] if "." in text and "a" in text else [0.3, 0.7] for text in texts])
+
+    words = ["a", "fine", "film", "."]
+    outcome = greedy_word_attack(keyed_on_punctuation, words, 0, budget=1.0, rng=0)
+    assert not outcome["success"] and outcome["words"] == words and outcome["perturbed"] == 0
+
+
 def test_attack_skips_texts_already_misclassified_and_zero_budget():
     outcome = greedy_word_attack(keyed_on_good, WORDS, 1, rng=0)
     assert outcome == {"words": WORDS, "success": False, "perturbed": 0, "queries": 1, "clean_correct": False}
