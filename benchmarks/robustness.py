@@ -62,12 +62,15 @@ from hf_distill import (
 )
 from hf_distill.adversarial import AttackSettings
 from hf_distill.text_attacks import (
+    _how_many,
     attack_accuracy,
     collect_entity_pool,
+    is_typo_eligible,
     model_predict_proba,
     perturb_characters,
     perturb_context,
     swap_entities,
+    typo,
 )
 
 logger = logging.getLogger("benchmarks.robustness")
@@ -98,6 +101,11 @@ METHODS = {
     # as many steps as every other candidate and each row is seen as often, but never twice with the same typos.
     "freelb_typo_all_fresh": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0, "copies": 2}},
     "freelb_typo_fresh": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 0.5, "copies": 2}},
+    # Typos placed where they hurt: with probability `focus`, each of a row's typos goes to the most important word
+    # not yet hit (importance as in the word attack: how much deleting the word lowers the teacher's probability of
+    # the gold class), else to a random one; as many typos per row as the random views make. The discrete analogue
+    # of the embedding attack: the student practises on the typos that flip predictions.
+    "freelb_salient_typo_all": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0, "focus": 0.5}},
 }
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos (averaged over --perturbation_draws draws)")
@@ -201,7 +209,51 @@ def adv_settings(method):
     return {k: v for k, v in METHODS[method].items() if k != "noisy_view"}
 
 
-def candidate_train_set(task, method, data, tokenizer, max_length):
+def word_importance(teacher, tokenizer, raw, max_length, path):
+    """For every row of `raw` (sentence, label), how much deleting each word lowers the teacher's probability of the
+    gold class (the word attack's ranking), keyed by sentence; cached in `path`."""
+    if path.exists():
+        return json.loads(path.read_text())
+    predict = model_predict_proba(teacher, tokenizer, batch_size=128, max_length=max_length)
+    importance = {}
+    rows = list(zip(raw["sentence"], raw["label"], strict=True))
+    for start in range(0, len(rows), 256):
+        chunk = rows[start:start + 256]
+        texts, spans = [], []
+        for sentence, _ in chunk:
+            words = sentence.split()
+            spans.append((len(texts), len(words)))
+            texts += [words] + [words[:i] + words[i + 1:] for i in range(len(words))]
+        probabilities = predict(texts)
+        for (sentence, label), (at, n) in zip(chunk, spans, strict=True):
+            full = probabilities[at, label]
+            importance.setdefault(sentence, [round(float(full - probabilities[at + 1 + i, label]), 5)
+                                             for i in range(n)])
+        if start % 2560 == 0:
+            logger.info("word importance: %d of %d rows", start + len(chunk), len(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(importance))
+    return importance
+
+
+def salient_typo_noise(importance, rate, focus):
+    """A `TextNoise` with as many typos per text as `typo_noise(rate)`, each placed with probability `focus` on the
+    most important word not yet hit (`importance[text]`) and otherwise on a random eligible word."""
+    def noise(text, rng):
+        words = text.split()
+        scores = importance[text]
+        eligible = [i for i, w in enumerate(words) if is_typo_eligible(w)]
+        ranked = sorted(eligible, key=lambda i: -scores[i])
+        chosen = []
+        for _ in range(_how_many(rate, len(eligible))):
+            left = [i for i in eligible if i not in chosen]
+            chosen.append(next(i for i in ranked if i not in chosen) if rng.random() < focus else rng.choice(left))
+        return " ".join(typo(w, rng) if i in chosen else w for i, w in enumerate(words))
+
+    return noise
+
+
+def candidate_train_set(task, method, data, tokenizer, max_length, teacher=None, cache=None):
     """The training set of a candidate: the core benchmark's, or for a `noisy_view` candidate the same raw rows
     with typos in the student's view of half of them and the clean text in the teacher's."""
     view = METHODS[method].get("noisy_view")
@@ -210,8 +262,13 @@ def candidate_train_set(task, method, data, tokenizer, max_length):
     if task == "ner":
         raise SystemExit(f"`{method}` trains on a noisy teacher view, which is for sequence classification only; "
                          "leave it out of --methods for ner.")
+    noise = typo_noise(view["typo_rate"])
+    if "focus" in view:
+        importance = word_importance(teacher, tokenizer, data["raw"]["train"], max_length,
+                                     cache / "train_word_importance.json")
+        noise = salient_typo_noise(importance, view["typo_rate"], view["focus"])
     views = [add_noisy_view(data["raw"]["train"], tokenizer, text_column="sentence",
-                            noise=typo_noise(view["typo_rate"]), probability=view["probability"],
+                            noise=noise, probability=view["probability"],
                             seed=NOISY_VIEW_SEED + copy, max_length=max_length)
              for copy in range(view.get("copies", 1))]
     return views[0] if len(views) == 1 else concatenate_datasets(views)
@@ -334,7 +391,7 @@ def run_task(task, args, tokenizer):
     selection = {"student_kd": dev_scores(models["student_kd"])}
     candidates = {}
     for method in methods:
-        train_set = candidate_train_set(task, method, data, tokenizer, max_length)
+        train_set = candidate_train_set(task, method, data, tokenizer, max_length, models["teacher"], CACHE_DIR / name)
         model, record = train_candidate(name, method, models["teacher"], train_set, data, tokenizer, kd_settings,
                                         setup, args.seed, quick)
         candidates[method] = model.eval()
