@@ -213,6 +213,7 @@ class DistillationTrainer(Trainer):
             self.add_callback(_EMACallback(self))
         if self.feature_projector is not None:
             self.add_callback(_ProjectorCallback(self))
+        self._projector_grads_averaged = False
         self._augment_generator = None
         if args.augments:
             if processing_class is None or not hasattr(processing_class, "all_special_ids"):
@@ -594,6 +595,44 @@ class DistillationTrainer(Trainer):
             optimizer.add_param_group({"params": list(self.feature_projector.parameters()),
                                        "weight_decay": self.args.weight_decay})
         return optimizer
+
+    # ---- the feature projection's gradients ------------------------------------------------------------------
+
+    def _average_projector_grads(self) -> None:
+        """Average the projection's gradients across processes, once per optimizer step (DDP does the student's)."""
+        import torch.distributed as dist
+
+        if self._projector_grads_averaged:
+            return
+        self._projector_grads_averaged = True
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for param in self.feature_projector.parameters():
+                if param.grad is not None:
+                    dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                    param.grad /= dist.get_world_size()
+
+    def _clips_projector(self, model) -> bool:
+        """Whether the projection joins the student's gradient norm: on one device and under DDP. DeepSpeed and FSDP
+        clip inside their own engines, which do not hold the projection."""
+        mixed_mesh = getattr(self, "_has_mixed_mesh_grads", None)
+        return self.feature_projector is not None and not (
+            self.is_deepspeed_enabled or self.is_fsdp_enabled or (mixed_mesh is not None and mixed_mesh(model)))
+
+    def _clip_grad_norm(self, model):
+        """Trainer clips `model.parameters()` to `max_grad_norm`; the feature projection, trained with them, is
+        clipped with them under one global norm (which is also the logged `grad_norm`)."""
+        if not self._clips_projector(model):
+            return super()._clip_grad_norm(model)
+        self._average_projector_grads()
+        parameters = [*model.parameters(), *self.feature_projector.parameters()]
+        return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None and self._clips_projector(model):
+            self._average_projector_grads()
+            parameters = [*model.parameters(), *self.feature_projector.parameters()]
+            grad_norm = self.accelerator.clip_grad_norm_(parameters, float("inf"))
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     # ---- augmentation ----------------------------------------------------------------------------------------
 
@@ -981,22 +1020,18 @@ class _EMACallback(TrainerCallback):
 
 class _ProjectorCallback(TrainerCallback):
     """The feature projection lives outside the (DDP-wrapped) student, so Trainer neither averages its gradients
-    across processes nor zeroes them: do both around the optimizer step, as is done for the student."""
+    across processes nor zeroes them: do both around the optimizer step, as is done for the student. (Gradient
+    clipping, which comes first, averages them itself; see `DistillationTrainer._clip_grad_norm`.)"""
 
     def __init__(self, trainer: DistillationTrainer):
         self.trainer = trainer
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
-        if args.world_size > 1 and dist.is_available() and dist.is_initialized():
-            for param in self.trainer.feature_projector.parameters():
-                if param.grad is not None:
-                    dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-                    param.grad /= dist.get_world_size()
+        self.trainer._average_projector_grads()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.feature_projector.zero_grad(set_to_none=True)
+        self.trainer._projector_grads_averaged = False
 
 
 def _parts_row(parts: DistillationLoss) -> torch.Tensor:

@@ -552,3 +552,33 @@ def test_a_user_optimizer_gets_the_projection_and_a_user_scheduler_without_it_is
     assert any(not torch.equal(before[k], v) for k, v in alone.feature_projector.state_dict().items())
     with pytest.raises(ValueError, match=r"optimizers=\(optimizer, None\)"):
         trainer_with("both", scheduler=True).train()
+
+
+def test_max_grad_norm_clips_the_projection_with_the_student(tokenizer, tmp_path):
+    from transformers import TrainerCallback
+
+    def projector_step(max_grad_norm):
+        trainer = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1, hidden=16),
+                              output_dir=str(tmp_path / f"clip{max_grad_norm}"), max_steps=1, optim="sgd",
+                              learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=max_grad_norm,
+                              logging_steps=1, hidden_distill_weight=1.0, feature_layer_map="0:0,1:2")
+        before = {k: v.clone() for k, v in trainer.feature_projector.state_dict().items()}
+        norms = {}
+
+        class Norms(TrainerCallback):  # the gradients about to be stepped, per part
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                for name, module in (("student", trainer.model), ("projector", trainer.feature_projector)):
+                    norms[name] = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+        trainer.add_callback(Norms())
+        trainer.train()
+        moved = max((v - before[k]).abs().max().item() for k, v in trainer.feature_projector.state_dict().items())
+        logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h][0]
+        return moved, logged, norms
+
+    unclipped, norm, grads = projector_step(0.0)
+    assert norm == pytest.approx(torch.cat([grads["student"], grads["projector"]]).norm().item(), rel=1e-5)
+    clipped, clipped_norm, grads = projector_step(1e-6)
+    assert unclipped > 1e-3 and clipped <= 0.1 * 1e-6 * 1.01  # SGD: lr times a gradient of norm <= max_grad_norm
+    assert torch.cat([grads["student"], grads["projector"]]).norm().item() == pytest.approx(1e-6, rel=1e-3)
+    assert clipped_norm == pytest.approx(norm, rel=1e-5)  # the logged norm is the one before clipping
