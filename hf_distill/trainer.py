@@ -214,6 +214,7 @@ class DistillationTrainer(Trainer):
         if self.feature_projector is not None:
             self.add_callback(_ProjectorCallback(self))
         self._projector_grads_averaged = False
+        self._trainer_state_saved_in: tuple[str, int] | None = None
         self._augment_generator = None
         if args.augments:
             if processing_class is None or not hasattr(processing_class, "all_special_ids"):
@@ -838,13 +839,26 @@ class DistillationTrainer(Trainer):
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             if os.path.isdir(folder):
-                if self.feature_projector is not None:
-                    torch.save(self.feature_projector.state_dict(), os.path.join(folder, PROJECTOR_FILE))
-                if self.args.self_distillation == "ema":
-                    teacher = self._unwrap(self.teacher_model)
-                    torch.save(teacher.state_dict(), os.path.join(folder, EMA_TEACHER_FILE))
+                self._save_trainer_owned_state(folder)
                 atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
                                   {"global_step": self.state.global_step, "skipped_batches": self.skipped_batches})
+
+    def _save_trainer_owned_state(self, folder: str) -> None:
+        """The feature projection and the EMA teacher, which a resume needs; written once per checkpoint."""
+        if self._trainer_state_saved_in == (folder, self.state.global_step):
+            return
+        if self.feature_projector is not None:
+            torch.save(self.feature_projector.state_dict(), os.path.join(folder, PROJECTOR_FILE))
+        if self.args.self_distillation == "ema":
+            torch.save(self._unwrap(self.teacher_model).state_dict(), os.path.join(folder, EMA_TEACHER_FILE))
+        self._trainer_state_saved_in = (folder, self.state.global_step)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer uploads a checkpoint (hub_strategy "checkpoint" / "all_checkpoints") from inside its save, before
+        `_save_checkpoint` returns: write the trainer-owned state first, so that the pushed copy can be resumed."""
+        if self.args.should_save and os.path.isdir(checkpoint_folder):
+            self._save_trainer_owned_state(checkpoint_folder)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load the student as Trainer does, then the trainer-owned state: the feature projection and the EMA

@@ -124,7 +124,8 @@ class FakeHubApi:
         files = {p.name: p.read_text() if p.name == "README.md" else p.stat().st_size
                  for p in Path(folder_path).iterdir() if p.is_file()}
         self.uploads.append({"repo_id": repo_id, "files": files, **options})
-        return SimpleNamespace(commit_url="https://example.invalid/commit")
+        # A finished upload, as a plain result or as the future Trainer's checkpoint pushes wait on.
+        return SimpleNamespace(commit_url="https://example.invalid/commit", done=lambda: True, cancel=lambda: None)
 
 
 def test_push_to_hub_uploads_student_and_card(tokenizer, tmp_path, monkeypatch):
@@ -146,3 +147,17 @@ def test_push_to_hub_uploads_student_and_card(tokenizer, tmp_path, monkeypatch):
     weights = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert set(weights) == set(tiny_token_model(tokenizer, layers=1).state_dict())
     assert len(ner_dataset(tokenizer)) > 0
+
+
+def test_a_pushed_checkpoint_holds_the_state_a_resume_needs(tokenizer, tmp_path, monkeypatch):
+    from hf_distill.trainer import PROJECTOR_FILE
+
+    fake = FakeHubApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    trainer = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1, hidden=16),
+                          max_steps=1, save_strategy="steps", save_steps=1, push_to_hub=True,
+                          hub_model_id="tiny-student", hub_strategy="checkpoint", hidden_distill_weight=1.0,
+                          feature_layer_map="0:0")
+    trainer.train()
+    pushed = [u for u in fake.uploads if u.get("path_in_repo") == "last-checkpoint"]
+    assert pushed and PROJECTOR_FILE in pushed[0]["files"]  # written before Trainer's upload, not after
