@@ -190,8 +190,9 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
         report[role]["parameters"] = sum(p.numel() for p in model.parameters())
     first = next(iter(splits.values()))
     speed = {}
-    for batch_size in (1, 32):
-        batch = collator([first[i] for i in range(min(batch_size, len(first)))])
+    # Batches of 1 and 32 (or the whole split, if smaller: the key names the size measured).
+    for batch_size in sorted({1, min(32, len(first))}):
+        batch = collator([first[i] for i in range(batch_size)])
         speed[f"teacher_ms_batch{batch_size}"] = round(inference_latency_ms(teacher, batch), 2)
         speed[f"student_ms_batch{batch_size}"] = round(inference_latency_ms(student, batch), 2)
         speed[f"speedup_batch{batch_size}"] = round(
@@ -365,7 +366,7 @@ def format_table(report: dict) -> str:
         t, s = report["teacher"][key], report["student"][key]
         lines.append(f"{key:<{width}}{t:>14,}{s:>14,}" if isinstance(t, int) else f"{key:<{width}}{t:>14.4f}{s:>14.4f}")
     speed = report["speed"]
-    for b in (1, 32):
+    for b in sorted(int(k.removeprefix("speedup_batch")) for k in speed if k.startswith("speedup_batch")):
         label = f"latency ms, batch {b}"
         lines.append(f"{label:<{width}}{speed[f'teacher_ms_batch{b}']:>14.2f}{speed[f'student_ms_batch{b}']:>14.2f}"
                      f"   ({speed[f'speedup_batch{b}']:.2f}x faster)")
