@@ -99,9 +99,20 @@ def _flag_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
-def _to_flags(config: dict[str, Any]) -> list[str]:
+def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
+    """Command-line flags for `config`. A field that takes one value accepts a one-item list; an empty list is left
+    out (the field keeps its default); a longer list is refused with the spelling that field takes."""
     flags = []
     for key, value in config.items():
+        if isinstance(value, list) and key in single_valued:
+            if len(value) > 1:
+                joined = ",".join(str(v) for v in value)
+                raise ValueError(
+                    f"`{key}` takes a single value, but the config file gives the list {value}. Write one value; a "
+                    f"comma-separated field such as student_layers or feature_layer_map takes one string: "
+                    f"`{key}: \"{joined}\"`."
+                )
+            value = value[0] if value else None
         if value is None:
             continue
         flags.append(f"--{key}")
@@ -133,5 +144,6 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
                 f"Config file {argv[0]!r} has unknown key(s): {', '.join(hints)}. "
                 "Keys must be argument names; run the recipe with --help to list them."
             )
-        argv = _to_flags(config) + argv[1:]
+        single_valued = {a.dest for a in parser._actions if a.nargs is None and a.option_strings}
+        argv = _to_flags(config, single_valued) + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

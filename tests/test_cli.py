@@ -52,6 +52,16 @@ def test_yaml_values_mean_what_the_same_flags_mean(tmp_path):
     assert args.learning_rate == 3e-4 and args.logging_steps == 10 and args.use_cpu is True
 
 
+def test_a_yaml_list_for_a_single_valued_field(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: [none]\nfeature_layer_map: []\n")
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.report_to == [] and args.feature_layer_map is None  # "none", and the default
+    config.write_text("output_dir: out\nreport_to: none\nhidden_distill_weight: 1.0\nfeature_layer_map: [0:1, 1:3]\n")
+    with pytest.raises(ValueError, match=r"`feature_layer_map` takes a single value.*`feature_layer_map: \"0:1,1:3\"`"):
+        parse_args([DistillationArguments], [str(config)])
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("output_dir: out\ntemprature: 4.0\n")
