@@ -157,8 +157,9 @@ def _reject_dataset_dict(dataset: Any, name: str) -> None:
         )
 
 
-def check_train_dataset(dataset: Any, needs_labels: bool) -> None:
-    """Check that the training split is a split, has rows, and has labels when the hard-label loss is used."""
+def check_train_dataset(dataset: Any, needs_labels: bool, why: str | None = None) -> None:
+    """Check that the training split is a split, has rows, and has labels when they are needed (`why` says by what,
+    and how to do without: `DistillationArguments.labels_needed_by`)."""
     if dataset is None:
         return
     _reject_dataset_dict(dataset, "train_dataset")
@@ -175,11 +176,9 @@ def check_train_dataset(dataset: Any, needs_labels: bool) -> None:
         )
     columns = getattr(dataset, "column_names", None)
     if needs_labels and columns is not None and not any(c in columns for c in _LABEL_COLUMNS):
-        raise ValueError(
-            f"The training data has no labels column (found columns: {columns}) but alpha < 1 gives weight to the "
-            "hard-label loss. Add a `labels` column, or set `alpha=1.0` (and no `final_alpha` below 1) to train on "
-            "the teacher's outputs alone."
-        )
+        why = why or ("alpha < 1 gives weight to the hard-label loss. Add a `labels` column, or set `alpha=1.0` (and "
+                      "no `final_alpha` below 1) to train on the teacher's outputs alone.")
+        raise ValueError(f"The training data has no labels column (found columns: {columns}), but {why}")
 
 
 def check_label_range(dataset: Any, num_labels: int, label_column: str | None = None) -> None:

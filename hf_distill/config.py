@@ -386,9 +386,22 @@ class DistillationArguments(TrainingArguments):
 
     @property
     def needs_labels(self) -> bool:
-        """Whether the hard-label loss has weight at some point of training and needs a labels column (with
-        pseudo-labels the teacher can supply every label)."""
-        return self._hard_label_loss_weighted and self.pseudo_label_threshold is None
+        """Whether training needs a labels column: the hard-label loss has weight at some point, or the adversary
+        attacks it (`adv_objective="ce"`). With pseudo-labels the teacher can supply every label."""
+        return self.labels_needed_by is not None
+
+    @property
+    def labels_needed_by(self) -> str | None:
+        """What needs the labels column, and how to do without it (None when nothing does)."""
+        if self.pseudo_label_threshold is not None:
+            return None
+        if self._hard_label_loss_weighted:
+            return ("alpha < 1 gives weight to the hard-label loss. Add a `labels` column, or set `alpha=1.0` (and no "
+                    "`final_alpha` below 1) to train on the teacher's outputs alone.")
+        if self.adversarial != "none" and self.adv_objective == "ce":
+            return ("adv_objective='ce' attacks the hard-label loss. Add a `labels` column, or let the attack raise "
+                    "the distillation loss with adv_objective='kd'.")
+        return None
 
     @property
     def _hard_label_loss_weighted(self) -> bool:

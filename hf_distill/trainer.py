@@ -152,7 +152,7 @@ class DistillationTrainer(Trainer):
             if train_dataset is not None and CACHE_INDEX_COLUMN not in (getattr(train_dataset, "column_names", None)
                                                                        or []):
                 train_dataset = teacher_cache.attach(train_dataset)
-        check_train_dataset(train_dataset, args.needs_labels)
+        check_train_dataset(train_dataset, args.needs_labels, args.labels_needed_by)
         self.teacher_view = has_teacher_view(train_dataset)
         if self.teacher_view:
             _check_teacher_view(self.task, args, teacher_cache, processing_class)

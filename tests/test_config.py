@@ -50,6 +50,16 @@ def test_needs_labels_follows_the_alpha_schedule():
     assert not make(alpha=1.0, final_alpha=0.5, alpha_schedule="linear", pseudo_label_threshold=0.9).needs_labels
 
 
+def test_an_attack_on_the_hard_label_loss_needs_labels(tokenizer, tmp_path):
+    from test_trainer import ner_dataset, ner_trainer
+
+    assert make(alpha=1.0, adversarial="fgm", adv_objective="ce").needs_labels
+    assert not make(alpha=1.0, adversarial="fgm", adv_objective="kd").needs_labels
+    unlabeled = ner_dataset(tokenizer).remove_columns("labels")
+    with pytest.raises(ValueError, match=r"no labels column .* adv_objective='ce' attacks the hard-label loss"):
+        ner_trainer(tokenizer, tmp_path, dataset=unlabeled, alpha=1.0, adversarial="fgm", adv_objective="ce")
+
+
 def test_schedules():
     assert scheduled_value(4.0, None, 0.7, "constant") == 4.0
     assert scheduled_value(4.0, 1.0, 0.0, "linear") == 4.0
