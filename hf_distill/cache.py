@@ -73,8 +73,11 @@ _CHECKED_PARTS = ("teacher", "dataset", "tokenizer", "max_length")
 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:
-    """sha256 over the teacher's `state_dict`: each tensor's name, shape, dtype and bytes, in sorted key order."""
+    """sha256 over the teacher's `state_dict`: each tensor's name, shape, dtype and bytes, in sorted key order. A
+    `torch.compile`d or DDP-wrapped teacher has the fingerprint of the model it wraps."""
     hasher = hashlib.sha256()
+    while isinstance(getattr(teacher, "_orig_mod", None) or getattr(teacher, "module", None), nn.Module):
+        teacher = getattr(teacher, "_orig_mod", None) or teacher.module
     state = teacher.state_dict()
     for name in sorted(state):
         value = state[name]

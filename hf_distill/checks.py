@@ -24,7 +24,8 @@ _IGNORE_INDEX = -100
 
 
 def _base(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT or other thin wrapper."""
+    """The transformers model under `torch.compile`, a PEFT or other thin wrapper."""
+    model = getattr(model, "_orig_mod", model)
     if hasattr(model, "get_base_model"):
         return model.get_base_model()
     return model

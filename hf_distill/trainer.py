@@ -35,7 +35,13 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .adversarial import AttackSettings, EmbeddingPathCheck, adversarial_backward, embed_inputs, perturbation_mask
 from .augment import augment_input_ids
-from .cache import CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, CachedLogitsCollator, TeacherLogitCache
+from .cache import (
+    CACHE_INDEX_COLUMN,
+    TEACHER_LOGITS_KEY,
+    CachedLogitsCollator,
+    TeacherLogitCache,
+    teacher_fingerprint,
+)
 from .checks import (
     TOKEN_CLASSIFICATION,
     check_label_range,
@@ -417,6 +423,28 @@ class DistillationTrainer(Trainer):
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
         return batch_samples, counts
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._collating_without_cache():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._collating_without_cache():
+            return super().get_test_dataloader(test_dataset)
+
+    @contextlib.contextmanager
+    def _collating_without_cache(self):
+        """Evaluation scores the student alone: its batches skip the cache read (an eval set may carry another
+        cache's index column), and the DataLoader built meanwhile keeps the plain collator."""
+        collator = self.data_collator
+        if isinstance(collator, CachedLogitsCollator):
+            self.data_collator = collator.collator
+        elif isinstance(collator, TeacherViewCollator) and isinstance(collator.collator, CachedLogitsCollator):
+            self.data_collator = TeacherViewCollator(collator.collator.collator, collator.tokenizer)
+        try:
+            yield
+        finally:
+            self.data_collator = collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Evaluation and prediction score the student alone, exactly as the stock Trainer does. The teacher's side of
@@ -963,6 +991,13 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
     if len(teachers) > 1 and cache is not None:
         raise ValueError("A teacher cache holds one teacher's logits; with several teachers, train online (drop "
                          "`teacher_cache`) or build the cache from one of them.")
+    if len(teachers) == 1 and cache is not None and teacher_fingerprint(teachers[0]) != cache.fingerprint["teacher"]:
+        raise ValueError(
+            f"The teacher cache at {cache.path} was built from another teacher (its weights differ from "
+            "`teacher_model`'s), so the cached logits and the online teacher (hidden states, adversarial and augmented "
+            "batches) would teach different things. Pass the teacher the cache was built with, or rebuild the cache "
+            "with this one (`build_teacher_cache(..., overwrite=True)`)."
+        )
     if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
         raise ValueError(
             f"`teacher_weights` has {len(args.teacher_weights)} weights but {len(teachers)} teachers were given; "

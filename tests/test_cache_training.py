@@ -144,3 +144,32 @@ def test_top_k_cache_is_refused_for_the_raw_logit_mse(tokenizer, tmp_path):
     full = build_teacher_cache(teacher, data, collator, str(tmp_path / "full"), tokenizer=tokenizer,
                                progress_bar=False)
     _trainer(tokenizer, tmp_path, None, data, collator, cache=full, distill_loss="mse")
+
+
+def test_a_teacher_model_other_than_the_caches_is_refused(tokenizer, tmp_path):
+    _, data, collator, cache = _setup(tokenizer, tmp_path)
+    other = tiny_token_model(tokenizer, layers=2, seed=9, **NO_DROPOUT)
+    with pytest.raises(ValueError, match=r"built from another teacher .*build_teacher_cache\(\.\.\., overwrite=True\)"):
+        _trainer(tokenizer, tmp_path, other, data, collator, cache=cache, adversarial="fgm")
+
+
+def test_evaluation_never_reads_the_cache(tokenizer, tmp_path):
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    validation = data.select([5, 4, 3, 2, 1, 0]).flatten_indices()
+    own = build_teacher_cache(teacher, validation, collator, str(tmp_path / "validation"), tokenizer=tokenizer,
+                              progress_bar=False)
+    trainer = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache)
+    plain = trainer.evaluate(validation)["eval_loss"]
+    # Another cache's index column: its rows are not the training cache's (reading them was refused, or wrong).
+    assert trainer.evaluate(own.attach(validation))["eval_loss"] == pytest.approx(plain)
+    assert trainer.predict(own.attach(validation)).metrics["test_loss"] == pytest.approx(plain)
+
+
+def test_a_compiled_teacher_is_the_teacher_it_wraps(tokenizer):
+    from hf_distill.cache import teacher_fingerprint
+    from hf_distill.checks import infer_task
+
+    teacher = tiny_token_model(tokenizer, layers=1, seed=2)
+    compiled = torch.compile(teacher)  # compiles lazily: no forward runs here
+    assert teacher_fingerprint(compiled) == teacher_fingerprint(teacher)
+    assert infer_task(compiled, role="teacher") == "token_classification"
