@@ -60,6 +60,7 @@ def main():
         output_dir=out, per_device_train_batch_size=4, max_steps=args.steps, learning_rate=1e-4, report_to="none",
         use_cpu=True, logging_steps=50, save_steps=500, save_total_limit=2, disable_tqdm=True, seed=0,
         adversarial="fgm", temperature=4.0, final_temperature=1.0, temperature_schedule="cosine",
+        adv_perturb_special_tokens=True,  # synthetic ids without special tokens (and no tokenizer to name them)
     )
 
     def pad(features):

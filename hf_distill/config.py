@@ -374,6 +374,15 @@ class DistillationArguments(TrainingArguments):
         if self.adv_start_step < 0:
             raise ValueError(f"`adv_start_step` must be >= 0, got {self.adv_start_step}.")
         super().__post_init__()
+        reentrant = isinstance(self.gradient_checkpointing_kwargs, dict) and \
+            self.gradient_checkpointing_kwargs.get("use_reentrant") is True
+        if self.adversarial in ("fgm", "pgd") and self.gradient_checkpointing and reentrant:
+            raise ValueError(
+                f"`adversarial='{self.adversarial}'` takes the attack's gradient with `torch.autograd.grad`, which "
+                "reentrant gradient checkpointing (`use_reentrant=True`) does not support. Use "
+                "`gradient_checkpointing_kwargs={'use_reentrant': False}` (Transformers' default), or "
+                "`adversarial='freelb'`, which back-propagates every pass."
+            )
 
     @property
     def uses_features(self) -> bool:

@@ -206,7 +206,16 @@ class DistillationTrainer(Trainer):
         # Each teacher gets the batch keys its own forward takes (an ensemble may mix BERT and DistilBERT).
         self._teacher_inputs: list[set[str]] = [forward_inputs(self._unwrap(t)) for t in self.teacher_models]
         special = getattr(processing_class, "all_special_ids", None) or []
-        self._special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+        # The attack leaves special tokens alone by default; without processing_class, the collator's tokenizer
+        # names them, and with neither the trainer would perturb [CLS] and [SEP] without a word.
+        attack_special = special or getattr(getattr(data_collator, "tokenizer", None), "all_special_ids", None) or []
+        if args.adversarial != "none" and not args.adv_perturb_special_tokens and not attack_special:
+            raise ValueError(
+                "Adversarial training leaves special tokens ([CLS], [SEP], ...) unperturbed, and needs the tokenizer "
+                "to know them: pass `processing_class=tokenizer` (or set `adv_perturb_special_tokens=True` to "
+                "perturb them as well)."
+            )
+        self._special_ids = torch.tensor(sorted(set(attack_special)), dtype=torch.long)
         # Distilled positions skip special tokens, but not the mask token that augmentation writes into real ones.
         mask_id = getattr(processing_class, "mask_token_id", None)
         self._distill_skip_ids = torch.tensor(sorted(set(special) - {mask_id}), dtype=torch.long)

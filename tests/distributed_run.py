@@ -42,7 +42,8 @@ RUNS = {
     # the DDP-wrapped student: its gradients must be averaged across processes too.
     "hidden": ({"hidden_distill_weight": 0.5}, 16),
     # Two passes per step: the clean backward must not all-reduce (no_sync), the adversarial one must.
-    "fgm": ({"adversarial": "fgm", "adv_epsilon": 0.5, "adv_objective": "both"}, 32),
+    # Synthetic ids without special tokens: every position may be perturbed.
+    "fgm": ({"adversarial": "fgm", "adv_epsilon": 0.5, "adv_objective": "both", "adv_perturb_special_tokens": True}, 32),
 }
 
 

@@ -27,6 +27,7 @@ def main(output_dir, slow, resume):
         output_dir=output_dir, per_device_train_batch_size=2, max_steps=24, save_steps=4, learning_rate=1e-3,
         report_to="none", use_cpu=True, logging_steps=4, disable_tqdm=True, seed=0, temperature=4.0,
         final_temperature=1.0, temperature_schedule="linear", adversarial="pgd", adv_init_scale=0.2, adv_steps=2,
+        adv_perturb_special_tokens=True,  # synthetic ids without special tokens (and no tokenizer to name them)
     )
     trainer = DistillationTrainer(model=tiny(1, 1), teacher_model=tiny(2, 2), args=args, train_dataset=data(),
                                   data_collator=_pad, callbacks=[Slow()] if slow else None)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_token_model
-from test_trainer import NO_DROPOUT, ner_dataset, ner_trainer
+from test_trainer import NO_DROPOUT, make_args, ner_dataset, ner_trainer
 
 from hf_distill import DistillationArguments
 
@@ -148,3 +148,39 @@ def test_adversarial_step_keeps_trainers_step_hooks(tokenizer, tmp_path, monkeyp
     trainer.train()
     assert len(cleared) == 2  # once a step
     assert len(entered) == 2 * (1 + METHODS["fgm"])  # a step: the teacher, then each student pass
+
+
+def test_reentrant_checkpointing_is_refused_where_the_attack_needs_autograd_grad(tmp_path):
+    reentrant = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+    for method in ("fgm", "pgd"):
+        with pytest.raises(ValueError, match=r"reentrant gradient checkpointing.*use_reentrant': False"):
+            DistillationArguments(output_dir=str(tmp_path), report_to="none", adversarial=method, **reentrant)
+    DistillationArguments(output_dir=str(tmp_path), report_to="none", adversarial="freelb", **reentrant)
+
+
+def test_special_tokens_stay_clean_without_processing_class(tokenizer, tmp_path, monkeypatch):
+    from transformers import DataCollatorForTokenClassification, default_data_collator
+
+    import hf_distill.trainer as trainer_module
+    from hf_distill import DistillationTrainer
+
+    masks = []
+    original = trainer_module.adversarial_backward
+
+    def spy(settings, **kwargs):
+        masks.append(kwargs["mask"][..., 0])
+        return original(settings, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "adversarial_backward", spy)
+
+    def build(collator):
+        return DistillationTrainer(model=tiny_token_model(tokenizer, layers=1, seed=1),
+                                   teacher_model=tiny_token_model(tokenizer, layers=2, seed=2),
+                                   args=make_args(tmp_path, adversarial="fgm", max_steps=1),
+                                   train_dataset=ner_dataset(tokenizer), data_collator=collator)
+
+    build(DataCollatorForTokenClassification(tokenizer)).train()  # the collator's tokenizer names them
+    mask = masks[-1]
+    assert mask[:, 0].eq(0).all() and mask[:, 1].eq(1).all()  # [CLS] stays clean, the first word is attacked
+    with pytest.raises(ValueError, match=r"pass `processing_class=tokenizer`"):
+        build(default_data_collator)
