@@ -420,6 +420,7 @@ def adversarial_backward(
     sync: Callable[[bool], AbstractContextManager],
     on_nonfinite: Callable[[], None],
     adv_weight: float = 1.0,
+    discard: Callable[[], None] = lambda: None,
     generator: torch.Generator | None = None,
     same_objectives: bool = False,
 ) -> AdversarialStep:
@@ -441,8 +442,11 @@ def adversarial_backward(
         sync: `sync(last)` is the context for one forward+backward pass: `last=False` must suppress gradient
             all-reduce (DDP `no_sync`), so that only the final pass of the step synchronises.
         on_nonfinite: called when a pass's loss is NaN or inf (it may raise). That pass is not back-propagated and
-            the attack stops; a zero-weighted loss connected to every parameter takes the synchronising backward's
-            place, so every process still all-reduces once, and the step is returned with `skipped=True`.
+            the attack stops; `discard` then drops what the call's earlier passes added to the gradients, a
+            zero-weighted loss connected to every parameter takes the synchronising backward's place, so every
+            process still all-reduces once, and the step is returned with `skipped=True`.
+        discard: restores the parameters' gradients to what they were before this call (the trainer's part: it
+            knows what they held), so that a skipped batch adds no gradient.
         adv_weight: weight of the adversarial term added to the clean loss (FGM, PGD).
         generator: random start of δ (PGD, FreeLB with `init_scale > 0`).
         same_objectives: the two objectives are the same function (e.g. `adv_objective="both"`), so the clean pass's
@@ -464,12 +468,14 @@ def adversarial_backward(
             backward(weight * parts.loss)
             return True
         on_nonfinite()
+        discard()
         if last:
             backward(zero_weighted_loss(logits))
         return False
 
     def skip() -> AdversarialStep:
         """The step ends at a non-finite pass; that pass did not synchronise, so a zero-weighted one does."""
+        discard()
         with sync(True):
             logits = forward(zero)
             backward(zero_weighted_loss(logits))

@@ -162,7 +162,9 @@ class DistillationArguments(TrainingArguments):
             What to do when the teacher's logits or a loss component is NaN or infinite: `"skip"` drops the batch
             (it contributes no gradient), logs a warning naming the step and the component, and counts it in
             `skipped_batches`; `"raise"` stops with a `FloatingPointError`. Under adversarial training, a
-            non-finite perturbed pass ends that step's attack the same way. One limit with several processes: a NaN
+            non-finite perturbed pass ends that step's attack the same way, and what its earlier passes added to the
+            gradients is taken back (under gradient accumulation, from a copy of the gradients made before each
+            attacked micro-batch). One limit with several processes: a NaN
             inside the student's own forward on the last micro-batch of a step reaches the all-reduced gradients of
             every process (under fp16 the grad scaler then skips the step; otherwise prefer `"raise"`).
     """

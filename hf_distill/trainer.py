@@ -752,13 +752,28 @@ class DistillationTrainer(Trainer):
             # pass may all-reduce.
             return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
 
+        # A skipped batch must add no gradient, but FGM/PGD's clean pass (and FreeLB's earlier passes) are
+        # back-propagated before a later pass can turn out non-finite: keep what the gradients held before this
+        # micro-batch (nothing at the first micro-batch of a step; a copy under gradient accumulation).
+        params = [p for p in model.parameters() if p.requires_grad]
+        copy = self.args.nonfinite_policy == "skip" and any(p.grad is not None for p in params)
+        held = [None if p.grad is None else p.grad.detach().clone() for p in params] if copy else None
+
+        def discard():
+            for i, param in enumerate(params):
+                if param.grad is not None:
+                    if held is None or held[i] is None:
+                        param.grad.zero_()
+                    else:
+                        param.grad.copy_(held[i])
+
         step = adversarial_backward(
             self._attack, shape=(*input_ids.shape, base.get_input_embeddings().embedding_dim), device=input_ids.device,
             mask=mask,
             forward=forward, clean_objective=lambda logits: objective(logits, alpha),
             adversarial_objective=lambda logits: objective(logits, adv_alpha), backward=backward, sync=sync,
             on_nonfinite=on_nonfinite, adv_weight=self.args.adv_weight, generator=self._attack_generator,
-            same_objectives=adv_alpha == alpha,
+            same_objectives=adv_alpha == alpha, discard=discard,
         )
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
             self._window.add(step.clean, temperature, alpha)

@@ -206,6 +206,23 @@ def test_nan_in_the_students_own_forward_is_skipped_and_changes_no_weight(tokeni
         assert torch.equal(value, before[key]), key
 
 
+@pytest.mark.parametrize("method", ["fgm", "pgd", "freelb"])
+def test_a_perturbed_pass_that_overflows_skips_the_whole_batch(tokenizer, tmp_path, method, monkeypatch):
+    # The clean pass (FGM, PGD) or FreeLB's first pass is back-propagated before the overflowing one shows up (as an
+    # fp16 overflow at a large epsilon would): the skipped batch must take it back. SGD: no gradient, no change.
+    import hf_distill.adversarial as adversarial
+
+    project = adversarial.project
+    monkeypatch.setattr(adversarial, "project", lambda *args, **kwargs: project(*args, **kwargs) * float("inf"))
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, adversarial=method, adv_steps=2, optim="sgd",
+                          learning_rate=1.0, weight_decay=0.0, max_grad_norm=0.0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.skipped_batches == 1
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 @pytest.mark.parametrize("method", ["none", "fgm"])
 def test_nan_teacher_logits_count_once_and_only_at_distilled_positions(tokenizer, tmp_path, method):
     def run(where):
