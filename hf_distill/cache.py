@@ -61,7 +61,7 @@ CACHE_INDEX_COLUMN = "teacher_cache_index"
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-_ARRAY_FILES = ("offsets.npy", "values.npy", "indices.npy", "tail_logsumexp.npy")
+_ARRAY_FILES = ("offsets.npy", "values.npy", "indices.npy", "tail_logsumexp.npy", "row_hashes.npy")
 _FP16_MAX = float(np.finfo(np.float16).max)
 _INT16_LIMIT = int(np.iinfo(np.int16).max) + 1
 _LABEL_COLUMNS = ("labels", "label", "label_ids")
@@ -119,8 +119,9 @@ def _require_indexable(dataset: Any) -> None:
         )
 
 
-def _input_ids_summary(dataset: Any) -> tuple[np.ndarray, str]:
-    """`(lengths, digest)`: each row's number of input ids, (N,) int64, and a sha256 of all the ids in row order."""
+def _input_ids_summary(dataset: Any) -> tuple[np.ndarray, str, np.ndarray]:
+    """`(lengths, digest, row_hashes)`: each row's number of input ids, (N,) int64; a sha256 of all the ids in row
+    order; and a hash of each row's ids, (N,) uint64 (`_row_hashes`)."""
     _require_indexable(dataset)
     columns = getattr(dataset, "column_names", None)
     if columns is not None and "input_ids" not in columns:
@@ -139,7 +140,19 @@ def _input_ids_summary(dataset: Any) -> tuple[np.ndarray, str]:
     hasher = hashlib.sha256()
     hasher.update(np.ascontiguousarray(lengths))
     hasher.update(np.ascontiguousarray(ids))
-    return lengths, hasher.hexdigest()
+    return lengths, hasher.hexdigest(), _row_hashes(lengths, ids)
+
+
+def _row_hashes(lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(N,) uint64: each row's ids as a polynomial hash mod 2**64 (sum of (id + 1) * P**position), mixed with its
+    length. Vectorised over the whole column; it tells whether an index column still names the rows it was made for."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    positions = (np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        terms = (ids.astype(np.uint64) + np.uint64(1)) * np.power(np.uint64(1_000_003), positions)
+        sums = np.concatenate([[np.uint64(0)], np.cumsum(terms, dtype=np.uint64)])
+        ends = starts + lengths
+        return (sums[ends] - sums[starts]) ^ (lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
 
 def _dataset_id(dataset: Any, content: str) -> str:
@@ -346,6 +359,42 @@ class TeacherLogitCache:
             return dataset.add_column(CACHE_INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
         return _IndexedRows(dataset)
 
+    def check_index(self, dataset: Any) -> None:
+        """Check that the `teacher_cache_index` column of `dataset` names, for every row, the cached row built from
+        the same input ids (per-row hashes kept with the cache): a column left by another cache, or an attached
+        copy that was re-tokenized, would read other rows' logits without an error.
+
+        Raises:
+            ValueError: an index is out of range, or names a cached row with other input ids.
+        """
+        file = self.path / "row_hashes.npy"
+        if not file.is_file():  # a cache built before per-row hashes were kept: nothing to compare with
+            return
+        stored = np.load(file)
+        if isinstance(dataset, Dataset):
+            column = dataset.select_columns([CACHE_INDEX_COLUMN]).with_format("arrow")[:].column(CACHE_INDEX_COLUMN)
+            index = column.to_numpy(zero_copy_only=False).astype(np.int64)
+        else:
+            index = np.array([dataset[i][CACHE_INDEX_COLUMN] for i in range(len(dataset))], dtype=np.int64)
+        outside = (index < 0) | (index >= self.num_rows)
+        if outside.any():
+            row = int(outside.argmax())
+            raise ValueError(
+                f"Row {row} of the training set has {CACHE_INDEX_COLUMN}={int(index[row])}, outside the cache at "
+                f"{self.path} ({self.num_rows} rows): the column comes from another cache. Attach this cache to the "
+                "dataset it was built from (`cache.attach(dataset)`) and pass that."
+            )
+        _, _, hashes = _input_ids_summary(dataset)
+        wrong = hashes != stored[index]
+        if wrong.any():
+            row = int(wrong.argmax())
+            raise ValueError(
+                f"Row {row} of the training set has {CACHE_INDEX_COLUMN}={int(index[row])}, but the cache at "
+                f"{self.path} holds that row's logits for other input ids ({int(wrong.sum())} rows differ): the "
+                "column was made by another cache, or the rows changed after `attach`. Attach this cache to the "
+                "dataset it was built from (`cache.attach(dataset)`), or rebuild the cache for this dataset."
+            )
+
     def logits(self, indices: torch.Tensor | Sequence[int] | np.ndarray, seq_len: int | None = None,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The cached teacher logits of rows `indices`, as float32 on the CPU.
@@ -547,7 +596,7 @@ def build_teacher_cache(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"The cache path {path} is a file; pass a directory (it is created if missing).")
-    lengths, content = _input_ids_summary(dataset)
+    lengths, content, row_hashes = _input_ids_summary(dataset)
     num_rows = len(lengths)
     if num_rows == 0:
         raise ValueError("The dataset is empty: there are no rows to run the teacher on.")
@@ -592,7 +641,7 @@ def build_teacher_cache(
             copied.synchronize()
         if store is None:
             metadata = _new_metadata(logits, lengths, parts, top_k)
-            store = _Store(path, metadata, mode="w+", lengths=lengths)
+            store = _Store(path, metadata, mode="w+", lengths=lengths, row_hashes=row_hashes)
         store.write(indices, _positions(logits, batch, rows, lengths[indices], metadata, indices))
         bar.update(len(indices))
 
@@ -768,11 +817,13 @@ def _check_right_padded(
 class _Store:
     """The memory-mapped arrays of a cache being built."""
 
-    def __init__(self, path: Path, metadata: dict[str, Any], mode: str, lengths: np.ndarray | None = None):
+    def __init__(self, path: Path, metadata: dict[str, Any], mode: str, lengths: np.ndarray | None = None,
+                 row_hashes: np.ndarray | None = None):
         num_rows, num_labels, k = metadata["num_rows"], metadata["num_labels"], metadata["top_k"]
         if mode == "w+":
             path.mkdir(parents=True, exist_ok=True)
             _delete_cache(path)
+            np.save(path / "row_hashes.npy", row_hashes)
             per_row = lengths if metadata["task"] == TOKEN_CLASSIFICATION else np.ones(num_rows, dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
             self.offsets = np.lib.format.open_memmap(path / "offsets.npy", mode="w+", dtype=np.int64,

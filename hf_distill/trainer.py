@@ -158,6 +158,8 @@ class DistillationTrainer(Trainer):
             if train_dataset is not None and CACHE_INDEX_COLUMN not in (getattr(train_dataset, "column_names", None)
                                                                        or []):
                 train_dataset = teacher_cache.attach(train_dataset)
+            elif train_dataset is not None:
+                teacher_cache.check_index(train_dataset)  # an index column already there must name the right rows
         check_train_dataset(train_dataset, args.needs_labels, args.labels_needed_by)
         self.teacher_view = has_teacher_view(train_dataset)
         if self.teacher_view:

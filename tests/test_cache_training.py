@@ -68,9 +68,12 @@ def test_a_batch_whose_tokens_are_not_where_the_cache_put_them_is_refused(tokeni
     with pytest.raises(ValueError, match=r"left-padded.*padding_side='right'"):
         next(iter(trainer.get_train_dataloader()))
     shifted = cache.attach(data).map(lambda row: {"teacher_cache_index": (row["teacher_cache_index"] + 1) % len(data)})
-    trainer = _trainer(tokenizer, tmp_path, None, shifted, collator, cache=cache)
+    with pytest.raises(ValueError, match=r"other input ids"):  # refused at init, from the cache's row hashes
+        _trainer(tokenizer, tmp_path, None, shifted, collator, cache=cache)
+    batch = collator([shifted[i] for i in range(4)])  # and by the collator's position check, for a batch
     with pytest.raises(ValueError, match=r"names other rows"):
-        next(iter(trainer.get_train_dataloader()))
+        cache.logits(batch["teacher_cache_index"], seq_len=batch["input_ids"].shape[1],
+                     attention_mask=batch["attention_mask"])
 
 
 def test_training_from_the_cache_alone_matches_online_training(tokenizer, tmp_path):
@@ -173,3 +176,15 @@ def test_a_compiled_teacher_is_the_teacher_it_wraps(tokenizer):
     compiled = torch.compile(teacher)  # compiles lazily: no forward runs here
     assert teacher_fingerprint(compiled) == teacher_fingerprint(teacher)
     assert infer_task(compiled, role="teacher") == "token_classification"
+
+
+def test_an_index_column_made_for_other_rows_is_refused(tokenizer, tmp_path):
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    stale = cache.attach(data).shuffle(seed=0)  # the column still names the rows of the unshuffled set
+    other = build_teacher_cache(teacher, stale.remove_columns("teacher_cache_index"), collator,
+                                str(tmp_path / "other"), tokenizer=tokenizer, progress_bar=False)
+    with pytest.raises(ValueError, match=r"holds that row's logits for other input ids.*cache.attach\(dataset\)"):
+        _trainer(tokenizer, tmp_path, None, stale, collator, cache=other)
+    _trainer(tokenizer, tmp_path, None, stale, collator, cache=cache)  # its own cache: every row still matches
+    _trainer(tokenizer, tmp_path, None, other.attach(stale.remove_columns("teacher_cache_index")), collator,
+             cache=other)
