@@ -75,8 +75,9 @@ class DistillationArguments(TrainingArguments):
             `"mse"`: mean squared error between raw logits (the temperature is not used).
         teacher_labels (`str`, defaults to `"soft"`):
             `"soft"`: the teacher's distribution is the target. `"hard"`: the teacher's argmax is the target
-            (pseudo-labels), trained with plain cross-entropy; temperature and `distill_loss` are then unused (with
-            several teachers, the argmax of their mixture at temperature 1).
+            (pseudo-labels), trained with plain cross-entropy; the temperature is then unused, and `distill_loss`
+            must be `"kl"` or `"soft_ce"`, which it replaces (with several teachers, the argmax of their mixture at
+            temperature 1).
         distill_positions (`str`, defaults to `"first_subword"`):
             Token classification only: which positions are distilled. `"first_subword"`: exactly the positions
             whose label is not -100. `"all_subwords"`: every real sub-word token (padding and special tokens
@@ -89,8 +90,8 @@ class DistillationArguments(TrainingArguments):
             The loss on perturbed inputs, which the attacker maximises and the student minimises. `"kd"`: the
             distillation term between student(x + δ) and the clean teacher(x) (adversarially robust distillation,
             Goldblum et al. 2020). `"ce"`: cross-entropy on the labels. `"both"`: the full alpha-weighted loss. FGM and
-            PGD add it to the clean loss with weight `adv_weight`; FreeLB trains on it alone (with `"kd"` the labels
-            are then unused). Unless it equals the clean loss (`"both"`), FGM and PGD take its gradient at δ = 0 with
+            PGD add it to the clean loss with weight `adv_weight`; FreeLB trains on it alone (with `"kd"` and
+            `adv_start_step=0` the labels are then unused and not required). Unless it equals the clean loss (`"both"`), FGM and PGD take its gradient at δ = 0 with
             one extra backward to the embeddings (no weight gradients).
         adv_epsilon (`float`, defaults to `1.0`):
             Radius of the per-example ε-ball (over the whole sequence) that δ is projected into (>= 0).
@@ -406,7 +407,9 @@ class DistillationArguments(TrainingArguments):
         """What needs the labels column, and how to do without it (None when nothing does)."""
         if self.pseudo_label_threshold is not None:
             return None
-        if self._hard_label_loss_weighted:
+        # FreeLB attacking the distillation term trains on that term alone, from the first step on: no hard labels.
+        freelb_kd_only = self.adversarial == "freelb" and self.adv_objective == "kd" and self.adv_start_step == 0
+        if self._hard_label_loss_weighted and not freelb_kd_only:
             return ("alpha < 1 gives weight to the hard-label loss. Add a `labels` column, or set `alpha=1.0` (and no "
                     "`final_alpha` below 1) to train on the teacher's outputs alone.")
         if self.adversarial != "none" and self.adv_objective == "ce":

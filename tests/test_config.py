@@ -60,6 +60,19 @@ def test_an_attack_on_the_hard_label_loss_needs_labels(tokenizer, tmp_path):
         ner_trainer(tokenizer, tmp_path, dataset=unlabeled, alpha=1.0, adversarial="fgm", adv_objective="ce")
 
 
+
+def test_freelb_on_the_distillation_term_alone_needs_no_labels(tokenizer, tmp_path):
+    from test_trainer import ner_dataset, ner_trainer
+
+    assert not make(alpha=0.5, adversarial="freelb", adv_objective="kd").needs_labels
+    assert make(alpha=0.5, adversarial="freelb", adv_objective="kd", adv_start_step=5).needs_labels  # clean steps first
+    unlabeled = ner_dataset(tokenizer).remove_columns("labels")
+    trainer = ner_trainer(tokenizer, tmp_path, dataset=unlabeled, alpha=0.5, adversarial="freelb", max_steps=2,
+                          distill_positions="all_subwords")
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.skipped_batches == 0
+
+
 def test_schedules():
     assert scheduled_value(4.0, None, 0.7, "constant") == 4.0
     assert scheduled_value(4.0, 1.0, 0.0, "linear") == 4.0
