@@ -437,6 +437,8 @@ def keeps_word_starts(tokenizer: Any) -> bool:
     instead of `Ġwent`, pieces the model rarely saw in pre-training. WordPiece and SentencePiece tokenizers are
     unaffected. The test compares the second word of a two-word probe in both modes.
     """
+    if not getattr(tokenizer, "is_fast", False):  # no word_ids() to compare; label alignment refuses it anyway
+        return True
     probe = ["hello", "world"]
     split = tokenizer(probe, is_split_into_words=True, add_special_tokens=False)
     running = tokenizer(" ".join(probe), add_special_tokens=False)

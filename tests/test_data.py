@@ -272,7 +272,8 @@ def test_read_conll_ignores_a_byte_order_mark(tmp_path):
     assert read_conll(path)["tokens"] == read_conll(write(tmp_path, CONLL_4_COLUMNS))["tokens"]
 
 
-def test_pre_split_words_need_add_prefix_space_on_a_byte_level_tokenizer(byte_level_tokenizer_dir, tokenizer):
+def test_pre_split_words_need_add_prefix_space_on_a_byte_level_tokenizer(byte_level_tokenizer_dir, tokenizer,
+                                                                        vocab_file):
     from transformers import AutoTokenizer
 
     from hf_distill.data import keeps_word_starts
@@ -283,6 +284,7 @@ def test_pre_split_words_need_add_prefix_space_on_a_byte_level_tokenizer(byte_le
     with pytest.raises(ValueError, match=r"add_prefix_space=True"):
         tokenize_and_align_labels(batch, plain, max_length=32)
 
+    assert keeps_word_starts(BertTokenizerLegacy(vocab_file=vocab_file))  # slow: left to the fast check
     spaced = AutoTokenizer.from_pretrained(byte_level_tokenizer_dir, add_prefix_space=True)
     assert keeps_word_starts(spaced) and keeps_word_starts(tokenizer)
     encoding = tokenize_and_align_labels(batch, spaced, max_length=32)
