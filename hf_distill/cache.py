@@ -377,22 +377,16 @@ class TeacherLogitCache:
         else:
             index = np.array([dataset[i][CACHE_INDEX_COLUMN] for i in range(len(dataset))], dtype=np.int64)
         outside = (index < 0) | (index >= self.num_rows)
-        if outside.any():
-            row = int(outside.argmax())
-            raise ValueError(
-                f"Row {row} of the training set has {CACHE_INDEX_COLUMN}={int(index[row])}, outside the cache at "
-                f"{self.path} ({self.num_rows} rows): the column comes from another cache. Attach this cache to the "
-                "dataset it was built from (`cache.attach(dataset)`) and pass that."
-            )
-        _, _, hashes = _input_ids_summary(dataset)
-        wrong = hashes != stored[index]
+        wrong = outside | (_input_ids_summary(dataset)[2] != stored[np.clip(index, 0, self.num_rows - 1)])
         if wrong.any():
             row = int(wrong.argmax())
+            what = (f"outside the cache at {self.path} ({self.num_rows} rows)" if outside[row] else
+                    f"but the cache at {self.path} holds that row's logits for other input ids")
             raise ValueError(
-                f"Row {row} of the training set has {CACHE_INDEX_COLUMN}={int(index[row])}, but the cache at "
-                f"{self.path} holds that row's logits for other input ids ({int(wrong.sum())} rows differ): the "
-                "column was made by another cache, or the rows changed after `attach`. Attach this cache to the "
-                "dataset it was built from (`cache.attach(dataset)`), or rebuild the cache for this dataset."
+                f"Row {row} of the training set has {CACHE_INDEX_COLUMN}={int(index[row])}, {what} "
+                f"({int(wrong.sum())} rows differ): the column was made by another cache, or the rows changed after "
+                "`attach`. Attach this cache to the dataset it was built from (`cache.attach(dataset)`), or rebuild "
+                "the cache for this dataset."
             )
 
     def logits(self, indices: torch.Tensor | Sequence[int] | np.ndarray, seq_len: int | None = None,

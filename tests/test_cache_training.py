@@ -186,5 +186,8 @@ def test_an_index_column_made_for_other_rows_is_refused(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"holds that row's logits for other input ids.*cache.attach\(dataset\)"):
         _trainer(tokenizer, tmp_path, None, stale, collator, cache=other)
     _trainer(tokenizer, tmp_path, None, stale, collator, cache=cache)  # its own cache: every row still matches
+    beyond = cache.attach(data).map(lambda row: {"teacher_cache_index": row["teacher_cache_index"] + 100})
+    with pytest.raises(ValueError, match=r"outside the cache .*\(6 rows\)"):
+        _trainer(tokenizer, tmp_path, None, beyond, collator, cache=cache)
     _trainer(tokenizer, tmp_path, None, other.attach(stale.remove_columns("teacher_cache_index")), collator,
              cache=other)
