@@ -119,9 +119,8 @@ def _require_indexable(dataset: Any) -> None:
         )
 
 
-def _input_ids_summary(dataset: Any) -> tuple[np.ndarray, str, np.ndarray]:
-    """`(lengths, digest, row_hashes)`: each row's number of input ids, (N,) int64; a sha256 of all the ids in row
-    order; and a hash of each row's ids, (N,) uint64 (`_row_hashes`)."""
+def _input_ids(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(lengths, ids)`: each row's number of input ids, (N,) int64, and all the ids in row order, flat int64."""
     _require_indexable(dataset)
     columns = getattr(dataset, "column_names", None)
     if columns is not None and "input_ids" not in columns:
@@ -137,10 +136,15 @@ def _input_ids_summary(dataset: Any) -> tuple[np.ndarray, str, np.ndarray]:
         rows = [np.asarray(dataset[i]["input_ids"], dtype=np.int64).reshape(-1) for i in range(len(dataset))]
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         ids = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return lengths, ids
+
+
+def _content_digest(lengths: np.ndarray, ids: np.ndarray) -> str:
+    """A sha256 of the lengths and all the ids in row order: the dataset's content part of the fingerprint."""
     hasher = hashlib.sha256()
     hasher.update(np.ascontiguousarray(lengths))
     hasher.update(np.ascontiguousarray(ids))
-    return lengths, hasher.hexdigest(), _row_hashes(lengths, ids)
+    return hasher.hexdigest()
 
 
 def _row_hashes(lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -172,7 +176,7 @@ def _dataset_matches(fingerprint: dict[str, Any], dataset: Any) -> bool:
         return False
     if getattr(dataset, "_fingerprint", None) == fingerprint["dataset"]:
         return True
-    return _input_ids_summary(dataset)[1] == fingerprint["dataset_content"]
+    return _content_digest(*_input_ids(dataset)) == fingerprint["dataset_content"]
 
 
 def _changed_parts(
@@ -377,7 +381,7 @@ class TeacherLogitCache:
         else:
             index = np.array([dataset[i][CACHE_INDEX_COLUMN] for i in range(len(dataset))], dtype=np.int64)
         outside = (index < 0) | (index >= self.num_rows)
-        wrong = outside | (_input_ids_summary(dataset)[2] != stored[np.clip(index, 0, self.num_rows - 1)])
+        wrong = outside | (_row_hashes(*_input_ids(dataset)) != stored[np.clip(index, 0, self.num_rows - 1)])
         if wrong.any():
             row = int(wrong.argmax())
             what = (f"outside the cache at {self.path} ({self.num_rows} rows)" if outside[row] else
@@ -590,7 +594,8 @@ def build_teacher_cache(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"The cache path {path} is a file; pass a directory (it is created if missing).")
-    lengths, content, row_hashes = _input_ids_summary(dataset)
+    lengths, ids = _input_ids(dataset)
+    content, row_hashes = _content_digest(lengths, ids), _row_hashes(lengths, ids)
     num_rows = len(lengths)
     if num_rows == 0:
         raise ValueError("The dataset is empty: there are no rows to run the teacher on.")

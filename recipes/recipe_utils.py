@@ -160,8 +160,7 @@ def load_splits(
 
 def _label_names_to_ids(split: datasets.Dataset, column: str, names, source: str) -> datasets.Dataset:
     """A Hub split whose label column holds names ("positive") as a `ClassLabel` of `names`, so ids follow them."""
-    if column not in split.column_names or split.features[column] != datasets.Value("string") and \
-            split.features[column] != datasets.Value("large_string"):
+    if getattr(split.features.get(column), "dtype", None) not in ("string", "large_string"):
         return split
     unknown = sorted(set(split.unique(column)) - set(names))
     if unknown:
