@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from datasets import ClassLabel
-from recipe_utils import DataArguments, load_splits, resume_target, text_encoder, text_label_names
+from recipe_utils import DataArguments, conll_tag_names, load_splits, resume_target, text_encoder, text_label_names
 from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
@@ -28,7 +28,6 @@ from hf_distill import (
     tokenize_and_align_labels,
 )
 from hf_distill.cli import parse_args
-from hf_distill.data import conll_label_names
 from hf_distill.loading import load_model, load_tokenizer
 
 logger = logging.getLogger("recipes.finetune_teacher")
@@ -51,11 +50,7 @@ def main():
     if teacher_args.task == "ner":
         columns = {"tokens_column": data_args.text_column_name or "tokens",
                    "tags_column": data_args.label_column_name or "ner_tags"}
-        label_names = None
-        if data_args.dataset_name is None:  # the tag set of every local file: a tag may appear in one split only
-            files = [f for f in (data_args.train_file, data_args.validation_file, data_args.test_file) if f]
-            label_names = conll_label_names(
-                {tag for path in files for tag in read_conll(path).features["ner_tags"].feature.names})
+        label_names = conll_tag_names(data_args) if data_args.dataset_name is None else None
         splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names),
                              columns=[columns["tokens_column"]], label_column=columns["tags_column"])
         tags = splits["train"].features[columns["tags_column"]]

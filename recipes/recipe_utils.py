@@ -14,7 +14,7 @@ import datasets
 from transformers import Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
-from hf_distill.data import keeps_word_starts
+from hf_distill.data import conll_label_names, keeps_word_starts, read_conll
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
@@ -263,6 +263,13 @@ def text_encoder(tokenizer, data: DataArguments, text_column: str, label_column:
         return encoded
 
     return encode
+
+
+def conll_tag_names(data: DataArguments) -> list[str]:
+    """A new NER teacher's tags: those of every local CoNLL file (a tag may appear in one split only), in
+    `conll_label_names` order."""
+    files = [f for f in (data.train_file, data.validation_file, data.test_file) if f]
+    return conll_label_names({tag for path in files for tag in read_conll(path).features["ner_tags"].feature.names})
 
 
 def text_label_names(data: DataArguments, read_local, label_column: str) -> tuple[list[str], bool]:

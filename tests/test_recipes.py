@@ -400,19 +400,23 @@ def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_val
         recipe_utils.load_splits(with_file, lambda path: local, label_column="label", label_names=["positive", "x"])
 
 
-def test_finetune_teacher_takes_ner_tags_from_every_file(tokenizer, tmp_path):
-    teacher = tiny_token_model(tokenizer, layers=1, seed=3)
-    teacher.save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    (tmp_path / "train.txt").write_text("john B-PER\nlives O\n\n" * 4)
+def test_a_new_ner_teachers_tags_come_from_every_file(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import DataArguments, conll_tag_names
+
+    (tmp_path / "train.txt").write_text("john B-PER\nlives O\n\n")
     (tmp_path / "dev.txt").write_text("john B-PER\nin O\nparis B-LOC\n\n")  # B-LOC only in the validation file
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "finetune_teacher.py"), "--task", "ner", "--model_name_or_path",
-         str(tmp_path / "base"), "--train_file", str(tmp_path / "train.txt"), "--validation_file",
-         str(tmp_path / "dev.txt"), "--output_dir", str(tmp_path / "teacher"), "--max_steps", "1", "--report_to",
-         "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true"],
-        capture_output=True, text=True, env=_env(), timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    labels = json.loads((tmp_path / "teacher" / "config.json").read_text())["id2label"].values()
-    assert {"B-PER", "B-LOC", "O"} <= set(labels)
+    data = DataArguments(train_file=str(tmp_path / "train.txt"), validation_file=str(tmp_path / "dev.txt"))
+    assert {"O", "B-PER", "I-PER", "B-LOC", "I-LOC"} == set(conll_tag_names(data))
+
+
+def test_a_model_to_fine_tune_with_another_head_size_gets_a_new_head(tokenizer, tmp_path, caplog):
+    from hf_distill.loading import load_model
+
+    tiny_token_model(tokenizer, layers=1, seed=3).save_pretrained(tmp_path / "base")  # a 7-label head
+    labels = {0: "O", 1: "B-LOC"}
+    with caplog.at_level("WARNING"):
+        model = load_model(str(tmp_path / "base"), "token_classification", role="model to fine-tune",
+                           num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()})
+    assert model.config.num_labels == 2 and model.classifier.out_features == 2
+    assert "initialised anew" in caplog.text
