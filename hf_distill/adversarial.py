@@ -423,6 +423,7 @@ def adversarial_backward(
     discard: Callable[[], None] = lambda: None,
     generator: torch.Generator | None = None,
     same_objectives: bool = False,
+    grad_scale: float = 1.0,
 ) -> AdversarialStep:
     """Run the forward and backward passes of one FGM, PGD-K or FreeLB-K training step.
 
@@ -453,6 +454,10 @@ def adversarial_backward(
             gradient w.r.t. the embeddings is also the attack's. Otherwise FGM and PGD take the adversarial
             objective's gradient at δ = 0 from the clean pass's graph: one extra backward to the embeddings only (no
             weight gradients), about a third of a pass.
+        grad_scale: the attack's own input gradients (FGM's and PGD's `torch.autograd.grad` calls, which do not go
+            through `backward`) are taken of `grad_scale * loss`. Pass the AMP loss scale under fp16, so that small
+            gradients do not underflow to zero in half precision as they would unscaled; the step direction (g/‖g‖ or
+            sign g) does not depend on it. FreeLB's gradients come from `backward`, which scales them already.
 
     Passes (forward + backward) per call: FGM 2, PGD-K K + 1, FreeLB-K K (plus that input-gradient backward).
     """
@@ -507,7 +512,7 @@ def adversarial_backward(
         logits = forward(start)
         clean = clean_objective(logits)
         if not same_objectives:
-            (grad,) = torch.autograd.grad(adversarial_objective(logits).loss, start, retain_graph=True)
+            (grad,) = torch.autograd.grad(grad_scale * adversarial_objective(logits).loss, start, retain_graph=True)
         if not train_on(logits, clean, 1.0, last=False):
             return skip()
     if same_objectives:
@@ -523,7 +528,7 @@ def adversarial_backward(
                 delta = delta.detach().requires_grad_(True)
                 with sync(False):
                     loss = adversarial_objective(forward(delta)).loss
-                    (grad,) = torch.autograd.grad(loss, delta)
+                    (grad,) = torch.autograd.grad(grad_scale * loss, delta)
             delta = project(ascent_step(delta.detach(), grad, mask, step_size=s.step_size, norm=s.norm),
                             mask, epsilon=s.epsilon, norm=s.norm)
     with sync(True):

@@ -775,7 +775,7 @@ class DistillationTrainer(Trainer):
             forward=forward, clean_objective=lambda logits: objective(logits, alpha),
             adversarial_objective=lambda logits: objective(logits, adv_alpha), backward=backward, sync=sync,
             on_nonfinite=on_nonfinite, adv_weight=self.args.adv_weight, generator=self._attack_generator,
-            same_objectives=adv_alpha == alpha, discard=discard,
+            same_objectives=adv_alpha == alpha, discard=discard, grad_scale=self._loss_scale(),
         )
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
             self._window.add(step.clean, temperature, alpha)
@@ -785,6 +785,12 @@ class DistillationTrainer(Trainer):
         if empty_cache_every is not None and self.state.global_step % empty_cache_every == 0:
             clear_device_cache()  # as Trainer.training_step does
         return (step.loss * scale).detach()
+
+    def _loss_scale(self) -> float:
+        """The AMP grad scaler's current scale (fp16), else 1: the attack's input gradients are taken at that scale so
+        that they do not underflow in half precision."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     # ---- logging ----------------------------------------------------------------------------------------------
 

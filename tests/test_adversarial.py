@@ -301,3 +301,36 @@ def test_fgm_ascends_the_adversarial_objective_not_the_clean_mixture(same):
     (grad,) = torch.autograd.grad(attacked, start)
     expected = grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1)
     assert torch.allclose(used[-1], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["fgm", "pgd"])
+def test_attack_gradients_are_taken_at_the_amp_loss_scale(method):
+    # Under fp16 autocast a small input gradient underflows to zero in half precision unless the loss is scaled, as
+    # the grad scaler scales the training backward: the attack's own autograd.grad calls must use that scale too.
+    import contextlib
+    from types import SimpleNamespace
+
+    from hf_distill.adversarial import adversarial_backward
+
+    weight = torch.full((4,), 1e-4, dtype=torch.float16)
+
+    def forward(delta):  # half-precision logits whose gradient w.r.t. δ is 1e-4 · upstream: 1e-8, below fp16's range
+        return (delta.to(torch.float16) * weight).sum(-1).mean(-1, keepdim=True)
+
+    def objective(logits):
+        return SimpleNamespace(loss=1e-4 * logits.float().sum())
+
+    deltas = {}
+    for scale in (1.0, 2.0 ** 16):
+        used = []
+        adversarial_backward(
+            AttackSettings(method, 1.0, 0.5, 2), shape=(2, 3, 4), device=torch.device("cpu"), mask=_ones_mask(2, 3),
+            forward=lambda delta, used=used: used.append(delta.detach()) or forward(delta),
+            clean_objective=objective, adversarial_objective=lambda logits: objective(logits),
+            backward=lambda loss: None, sync=lambda last: contextlib.nullcontext(), on_nonfinite=lambda: None,
+            grad_scale=scale,
+        )
+        deltas[scale] = used[-1]
+    assert deltas[1.0].abs().max() == 0  # unscaled: every gradient entry underflowed, so δ stayed at zero
+    norms = deltas[2.0 ** 16].flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.ones(2), atol=1e-4)

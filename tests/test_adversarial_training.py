@@ -184,3 +184,23 @@ def test_special_tokens_stay_clean_without_processing_class(tokenizer, tmp_path,
     assert mask[:, 0].eq(0).all() and mask[:, 1].eq(1).all()  # [CLS] stays clean, the first word is attacked
     with pytest.raises(ValueError, match=r"pass `processing_class=tokenizer`"):
         build(default_data_collator)
+
+
+def test_attack_gradients_use_the_grad_scalers_scale(tokenizer, tmp_path, monkeypatch):
+    # Under fp16 the accelerator's grad scaler scales the training backward; the attack's own input gradients must be
+    # taken at the same scale (see test_attack_gradients_are_taken_at_the_amp_loss_scale), and at 1 without a scaler.
+    import hf_distill.trainer as trainer_module
+
+    scales = []
+    original = trainer_module.adversarial_backward
+
+    def spy(settings, **kwargs):
+        scales.append(kwargs["grad_scale"])
+        return original(settings, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "adversarial_backward", spy)
+    ner_trainer(tokenizer, tmp_path / "plain", adversarial="pgd", max_steps=1).train()
+    trainer = ner_trainer(tokenizer, tmp_path / "scaled", adversarial="pgd", max_steps=1)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.train()
+    assert scales == [1.0, 1024.0]
