@@ -1012,8 +1012,8 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
                 "`teacher_model` or `teacher_cache` with it (or set `self_distillation='none'`)."
             )
         if args.teacher_dtype != "auto":
-            raise ValueError("The EMA teacher accumulates small updates and stays in the student's dtype; leave "
-                             "`teacher_dtype='auto'` with `self_distillation='ema'`.")
+            raise ValueError("The EMA teacher accumulates small updates and is kept in float32 so that none is "
+                             "rounded away; leave `teacher_dtype='auto'` with `self_distillation='ema'`.")
         return
     if not teachers and cache is None:
         raise ValueError(

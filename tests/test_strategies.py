@@ -315,6 +315,20 @@ def test_ema_teacher_follows_the_student_by_the_decay(tokenizer, tmp_path):
     assert any(not torch.equal(initial[k], after[k]) for k in initial)
 
 
+def test_ema_teacher_of_a_bfloat16_student_keeps_its_small_updates(tokenizer, tmp_path):
+    # With decay 0.999 an update moves a weight by 0.1% of its gap to the student: in bfloat16 (8 bits of mantissa)
+    # most such updates round away, so the EMA is kept in float32.
+    student = tiny_token_model(tokenizer, layers=1, seed=1).to(torch.bfloat16)
+    initial = {k: v.float().clone() for k, v in student.state_dict().items()}
+    trainer = _ema_trainer(tokenizer, tmp_path, student, max_steps=1, ema_decay=0.999, learning_rate=1e-2)
+    trainer.train()
+    assert all(p.dtype == torch.float32 for p in trainer.teacher_model.parameters())
+    after = student.state_dict()
+    for name, param in trainer.teacher_model.named_parameters():
+        expected = initial[name].lerp(after[name].float(), 0.001)
+        assert torch.allclose(param, expected, rtol=0, atol=1e-7), name
+
+
 def test_ema_teacher_is_saved_and_restored_on_resume(tokenizer, tmp_path):
     def run(out, stop=None):
         trainer = _ema_trainer(tokenizer, tmp_path, tiny_token_model(tokenizer, layers=1, seed=1), max_steps=4,
