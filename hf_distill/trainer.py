@@ -523,19 +523,23 @@ class DistillationTrainer(Trainer):
                 scale = float(self.args.world_size)
         labels, mask = inputs.get("labels"), self.distill_mask(inputs)
         teacher_logits = teacher.get("logits")
+        ce_count = None
         if self.args.pseudo_label_threshold is not None:
             candidates = self.pseudo_label_candidates(inputs)
-            if ce_normalizer is None:  # as get_batch_samples counts: labelled positions plus every candidate
-                ce_normalizer = candidates.sum() + (labels.ne(IGNORE_INDEX).sum() if labels is not None else 0)
+            # As get_batch_samples counts: labelled positions plus every candidate, confident or not. The logged
+            # ce_loss divides by the same count, so that it is the term being trained.
+            ce_count = candidates.sum() + (labels.ne(IGNORE_INDEX).sum() if labels is not None else 0)
+            ce_normalizer = ce_count if ce_normalizer is None else ce_normalizer
             labels = pseudo_labels(labels, teacher["confidence_logits"], candidates, self.args.pseudo_label_threshold)
 
         def objective(student_logits, weight):
-            return distillation_objective(
+            parts = distillation_objective(
                 student_logits, teacher_logits, labels, mask, alpha=weight, temperature=temperature,
                 distill_loss=self.args.distill_loss, teacher_labels=self.args.teacher_labels,
                 kd_normalizer=kd_normalizer, ce_normalizer=ce_normalizer,
                 label_smoothing=self.args.label_smoothing_factor,
             )
+            return parts if ce_count is None or weight >= 1 else parts._replace(ce_count=ce_count)
 
         return objective, scale
 

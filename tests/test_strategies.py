@@ -386,6 +386,12 @@ def test_pseudo_labels_train_the_hard_loss_on_unlabeled_rows(tokenizer, tmp_path
     loss = strict.compute_loss(strict.model, dict(batch))
     labelled_sum = torch.nn.functional.cross_entropy(s[:3], batch["labels"][:3], reduction="sum")
     assert loss.item() == pytest.approx((labelled_sum / 6).item(), rel=1e-5)
+    # The logged ce_loss is that same mean (over the 6 positions), not the mean over the 3 that carry a label.
+    logged = _seq_trainer(tokenizer, tmp_path, mixed, alpha=0.0, pseudo_label_threshold=1.0,
+                          per_device_train_batch_size=6, max_steps=1, learning_rate=0.0)
+    logged.train()
+    (log,) = [h for h in logged.state.log_history if "ce_loss" in h]
+    assert log["ce_loss"] == pytest.approx(log["loss"], rel=1e-4)
 
 
 def test_unlabeled_text_with_pseudo_labels_needs_no_labels_column(tokenizer, tmp_path):
