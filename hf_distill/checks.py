@@ -232,6 +232,15 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str | None = 
             f"whole class ids (read from a CSV, say), cast them: `dataset.cast_column({label_column!r}, "
             "datasets.Value('int64'))` (for token labels: `datasets.Sequence(datasets.Value('int64'))`)."
         )
+    if values.null_count:
+        first = pc.indices_nonzero(pc.is_null(values))[0].as_py()
+        row = first if rows is None else rows[first].as_py()
+        raise ValueError(
+            f"Column {label_column!r} has {values.null_count} missing (None) label{'s' * (values.null_count > 1)}, the "
+            f"first in row {row} "
+            f"(`dataset[{row}]`), which no collator can batch. Mark a position without a label with -100 (it is then "
+            "distilled but not in the hard-label loss), or add unlabeled rows with `hf_distill.mix_unlabeled`."
+        )
     if not pa.types.is_integer(values.type):
         return
     outside = pc.and_(

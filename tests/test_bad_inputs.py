@@ -231,6 +231,10 @@ def float_labels(ctx):
     check_label_range(Dataset.from_dict({"labels": [1.0, 0.0, 0.5]}), num_labels=2)
 
 
+def missing_labels(ctx):
+    check_label_range(Dataset.from_dict({"labels": [[-100, 1, -100], [-100, None, 0]]}), num_labels=2)
+
+
 def regression_student(ctx):
     check_teacher_student(BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 1)),
                           BertForSequenceClassification(tiny_config(len(ctx.tokenizer), 1)))
@@ -260,6 +264,7 @@ OBJECT_CASES = [
     (empty_after_filtering, ValueError, r"training dataset is empty \(after filtering\?\)", r"`filter`/`select`"),
     (token_label_out_of_range, ValueError, r"label 9 in row 1 .*7 classes.*1 of 4 labels", r"`config\.label2id`"),
     (label_names_instead_of_ids, ValueError, r"'labels' holds strings \(e\.g\. 'positive'\)", r"label_names=\.\.\."),
+    (missing_labels, ValueError, r"'labels' has 1 missing \(None\) label, the first in row 1", r"with -100.*mix_unlabeled"),
     (float_labels, ValueError, r"'labels' holds floats \(e\.g\. 1\.0\).*regression", r"cast_column\('labels'"),
     (regression_student, ValueError, r"teacher is configured for regression \(num_labels=1\)", r"`num_labels` >= 2"),
     (multi_label_teacher, ValueError, r"teacher is configured for multi-label classification", r"problem_type"),
