@@ -1018,6 +1018,12 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
         if args.teacher_dtype != "auto":
             raise ValueError("The EMA teacher accumulates small updates and is kept in float32 so that none is "
                              "rounded away; leave `teacher_dtype='auto'` with `self_distillation='ema'`.")
+        if args.teacher_ensemble != "mean" or args.teacher_weights is not None:
+            raise ValueError(
+                f"`teacher_ensemble={args.teacher_ensemble!r}` and `teacher_weights={args.teacher_weights}` combine "
+                "several teachers, and `self_distillation='ema'` has one (the student's average): leave them at their "
+                "defaults ('mean', None)."
+            )
         return
     if not teachers and cache is None:
         raise ValueError(

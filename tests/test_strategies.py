@@ -352,6 +352,10 @@ def test_ema_teacher_is_saved_and_restored_on_resume(tokenizer, tmp_path):
 def test_ema_with_a_teacher_is_refused(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="do not pass `teacher_model`"):
         ner_trainer(tokenizer, tmp_path, self_distillation="ema")
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    for settings in ({"teacher_ensemble": "weighted", "teacher_weights": [0.5, 0.5]}, {"teacher_ensemble": "confidence"}):
+        with pytest.raises(ValueError, match=r"combine several teachers.*leave them at their defaults"):
+            _ema_trainer(tokenizer, tmp_path, student, **settings)
 
 
 # ---- unlabeled data -------------------------------------------------------------------------------------------
