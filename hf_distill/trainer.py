@@ -774,7 +774,7 @@ class DistillationTrainer(Trainer):
                         param.grad.copy_(held[i])
 
         step = adversarial_backward(
-            self._attack, shape=(*input_ids.shape, base.get_input_embeddings().embedding_dim), device=input_ids.device,
+            self._attack, shape=(*input_ids.shape, self._embedding_width(base, input_ids)), device=input_ids.device,
             mask=mask,
             forward=forward, clean_objective=lambda logits: objective(logits, alpha),
             adversarial_objective=lambda logits: objective(logits, adv_alpha), backward=backward, sync=sync,
@@ -789,6 +789,13 @@ class DistillationTrainer(Trainer):
         if empty_cache_every is not None and self.state.global_step % empty_cache_every == 0:
             clear_device_cache()  # as Trainer.training_step does
         return (step.loss * scale).detach()
+
+    @staticmethod
+    def _embedding_width(base: nn.Module, input_ids: torch.Tensor) -> int:
+        """H of the word embeddings, from one lookup: an adapter's embedding layer (PEFT's LoRA `Embedding`) need
+        not carry `embedding_dim`."""
+        with torch.no_grad():
+            return embed_inputs(base, input_ids[:1, :1]).shape[-1]
 
     def _loss_scale(self) -> float:
         """The AMP grad scaler's current scale (fp16), else 1: the attack's input gradients are taken at that scale so

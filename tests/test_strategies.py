@@ -502,6 +502,19 @@ def test_lora_student_trains_its_adapters_and_saves_them(tokenizer, tmp_path):
         assert torch.allclose(reloaded(**batch).logits, student(**batch).logits, atol=1e-6)
 
 
+def test_lora_on_the_word_embeddings_trains_adversarially(tokenizer, tmp_path):
+    # PEFT's LoRA embedding layer has no `embedding_dim`; the attack must still perturb its output.
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(task_type=peft.TaskType.TOKEN_CLS, r=4, target_modules=["query", "word_embeddings"])
+    student = peft.get_peft_model(tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP), config)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, adversarial="pgd", adv_steps=2, max_steps=2)
+    lora_before = {n: p.detach().clone() for n, p in student.named_parameters() if "lora_embedding_B" in n}
+    trainer.train()
+    assert lora_before and all(not torch.equal(lora_before[n], p) for n, p in student.named_parameters()
+                               if "lora_embedding_B" in n)
+    assert all(h["adv_delta_norm"] > 0 for h in trainer.state.log_history if "loss" in h)
+
+
 # ---- what each teacher's forward receives ----------------------------------------------------------------------
 
 
