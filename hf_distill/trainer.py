@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
@@ -285,7 +286,11 @@ class DistillationTrainer(Trainer):
                     "and run in inference mode), or precompute the teacher's logits."
                 )
             return teacher.to(self.args.device)
-        prepared = self.accelerator.prepare_model(teacher, evaluation_mode=True).eval()
+        # Under FSDP, prepare_model places nothing (FSDP moves the modules it wraps, and evaluation mode wraps
+        # nothing): the teacher, replicated whole on every process, is placed here.
+        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        prepared = self.accelerator.prepare_model(teacher, device_placement=True if fsdp else None,
+                                                  evaluation_mode=True).eval()
         # prepare_model lists the teacher among the accelerator's models, and Trainer's evaluation loop prepares the
         # student (mixed-precision autocast, compile, FSDP) only while that list is empty: an evaluate() before
         # train() would otherwise run the student unprepared. The teacher has no training state to track there.

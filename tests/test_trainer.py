@@ -406,3 +406,20 @@ def test_label_smoothing_factor_smooths_the_label_term_as_transformers_does(toke
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     plain = ner_trainer(tokenizer, tmp_path, student=student, alpha=0.0).compute_loss(student, dict(batch))
     assert abs(plain.item() - loss.item()) > 1e-4  # (a near-uniform tiny model: smoothing moves the loss a little)
+
+
+def test_fsdp_places_the_teacher_on_the_training_device(tokenizer, tmp_path, monkeypatch):
+    # accelerate's prepare_model places no model under FSDP (FSDP moves what it wraps, and a teacher prepared for
+    # evaluation is not wrapped): the trainer must move the teacher itself, or its forward meets inputs on the GPU.
+    from accelerate.utils import DistributedType
+
+    trainer = ner_trainer(tokenizer, tmp_path)
+    placed = {}
+    for kind in (DistributedType.NO, DistributedType.FSDP):
+        monkeypatch.setattr(trainer.accelerator.state, "distributed_type", kind)
+        teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+        moves = []
+        teacher.to = lambda *a, _t=teacher, _moves=moves, **k: _moves.append(a or k) or torch.nn.Module.to(_t, *a, **k)
+        trainer._prepare_teacher(teacher)
+        placed[kind] = moves
+    assert placed[DistributedType.NO] == placed[DistributedType.FSDP] == [(trainer.args.device,)]
