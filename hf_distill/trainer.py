@@ -828,13 +828,31 @@ class DistillationTrainer(Trainer):
         if self.args.should_save and os.path.isdir(staging):
             shutil.rmtree(staging)  # left by an earlier save that was killed
         try:
-            super().save_model(staging, _internal_call=_internal_call)
+            with self._full_state_dict():
+                super().save_model(staging, _internal_call=_internal_call)
             if self.args.should_save:
                 self.create_model_card(output_dir=staging)
                 move_into(staging, output_dir)
         finally:
             if self.args.should_save and os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _full_state_dict(self):
+        """Under FSDP with sharded state dicts (the usual setting for checkpoints), `Trainer.save_model` writes no
+        weights at all: the student is gathered whole for the save instead, and the plugin's setting restored after
+        (the resumable sharded checkpoint files are written apart from this)."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if not self.is_fsdp_enabled or plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            yield
+            return
+        saved = (plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config)
+        plugin.state_dict_config = plugin.optim_state_dict_config = None  # rebuilt for FULL_STATE_DICT
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+        try:
+            yield
+        finally:
+            plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config = saved
 
     def _teacher_params(self, teacher: nn.Module | None) -> int | None:
         """The card's teacher size: that teacher's parameters, or every teacher's for an ensemble."""

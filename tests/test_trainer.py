@@ -423,3 +423,28 @@ def test_fsdp_places_the_teacher_on_the_training_device(tokenizer, tmp_path, mon
         trainer._prepare_teacher(teacher)
         placed[kind] = moves
     assert placed[DistributedType.NO] == placed[DistributedType.FSDP] == [(trainer.args.device,)]
+
+
+def test_fsdp_with_sharded_state_dicts_still_saves_the_whole_student(tokenizer, tmp_path, monkeypatch):
+    # Trainer.save_model writes FSDP weights only for FULL_STATE_DICT; recipes/accelerate/fsdp.yaml shards its
+    # checkpoints, so the final save must gather the student whole (FSDP itself cannot run on CPU: the plugin and the
+    # gather are stood in for), and leave the plugin's setting as it was.
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import StateDictType
+
+    trainer = ner_trainer(tokenizer, tmp_path)
+    plugin = FullyShardedDataParallelPlugin(state_dict_type="SHARDED_STATE_DICT")
+    sharded_config = plugin.state_dict_config
+    seen = []
+
+    def gather(model):
+        seen.append(plugin.state_dict_type)
+        return trainer._unwrap(model).state_dict()
+
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", plugin, raising=False)
+    monkeypatch.setattr(trainer.accelerator, "get_state_dict", gather)
+    trainer.save_model(str(tmp_path / "final"))
+    assert seen == [StateDictType.FULL_STATE_DICT]
+    assert (tmp_path / "final" / "model.safetensors").is_file() and (tmp_path / "final" / "config.json").is_file()
+    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT and plugin.state_dict_config is sharded_config
