@@ -111,6 +111,7 @@ def build_model_card(
     noisy_view: Mapping[str, Any] | None = None,
     layer_maps: Mapping[str, Mapping[int, int]] | None = None,
     generations: int = 1,
+    adapter_of: str | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -133,17 +134,22 @@ def build_model_card(
             since the effective map can differ from `feature_layer_map` (which may be unset).
         generations: born-again distillation: this student is generation `generations`, each generation distilled
             from the one before it and the first from `teacher`.
+        adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
+            metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
+            shows the repository as an adapter to load on its base.
     """
     task_tag = _TASK_TAGS.get(task, task)
-    all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(tags or [])]))
+    all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(["peft"] if adapter_of else []),
+                                   *(tags or [])]))
+    base_model = adapter_of if adapter_of is not None else teacher
     data = ModelCardData(
         license=license,
         language=language,
         tags=all_tags,
         pipeline_tag=task_tag,
-        library_name="transformers",
+        library_name="peft" if adapter_of is not None else "transformers",
         datasets=[dataset] if _is_hub_id(dataset) else None,
-        base_model=teacher if _is_hub_id(teacher) else None,
+        base_model=base_model if _is_hub_id(base_model) else None,
     )
     title = model_name or "Distilled student"
     sections = [
@@ -151,6 +157,8 @@ def build_model_card(
         "",
         f"This model is a **student distilled** with [hf-distill](https://github.com/hf-distill/hf-distill) from the "
         f"teacher `{teacher}`" + (f" on `{dataset}`." if dataset else "."),
+        *(["", f"It is a PEFT adapter on `{adapter_of}`: load it with `peft.PeftModel.from_pretrained` on that base "
+               "model (or an `AutoPeftModelFor...` class)."] if adapter_of is not None else []),
         "",
         "## Distillation method",
         "",

@@ -921,6 +921,7 @@ class DistillationTrainer(Trainer):
             noisy_view=self.noisy_view,
             layer_maps=self._used_layer_maps(),
             generations=self.generations,
+            adapter_of=_adapter_base(self._unwrap(self.model)),
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))
@@ -1028,6 +1029,18 @@ class DistillationTrainer(Trainer):
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval)
+
+
+def _adapter_base(model: nn.Module) -> str | None:
+    """For a PEFT model, the name or path of the base model its adapter goes on ("" if unnamed); else None."""
+    config = getattr(model, "peft_config", None)
+    if not isinstance(config, dict) or not config:
+        return None
+    active = getattr(model, "active_adapter", None)
+    adapter = config.get(active) if isinstance(active, str) else None
+    named = getattr(adapter or next(iter(config.values())), "base_model_name_or_path", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else None
+    return named or getattr(getattr(base, "config", None), "_name_or_path", None) or ""
 
 
 def _real_tokens(inputs: dict[str, Any], skip_ids: torch.Tensor) -> torch.Tensor:

@@ -482,6 +482,7 @@ def test_augmentation_with_only_a_cache_is_refused(tokenizer, tmp_path):
 def test_lora_student_trains_its_adapters_and_saves_them(tokenizer, tmp_path):
     peft = pytest.importorskip("peft")
     base = tiny_token_model(tokenizer, layers=2, seed=1, **NO_DROP)
+    base.config._name_or_path = "acme/tiny-student"
     frozen_before = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
     config = peft.LoraConfig(task_type=peft.TaskType.TOKEN_CLS, r=4, lora_alpha=8, target_modules=["query", "value"])
     student = peft.get_peft_model(base, config)
@@ -492,7 +493,10 @@ def test_lora_student_trains_its_adapters_and_saves_them(tokenizer, tmp_path):
     assert any(not torch.equal(lora_before[n], p) for n, p in student.named_parameters() if "lora_B" in n)
     trainer.save_model(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert (tmp_path / "adapter" / "README.md").is_file()
+    # The card is ours, with PEFT's metadata: an adapter on the student's base model, not a transformers model.
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "hf-distill" in card and "library_name: peft" in card and "base_model: acme/tiny-student" in card
+    assert "PEFT adapter on `acme/tiny-student`" in card
     reloaded = peft.PeftModel.from_pretrained(tiny_token_model(tokenizer, layers=2, seed=1, **NO_DROP),
                                               tmp_path / "adapter").eval()
     batch = _batch(tokenizer)
