@@ -33,7 +33,8 @@ def main():
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
 
-    teacher, tokenizer, student = load_models(model_args, "token_classification")
+    teacher, tokenizer, student = load_models(model_args, "token_classification",
+                                              attention_distillation=args.attention_distill_weight > 0)
     label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
 
     # ---- data: tags encoded in the teacher's label order ------------------------------------------------------

@@ -73,7 +73,8 @@ def main():
         [ModelArguments, DataArguments, NoisyViewArguments, DistillationArguments])
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
-    teacher, tokenizer, student = load_models(model_args, "sequence_classification")
+    teacher, tokenizer, student = load_models(model_args, "sequence_classification",
+                                              attention_distillation=args.attention_distill_weight > 0)
 
     text_column = data_args.text_column_name or "sentence"
     label_column = data_args.label_column_name or "label"

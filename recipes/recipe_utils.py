@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import datasets
-from transformers import Trainer, TrainingArguments
+from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
 from hf_distill.data import conll_label_names, keeps_word_starts, read_conll
@@ -78,8 +78,21 @@ class DataArguments:
             )
 
 
-def load_models(model_args: ModelArguments, task: str):
-    """`(teacher, tokenizer, student)`: the student is loaded with the teacher's labels, or cut from the teacher."""
+_ATTENTION_DROPOUT = ("attention_probs_dropout_prob", "attention_dropout")  # BERT-style, DistilBERT-style configs
+
+
+def _no_attention_dropout(config) -> dict:
+    """The config override that turns attention dropout off (attention distillation compares the student's maps
+    as distributions, which dropped-out maps are not)."""
+    name = next((n for n in _ATTENTION_DROPOUT if hasattr(config, n)), None)
+    return {name: 0.0} if name is not None else {}
+
+
+def load_models(model_args: ModelArguments, task: str, *, attention_distillation: bool = False):
+    """`(teacher, tokenizer, student)`: the student is loaded with the teacher's labels, or cut from the teacher.
+
+    With `attention_distillation` (`--attention_distill_weight` > 0), the student is built without attention dropout,
+    which that loss requires."""
     if model_args.teacher_model_name_or_path is None:
         raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned teacher (local directory or Hub id).")
     teacher = load_model(model_args.teacher_model_name_or_path, task, role="teacher", require_all_weights=True)
@@ -90,12 +103,23 @@ def load_models(model_args: ModelArguments, task: str):
         # student, which then reads words the same way.
         tokenizer = load_tokenizer(tokenizer_name, add_prefix_space=True)
     if model_args.model_name_or_path:
+        overrides = {}
+        if attention_distillation:
+            try:
+                config = AutoConfig.from_pretrained(os.path.expanduser(model_args.model_name_or_path))
+            except (OSError, ValueError):
+                config = None  # load_model below explains what is wrong with the path
+            overrides = _no_attention_dropout(config) if config is not None else {}
         student = load_model(
             model_args.model_name_or_path, task, role="student", num_labels=teacher.config.num_labels,
-            id2label=teacher.config.id2label, label2id=teacher.config.label2id,
+            id2label=teacher.config.id2label, label2id=teacher.config.label2id, **overrides,
         )
     else:
-        student = create_student(teacher, [int(i) for i in model_args.student_layers.split(",")])
+        overrides = _no_attention_dropout(teacher.config) if attention_distillation else {}
+        student = create_student(teacher, [int(i) for i in model_args.student_layers.split(",")], **overrides)
+    if overrides:
+        logger.info("Attention distillation: the student is built with %s (no attention dropout).",
+                    ", ".join(f"{k}={v}" for k, v in overrides.items()))
     return teacher, tokenizer, student
 
 

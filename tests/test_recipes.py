@@ -420,3 +420,26 @@ def test_a_model_to_fine_tune_with_another_head_size_gets_a_new_head(tokenizer, 
                            num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()})
     assert model.config.num_labels == 2 and model.classifier.out_features == 2
     assert "initialised anew" in caplog.text
+
+
+def test_recipe_students_for_attention_distillation_have_no_attention_dropout(tokenizer, tmp_path, monkeypatch):
+    # The trainer refuses attention distillation with a student that drops attention probabilities, and the recipes
+    # give no other way to turn it off: with --attention_distill_weight they build the student without it.
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import ModelArguments, load_models
+
+    from hf_distill import DistillationArguments, DistillationTrainer
+
+    teacher_dir, _ = _ner_teacher_and_data(tokenizer, tmp_path)
+    tiny_token_model(tokenizer, layers=1, seed=4).save_pretrained(tmp_path / "student")
+    for source in ({"student_layers": "0,1"}, {"model_name_or_path": str(tmp_path / "student")}):
+        args = ModelArguments(teacher_model_name_or_path=str(teacher_dir), **source)
+        teacher, _, student = load_models(args, "token_classification", attention_distillation=True)
+        assert teacher.config.attention_probs_dropout_prob > 0 and student.config.attention_probs_dropout_prob == 0
+        dropouts = [m.p for n, m in student.named_modules() if n.endswith("attention.self.dropout")]
+        assert dropouts and not any(dropouts)
+        DistillationTrainer(model=student, teacher_model=teacher, processing_class=tokenizer,
+                            args=DistillationArguments(output_dir=str(tmp_path / "out"), attention_distill_weight=1.0,
+                                                       report_to="none", use_cpu=True))
+        _, _, kept = load_models(args, "token_classification")
+        assert kept.config.attention_probs_dropout_prob == teacher.config.attention_probs_dropout_prob
