@@ -930,6 +930,7 @@ class DistillationTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         """Save as Trainer does, then mark the checkpoint complete; the marker is the last file written."""
+        self._trainer_state_saved_in = None  # a second train() may save the same step again: write it anew
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")

@@ -349,6 +349,17 @@ def test_ema_teacher_is_saved_and_restored_on_resume(tokenizer, tmp_path):
         assert torch.allclose(value, resumed.teacher_model.state_dict()[key], atol=1e-6), key
 
 
+def test_a_second_train_call_saves_its_own_ema_teacher_in_its_checkpoints(tokenizer, tmp_path):
+    trainer = _ema_trainer(tokenizer, tmp_path, tiny_token_model(tokenizer, layers=1, seed=1), max_steps=2,
+                           ema_decay=0.5, save_strategy="steps", save_steps=2)
+    trainer.train()
+    first = torch.load(tmp_path / "out" / "checkpoint-2" / EMA_TEACHER_FILE, weights_only=True)
+    trainer.train()  # same folder, same step: the checkpoint must hold this run's EMA teacher, not the first run's
+    second = torch.load(tmp_path / "out" / "checkpoint-2" / EMA_TEACHER_FILE, weights_only=True)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(v, second[k]) for k, v in trainer.teacher_model.state_dict().items())
+
+
 def test_ema_with_a_teacher_is_refused(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="do not pass `teacher_model`"):
         ner_trainer(tokenizer, tmp_path, self_distillation="ema")
