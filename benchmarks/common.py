@@ -125,6 +125,7 @@ def write_results(name: str, payload: dict) -> Path:
     """Write `results/<name>.json` (merging runs into an existing file) and regenerate RESULTS.md."""
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
+    ran_today = bool(payload.get("command"))  # a benchmark run, not a re-rendering of what the file holds
     if path.exists():
         old = json.loads(path.read_text())
         merged = {**old, **payload}
@@ -136,7 +137,8 @@ def write_results(name: str, payload: dict) -> Path:
             commands.append(payload["command"])
         merged["commands"] = commands
         payload = merged
-    payload.setdefault("date", datetime.date.today().isoformat())
+    if ran_today or "date" not in payload:  # the date of the latest run that wrote figures here
+        payload["date"] = datetime.date.today().isoformat()
     path.write_text(json.dumps(payload, indent=2) + "\n")
     write_results_md()
     return path

@@ -290,6 +290,18 @@ def suite_means(name: str) -> dict:
     return seed_means(with_replicas(name), "f1")
 
 
+# Runs designed after the test figures of their parts were known: a target they meet is not a test-free result,
+# even when the run is picked by dev, because the test set shaped what was tried. Their verdicts say so.
+TEST_INFORMED = {
+    "ensemble3_hidden_attention_kd": "test-informed: combines the three strategies whose seed-mean test F1 had each "
+                                     "gained a little, one of which (ensemble3_confidence_kd) had lost on dev",
+}
+
+
+def _verdict(met: bool, run: str) -> str:
+    return ("met" if met else "missed") + (f"; {TEST_INFORMED[run]}" if run in TEST_INFORMED else "")
+
+
 def targets(name: str) -> dict:
     """The issue's targets, checked on what the results file holds (and, where seed replicas exist, on the means
     over the seeds that student_kd and a strategy share)."""
@@ -305,21 +317,24 @@ def targets(name: str) -> dict:
             out[f"{label}_strategy_vs_student_kd"] = (
                 f"{best} (dev {strategies[best]['dev_f1']}, test {strategies[best]['test_f1']}) vs student_kd "
                 f"(dev {runs['student_kd']['dev_f1']}, test {base}): test {delta:+.2f} (target +0.5: "
-                f"{'met' if delta >= 0.5 else 'missed'})")
+                f"{_verdict(delta >= 0.5, best)})")
     means = suite_means(name)
     if "student_kd" in means:
         kd_mean = means["student_kd"]
         same_seeds = {k: v for k, v in means.items() if k in strategies and v["seeds"] == kd_mean["seeds"]}
-        # The best by test mean, and the one a user would pick without the test set: the best by dev mean.
-        for label, key in (("", "test_f1_mean"), ("_on_dev", "dev_f1_mean")):
-            if not same_seeds:
-                break
-            best = max(same_seeds, key=lambda k: same_seeds[k][key])
-            delta = same_seeds[best]["test_f1_mean"] - kd_mean["test_f1_mean"]
+        # The best by test mean, and the one a user would pick without the test set: the best by dev mean, also
+        # among the runs designed without the test figures alone.
+        test_free = {k: v for k, v in same_seeds.items() if k not in TEST_INFORMED}
+        for label, key, pool in (("", "test_f1_mean", same_seeds), ("_on_dev", "dev_f1_mean", same_seeds),
+                                 ("_on_dev_test_free", "dev_f1_mean", test_free if test_free != same_seeds else {})):
+            if not pool:
+                continue
+            best = max(pool, key=lambda k: pool[k][key])
+            delta = pool[best]["test_f1_mean"] - kd_mean["test_f1_mean"]
             out[f"seed_mean_best{label}_strategy_vs_student_kd"] = (
-                f"{best} vs student_kd, seeds {kd_mean['seeds']}: dev mean {same_seeds[best]['dev_f1_mean']} vs "
-                f"{kd_mean['dev_f1_mean']}, test mean {same_seeds[best]['test_f1_mean']} vs "
-                f"{kd_mean['test_f1_mean']}: {delta:+.2f} (target +0.5: {'met' if delta >= 0.5 else 'missed'})")
+                f"{best} vs student_kd, seeds {kd_mean['seeds']}: dev mean {pool[best]['dev_f1_mean']} vs "
+                f"{kd_mean['dev_f1_mean']}, test mean {pool[best]['test_f1_mean']} vs "
+                f"{kd_mean['test_f1_mean']}: {delta:+.2f} (target +0.5: {_verdict(delta >= 0.5, best)})")
     low, ten = runs.get("low_label_kd", {}).get("test_f1"), runs.get("student_10pct", {}).get("test_f1")
     if low is not None and base is not None:
         out["low_label_vs_full_student_kd"] = (f"{low} / {base} = {100 * low / base:.1f}% (target 95%: "
