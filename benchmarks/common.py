@@ -327,7 +327,8 @@ def promote_best_kd(name: str, metric: str) -> None:
     runs = data["runs"]
     if "student_kd" in runs and "selected_from" not in runs["student_kd"]:
         runs["kd_default"] = runs["student_kd"]  # the first settings tried are a variant like the others
-        if (CACHE_DIR / name / "student_kd").exists() and not (CACHE_DIR / name / "kd_default").exists():
+        if (CACHE_DIR / name / "student_kd").exists():  # the record was just replaced: so is the model it describes
+            shutil.rmtree(CACHE_DIR / name / "kd_default", ignore_errors=True)
             shutil.copytree(CACHE_DIR / name / "student_kd", CACHE_DIR / name / "kd_default")
     # Seed replicas (`--seed`) are not candidates: the choice is among settings, at the suite's seed.
     variants = {k: v for k, v in runs.items() if "settings" in v and "seed" not in v and k != "student_kd"}
@@ -407,11 +408,17 @@ LAYERS = [0, 2, 4]
 def seed_means(runs: dict, metric: str) -> dict:
     """Mean, min and max over seeds of every run that has seed replicas (`<run>_seed<N>`, recorded with `seed`);
     the run itself counts as the suite's seed. Pure: reads the records, returns the summary."""
+    def made_with(rec):  # what a replica must share with its run: the settings and the learning rate
+        return {k: rec.get(k) for k in ("settings", "learning_rate")}
+
     groups: dict[str, list[tuple[int, dict]]] = {}
     for run, rec in runs.items():
         if "seed" in rec and run.endswith(f"_seed{rec['seed']}"):
             base = run[: -len(f"_seed{rec['seed']}")]
-            if base in runs:
+            if base in runs and made_with(rec) != made_with(runs[base]):
+                logger.warning("%s was trained with other settings than %s (%s vs %s): not averaged with it.", run,
+                               base, made_with(rec), made_with(runs[base]))
+            elif base in runs:
                 groups.setdefault(base, [(DEFAULT_SEED, runs[base])]).append((rec["seed"], rec))
     summary = {}
     for base, members in groups.items():
@@ -498,10 +505,20 @@ def load_or_finetune_teacher(name, args, auto_cls, label_kwargs, train, dev, tes
     from transformers import TrainingArguments, set_seed
 
     teacher_dir = CACHE_DIR / name / "teacher"
+    # What the teacher was fine-tuned on and for how long; a cached teacher must match (the seed may differ: seed
+    # replicas of the students share the suite's teacher).
+    made_with = {"epochs": args.teacher_epochs, "train_rows": len(train)}
     if (teacher_dir / "config.json").exists():
+        record = json.loads((teacher_dir / "train_record.json").read_text())
+        differs = {k: (record[k], v) for k, v in made_with.items() if k in record and record[k] != v}
+        if differs:
+            raise SystemExit(
+                f"The cached teacher in {teacher_dir} was fine-tuned with "
+                + ", ".join(f"{k}={had} (this run asks for {want})" for k, (had, want) in differs.items())
+                + ". Run with its settings, or move the folder away to fine-tune a new teacher."
+            )
         logger.info("reusing the fine-tuned teacher in %s", teacher_dir)
         teacher = auto_cls.from_pretrained(teacher_dir)
-        record = json.loads((teacher_dir / "train_record.json").read_text())
         if score_teacher:
             t_trainer = Trainer(model=teacher, args=benchmark_training_args(TrainingArguments, name, "teacher_eval",
                                                                             args, 1),
@@ -522,9 +539,9 @@ def load_or_finetune_teacher(name, args, auto_cls, label_kwargs, train, dev, tes
                       "train_samples_per_second": round(out.metrics["train_samples_per_second"], 2)}
         teacher.save_pretrained(teacher_dir)
         (teacher_dir / "train_record.json").write_text(json.dumps(
-            {k: record[k] for k in ("train_seconds", "train_samples_per_second")}))
+            {**{k: record[k] for k in ("train_seconds", "train_samples_per_second")}, **made_with}))
     record["params"] = num_params(teacher)
-    record["epochs"] = args.teacher_epochs
+    record["epochs"] = record.get("epochs", args.teacher_epochs)
     logger.info("teacher %s", record)
     return teacher.eval(), record
 

@@ -41,7 +41,7 @@ import time
 import ner_conll2003
 import sst2
 import torch
-from common import CACHE_DIR, LAYERS, machine, minilm_path, own_teacher, setup_logging, write_results
+from common import CACHE_DIR, DEFAULT_SEED, LAYERS, machine, minilm_path, own_teacher, setup_logging, write_results
 from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoModelForSequenceClassification,
@@ -355,8 +355,7 @@ def run_task(task, args, tokenizer):
         results_file = CACHE_DIR.parent / "results" / f"{name}.json"
         max_length = 64
         core = json.loads(results_file.read_text())
-        data = sst2.load_data(tokenizer, max_length, core["setup"]["max_train_samples"], core["setup"]["seed"],
-                              quick=quick)
+        data = sst2.load_data(tokenizer, max_length, core["setup"]["max_train_samples"], DEFAULT_SEED, quick=quick)
         kd_settings = sst2.KD_SETTINGS
     core = json.loads(results_file.read_text())
     kd_settings = core["runs"].get("student_kd", {}).get("settings", kd_settings)

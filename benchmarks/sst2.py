@@ -16,6 +16,7 @@ import logging
 
 from common import (
     DATA_DIR,
+    DEFAULT_SEED,
     add_suite_args,
     minilm_path,
     promote_best_kd,
@@ -47,7 +48,9 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
     n_train = 300 if args.quick else args.max_train_samples
-    data = load_data(tokenizer, args.max_length, n_train, args.seed, quick=args.quick)
+    # The subsample is the suite's whatever --seed says: a seed replica varies the training's randomness, not the
+    # data (and the cached teacher was fine-tuned on this subsample).
+    data = load_data(tokenizer, args.max_length, n_train, DEFAULT_SEED, quick=args.quick)
     tokenized = data
     labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
     results = run_suite(
@@ -63,7 +66,8 @@ def main():
 
 
 def load_data(tokenizer, max_length, n_train, seed, quick=False):
-    """SST-2 splits (raw sentences kept for text-level attacks) and their tokenized forms."""
+    """SST-2 splits (raw sentences kept for text-level attacks) and their tokenized forms; the training split is a
+    subsample of `n_train` rows drawn with `seed`."""
     splits = {s: load_text_classification_file(DATA_DIR / "sst2" / f"{s}.tsv") for s in ("train", "dev", "test")}
     if n_train and n_train < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(n_train))
