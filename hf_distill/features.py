@@ -65,6 +65,11 @@ def parse_layer_map(
                     f"`feature_layer_map` {spec!r} is not a list of `student:teacher` layer pairs; write e.g. "
                     f"'1:2,2:4,3:6' (0 is the embedding output, i the output of layer i)."
                 )
+            if int(parts[0]) in layer_map:
+                raise ValueError(
+                    f"`feature_layer_map` {spec!r} pairs student layer {int(parts[0])} twice; each student layer is "
+                    "matched to one teacher layer. Keep one pair per student layer."
+                )
             layer_map[int(parts[0])] = int(parts[1])
     else:
         layer_map = {int(s): int(t) for s, t in dict(spec).items()}

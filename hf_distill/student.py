@@ -125,8 +125,21 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
             ``config.num_hidden_layers`` (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ...) and DistilBERT
             (``transformer.layer.<i>.``, ``config.n_layers``).
     """
+    if hasattr(teacher, "get_base_model") and hasattr(teacher, "peft_config"):
+        raise ValueError(
+            f"The teacher is a PEFT model ({type(teacher).__name__}), whose layers hold adapters apart from their "
+            "weights. Merge them first and cut the merged model: `create_student(teacher.merge_and_unload(), layers)` "
+            "(merge_and_unload changes the PEFT model it is called on; call it on a copy to keep the adapters)."
+        )
     attribute = _layer_count_attribute(teacher)
     num_layers = getattr(teacher.config, attribute)
+    depth_names = {attribute, "num_hidden_layers", *_PER_LAYER_ATTRIBUTES} & set(config_overrides)
+    if depth_names:
+        raise ValueError(
+            f"{', '.join(f'`{n}`' for n in sorted(depth_names))} cannot be overridden: the student's depth and its "
+            "per-layer settings follow `layers` (the teacher layers it keeps). Pass the layers you want instead, e.g. "
+            f"`layers={list(range(0, num_layers, 2))}`."
+        )
     teacher_state = teacher.state_dict()
     stack = _layer_stack(teacher, list(teacher_state), num_layers)
     layers = _validate_layers(layers, num_layers)

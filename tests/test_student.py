@@ -173,3 +173,12 @@ def test_config_overrides_reach_the_student_and_unknown_ones_are_refused(teacher
     assert student.bert.encoder.layer[0].attention.self.dropout.p == 0.0
     with pytest.raises(ValueError, match="`not_a_field` is not an attribute of BertConfig"):
         create_student(teacher, [0], not_a_field=1)
+    with pytest.raises(ValueError, match=r"`num_hidden_layers` cannot be overridden.*follow `layers`"):
+        create_student(teacher, [0], num_hidden_layers=3)
+
+
+def test_a_peft_teacher_is_refused_with_the_merge_to_do_first(teacher):
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(teacher, peft.LoraConfig(r=2, target_modules=["query"]))
+    with pytest.raises(ValueError, match=r"PEFT model.*create_student\(teacher.merge_and_unload\(\), layers\)"):
+        create_student(lora, [0])
