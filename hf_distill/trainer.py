@@ -598,6 +598,13 @@ class DistillationTrainer(Trainer):
                     f"`AutoModelForTokenClassification.from_pretrained(..., {name}=0.0)`."
                 )
         if self.args.hidden_distill_weight > 0 and student.hidden_size != teacher.hidden_size:
+            if self.is_deepspeed_enabled:
+                raise ValueError(
+                    f"Hidden-state distillation between hidden sizes {student.hidden_size} (student) and "
+                    f"{teacher.hidden_size} (teacher) trains a projection outside the student, which the DeepSpeed "
+                    "engine neither optimises under its own optimizer config nor restores on resume. Use DDP or FSDP "
+                    "(`accelerate launch` without DeepSpeed), or a student with the teacher's hidden size."
+                )
             self.feature_projector = FeatureProjector(student.hidden_size, teacher.hidden_size,
                                                       list(self._layer_map)).to(self.args.device)
 

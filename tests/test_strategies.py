@@ -57,6 +57,20 @@ def _projector_trainer(tokenizer, tmp_path, out, **kwargs):
                        hidden_distill_weight=1.0, feature_layer_map="0:0,1:2", **kwargs)
 
 
+def test_a_projection_under_deepspeed_is_refused(tokenizer, tmp_path, monkeypatch):
+    # Under DeepSpeed, Trainer resumes through deepspeed_load_checkpoint, never _load_from_checkpoint, and an optimizer
+    # from the DeepSpeed config holds the engine's parameters only: the projection would be silently lost on resume.
+    setup = DistillationTrainer._setup_features
+
+    def as_under_deepspeed(self):
+        self.is_deepspeed_enabled = True  # DeepSpeed cannot run here; the trainer reads this flag
+        return setup(self)
+
+    monkeypatch.setattr(DistillationTrainer, "_setup_features", as_under_deepspeed)
+    with pytest.raises(ValueError, match=r"hidden sizes 16 \(student\) and 32 \(teacher\).*DeepSpeed.*DDP or FSDP"):
+        _projector_trainer(tokenizer, tmp_path, "ds")
+
+
 def test_projection_trains_with_the_student_lives_in_checkpoints_not_in_the_export(tokenizer, tmp_path):
     trainer = _projector_trainer(tokenizer, tmp_path, "run")
     projector = trainer.feature_projector
