@@ -76,3 +76,13 @@ def byte_level_tokenizer_dir(tmp_path_factory):
     merges = [tuple(line.split()) for line in open(merges_path).read().splitlines()[1:] if line]
     RobertaTokenizerFast(vocab=trainer.get_vocab(), merges=merges).save_pretrained(folder / "tokenizer")
     return folder / "tokenizer"
+
+
+def free_port() -> int:
+    """A TCP port free right now, for `accelerate launch --main_process_port`: the default (29500) may still be held by
+    an earlier launch, or by another job on a shared CI machine."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

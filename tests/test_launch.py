@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")
@@ -26,7 +27,7 @@ def test_two_process_launch_matches_single_process(tmp_path):
     # `accelerate launch --cpu` starts a single process unless MPI is set up; the torchrun-based launcher starts two,
     # and the script's `use_cpu=True` makes Accelerate run them as MULTI_CPU over gloo.
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(multi), "2"], tmp_path)
+          "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(multi), "2"], tmp_path)
     _compare(single / "hidden", multi / "hidden", ("kd_loss", "ce_loss", "hidden_loss"))
     _compare(single / "fgm", multi / "fgm", ("kd_loss", "ce_loss", "adv_loss", "adv_delta_norm"))
     assert json.loads((single / "hidden" / "facts.json").read_text())["projector"]  # the hidden run has one to compare

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NER_LABELS, tiny_token_model
+from conftest import NER_LABELS, free_port, tiny_token_model
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,7 +365,7 @@ def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(toke
     # The torchrun-based launcher with `use_cpu` runs two MULTI_CPU processes over gloo (see tests/test_launch.py).
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-         "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "distill_ner.py"),
+         "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "distill_ner.py"),
          "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "0",
          "--train_file", str(data), "--validation_file", str(data), "--output_dir", str(out), "--max_steps", "2",
          "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
