@@ -94,7 +94,10 @@ class DistillationArguments(TrainingArguments):
             `adv_start_step=0` the labels are then unused and not required). Unless it equals the clean loss (`"both"`), FGM and PGD take its gradient at δ = 0 with
             one extra backward to the embeddings (no weight gradients).
         adv_epsilon (`float`, defaults to `1.0`):
-            Radius of the per-example ε-ball (over the whole sequence) that δ is projected into (>= 0).
+            Radius of the per-example ε-ball (over the whole sequence) that δ is projected into (>= 0). Scale it to
+            the word embeddings: a BERT-family token embedding has a norm of about 1, so a budget of 1 can erase the
+            one word a short sentence hinges on (FGM at 1.0 collapsed an SST-2 MiniLM student to chance); the
+            benchmarks use 0.3 for FGM and 0.5 for FreeLB (`benchmarks/robustness.py`).
         adv_step_size (`float`, defaults to `0.3`):
             Ascent step size α of PGD and FreeLB (> 0).
         adv_steps (`int`, defaults to `3`):
