@@ -433,7 +433,7 @@ def test_fsdp_with_sharded_state_dicts_still_saves_the_whole_student(tokenizer, 
     from torch.distributed.fsdp import StateDictType
 
     trainer = ner_trainer(tokenizer, tmp_path)
-    plugin = FullyShardedDataParallelPlugin(state_dict_type="SHARDED_STATE_DICT")
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")  # as fsdp.yaml
     sharded_config = plugin.state_dict_config
     seen = []
 
