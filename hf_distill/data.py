@@ -404,6 +404,38 @@ def _check_token_batch(examples: dict[str, list[Any]], tokens_column: str, tags_
             )
 
 
+def _vanished_words(encoding: Any, batch_words: list[list[str]], limit: int | None) -> dict[int, list[int]]:
+    """`{example: [word indices]}` of the words that became no sub-word at all (a zero-width space, a soft hyphen,
+    an empty string: the tokenizer's normaliser strips them), truncation aside. Such a word has no position for its
+    tag, which would vanish from training and from the entity references."""
+    vanished = {}
+    for batch_index, words in enumerate(batch_words):
+        seen = {word for word in encoding.word_ids(batch_index=batch_index) if word is not None}
+        truncated = limit is not None and len(encoding["input_ids"][batch_index]) >= limit
+        end = (max(seen) + 1 if seen else 0) if truncated else len(words)
+        missing = [index for index in range(end) if index not in seen]
+        if missing:
+            vanished[batch_index] = missing
+    return vanished
+
+
+def _stand_in_unknown(tokenizer: Any, batch_words: list[list[str]], vanished: dict[int, list[int]]) -> list[list[str]]:
+    """The batch with each vanished word replaced by the unknown token, so that it keeps a position and its tag."""
+    first = next(iter(vanished))
+    example = [batch_words[first][i] for i in vanished[first]][:3]
+    if tokenizer.unk_token is None:
+        raise ValueError(
+            f"Some words tokenize to no sub-word at all (e.g. {example!r}), so their tags would be lost, and "
+            f"{type(tokenizer).__name__} has no unknown token to stand in for them. Remove or replace those words "
+            "before tokenizing."
+        )
+    count = sum(len(indices) for indices in vanished.values())
+    logger.warning("%d word(s) in this batch tokenize to no sub-word at all (e.g. %r) and are encoded as %s, so "
+                   "that they keep their tags.", count, example, tokenizer.unk_token)
+    return [[tokenizer.unk_token if i in vanished.get(b, ()) else word for i, word in enumerate(words)]
+            for b, words in enumerate(batch_words)]
+
+
 def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, from_tokenizer: bool) -> None:
     """Warn if truncation to ``limit`` sub-words dropped whole words (which then get no label)."""
     truncated = []
@@ -417,9 +449,10 @@ def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, fro
     if not truncated:
         return
     batch_index, kept, n_words = truncated[0]
+    opening = " ".join(batch_words[batch_index][:6]) + (" ..." if n_words > 6 else "")
     message = (
         f"{len(truncated)} of {len(batch_words)} sentences in this batch are longer than %s sub-words and were "
-        f"truncated (e.g. example {batch_index} keeps {kept} of its {n_words} words): the words past the limit get "
+        f"truncated (e.g. the sentence {opening!r} keeps {kept} of its {n_words} words): the words past the limit get "
         "no label, so they are neither trained on nor evaluated. Split long sentences before tokenising, or raise "
         "`max_length` if the model's position embeddings allow it."
     )
@@ -427,6 +460,18 @@ def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, fro
         warnings.warn(message % f"the tokenizer's model_max_length={limit}", UserWarning, stacklevel=3)
     else:
         logger.warning(message, f"max_length={limit}")
+
+
+def word_free_special_ids(tokenizer: Any) -> list[int] | None:
+    """The ids of the special tokens that stand for no word of the text ([CLS], [SEP], [PAD], ...): the tokenizer's
+    `all_special_ids` without its unknown token, which stands for a word the vocabulary lacks, and its mask token,
+    which augmentation writes in place of words. These positions are neither distilled (`all_subwords`) nor
+    perturbed. `None` when the tokenizer does not list its special tokens."""
+    ids = getattr(tokenizer, "all_special_ids", None)
+    if ids is None:
+        return None
+    words = {getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "mask_token_id", None)}
+    return [i for i in ids if i not in words]
 
 
 def keeps_word_starts(tokenizer: Any) -> bool:
@@ -529,6 +574,10 @@ def tokenize_and_align_labels(
         limit = None
     batch_words = examples[tokens_column]
     encoding = tokenizer(batch_words, is_split_into_words=True, truncation=limit is not None, max_length=limit)
+    vanished = _vanished_words(encoding, batch_words, limit)
+    if vanished:
+        batch_words = _stand_in_unknown(tokenizer, batch_words, vanished)
+        encoding = tokenizer(batch_words, is_split_into_words=True, truncation=limit is not None, max_length=limit)
     if limit is not None:
         _warn_truncated(encoding, batch_words, limit, from_tokenizer=max_length is None)
     if tags_column not in examples:

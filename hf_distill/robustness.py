@@ -37,6 +37,7 @@ from .adversarial import (
     project,
     word_embeddings,
 )
+from .data import word_free_special_ids
 from .losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -155,8 +156,9 @@ def evaluate_robustness(
         batch_size: Examples per batch.
         step_size: α; defaults to 2.5 · ε / K.
         seed: Seeds the random start.
-        special_token_ids: Ids never perturbed, e.g. `tokenizer.all_special_ids`. Defaults to the special tokens of
-            `data_collator.tokenizer` (the Transformers padding collators have one); pass `[]` to attack them too.
+        special_token_ids: Ids never perturbed, e.g. `hf_distill.data.word_free_special_ids(tokenizer)`. Defaults to
+            the special tokens of `data_collator.tokenizer` (the Transformers padding collators have one) other than
+            [UNK] and [MASK], which stand in for words, as in training; pass `[]` to attack every token.
             Without either, only padding is left alone, and a warning says so.
 
     Returns:
@@ -184,7 +186,7 @@ def evaluate_robustness(
     _check_columns(dataset)
     word_embeddings(model)  # fails early, with the fix, if the model has no input embeddings
     if special_token_ids is None:
-        special_token_ids = getattr(getattr(data_collator, "tokenizer", None), "all_special_ids", None)
+        special_token_ids = word_free_special_ids(getattr(data_collator, "tokenizer", None))
         if special_token_ids is None:
             logger.warning("evaluate_robustness perturbs special tokens too: pass `special_token_ids="
                            "tokenizer.all_special_ids` (or a collator with a tokenizer) to leave them alone, as "

@@ -54,6 +54,7 @@ from .checks import (
     infer_task,
 )
 from .config import DistillationArguments
+from .data import word_free_special_ids
 from .ensemble import combine_teacher_logits
 from .features import FeatureProjector, attention_kl, cut_layer_map, hidden_state_loss, parse_layer_map
 from .files import (
@@ -208,10 +209,11 @@ class DistillationTrainer(Trainer):
         self.teacher_model = self.teacher_models[0] if self.teacher_models else None
         # Each teacher gets the batch keys its own forward takes (an ensemble may mix BERT and DistilBERT).
         self._teacher_inputs: list[set[str]] = [forward_inputs(self._unwrap(t)) for t in self.teacher_models]
-        special = getattr(processing_class, "all_special_ids", None) or []
+        # [CLS], [SEP], [PAD]...: not [UNK] (a word the vocabulary lacks) nor [MASK] (written into words by augmentation).
+        special = word_free_special_ids(processing_class) or []
         # The attack leaves special tokens alone by default; without processing_class, the collator's tokenizer
         # names them, and with neither the trainer would perturb [CLS] and [SEP] without a word.
-        attack_special = special or getattr(getattr(data_collator, "tokenizer", None), "all_special_ids", None) or []
+        attack_special = special or word_free_special_ids(getattr(data_collator, "tokenizer", None)) or []
         if args.adversarial != "none" and not args.adv_perturb_special_tokens and not attack_special:
             raise ValueError(
                 "Adversarial training leaves special tokens ([CLS], [SEP], ...) unperturbed, and needs the tokenizer "
@@ -219,9 +221,7 @@ class DistillationTrainer(Trainer):
                 "perturb them as well)."
             )
         self._special_ids = torch.tensor(sorted(set(attack_special)), dtype=torch.long)
-        # Distilled positions skip special tokens, but not the mask token that augmentation writes into real ones.
-        mask_id = getattr(processing_class, "mask_token_id", None)
-        self._distill_skip_ids = torch.tensor(sorted(set(special) - {mask_id}), dtype=torch.long)
+        self._distill_skip_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
         self.feature_projector: FeatureProjector | None = None
         self._layer_map: dict[int, int] = {}  # hidden states: student layer -> teacher layer
         self._attention_map: dict[int, int] = {}  # attention maps (the same unless the student was cut, see below)

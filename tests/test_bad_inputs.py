@@ -310,10 +310,17 @@ def test_long_sentence_is_truncated_to_model_max_length_with_a_warning(vocab_fil
     batch = {"tokens": [words, words[:3]], "ner_tags": [[0] * 30, [1, 0, 0]]}
 
     expected = r"1 of 2 sentences .* longer than the tokenizer's model_max_length=16"
+    batch = {"tokens": [words[:3], words], "ner_tags": [[1, 0, 0], [0] * 30]}  # the long one second in the batch
     with pytest.warns(UserWarning, match=expected) as record:
         encoding = tokenize_and_align_labels(batch, tokenizer)
 
-    assert re.search(r"keeps 14 of its 30 words.*Split long sentences", str(record[0].message))
+    # The sentence is named by its words (a position in the map() batch would not find it in the dataset).
+    assert re.search(r"the sentence 'the a of and to in \.\.\.' keeps 14 of its 30 words.*Split long sentences",
+                     str(record[0].message))
+    assert [len(ids) for ids in encoding["input_ids"]] == [5, 16]
+    batch = {"tokens": [words, words[:3]], "ner_tags": [[0] * 30, [1, 0, 0]]}
+    with pytest.warns(UserWarning, match=expected):
+        encoding = tokenize_and_align_labels(batch, tokenizer)
     assert [len(ids) for ids in encoding["input_ids"]] == [16, 5]
     assert encoding["labels"][0] == [-100] + [0] * 14 + [-100]
 

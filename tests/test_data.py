@@ -162,6 +162,19 @@ def test_align_labels_truncates_to_max_length(wordpiece_tokenizer):
     assert encoding["labels"] == [[-100, 1, 0, 5, -100]]
 
 
+def test_a_word_with_no_sub_word_keeps_its_tag_as_the_unknown_token(wordpiece_tokenizer, caplog):
+    # The normaliser strips a zero-width space or a soft hyphen to nothing: without a stand-in, the word would have
+    # no position, and its entity would vanish from training and from the references.
+    words = ["John", "\u200b", "lives", "\u00ad"]
+    tags = [LABEL_IDS[t] for t in ["O", "B-PER", "O", "B-LOC"]]
+    with caplog.at_level("WARNING", logger="hf_distill.data"):
+        encoding = tokenize_and_align_labels({"tokens": [words], "ner_tags": [tags]}, wordpiece_tokenizer)
+    assert wordpiece_tokenizer.convert_ids_to_tokens(encoding["input_ids"][0]) == [
+        "[CLS]", "john", "[UNK]", "lives", "[UNK]", "[SEP]"]
+    assert encoding["labels"] == [[-100, 0, 1, 0, 5, -100]]
+    assert "2 word(s) in this batch tokenize to no sub-word" in caplog.text
+
+
 def test_align_labels_without_tags_returns_encoding_only(wordpiece_tokenizer):
     encoding = tokenize_and_align_labels({"tokens": [["John", "went"]]}, wordpiece_tokenizer)
     assert "labels" not in encoding

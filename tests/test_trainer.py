@@ -235,6 +235,15 @@ def test_all_subwords_mask_excludes_padding_and_specials(tokenizer, tmp_path):
     assert not mask[:, 0].any()
 
 
+def test_all_subwords_distils_unknown_tokens_as_first_subword_does(tokenizer, tmp_path):
+    # [UNK] is in the tokenizer's all_special_ids, but it stands for a word: distilled (and attacked) like any other.
+    batch = DataCollatorForTokenClassification(tokenizer)(list(ner_dataset(tokenizer, n=2)))
+    batch["input_ids"][:, 1] = tokenizer.unk_token_id  # the first word of each sentence, which carries a label
+    first = ner_trainer(tokenizer, tmp_path, distill_positions="first_subword").distill_mask(batch)
+    every = ner_trainer(tokenizer, tmp_path, distill_positions="all_subwords").distill_mask(batch)
+    assert first[:, 1].all() and every[:, 1].all() and not (first & ~every).any()
+
+
 def test_teacher_given_as_a_path_is_loaded_with_the_students_head(tokenizer, tmp_path):
     teacher = tiny_token_model(tokenizer, layers=2, seed=2)
     teacher.save_pretrained(tmp_path / "teacher")
