@@ -497,6 +497,21 @@ class CachedLogitsCollator:
         return batch
 
 
+def _refuse_prepadded(attention_mask: torch.Tensor, lengths: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse rows whose stored input ids include padding (a dataset tokenized with `padding="max_length"`): the
+    cache would keep logits for pad positions, and training batches, padded per batch, would not line up with them."""
+    real = attention_mask.detach().cpu().sum(1).numpy()
+    short = real < lengths
+    if short.any():
+        b = int(short.argmax())
+        raise ValueError(
+            f"Row {int(rows[b])} of the dataset has {int(lengths[b])} input ids but {int(real[b])} real tokens (its "
+            "attention mask): it was tokenized with padding (e.g. `padding='max_length'`), so the cache would store "
+            "logits for pad positions that training batches, padded per batch, do not line up with. Tokenize "
+            "without padding and let the data collator pad each batch (`DataCollatorForTokenClassification`)."
+        )
+
+
 def _check_positions(attention_mask: torch.Tensor, lengths: np.ndarray, rows: np.ndarray) -> None:
     """Refuse a batch whose real tokens are not the first `lengths[b]` positions of each row (see `logits`)."""
     mask = attention_mask.detach().cpu().bool()
@@ -641,6 +656,8 @@ def build_teacher_cache(
         if store is None:
             metadata = _new_metadata(logits, lengths, parts, top_k)
             store = _Store(path, metadata, mode="w+", lengths=lengths, row_hashes=row_hashes)
+        if metadata["task"] == TOKEN_CLASSIFICATION and torch.is_tensor(batch.get("attention_mask")):
+            _refuse_prepadded(batch["attention_mask"], lengths[indices], indices)
         store.write(indices, _positions(logits, batch, rows, lengths[indices], metadata, indices))
         bar.update(len(indices))
 

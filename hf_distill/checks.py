@@ -148,6 +148,19 @@ def check_tokenizer(tokenizer: Any, teacher: nn.Module) -> None:
         )
 
 
+def dataset_columns(dataset: Any) -> list[str]:
+    """The columns of a training set: `column_names` for a `datasets.Dataset`, else the keys of its first row (a
+    torch `Subset` or `random_split` part of one, a list of dicts), else none."""
+    names = getattr(dataset, "column_names", None)
+    if isinstance(names, list | tuple):
+        return list(names)
+    try:
+        first = dataset[0] if len(dataset) else None
+    except Exception:  # not indexable by position (an iterable dataset): no columns to read ahead
+        return []
+    return list(first) if hasattr(first, "keys") else []
+
+
 def _reject_dataset_dict(dataset: Any, name: str) -> None:
     """Raise if `dataset` is a `DatasetDict` (a mapping of splits) where one split was meant."""
     if hasattr(dataset, "keys") and hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):

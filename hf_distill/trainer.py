@@ -50,6 +50,7 @@ from .checks import (
     check_teacher_student,
     check_tokenizer,
     check_train_dataset,
+    dataset_columns,
     forward_inputs,
     infer_task,
 )
@@ -157,8 +158,7 @@ class DistillationTrainer(Trainer):
                     f"the student does {self.task} with {num_labels} labels. Build the cache with the teacher of this "
                     "task (`build_teacher_cache`)."
                 )
-            if train_dataset is not None and CACHE_INDEX_COLUMN not in (getattr(train_dataset, "column_names", None)
-                                                                       or []):
+            if train_dataset is not None and CACHE_INDEX_COLUMN not in dataset_columns(train_dataset):
                 train_dataset = teacher_cache.attach(train_dataset)
             elif train_dataset is not None:
                 teacher_cache.check_index(train_dataset)  # an index column already there must name the right rows

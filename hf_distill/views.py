@@ -26,6 +26,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .checks import _reject_dataset_dict, dataset_columns
 from .text_attacks import TYPO_KINDS, perturb_characters
 
 TEACHER_VIEW_PREFIX = "teacher_"
@@ -37,8 +38,9 @@ TextNoise = Callable[[str, random.Random], str]
 
 
 def has_teacher_view(dataset: Any) -> bool:
-    """Whether `dataset` (a `datasets.Dataset` or anything with `column_names`) carries `teacher_input_ids`."""
-    return TEACHER_VIEW_KEYS[0] in (getattr(dataset, "column_names", None) or [])
+    """Whether the rows of `dataset` (a `datasets.Dataset`, or a `Subset`/`random_split` part of one, a list of
+    dicts) carry `teacher_input_ids`."""
+    return TEACHER_VIEW_KEYS[0] in dataset_columns(dataset)
 
 
 def teacher_view_inputs(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -94,6 +96,7 @@ def add_noisy_view(
     """
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"`probability` must be in [0, 1], got {probability}.")
+    _reject_dataset_dict(dataset, "dataset")
     columns = getattr(dataset, "column_names", None) or []
     for name in (text_column, text_pair_column):
         if name is not None and name not in columns:

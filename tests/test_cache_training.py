@@ -191,3 +191,25 @@ def test_an_index_column_made_for_other_rows_is_refused(tokenizer, tmp_path):
         _trainer(tokenizer, tmp_path, None, beyond, collator, cache=cache)
     _trainer(tokenizer, tmp_path, None, other.attach(stale.remove_columns("teacher_cache_index")), collator,
              cache=other)
+
+
+def test_an_attached_set_split_with_torch_keeps_its_index(tokenizer, tmp_path):
+    # A Subset (random_split's parts) has no column_names: its rows still carry the index attach() added, which must
+    # be checked, not attached again (which would refuse the subset as another dataset).
+    from torch.utils.data import Subset
+
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    part = Subset(cache.attach(data), [4, 1, 3])
+    trainer = _trainer(tokenizer, tmp_path, None, part, collator, cache=cache, max_steps=1)
+    assert [row["teacher_cache_index"] for row in trainer.train_dataset] == [4, 1, 3]
+    trainer.train()
+
+
+def test_a_pre_padded_token_set_is_refused_when_the_cache_is_built(tokenizer, tmp_path):
+    # padding="max_length" (run_ner.py --pad_to_max_length) stores pad positions in each row, which training batches,
+    # padded per batch, would not line up with.
+    data = ner_dataset(tokenizer).map(lambda row: tokenizer.pad(row, padding="max_length", max_length=24))
+    data = data.map(lambda row: {"labels": row["labels"] + [-100] * (24 - len(row["labels"]))})
+    with pytest.raises(ValueError, match=r"Row \d+ of the dataset has 24 input ids but \d+ real tokens.*without padding"):
+        build_teacher_cache(tiny_token_model(tokenizer, layers=1), data, DataCollatorForTokenClassification(tokenizer),
+                            str(tmp_path / "cache"), progress_bar=False)

@@ -173,6 +173,29 @@ def test_training_feeds_the_teacher_the_clean_view_only(tokenizer, tmp_path, adv
     assert all("kd_loss" in h for h in trainer.state.log_history if "loss" in h)
 
 
+def test_a_torch_subset_of_a_noisy_view_keeps_the_teacher_on_the_clean_text(tokenizer, tmp_path):
+    # A Subset (random_split's parts) has no column_names: the view must be found in its rows, or the teacher would
+    # silently read the student's noisy text.
+    from torch.utils.data import Subset
+
+    trainer = view_trainer(tokenizer, tmp_path, data=Subset(noisy_dataset(tokenizer), [0, 1, 2, 3]), max_steps=2)
+    seen = []
+    trainer.teacher_model.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
+    assert trainer.teacher_view
+    trainer.train()
+    clean = {tuple(tokenizer(s)["input_ids"]) for s in SENTENCES}
+    assert seen and all(tuple(t for t in row if t != tokenizer.pad_token_id) in clean
+                        for ids in seen for row in ids.tolist())
+
+
+def test_add_noisy_view_names_the_split_a_dataset_dict_needs(tokenizer):
+    from datasets import DatasetDict
+
+    with pytest.raises(ValueError, match=r"DatasetDict with splits \['train'\].*dataset\['train'\]"):
+        add_noisy_view(DatasetDict({"train": raw_sentences()}), tokenizer, text_column="sentence", noise=prefix_noise)
+
+
 def test_evaluation_on_a_dataset_with_a_teacher_view_scores_the_student_view(tokenizer, tmp_path):
     trainer = view_trainer(tokenizer, tmp_path)
     data = noisy_dataset(tokenizer)
