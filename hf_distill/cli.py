@@ -8,6 +8,7 @@ names it and the closest known field, instead of being silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -99,11 +100,19 @@ def _flag_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
+_LIST_AFTER_PARSING = {"report_to"}
+"""Fields that `TrainingArguments` takes as a list (`report_to: [tensorboard, trackio]`) but whose command-line flag
+takes one value: a list from a config file is set on the parsed arguments instead of going through the flag."""
+
+
 def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
     """Command-line flags for `config`. A field that takes one value accepts a one-item list; an empty list is left
-    out (the field keeps its default); a longer list is refused with the spelling that field takes."""
+    out (the field keeps its default); a longer list is refused with the spelling that field takes (except for the
+    fields of `_LIST_AFTER_PARSING`, which `parse_args` sets itself)."""
     flags = []
     for key, value in config.items():
+        if isinstance(value, list) and key in _LIST_AFTER_PARSING:
+            continue
         if isinstance(value, list) and key in single_valued:
             if len(value) > 1:
                 joined = ",".join(str(v) for v in value)
@@ -123,16 +132,38 @@ def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
     return flags
 
 
+def _unset_flags(parser: HfArgumentParser, argv: list[str]) -> tuple[list[str], set[str]]:
+    """`--field None` (or `null`) for a field whose default is None: the flag is dropped and the field's name returned,
+    so that the field keeps its default even where the config file sets it (argparse would read "None" as a
+    number or a string)."""
+    optional = {a.dest for a in parser._actions if a.option_strings and a.default is None}
+    kept, unset, i = [], set(), 0
+    while i < len(argv):
+        name = argv[i][2:] if argv[i].startswith("--") else None
+        if name in optional and i + 1 < len(argv) and argv[i + 1] in ("None", "null"):
+            unset.add(name)
+            i += 2
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept, unset
+
+
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse `argv` (default `sys.argv[1:]`) into instances of `dataclass_types`.
 
     If the first argument ends in `.yaml`, `.yml` or `.json`, it is read as a config file whose keys are field
-    names; the remaining command-line flags override it.
+    names; the remaining command-line flags override it. `--field None` gives back a field's default of None (e.g.
+    `--final_alpha None` when the file sets one).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(list(dataclass_types))
+    config_file = argv.pop(0) if argv and argv[0].endswith((".yaml", ".yml", ".json")) else None
+    argv, unset = _unset_flags(parser, argv)
+    if config_file is not None:
+        argv = [config_file, *argv]
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        config = _read_config(argv[0])
+        config = {k: v for k, v in _read_config(argv[0]).items() if k not in unset}
         known = {action.dest for action in parser._actions}
         unknown = [key for key in config if key not in known]
         if unknown:
@@ -145,5 +176,11 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
                 "Keys must be argument names; run the recipe with --help to list them."
             )
         single_valued = {a.dest for a in parser._actions if a.nargs is None and a.option_strings}
+        given = {arg[2:].split("=")[0] for arg in argv[1:] if arg.startswith("--")}
+        lists = {k: v for k, v in config.items() if k in _LIST_AFTER_PARSING and isinstance(v, list) and k not in given}
         argv = _to_flags(config, single_valued) + argv[1:]
+        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        # Built again with the list, so that the dataclass validates and normalises it as it would a value it was given.
+        return tuple(dataclasses.replace(obj, **{k: v for k, v in lists.items() if hasattr(obj, k)})
+                     if any(hasattr(obj, k) for k in lists) else obj for obj in parsed)
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

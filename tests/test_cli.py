@@ -62,6 +62,16 @@ def test_a_yaml_list_for_a_single_valued_field(tmp_path):
         parse_args([DistillationArguments], [str(config)])
 
 
+def test_report_to_takes_a_yaml_list_and_the_command_line_overrides_it(tmp_path):
+    # TrainingArguments takes report_to as a list, but its flag takes one value: a joined string is not a list.
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: [tensorboard, wandb]\ntemperature: 3.0\n")
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.report_to == ["tensorboard", "wandb"] and args.temperature == 3.0
+    (args,) = parse_args([DistillationArguments], [str(config), "--report_to", "none"])
+    assert args.report_to == []
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("output_dir: out\ntemprature: 4.0\n")
@@ -90,3 +100,14 @@ def test_invalid_value_in_config_reaches_validation(tmp_path):
     config.write_text("output_dir: out\nalpha: 1.5\nreport_to: none\n")
     with pytest.raises(ValueError, match=r"`alpha` must be in \[0, 1\], got 1.5"):
         parse_args([DistillationArguments], [str(config)])
+
+
+def test_none_on_the_command_line_unsets_an_optional_field_the_file_sets(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: none\nalpha: 0.5\nfinal_alpha: 0.9\nalpha_schedule: linear\n")
+    (args,) = parse_args([DistillationArguments], [str(config), "--final_alpha", "None", "--alpha_schedule",
+                                                   "constant"])
+    assert args.final_alpha is None and args.alpha == 0.5
+    (args,) = parse_args([DistillationArguments], ["--output_dir", "out", "--report_to", "none", "--final_alpha",
+                                                   "null"])
+    assert args.final_alpha is None
