@@ -299,10 +299,10 @@ class DistillationArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
-        if self.final_temperature is not None and not self.final_temperature > 0:
-            raise ValueError(f"`final_temperature` must be > 0, got {self.final_temperature}.")
+        for name in ("temperature", "final_temperature"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value}.")
         _schedule("temperature", self.temperature, self.final_temperature, self.temperature_schedule)
         for name in ("alpha", "final_alpha"):
             value = getattr(self, name)

@@ -22,7 +22,7 @@ _METHOD_FIELDS = (
 )
 _ADVERSARIAL_FIELDS = (
     "adversarial", "adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm", "adv_init_scale",
-    "adv_weight", "adv_start_step",
+    "adv_weight", "adv_start_step", "adv_perturb_special_tokens",
 )
 # Strategy settings shown only when they differ from the default (off).
 _STRATEGY_FIELDS = (
@@ -112,6 +112,7 @@ def build_model_card(
     layer_maps: Mapping[str, Mapping[int, int]] | None = None,
     generations: int = 1,
     adapter_of: str | None = None,
+    cached_logits: str | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -134,6 +135,8 @@ def build_model_card(
             since the effective map can differ from `feature_layer_map` (which may be unset).
         generations: born-again distillation: this student is generation `generations`, each generation distilled
             from the one before it and the first from `teacher`.
+        cached_logits: how the teacher's logits were read from a cache (`hf_distill.build_teacher_cache`), e.g.
+            "cached at ./cache, top-5 logits and the tail mass": a row under the strategies.
         adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.
@@ -182,7 +185,7 @@ def build_model_card(
                      "teacher labelled the clean text of each example."]
         if noisy_view:
             sections += ["", _table(list(noisy_view.items()))]
-    strategy = _strategy_rows(args)
+    strategy = _strategy_rows(args) + ([("teacher logits", cached_logits)] if cached_logits else [])
     strategy += [(f"{kind} layer map (student → teacher)", _format_layer_map(pairs))
                  for kind, pairs in (layer_maps or {}).items() if pairs]
     if generations > 1:

@@ -861,6 +861,15 @@ class DistillationTrainer(Trainer):
         finally:
             plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config = saved
 
+    def _cache_description(self) -> str | None:
+        """The card's row for a teacher-logit cache: where, and whether the soft targets were exact."""
+        cache = self.teacher_cache
+        if cache is None:
+            return None
+        stored = "every logit (fp16)" if cache.top_k is None or cache.top_k >= cache.num_labels else (
+            f"the top {cache.top_k} of {cache.num_labels} logits and the tail mass (approximate soft targets)")
+        return f"cached at {cache.path}: {stored}"
+
     def _teacher_params(self, teacher: nn.Module | None) -> int | None:
         """The card's teacher size: that teacher's parameters, or every teacher's for an ensemble."""
         if teacher is None:
@@ -929,6 +938,7 @@ class DistillationTrainer(Trainer):
             layer_maps=self._used_layer_maps(),
             generations=self.generations,
             adapter_of=_adapter_base(self._unwrap(self.model)),
+            cached_logits=self._cache_description(),
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))

@@ -21,9 +21,11 @@ def test_defaults():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"temperature": 0.0}, r"`temperature` must be > 0, got 0.0"),
-        ({"temperature": -1.0}, r"`temperature` must be > 0, got -1.0"),
-        ({"final_temperature": 0.0, "temperature_schedule": "linear"}, r"`final_temperature` must be > 0"),
+        ({"temperature": 0.0}, r"`temperature` must be a finite number > 0, got 0.0"),
+        ({"temperature": -1.0}, r"`temperature` must be a finite number > 0, got -1.0"),
+        ({"temperature": float("inf")}, r"`temperature` must be a finite number > 0, got inf"),
+        ({"final_temperature": 0.0, "temperature_schedule": "linear"}, r"`final_temperature` must be a finite number"),
+        ({"final_temperature": float("inf"), "temperature_schedule": "linear"}, r"`final_temperature` must be a finite"),
         ({"temperature_schedule": "exp"}, r"`temperature_schedule` must be one of .*got 'exp'"),
         ({"temperature_schedule": "linear"}, r"`final_temperature` is not set"),
         ({"final_temperature": 1.0}, r"would be ignored"),

@@ -161,3 +161,24 @@ def test_a_pushed_checkpoint_holds_the_state_a_resume_needs(tokenizer, tmp_path,
     trainer.train()
     pushed = [u for u in fake.uploads if u.get("path_in_repo") == "last-checkpoint"]
     assert pushed and PROJECTOR_FILE in pushed[0]["files"]  # written before Trainer's upload, not after
+
+
+def test_a_cached_teachers_card_says_how_its_soft_targets_were_stored(tokenizer, tmp_path):
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationTrainer, build_teacher_cache
+
+    collator, data = DataCollatorForTokenClassification(tokenizer), ner_dataset(tokenizer)
+    teacher = tiny_token_model(tokenizer, layers=1, seed=2)
+    for top_k, expected in ((None, "every logit (fp16)"), (2, "the top 2 of 7 logits and the tail mass")):
+        cache = build_teacher_cache(teacher, data, collator, str(tmp_path / f"cache{top_k}"), top_k=top_k,
+                                    progress_bar=False)
+        trainer = DistillationTrainer(model=tiny_token_model(tokenizer, layers=1, seed=1), teacher_cache=cache,
+                                      args=DistillationArguments(output_dir=str(tmp_path / "out"), report_to="none",
+                                                                 use_cpu=True, adversarial="fgm",
+                                                                 adv_perturb_special_tokens=True),
+                                      train_dataset=data, data_collator=collator, processing_class=tokenizer)
+        trainer.create_model_card()
+        text = (tmp_path / "out" / "README.md").read_text()
+        assert f"| teacher logits | cached at {tmp_path / f'cache{top_k}'}: {expected}" in text
+        assert "| adv_perturb_special_tokens | True |" in text
