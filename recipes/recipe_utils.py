@@ -49,6 +49,17 @@ class ModelArguments:
     def __post_init__(self):
         if self.generations < 1:
             raise ValueError(f"`generations` must be >= 1, got {self.generations}.")
+        pieces = [p.strip() for p in self.student_layers.split(",")]
+        if not pieces or not all(p.isdigit() for p in pieces):
+            raise ValueError(
+                f"--student_layers {self.student_layers!r} is not a comma-separated list of teacher layer indices; "
+                "write e.g. \"0,2,4\" (the teacher layers copied into the student, counting from 0)."
+            )
+
+    @property
+    def layers(self) -> list[int]:
+        """`--student_layers` as a list of teacher layer indices."""
+        return [int(p) for p in self.student_layers.split(",")]
 
 
 @dataclass
@@ -116,7 +127,7 @@ def load_models(model_args: ModelArguments, task: str, *, attention_distillation
         )
     else:
         overrides = _no_attention_dropout(teacher.config) if attention_distillation else {}
-        student = create_student(teacher, [int(i) for i in model_args.student_layers.split(",")], **overrides)
+        student = create_student(teacher, model_args.layers, **overrides)
     if overrides:
         logger.info("Attention distillation: the student is built with %s (no attention dropout).",
                     ", ".join(f"{k}={v}" for k, v in overrides.items()))
@@ -128,8 +139,8 @@ def load_splits(
 ) -> dict[str, datasets.Dataset]:
     """`{"train", "validation"[, "test"]}` from the Hub or from local files (`read_local(path)` reads one file).
 
-    A local `--validation_file`/`--test_file` also supplies (or replaces) that split of a Hub dataset, e.g. one that
-    has no validation split. Every split must hold `columns` (the text); the train and validation splits also
+    A local `--train_file`/`--validation_file`/`--test_file` also supplies (or replaces) that split of a Hub dataset,
+    e.g. one that has no validation split. Every split must hold `columns` (the text); the train and validation splits also
     `label_column`. With `label_names`, a Hub label column of strings ("positive") is mapped to their ids, as
     `read_local` does for files.
     """
@@ -147,7 +158,7 @@ def load_splits(
                 f"Could not load the Hub dataset {data.dataset_name!r} ({type(err).__name__}: {err}). {hint}"
             ) from err
         splits = {name: raw[name] for name in ("train", "validation", "test") if name in raw}
-        for name, path in (("validation", data.validation_file), ("test", data.test_file)):
+        for name, path in (("train", data.train_file), ("validation", data.validation_file), ("test", data.test_file)):
             if path is not None:
                 splits[name] = read_local(path)
         missing = [name for name in ("train", "validation") if name not in splits]
@@ -241,14 +252,22 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             "--resume_from_checkpoint resumes a single run, and --generations > 1 chains several (each generation "
             "starts from the initial student). Resume without --generations, or start the generations again."
         )
+    ema = args.self_distillation == "ema"
+    if ema and generations > 1:
+        raise ValueError(
+            "--self_distillation ema teaches the student with its own average, and --generations > 1 with the previous "
+            "generation: choose one."
+        )
     initial = copy.deepcopy(student) if generations > 1 else None
     generation_teacher = teacher
     for generation in range(1, generations + 1):
         last = generation == generations
         gen_args = args if last else dataclasses.replace(
             args, output_dir=f"{os.path.normpath(args.output_dir)}-generation-{generation}", push_to_hub=False)
+        # Under EMA the loaded teacher only gave the student its start (and is scored next to it below).
         trainer = DistillationTrainer(
-            model=student, teacher_model=generation_teacher, args=gen_args, train_dataset=tokenized["train"],
+            model=student, teacher_model=None if ema else generation_teacher, args=gen_args,
+            train_dataset=tokenized["train"],
             eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
             compute_metrics=metrics,
         )

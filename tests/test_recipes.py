@@ -398,6 +398,12 @@ def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_val
     assert isinstance(splits["test"].features["label"], ClassLabel)
     with pytest.raises(ValueError, match=r"labels \['negative'\] .* not among the label names"):
         recipe_utils.load_splits(with_file, lambda path: local, label_column="label", label_names=["positive", "x"])
+    # A local --train_file replaces the Hub's train split too (it was silently ignored).
+    own_train = Dataset.from_dict({"text": ["mine"], "label": [0]})
+    with_train = recipe_utils.DataArguments(dataset_name="some/imdb-like", train_file="train.tsv",
+                                            validation_file="dev.tsv")
+    splits = recipe_utils.load_splits(with_train, lambda path: own_train if path == "train.tsv" else local)
+    assert splits["train"] is own_train and splits["validation"] is local
 
 
 def test_a_new_ner_teachers_tags_come_from_every_file(tmp_path, monkeypatch):
@@ -443,3 +449,30 @@ def test_recipe_students_for_attention_distillation_have_no_attention_dropout(to
                                                        report_to="none", use_cpu=True))
         _, _, kept = load_models(args, "token_classification")
         assert kept.config.attention_probs_dropout_prob == teacher.config.attention_probs_dropout_prob
+
+
+def test_recipes_run_ema_self_distillation_and_refuse_bad_student_layers(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import DataArguments, ModelArguments, distill
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationArguments, token_classification_metrics
+
+    for bad in ("0,1,", "0;1", "0 1"):
+        with pytest.raises(ValueError, match=r"--student_layers .* not a comma-separated list.*\"0,2,4\""):
+            ModelArguments(teacher_model_name_or_path="t", student_layers=bad)
+    # --self_distillation ema: the loaded teacher gives the student its start, the trainer gets no teacher_model.
+    from test_trainer import ner_dataset
+
+    data = ner_dataset(tokenizer)
+    args = DistillationArguments(output_dir=str(tmp_path / "student"), self_distillation="ema", max_steps=2,
+                                 per_device_train_batch_size=2, report_to="none", use_cpu=True, save_strategy="no",
+                                 disable_tqdm=True)
+    trainer = distill(tiny_token_model(tokenizer, layers=2, seed=3), tiny_token_model(tokenizer, layers=1, seed=1),
+                      tokenizer, {"train": data, "validation": data}, DataCollatorForTokenClassification(tokenizer),
+                      token_classification_metrics(NER_LABELS), "f1", args, DataArguments(train_file="train.txt"))
+    assert trainer.state.global_step == 2 and (tmp_path / "student" / "model.safetensors").is_file()
+    assert "itself (EMA teacher" in (tmp_path / "student" / "README.md").read_text()
+    with pytest.raises(ValueError, match="choose one"):
+        distill(tiny_token_model(tokenizer, layers=2, seed=3), None, tokenizer, {"train": data, "validation": data},
+                None, None, "f1", args, DataArguments(train_file="train.txt"), generations=2)
