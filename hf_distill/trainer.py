@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -818,8 +818,13 @@ class DistillationTrainer(Trainer):
     # ---- logging ----------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and (self._window.steps or self._window.skipped):
-            logs.update(self._window.averages(self.accelerator))
+        if "loss" in logs:  # every process logs a training step, and takes part in the window's one reduce
+            a = self.args
+            ratios = [n for n, w in (("hidden_loss", a.hidden_distill_weight), ("attention_loss",
+                                                                              a.attention_distill_weight)) if w > 0]
+            adversarial = ["adv_loss"] if self._attack is not None else []
+            logs.update(self._window.averages(self.accelerator, ratios, adversarial,
+                                              ["adv_delta_norm"] if adversarial else []))
             self._window = _LossWindow()
         super().log(logs, start_time)
 
@@ -1192,13 +1197,12 @@ def _parts_row(parts: DistillationLoss) -> torch.Tensor:
                         parts.ce_count.float()]).detach()
 
 
-def _summed(row: torch.Tensor, accelerator) -> list[float]:
-    """`row` summed over the processes, as Python floats."""
-    return (accelerator.reduce(row, reduction="sum") if accelerator.num_processes > 1 else row).tolist()
-
-
 class _LossWindow:
-    """Sums of the loss components since the last log, kept as tensors so that no step waits on the device."""
+    """Sums of the loss components since the last log, kept as tensors so that no step waits on the device.
+
+    `averages` reduces them across processes in one all-reduce of a layout fixed by the run's settings (`names`), never
+    by what this process happened to record: a process whose every batch in the window was skipped still takes part
+    with zeros, so that no process waits on a collective the others never enter."""
 
     def __init__(self):
         self.steps = 0
@@ -1225,7 +1229,7 @@ class _LossWindow:
         self.objectives[name] = (row if sums is None else sums + row, [*alphas, alpha])
 
     def add_extra(self, name: str, value: torch.Tensor) -> None:
-        """A scalar averaged over the window's micro-steps and the processes (e.g. the perturbation's norm)."""
+        """A scalar averaged over the window's micro-steps on every process (e.g. the perturbation's norm)."""
         self.extras.setdefault(name, []).append(value.detach().float())
 
     def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
@@ -1235,28 +1239,57 @@ class _LossWindow:
         self.alpha += alpha
         self.steps += 1
 
-    def averages(self, accelerator) -> dict[str, float]:
-        if self.sums is None:
-            return {"skipped_batches": self.skipped}
-        kd_sum, kd_count, ce_sum, ce_count = _summed(self.sums, accelerator)
-        logs = {"temperature": self.temperature / self.steps, "alpha": self.alpha / self.steps}
-        if kd_count > 0:
-            logs["kd_loss"] = kd_sum / kd_count
-        if ce_count > 0:
-            logs["ce_loss"] = ce_sum / ce_count
-        if self.skipped:
-            logs["skipped_batches"] = self.skipped
-        for name, row in self.ratios.items():
-            total, count = _summed(row, accelerator)
+    def averages(self, accelerator, ratios: Sequence[str] = (), objectives: Sequence[str] = (),
+                 extras: Sequence[str] = ()) -> dict[str, float]:
+        """The window's logged values, summed over the processes in one all-reduce. `ratios`, `objectives` and
+        `extras` name every entry the run can record (the same on every process); one not recorded here counts as
+        zeros."""
+        device = accelerator.device
+
+        def vector(values) -> torch.Tensor:
+            return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in values])
+
+        pieces = [self.sums.to(device) if self.sums is not None else torch.zeros(4, device=device),
+                  vector([self.temperature, self.alpha, self.steps, self.skipped])]
+        pieces += [self.ratios[n].to(device) if n in self.ratios else torch.zeros(2, device=device) for n in ratios]
+        for name in objectives:
+            row, alphas = self.objectives.get(name, (None, []))
+            pieces += [row.to(device) if row is not None else torch.zeros(4, device=device),
+                       vector([sum(alphas), len(alphas)])]
+        for name in extras:
+            values = self.extras.get(name, [])
+            pieces.append(vector([torch.stack(values).sum() if values else 0.0, len(values)]))
+        flat = torch.cat(pieces)
+        if accelerator.num_processes > 1:
+            flat = accelerator.reduce(flat, reduction="sum")
+        values = iter(flat.tolist())
+
+        def take(n: int) -> list[float]:
+            return [next(values) for _ in range(n)]
+
+        kd_sum, kd_count, ce_sum, ce_count = take(4)
+        temperature, alpha, steps, skipped = take(4)
+        logs = {}
+        if steps > 0:
+            logs.update(temperature=temperature / steps, alpha=alpha / steps)
+            if kd_count > 0:
+                logs["kd_loss"] = kd_sum / kd_count
+            if ce_count > 0:
+                logs["ce_loss"] = ce_sum / ce_count
+        if skipped:
+            logs["skipped_batches"] = int(skipped)
+        for name in ratios:
+            total, count = take(2)
             if count > 0:
                 logs[name] = total / count
-        for name, (row, alphas) in self.objectives.items():
-            kd_sum, kd_count, ce_sum, ce_count = _summed(row, accelerator)
-            alpha = sum(alphas) / len(alphas)
-            logs[name] = (alpha * kd_sum / max(kd_count, 1.0)) + (1.0 - alpha) * ce_sum / max(ce_count, 1.0)
-        for name, values in self.extras.items():
-            mean = torch.stack(values).mean()
-            if accelerator.num_processes > 1:
-                mean = accelerator.reduce(mean, reduction="mean")
-            logs[name] = mean.item()
+        for name in objectives:
+            kd_sum, kd_count, ce_sum, ce_count = take(4)
+            alpha_sum, n = take(2)
+            if n > 0:
+                a = alpha_sum / n
+                logs[name] = a * kd_sum / max(kd_count, 1.0) + (1.0 - a) * ce_sum / max(ce_count, 1.0)
+        for name in extras:
+            total, n = take(2)
+            if n > 0:
+                logs[name] = total / n
         return logs

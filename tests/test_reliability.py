@@ -274,3 +274,34 @@ def test_the_count_of_skipped_batches_carries_on_after_a_resume(tokenizer, tmp_p
                           output_dir=str(tmp_path / "out"))
     resumed.train(resume_from_checkpoint=True)
     assert resumed.skipped_batches == 1  # the batch skipped before the checkpoint still counts
+
+
+def test_a_process_whose_whole_logging_window_was_skipped_reduces_like_the_others():
+    # Every process must enter the same collective: a window holding only skipped batches, or no adversarial entry,
+    # contributes zeros to a reduce of the same layout instead of returning early (which hung a 2-process run).
+    from types import SimpleNamespace
+
+    from hf_distill.losses import DistillationLoss
+    from hf_distill.trainer import _LossWindow
+
+    full, skipped = _LossWindow(), _LossWindow()
+    t = torch.tensor
+    full.add(DistillationLoss(t(0.0), t(3.0), t(2), t(8.0), t(4)), temperature=2.0, alpha=0.5)
+    full.add_ratio("hidden_loss", t(1.5), t(3))
+    full.add_objective("adv_loss", DistillationLoss(t(0.0), t(4.0), t(2), t(0.0), t(0)), alpha=1.0)
+    full.add_extra("adv_delta_norm", t(0.25))
+    skipped.skipped = 2
+    flats = {}
+
+    def accelerator(me, partner):
+        def reduce(tensor, reduction):
+            flats[me] = tensor.clone()
+            return tensor + flats[partner] if partner in flats else tensor
+        return SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
+
+    names = (["hidden_loss"], ["adv_loss"], ["adv_delta_norm"])
+    skipped.averages(accelerator("skipped", "full"), *names)  # records its zeros first
+    logs = full.averages(accelerator("full", "skipped"), *names)
+    assert flats["skipped"].shape == flats["full"].shape and flats["skipped"].abs().sum() == 2  # only the skip count
+    assert logs == {"temperature": 2.0, "alpha": 0.5, "kd_loss": 1.5, "ce_loss": 2.0, "skipped_batches": 2,
+                    "hidden_loss": 0.5, "adv_loss": 2.0, "adv_delta_norm": 0.25}
