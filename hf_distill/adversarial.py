@@ -424,6 +424,7 @@ def adversarial_backward(
     generator: torch.Generator | None = None,
     same_objectives: bool = False,
     grad_scale: float = 1.0,
+    keep_in_step: bool = True,
 ) -> AdversarialStep:
     """Run the forward and backward passes of one FGM, PGD-K or FreeLB-K training step.
 
@@ -454,6 +455,9 @@ def adversarial_backward(
             gradient w.r.t. the embeddings is also the attack's. Otherwise FGM and PGD take the adversarial
             objective's gradient at δ = 0 from the clean pass's graph: one extra backward to the embeddings only (no
             weight gradients), about a third of a pass.
+        keep_in_step: a skipped step still runs the synchronising zero-weighted backward (several processes, which
+            wait for its all-reduce). With one process it is left out, so that a NaN inside the forward cannot reach
+            the gradients that earlier micro-batches accumulated.
         grad_scale: the attack's own input gradients (FGM's and PGD's `torch.autograd.grad` calls, which do not go
             through `backward`) are taken of `grad_scale * loss`. Pass the AMP loss scale under fp16, so that small
             gradients do not underflow to zero in half precision as they would unscaled; the step direction (g/‖g‖ or
@@ -474,16 +478,17 @@ def adversarial_backward(
             return True
         on_nonfinite()
         discard()
-        if last:
+        if last and keep_in_step:
             backward(zero_weighted_loss(logits))
         return False
 
     def skip() -> AdversarialStep:
         """The step ends at a non-finite pass; that pass did not synchronise, so a zero-weighted one does."""
         discard()
-        with sync(True):
-            logits = forward(zero)
-            backward(zero_weighted_loss(logits))
+        if keep_in_step:
+            with sync(True):
+                logits = forward(zero)
+                backward(zero_weighted_loss(logits))
         return _skipped_step(zero)
 
     if s.method == "freelb":

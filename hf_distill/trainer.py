@@ -483,15 +483,36 @@ class DistillationTrainer(Trainer):
 
         objective, scale = self._objective(inputs, teacher, alpha, temperature, num_items_in_batch)
         parts = objective(outputs["logits"], alpha)
+        ratios = []
         if features:
-            parts = self._add_feature_losses(parts, outputs, teacher, inputs, num_items_in_batch)
-        if not torch.isfinite(parts.loss):
+            parts, ratios = self._add_feature_losses(parts, outputs, teacher, inputs, num_items_in_batch)
+        finite = torch.isfinite(parts.loss)
+        if teacher_logits is not None and self.args.teacher_labels == "hard":
+            # The argmax of a NaN row is a class like any other: the loss stays finite, so check the logits themselves.
+            distilled = self.distill_mask(inputs).unsqueeze(-1)
+            finite = finite & torch.isfinite(torch.where(distilled, teacher_logits, 0.0)).all()
+        if not finite:
             self._handle_nonfinite(parts, teacher_logits, self.distill_mask(inputs))
-            loss = zero_weighted_loss(outputs["logits"])
+            loss = self._skipped_batch_loss(outputs["logits"])
             return (loss, outputs) if return_outputs else loss
         self._window.add(parts, temperature, alpha)
+        for name, total, count in ratios:
+            self._window.add_ratio(name, total, count)
         loss = parts.loss * scale
         return (loss, outputs) if return_outputs else loss
+
+    def _keeps_processes_in_step(self) -> bool:
+        """Whether a skipped batch must still back-propagate (a zero-weighted loss): several processes wait for its
+        gradient all-reduce, and DeepSpeed's engine steps inside `backward`."""
+        return self.accelerator.num_processes > 1 or self.is_deepspeed_enabled
+
+    def _skipped_batch_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """The loss a skipped batch returns to Trainer: zero-weighted through the logits where other processes wait for
+        its backward, else a zero outside the graph, whose backward touches no gradient (a NaN in the student's forward
+        would otherwise reach the gradients that earlier micro-batches accumulated)."""
+        if self._keeps_processes_in_step():
+            return zero_weighted_loss(logits)
+        return torch.zeros((), device=logits.device, requires_grad=True)
 
     def _handle_nonfinite(self, parts: DistillationLoss, teacher_logits, mask) -> None:
         """Name the non-finite component, then raise or count the skipped batch (`nonfinite_policy`)."""
@@ -613,25 +634,26 @@ class DistillationTrainer(Trainer):
         input_ids = inputs["input_ids"]
         return inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
 
-    def _add_feature_losses(self, parts, outputs, teacher, inputs, num_items_in_batch) -> DistillationLoss:
-        """`parts` with the weighted hidden-state and attention terms added to its loss (logged separately)."""
+    def _add_feature_losses(self, parts, outputs, teacher, inputs, num_items_in_batch):
+        """`(parts, ratios)`: `parts` with the weighted hidden-state and attention terms added to its loss, and the
+        `(name, sum, count)` of each term, logged once the batch is known to be finite."""
         mask = self.feature_mask(inputs)
         normalizer = None
         if torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 3:
             normalizer = num_items_in_batch[2].clamp_min(1)
-        loss = parts.loss
+        loss, ratios = parts.loss, []
         a = self.args
         if a.hidden_distill_weight > 0:
             total, count = hidden_state_loss(outputs["hidden_states"], teacher["hidden_states"], self._layer_map, mask,
                                              kind=a.hidden_distill_loss, projector=self.feature_projector)
             loss = loss + a.hidden_distill_weight * total / (count.clamp_min(1) if normalizer is None else normalizer)
-            self._window.add_ratio("hidden_loss", total, count)
+            ratios.append(("hidden_loss", total, count))
         if a.attention_distill_weight > 0:
             total, count = attention_kl(outputs["attentions"], teacher["attentions"], self._attention_map, mask)
             loss = loss + a.attention_distill_weight * total / (
                 count.clamp_min(1) if normalizer is None else normalizer)
-            self._window.add_ratio("attention_loss", total, count)
-        return parts._replace(loss=loss)
+            ratios.append(("attention_loss", total, count))
+        return parts._replace(loss=loss), ratios
 
     def create_optimizer(self, model=None):
         """The stock optimizer, plus the feature projection (when there is one) as its own parameter group."""
@@ -711,10 +733,11 @@ class DistillationTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         skipped = self.skipped_batches
         loss = self._training_step(model, inputs, num_items_in_batch)
-        if self.skipped_batches != skipped and self.accelerator.num_processes == 1:
-            # A skipped batch back-propagated a zero-weighted loss, whose gradients are zeros, except that a NaN inside
-            # the student's own forward still reaches them (0 * NaN): the batch must add nothing. (With several
-            # processes the last micro-batch's gradients are already all-reduced; the README says what that means.)
+        if self.skipped_batches != skipped and self.accelerator.num_processes == 1 and self._keeps_processes_in_step():
+            # One process under DeepSpeed: a skipped batch back-propagated a zero-weighted loss (its engine steps in
+            # `backward`), whose gradients are zeros, except that a NaN inside the student's own forward still reaches
+            # them (0 * NaN). Elsewhere a single process skips that backward (`_skipped_batch_loss`); with several, the
+            # last micro-batch's gradients are already all-reduced, and the README says what that means.
             for param in model.parameters():
                 if param.grad is not None:
                     param.grad.nan_to_num_(0.0, 0.0, 0.0)
@@ -741,9 +764,10 @@ class DistillationTrainer(Trainer):
             # As compute_loss skips a batch: reported once, and a zero-weighted backward keeps DDP in step.
             zero = teacher_logits.new_zeros(())
             self._handle_nonfinite(DistillationLoss(zero, zero, zero, zero, zero), teacher_logits, distilled)
-            with self.compute_loss_context_manager():
-                logits = model(input_ids=input_ids, **model_inputs)["logits"]
-            self.accelerator.backward(zero_weighted_loss(logits))
+            if self._keeps_processes_in_step():
+                with self.compute_loss_context_manager():
+                    logits = model(input_ids=input_ids, **model_inputs)["logits"]
+                self.accelerator.backward(zero_weighted_loss(logits))
             return zero
         adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
         base = self._unwrap(model)
@@ -792,6 +816,7 @@ class DistillationTrainer(Trainer):
             adversarial_objective=lambda logits: objective(logits, adv_alpha), backward=backward, sync=sync,
             on_nonfinite=on_nonfinite, adv_weight=self.args.adv_weight, generator=self._attack_generator,
             same_objectives=adv_alpha == alpha, discard=discard, grad_scale=self._loss_scale(),
+            keep_in_step=self._keeps_processes_in_step(),
         )
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
             self._window.add(step.clean, temperature, alpha)

@@ -305,3 +305,51 @@ def test_a_process_whose_whole_logging_window_was_skipped_reduces_like_the_other
     assert flats["skipped"].shape == flats["full"].shape and flats["skipped"].abs().sum() == 2  # only the skip count
     assert logs == {"temperature": 2.0, "alpha": 0.5, "kd_loss": 1.5, "ce_loss": 2.0, "skipped_batches": 2,
                     "hidden_loss": 0.5, "adv_loss": 2.0, "adv_delta_norm": 0.25}
+
+
+def test_a_nan_in_the_students_forward_keeps_the_earlier_micro_batches_gradient(tokenizer, tmp_path):
+    # Gradient accumulation 2, one process: the second micro-batch's logits are NaN, so it is skipped. Its backward
+    # must not run (0 · NaN would reach, and then wipe, what the first micro-batch accumulated).
+    from test_trainer import ner_dataset
+
+    data = ner_dataset(tokenizer, n=4)
+
+    def update(rows, accumulation, poison):
+        trainer = ner_trainer(tokenizer, tmp_path, dataset=data.select(rows), max_steps=1, optim="sgd",
+                              learning_rate=1.0, max_grad_norm=0.0, lr_scheduler_type="constant",
+                              gradient_accumulation_steps=accumulation)
+        calls = []
+
+        def hook(module, args, output):
+            calls.append(1)
+            return output * float("nan") if poison and len(calls) == 2 else output
+
+        trainer.model.classifier.register_forward_hook(hook)
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train()
+        return trainer, {k: v - before[k] for k, v in trainer.model.state_dict().items()}
+
+    skipped, with_skip = update([0, 1, 2, 3], 2, poison=True)
+    _, alone = update([0, 1], 1, poison=False)
+    assert skipped.skipped_batches == 1
+    # The first micro-batch's gradient, divided by the labelled positions of both (the skipped one's still count).
+    first, both = (sum(sum(x != -100 for x in data[i]["labels"]) for i in rows) for rows in ([0, 1], range(4)))
+    for name, delta in alone.items():
+        assert torch.allclose(with_skip[name], delta * first / both, atol=1e-6), name
+    assert with_skip["classifier.weight"].abs().sum() > 0
+
+
+def test_hard_teacher_labels_from_nan_logits_are_skipped_not_trained_on(tokenizer, tmp_path):
+    # The argmax of a NaN row is class 0, and the loss stays finite: the logits themselves must be checked.
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=2, logging_steps=1, teacher_labels="hard")
+    _poison_teacher(trainer)
+    trainer.train()
+    assert trainer.skipped_batches == 1
+
+
+def test_a_skipped_batchs_feature_loss_is_not_logged(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=2, logging_steps=1, hidden_distill_weight=1.0)
+    _poison_teacher(trainer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs[0]["skipped_batches"] == 1 and "hidden_loss" not in logs[0] and "hidden_loss" in logs[1]
