@@ -91,8 +91,11 @@ class DistillationArguments(TrainingArguments):
             distillation term between student(x + δ) and the clean teacher(x) (adversarially robust distillation,
             Goldblum et al. 2020). `"ce"`: cross-entropy on the labels. `"both"`: the full alpha-weighted loss. FGM and
             PGD add it to the clean loss with weight `adv_weight`; FreeLB trains on it alone (with `"kd"` and
-            `adv_start_step=0` the labels are then unused and not required). Unless it equals the clean loss (`"both"`), FGM and PGD take its gradient at δ = 0 with
-            one extra backward to the embeddings (no weight gradients).
+            `adv_start_step=0` the hard labels are then unused: not required for sequence classification, nor for
+            token classification with `distill_positions="all_subwords"`; `"first_subword"` finds each word's first
+            sub-word by its label). Unless it equals the clean loss (`"both"`), FGM and PGD take its gradient at
+            δ = 0 with one extra backward to the embeddings (no weight gradients). FreeLB logs, as `kd_loss`/`ce_loss`,
+            the objective's parts on its first pass (perturbed by the random start), and no `ce_loss` with `"kd"`.
         adv_epsilon (`float`, defaults to `1.0`):
             Radius of the per-example ε-ball (over the whole sequence) that δ is projected into (>= 0). Scale it to
             the word embeddings: a BERT-family token embedding has a norm of about 1, so a budget of 1 can erase the

@@ -105,8 +105,8 @@ def typo(word: str, rng: random.Random | int, kinds: Sequence[str] = TYPO_KINDS)
 
     - "swap": two different adjacent characters change places ("house" -> "hosue").
     - "delete": one character is dropped; only for words of two characters or more ("house" -> "hose").
-    - "insert": a character is inserted, a keyboard neighbour of the character next to it, or a random letter
-      next to a non-letter ("house" -> "hiouse").
+    - "insert": a character is inserted, a keyboard neighbour of the character before it (of the first character
+      when inserted at the start), or a random letter where that character is not a letter ("house" -> "hjouse").
     - "keyboard": one letter becomes a QWERTY neighbour, keeping its case ("House" -> "Jouse").
 
     An empty word, or a word that no requested kind can change (e.g. "!" with kinds=("keyboard",)), is returned as is.

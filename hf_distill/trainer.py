@@ -162,7 +162,11 @@ class DistillationTrainer(Trainer):
                 train_dataset = teacher_cache.attach(train_dataset)
             elif train_dataset is not None:
                 teacher_cache.check_index(train_dataset)  # an index column already there must name the right rows
-        check_train_dataset(train_dataset, args.needs_labels, args.labels_needed_by)
+        why = args.labels_needed_by
+        if why is None and self.task == TOKEN_CLASSIFICATION and args.distill_positions == "first_subword":
+            why = ("distill_positions='first_subword' finds each word's first sub-word by its label (not -100). For "
+                   "text without labels use distill_positions='all_subwords'.")
+        check_train_dataset(train_dataset, why is not None, why)
         self.teacher_view = has_teacher_view(train_dataset)
         if self.teacher_view:
             _check_teacher_view(self.task, args, teacher_cache, processing_class)

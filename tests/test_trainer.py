@@ -349,13 +349,6 @@ def test_error_all_subwords_without_tokenizer(tokenizer, tmp_path):
                             train_dataset=ner_dataset(tokenizer))
 
 
-def test_error_first_subword_on_unlabeled_batch(tokenizer, tmp_path):
-    data = ner_dataset(tokenizer).remove_columns("labels")
-    trainer = ner_trainer(tokenizer, tmp_path, dataset=data, alpha=1.0)
-    with pytest.raises(ValueError, match=r"use `distill_positions='all_subwords'`"):
-        trainer.train()
-
-
 def test_error_teacher_path_that_does_not_exist(tokenizer, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"teacher directory .*no-such-teacher' does not exist"):
         _init(tokenizer, tmp_path, tiny_token_model(tokenizer), str(tmp_path / "no-such-teacher"))
@@ -457,3 +450,12 @@ def test_fsdp_with_sharded_state_dicts_still_saves_the_whole_student(tokenizer, 
     assert seen == [StateDictType.FULL_STATE_DICT]
     assert (tmp_path / "final" / "model.safetensors").is_file() and (tmp_path / "final" / "config.json").is_file()
     assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT and plugin.state_dict_config is sharded_config
+
+
+def test_token_data_without_labels_needs_all_subwords_even_when_no_hard_label_loss_is_trained(tokenizer, tmp_path):
+    # alpha=1 trains no hard-label loss, but first_subword finds word starts by their labels: refuse at init, not at
+    # the first batch.
+    data = ner_dataset(tokenizer).remove_columns("labels")
+    with pytest.raises(ValueError, match=r"first_subword' finds each word's first sub-word by its label.*all_subwords"):
+        ner_trainer(tokenizer, tmp_path, dataset=data, alpha=1.0)
+    ner_trainer(tokenizer, tmp_path, dataset=data, alpha=1.0, distill_positions="all_subwords")
