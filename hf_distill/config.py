@@ -383,9 +383,17 @@ class DistillationArguments(TrainingArguments):
         if self.adv_start_step < 0:
             raise ValueError(f"`adv_start_step` must be >= 0, got {self.adv_start_step}.")
         super().__post_init__()
-        reentrant = isinstance(self.gradient_checkpointing_kwargs, dict) and \
-            self.gradient_checkpointing_kwargs.get("use_reentrant") is True
-        if self.adversarial in ("fgm", "pgd") and self.gradient_checkpointing and reentrant:
+        # Transformers 5 calls them activation_checkpointing(_kwargs) and keeps the gradient_checkpointing names in step.
+        checkpointing = getattr(self, "activation_checkpointing", self.gradient_checkpointing)
+        kwargs = getattr(self, "activation_checkpointing_kwargs", self.gradient_checkpointing_kwargs)
+        reentrant = checkpointing and isinstance(kwargs, dict) and kwargs.get("use_reentrant") is True
+        if self.attention_distill_weight > 0 and reentrant:
+            raise ValueError(
+                "Attention distillation trains the student's attention maps, which reentrant gradient checkpointing "
+                "(`use_reentrant=True`) returns without gradient: the attention loss would be logged but train "
+                "nothing. Use `gradient_checkpointing_kwargs={'use_reentrant': False}` (Transformers' default)."
+            )
+        if self.adversarial in ("fgm", "pgd") and reentrant:
             raise ValueError(
                 f"`adversarial='{self.adversarial}'` takes the attack's gradient with `torch.autograd.grad`, which "
                 "reentrant gradient checkpointing (`use_reentrant=True`) does not support. Use "

@@ -156,6 +156,9 @@ def test_reentrant_checkpointing_is_refused_where_the_attack_needs_autograd_grad
         with pytest.raises(ValueError, match=r"reentrant gradient checkpointing.*use_reentrant': False"):
             DistillationArguments(output_dir=str(tmp_path), report_to="none", adversarial=method, **reentrant)
     DistillationArguments(output_dir=str(tmp_path), report_to="none", adversarial="freelb", **reentrant)
+    # The attention maps come back without gradient: the attention term would train nothing.
+    with pytest.raises(ValueError, match=r"attention maps.*reentrant.*train nothing.*use_reentrant': False"):
+        DistillationArguments(output_dir=str(tmp_path), report_to="none", attention_distill_weight=1.0, **reentrant)
 
 
 def test_special_tokens_stay_clean_without_processing_class(tokenizer, tmp_path, monkeypatch):
