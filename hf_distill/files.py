@@ -61,17 +61,23 @@ def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None, list[str]]:
-    """`(last complete checkpoint or None, incomplete checkpoints newer than it)` in `output_dir`."""
+    """`(last complete checkpoint or None, incomplete checkpoints newer than it)` in `output_dir`.
+
+    Where no checkpoint carries the marker, the folder was written by the stock `Trainer`: its checkpoints count as
+    complete once they hold `trainer_state.json` (written after the model, optimizer and RNG states), as an explicit
+    `resume_from_checkpoint=<path>` accepts them."""
     if not os.path.isdir(output_dir):
         return None, []
     steps = sorted(
         (int(m.group(1)), name) for name in os.listdir(output_dir)
         if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
     )
+    folders = [os.path.join(output_dir, name) for _, name in steps]
+    marked = any(is_complete_checkpoint(folder) for folder in folders)
     incomplete = []
-    for _, name in reversed(steps):
-        folder = os.path.join(output_dir, name)
-        if is_complete_checkpoint(folder):
+    for folder in reversed(folders):
+        stock = not marked and os.path.isfile(os.path.join(folder, "trainer_state.json"))
+        if is_complete_checkpoint(folder) or stock:
             return folder, incomplete
         incomplete.append(folder)
     return None, incomplete

@@ -33,6 +33,7 @@ from accelerate.utils import DistributedType
 from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 from .adversarial import AttackSettings, EmbeddingPathCheck, adversarial_backward, embed_inputs, perturbation_mask
 from .augment import augment_input_ids
@@ -980,15 +981,25 @@ class DistillationTrainer(Trainer):
     # ---- checkpoints and exact resume ------------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):
-        """Save as Trainer does, then mark the checkpoint complete; the marker is the last file written."""
+        """Save as Trainer does, then mark the checkpoint complete; the marker is the last file written. Older
+        checkpoints are rotated out (`save_total_limit`) only once this one is complete, so that a kill while saving
+        never leaves the run without a checkpoint to resume from."""
         self._trainer_state_saved_in = None  # a second train() may save the same step again: write it anew
-        super()._save_checkpoint(model, trial)
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # Trainer would rotate before the trainer-owned state and the marker
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            run_dir = self._get_output_dir(trial=trial)
+            folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
             if os.path.isdir(folder):
                 self._save_trainer_owned_state(folder)
                 atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
                                   {"global_step": self.state.global_step, "skipped_batches": self.skipped_batches})
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     def _save_trainer_owned_state(self, folder: str) -> None:
         """The feature projection and the EMA teacher, which a resume needs; written once per checkpoint."""
@@ -1015,17 +1026,27 @@ class DistillationTrainer(Trainer):
         if os.path.isfile(marker):  # the count of skipped batches carries on
             with open(marker, encoding="utf-8") as handle:
                 self.skipped_batches = json.load(handle).get("skipped_batches", 0)
+        self._load_trainer_owned_state(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        """`load_best_model_at_end`: the student as Trainer loads it, and the projection and EMA teacher of the same
+        checkpoint, so that the trainer's state stays one step's."""
+        super()._load_best_model()
+        self._load_trainer_owned_state(self.state.best_model_checkpoint)
+
+    def _load_trainer_owned_state(self, folder: str) -> None:
+        """The feature projection and the EMA teacher saved in checkpoint `folder` (those this run has)."""
         for module, name in ((self.feature_projector, PROJECTOR_FILE), (
                 self._unwrap(self.teacher_model) if self.args.self_distillation == "ema" else None,
                 EMA_TEACHER_FILE)):
             if module is None:
                 continue
-            path = os.path.join(resume_from_checkpoint, name)
+            path = os.path.join(folder, name)
             if not os.path.isfile(path):
                 raise ValueError(
-                    f"{resume_from_checkpoint!r} has no {name}, which this run needs to continue exactly (it was "
-                    "saved by a run without the same feature-distillation / self-distillation settings). Resume with "
-                    "the settings of the run that wrote it, or start a new run."
+                    f"{folder!r} has no {name}, which this run needs to continue exactly: it was saved by a run "
+                    "without the same feature-distillation / self-distillation settings, or its save was cut short. "
+                    "Resume with the settings of the run that wrote it from a complete checkpoint, or start a new run."
                 )
             module.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
 

@@ -353,3 +353,71 @@ def test_a_skipped_batchs_feature_loss_is_not_logged(tokenizer, tmp_path):
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert logs[0]["skipped_batches"] == 1 and "hidden_loss" not in logs[0] and "hidden_loss" in logs[1]
+
+
+def _ema_run(tokenizer, tmp_path, **kwargs):
+    from test_trainer import make_args, ner_dataset
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationTrainer
+
+    return DistillationTrainer(
+        model=tiny_token_model(tokenizer, layers=1, seed=1), processing_class=tokenizer,
+        args=make_args(tmp_path, self_distillation="ema", ema_decay=0.5, save_strategy="steps", save_steps=2,
+                       **kwargs),
+        train_dataset=ner_dataset(tokenizer), eval_dataset=ner_dataset(tokenizer),
+        data_collator=DataCollatorForTokenClassification(tokenizer))
+
+
+def test_a_save_cut_short_before_its_marker_rotates_nothing_out(tokenizer, tmp_path, monkeypatch):
+    # save_total_limit=1: Trainer deleted the previous checkpoint before the EMA teacher and the marker were written,
+    # so a kill in between left no complete checkpoint at all.
+    from hf_distill import DistillationTrainer
+
+    trainer = _ema_run(tokenizer, tmp_path, max_steps=4, save_total_limit=1)
+    original = DistillationTrainer._save_trainer_owned_state
+
+    def killed_at_step_4(self, folder):
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, folder)
+
+    monkeypatch.setattr(DistillationTrainer, "_save_trainer_owned_state", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert (tmp_path / "out" / "checkpoint-2" / CHECKPOINT_MARKER).is_file()
+    monkeypatch.setattr(DistillationTrainer, "_save_trainer_owned_state", original)
+    resumed = _ema_run(tokenizer, tmp_path, max_steps=4, save_total_limit=1)
+    resumed.train(resume_from_checkpoint=True)  # from checkpoint-2, the incomplete checkpoint-4 skipped
+    assert resumed.state.global_step == 4
+    assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-4"]
+
+
+def test_load_best_model_at_end_also_restores_the_best_checkpoints_ema_teacher(tokenizer, tmp_path):
+    scores = iter([0.1, 0.9, 0.3])
+    trainer = _ema_run(tokenizer, tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
+                       metric_for_best_model="score")
+    trainer.compute_metrics = lambda prediction: {"score": next(scores)}
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.name == "checkpoint-4"
+    saved = torch.load(best / "ema_teacher.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in trainer.teacher_model.state_dict().items())
+
+
+def test_resume_true_finds_a_stock_trainer_checkpoint_but_never_an_unmarked_one_of_ours(tmp_path):
+    from hf_distill.files import last_complete_checkpoint
+
+    stock = tmp_path / "stock"
+    for step, files in ((2, ["trainer_state.json"]), (4, [])):  # checkpoint-4: cut short before its state file
+        (stock / f"checkpoint-{step}").mkdir(parents=True)
+        for name in files:
+            (stock / f"checkpoint-{step}" / name).write_text("{}")
+    assert last_complete_checkpoint(stock) == (str(stock / "checkpoint-2"), [str(stock / "checkpoint-4")])
+    ours = tmp_path / "ours"
+    for step, files in ((2, ["trainer_state.json", CHECKPOINT_MARKER]), (4, ["trainer_state.json"])):
+        (ours / f"checkpoint-{step}").mkdir(parents=True)
+        for name in files:
+            (ours / f"checkpoint-{step}" / name).write_text("{}")
+    # Marked checkpoints say this folder is ours: checkpoint-4, unmarked, was cut short after trainer_state.json.
+    assert last_complete_checkpoint(ours) == (str(ours / "checkpoint-2"), [str(ours / "checkpoint-4")])
