@@ -498,7 +498,7 @@ class DistillationTrainer(Trainer):
             finite = finite & torch.isfinite(torch.where(distilled, teacher_logits, 0.0)).all()
         if not finite:
             self._handle_nonfinite(parts, teacher_logits, self.distill_mask(inputs))
-            loss = self._skipped_batch_loss(outputs["logits"])
+            loss = self._skipped_batch_loss(model, outputs["logits"])
             return (loss, outputs) if return_outputs else loss
         self._window.add(parts, temperature, alpha)
         for name, total, count in ratios:
@@ -511,13 +511,13 @@ class DistillationTrainer(Trainer):
         gradient all-reduce, and DeepSpeed's engine steps inside `backward`."""
         return self.accelerator.num_processes > 1 or self.is_deepspeed_enabled
 
-    def _skipped_batch_loss(self, logits: torch.Tensor) -> torch.Tensor:
+    def _skipped_batch_loss(self, model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
         """The loss a skipped batch returns to Trainer: zero-weighted through the logits where other processes wait for
-        its backward, else a zero outside the graph, whose backward touches no gradient (a NaN in the student's forward
+        its backward, else `_zero_parameter_loss`, whose backward bypasses the forward (a NaN in the student's forward
         would otherwise reach the gradients that earlier micro-batches accumulated)."""
         if self._keeps_processes_in_step():
             return zero_weighted_loss(logits)
-        return torch.zeros((), device=logits.device, requires_grad=True)
+        return _zero_parameter_loss(model)
 
     def _handle_nonfinite(self, parts: DistillationLoss, teacher_logits, mask) -> None:
         """Name the non-finite component, then raise or count the skipped batch (`nonfinite_policy`)."""
@@ -773,6 +773,8 @@ class DistillationTrainer(Trainer):
                 with self.compute_loss_context_manager():
                     logits = model(input_ids=input_ids, **model_inputs)["logits"]
                 self.accelerator.backward(zero_weighted_loss(logits))
+            else:
+                self.accelerator.backward(_zero_parameter_loss(model))
             return zero
         adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
         base = self._unwrap(model)
@@ -823,6 +825,8 @@ class DistillationTrainer(Trainer):
             same_objectives=adv_alpha == alpha, discard=discard, grad_scale=self._loss_scale(),
             keep_in_step=self._keeps_processes_in_step(),
         )
+        if step.skipped and not self._keeps_processes_in_step():
+            self.accelerator.backward(_zero_parameter_loss(model))
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
             self._window.add(step.clean, temperature, alpha)
             self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
@@ -1102,6 +1106,14 @@ class DistillationTrainer(Trainer):
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval)
+
+
+def _zero_parameter_loss(model: nn.Module) -> torch.Tensor:
+    """A loss of exactly 0 built from the trainable parameters alone, not from a forward: its backward gives every one
+    of them a zero gradient (so that an fp16 grad scaler still finds gradients to check when every batch of a step
+    was skipped) and adds nothing to what they hold."""
+    terms = [p.sum() * 0.0 for p in model.parameters() if p.requires_grad]
+    return torch.stack(terms).sum() if terms else torch.zeros((), requires_grad=True)
 
 
 def _adapter_base(model: nn.Module) -> str | None:

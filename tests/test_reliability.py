@@ -421,3 +421,18 @@ def test_resume_true_finds_a_stock_trainer_checkpoint_but_never_an_unmarked_one_
             (ours / f"checkpoint-{step}" / name).write_text("{}")
     # Marked checkpoints say this folder is ours: checkpoint-4, unmarked, was cut short after trainer_state.json.
     assert last_complete_checkpoint(ours) == (str(ours / "checkpoint-2"), [str(ours / "checkpoint-4")])
+
+
+@pytest.mark.parametrize("method", ["none", "fgm"])
+def test_a_step_whose_every_batch_was_skipped_still_steps_the_fp16_grad_scaler(tokenizer, tmp_path, method):
+    # The grad scaler refuses to step when no parameter has a gradient ("No inf checks were recorded"): a skipped batch
+    # on one process back-propagates a zero loss built from the parameters, not nothing (fp16 needs a GPU: the scaler
+    # it builds is stood in for by the CPU one).
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=2, adversarial=method)
+    trainer.teacher_model.register_forward_hook(lambda module, args, output: {**output, "logits": output["logits"] *
+                                                                                 float("nan")})
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.skipped_batches == 2
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
