@@ -404,14 +404,17 @@ def _check_token_batch(examples: dict[str, list[Any]], tokens_column: str, tags_
             )
 
 
-def _vanished_words(encoding: Any, batch_words: list[list[str]], limit: int | None) -> dict[int, list[int]]:
+def _vanished_words(tokenizer: Any, encoding: Any, batch_words: list[list[str]],
+                    limit: int | None) -> dict[int, list[int]]:
     """`{example: [word indices]}` of the words that became no sub-word at all (a zero-width space, a soft hyphen,
     an empty string: the tokenizer's normaliser strips them), truncation aside. Such a word has no position for its
     tag, which would vanish from training and from the entity references."""
     vanished = {}
     for batch_index, words in enumerate(batch_words):
         seen = {word for word in encoding.word_ids(batch_index=batch_index) if word is not None}
-        truncated = limit is not None and len(encoding["input_ids"][batch_index]) >= limit
+        # An example that fills the limit exactly may or may not have been cut: only its untruncated length says.
+        truncated = limit is not None and len(encoding["input_ids"][batch_index]) >= limit and len(
+            tokenizer(list(words), is_split_into_words=True, truncation=False)["input_ids"]) > limit
         end = (max(seen) + 1 if seen else 0) if truncated else len(words)
         missing = [index for index in range(end) if index not in seen]
         if missing:
@@ -574,7 +577,7 @@ def tokenize_and_align_labels(
         limit = None
     batch_words = examples[tokens_column]
     encoding = tokenizer(batch_words, is_split_into_words=True, truncation=limit is not None, max_length=limit)
-    vanished = _vanished_words(encoding, batch_words, limit)
+    vanished = _vanished_words(tokenizer, encoding, batch_words, limit)
     if vanished:
         batch_words = _stand_in_unknown(tokenizer, batch_words, vanished)
         encoding = tokenizer(batch_words, is_split_into_words=True, truncation=limit is not None, max_length=limit)

@@ -173,6 +173,14 @@ def test_a_word_with_no_sub_word_keeps_its_tag_as_the_unknown_token(wordpiece_to
         "[CLS]", "john", "[UNK]", "lives", "[UNK]", "[SEP]"]
     assert encoding["labels"] == [[-100, 0, 1, 0, 5, -100]]
     assert "2 word(s) in this batch tokenize to no sub-word" in caplog.text
+    # A sentence that fills max_length exactly was not cut: its last, vanished word is still found (and, once it is
+    # [UNK], it no longer fits: it is truncated like any word past the limit, with the warning that says so).
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_distill.data"):
+        encoding = tokenize_and_align_labels({"tokens": [["john", "went", "\u200b"]], "ner_tags": [[0, 0, 1]]},
+                                             wordpiece_tokenizer, max_length=4)
+    assert encoding["labels"] == [[-100, 0, 0, -100]]
+    assert "1 word(s) in this batch tokenize to no sub-word" in caplog.text and "truncated" in caplog.text
 
 
 def test_align_labels_without_tags_returns_encoding_only(wordpiece_tokenizer):
