@@ -68,6 +68,27 @@ def _labels(config: Any) -> list[str] | None:
     return names
 
 
+def check_teachers_agree(teachers: list[nn.Module]) -> None:
+    """An ensemble's teachers must name the same labels in the same order: their soft targets are mixed class by
+    class, whatever the student's (possibly placeholder) label names allow."""
+    first = _labels(_base(teachers[0]).config) if teachers else None
+    for index, teacher in enumerate(teachers[1:], start=1):
+        labels = _labels(_base(teacher).config)
+        if first is not None and labels is not None and labels != first:
+            same = sorted(labels) == sorted(first)
+            raise ValueError(
+                f"Teacher {index} ({model_name(teacher)}) has the labels {labels}, teacher 0 ({model_name(teachers[0])}) "
+                f"{first}: {'the same labels in another order' if same else 'another label set'}. An ensemble mixes "
+                "its teachers' outputs class by class; use teachers fine-tuned on the same label set, with the same "
+                "`id2label`."
+            )
+
+
+def model_name(model: nn.Module) -> str:
+    """A model's Hub id or path, as its config records it, or "unnamed"."""
+    return getattr(_base(model).config, "_name_or_path", "") or "unnamed"
+
+
 def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
     """Check that `teacher` can distil into `student`; return the task they share."""
     student_task = infer_task(student, "student")

@@ -49,11 +49,13 @@ from .checks import (
     check_label_range,
     check_sharding,
     check_teacher_student,
+    check_teachers_agree,
     check_tokenizer,
     check_train_dataset,
     dataset_columns,
     forward_inputs,
     infer_task,
+    model_name,
 )
 from .config import DistillationArguments
 from .data import word_free_special_ids
@@ -146,9 +148,15 @@ class DistillationTrainer(Trainer):
         teachers = [load_model(t, self.task, role="teacher", require_all_weights=True) if isinstance(t, str) else t
                     for t in teachers]
         _check_teacher_sources(args, teachers, teacher_cache)
-        for teacher in teachers:
-            check_teacher_student(teacher, model)
-            check_tokenizer(processing_class, teacher)
+        for index, teacher in enumerate(teachers):
+            try:
+                check_teacher_student(teacher, model)
+                check_tokenizer(processing_class, teacher)
+            except ValueError as error:
+                if len(teachers) == 1:
+                    raise
+                raise ValueError(f"Teacher {index} of {len(teachers)} ({model_name(teacher)}): {error}") from error
+        check_teachers_agree(teachers)
         if args.attention_distill_weight > 0:
             _use_eager_attention([model, *teachers[args.feature_teacher:args.feature_teacher + 1]])
         num_labels = model.config.num_labels

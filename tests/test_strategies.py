@@ -648,3 +648,27 @@ def test_max_grad_norm_clips_the_projection_with_the_student(tokenizer, tmp_path
     assert unclipped > 1e-3 and clipped <= 0.1 * 1e-6 * 1.01  # SGD: lr times a gradient of norm <= max_grad_norm
     assert torch.cat([grads["student"], grads["projector"]]).norm().item() == pytest.approx(1e-6, rel=1e-3)
     assert clipped_norm == pytest.approx(norm, rel=1e-5)  # the logged norm is the one before clipping
+
+
+def test_an_ensembles_teachers_must_agree_on_their_labels_and_a_bad_one_is_named(tokenizer, tmp_path):
+    # The student's placeholder labels (LABEL_0, LABEL_1) let each teacher pass on its own; their mixture would add
+    # one teacher's "neg" to the other's "pos".
+    def named(seed, labels, vocab=None):
+        model = tiny_sequence_model(tokenizer, seed=seed, id2label=dict(enumerate(labels)),
+                                    label2id={n: i for i, n in enumerate(labels)})
+        model.config._name_or_path = f"acme/teacher-{seed}"
+        return model
+
+    def build(teachers, student=None):
+        return DistillationTrainer(model=student or tiny_sequence_model(tokenizer, layers=1), teacher_model=teachers,
+                                   args=make_args(tmp_path), train_dataset=seq_dataset(tokenizer),
+                                   data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+
+    with pytest.raises(ValueError, match=r"Teacher 1 \(acme/teacher-2\) has the labels \['pos', 'neg'\].*another order"):
+        build([named(1, ["neg", "pos"]), named(2, ["pos", "neg"])])
+    build([named(1, ["neg", "pos"]), named(2, ["neg", "pos"])])
+    # A teacher that fails against the student is named by its place in the list.
+    three = tiny_sequence_model(tokenizer, num_labels=3)
+    three.config._name_or_path = "acme/three-way"
+    with pytest.raises(ValueError, match=r"Teacher 1 of 2 \(acme/three-way\): The teacher predicts 3 labels"):
+        build([named(1, ["neg", "pos"]), three])
