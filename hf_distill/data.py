@@ -756,6 +756,7 @@ def load_text_classification_file(
     label_column: str | None = "label",
     delimiter: str | None = None,
     label_names: Sequence[str] | None = None,
+    text_pair_column: str | None = None,
 ) -> datasets.Dataset:
     """Load a csv, tsv or json(-lines) file of texts (and labels) into a ``datasets.Dataset``.
 
@@ -772,6 +773,8 @@ def load_text_classification_file(
         label_names: The class names in id order (e.g. the teacher's ``config.id2label`` values) when the label
             column holds names such as ``"positive"``: they are mapped to ids and the column becomes a
             ``ClassLabel``. Ignored when the column already holds ids.
+        text_pair_column: The second text of a sentence-pair task (GLUE's MRPC: ``sentence2``), read and checked
+            as the first one is.
 
     Returns:
         The file's rows, with every column of the file.
@@ -812,7 +815,8 @@ def load_text_classification_file(
     options: dict[str, Any] = {}
     if builder == "csv":
         options["keep_default_na"] = False
-        options["converters"] = {text_column: str}  # a text of digits ("007") stays text, not the integer 7
+        # A text of digits ("007") stays text, not the integer 7.
+        options["converters"] = {column: str for column in (text_column, text_pair_column) if column}
         if extension == ".tsv":
             options["delimiter"] = "\t" if delimiter is None else delimiter
             options["quoting"] = 3  # csv.QUOTE_NONE: TSV corpora such as GLUE contain bare quote characters.
@@ -826,36 +830,45 @@ def load_text_classification_file(
     except (DatasetGenerationError, ValueError) as error:  # parser errors arrive wrapped, without the file's name
         raise _unreadable_file_error(path, extension, error) from error
     found = dataset.column_names
-    if text_column not in found:
-        raise ValueError(
-            f"{path} has no text column {text_column!r}; found columns {found}. Pick the text column with "
-            "--text_column_name (`text_column=`)." + _header_hint(found, extension, delimiter)
-        )
+    for column, flag in ((text_column, "text_column"), (text_pair_column, "text_pair_column")):
+        if column is not None and column not in found:
+            raise ValueError(
+                f"{path} has no text column {column!r}; found columns {found}. Pick the text column with "
+                f"--{flag}_name (`{flag}=`)." + _header_hint(found, extension, delimiter)
+            )
     if label_column is not None and label_column not in found:
         raise ValueError(
             f"{path} has no label column {label_column!r}; found columns {found}. Pick the label column with "
             "--label_column_name (`label_column=`), or pass `label_column=None` for unlabeled text."
             + _header_hint(found, extension, delimiter)
         )
-    row = _first_null(dataset, text_column)
-    if row is None:
-        feature = dataset.features[text_column]
-        if not isinstance(feature, datasets.Value):
-            raise ValueError(
-                f"{path}: the text column {text_column!r} holds {feature} values, not texts (e.g. row 0: "
-                f"{dataset[0][text_column]!r}). Write every text as a string (in JSON, in quotes)."
-            )
-        if feature.dtype not in ("string", "large_string"):
-            dataset = dataset.cast_column(text_column, datasets.Value("string"))  # JSON numbers, as text
-        row = _first_blank(dataset, text_column)
-    if row is not None:
-        raise ValueError(
-            f"{path}: row {row} (`dataset[{row}]`) has no text in the text column {text_column!r} (no value, or a "
-            "blank one). Fill in the text or drop the row."
-        )
+    for column in (text_column, text_pair_column):
+        if column is not None:
+            dataset = _texts_checked(dataset, path, column)
     if label_column is not None:
         dataset = _integer_labels(dataset, path, label_column, label_names)
     logger.info("Read %d rows from %s (columns %s)", len(dataset), path, found)
+    return dataset
+
+
+def _texts_checked(dataset: datasets.Dataset, path: Any, column: str) -> datasets.Dataset:
+    """`dataset` with `column` as strings, or an error naming the first row without a text."""
+    row = _first_null(dataset, column)
+    if row is None:
+        feature = dataset.features[column]
+        if not isinstance(feature, datasets.Value):
+            raise ValueError(
+                f"{path}: the text column {column!r} holds {feature} values, not texts (e.g. row 0: "
+                f"{dataset[0][column]!r}). Write every text as a string (in JSON, in quotes)."
+            )
+        if feature.dtype not in ("string", "large_string"):
+            dataset = dataset.cast_column(column, datasets.Value("string"))  # JSON numbers, as text
+        row = _first_blank(dataset, column)
+    if row is not None:
+        raise ValueError(
+            f"{path}: row {row} (`dataset[{row}]`) has no text in the text column {column!r} (no value, or a "
+            "blank one). Fill in the text or drop the row."
+        )
     return dataset
 
 

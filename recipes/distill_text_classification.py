@@ -81,17 +81,16 @@ def main():
     label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     splits = load_splits(  # labels may be ids or the teacher's label names ("negative", "positive")
         data_args, lambda path: load_text_classification_file(path, text_column=text_column, label_column=label_column,
-                                                              label_names=label_names),
+                                                              label_names=label_names,
+                                                              text_pair_column=data_args.text_pair_column_name),
         columns=[text_column, data_args.text_pair_column_name], label_column=label_column, label_names=label_names,
     )
     splits = {name: align_labels(data, label_column, label_names, strict=False) for name, data in splits.items()}
 
     encode = text_encoder(tokenizer, data_args, text_column, label_column)
     noisy_view = None
+    pair_column = data_args.text_pair_column_name
     if noise_args.typo_rate > 0:
-        if data_args.text_pair_column_name:
-            raise ValueError("--typo_rate puts typos into one text column, and sentence pairs "
-                             "(--text_pair_column_name) have two: drop one of the two flags.")
         noisy_view = {"noise": f"typo_noise(rate={noise_args.typo_rate})",
                       "probability": noise_args.typo_probability, "seed": args.seed}
 
@@ -99,12 +98,12 @@ def main():
         """The training split: plain, or with the student's text noised and a clean teacher view (--typo_rate)."""
         if noisy_view is None:
             return train.map(encode, batched=True, remove_columns=train.column_names)
-        train = train.select_columns([text_column, label_column])
+        train = train.select_columns([c for c in (text_column, pair_column, label_column) if c])
         if label_column != "labels":
             train = train.rename_column(label_column, "labels")
-        return add_noisy_view(train, tokenizer, text_column=text_column, noise=typo_noise(noise_args.typo_rate),
-                              probability=noise_args.typo_probability, seed=args.seed,
-                              max_length=data_args.max_seq_length)
+        return add_noisy_view(train, tokenizer, text_column=text_column, text_pair_column=pair_column,
+                              noise=typo_noise(noise_args.typo_rate), probability=noise_args.typo_probability,
+                              seed=args.seed, max_length=data_args.max_seq_length)
 
     with args.main_process_first(desc="tokenization"):
         tokenized = {name: encode_train(d) if name == "train" else d.map(encode, batched=True,

@@ -83,6 +83,11 @@ class DataArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
 
     def __post_init__(self):
+        for flag in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} {value} keeps no rows: give a positive number, or leave it out to keep "
+                                 "every row.")
         if self.dataset_name is None and self.train_file is None:
             raise ValueError(
                 "No data: pass --dataset_name (a Hub dataset) or --train_file/--validation_file (local files)."

@@ -259,6 +259,18 @@ def test_a_blank_text_is_refused_with_its_row(tmp_path, name, content):
         load_text_classification_file(write(tmp_path, content, name))
 
 
+def test_a_pairs_second_text_is_read_and_checked_as_the_first_is(tmp_path):
+    pairs = write(tmp_path, "label\tsentence1\tsentence2\n1\tgood\t007\n0\tbad\t42\n", "pairs.tsv")
+    data = load_text_classification_file(pairs, text_column="sentence1", text_pair_column="sentence2")
+    assert data["sentence2"] == ["007", "42"]  # digits stay text
+    missing = write(tmp_path, '{"sentence1": "good", "sentence2": "fine", "label": 1}\n'
+                              '{"sentence1": "bad", "sentence2": null, "label": 0}\n', "pairs.jsonl")
+    with pytest.raises(ValueError, match=r"row 1 .* no text in the text column 'sentence2'"):
+        load_text_classification_file(missing, text_column="sentence1", text_pair_column="sentence2")
+    with pytest.raises(ValueError, match=r"no text column 'hypothesis'.*--text_pair_column_name"):
+        load_text_classification_file(pairs, text_column="sentence1", text_pair_column="hypothesis")
+
+
 def test_load_unlabeled_file_with_label_column_none(tmp_path):
     dataset = load_text_classification_file(write(tmp_path, "sentence\ngood film\n", "test.tsv"), label_column=None)
     assert dataset["sentence"] == ["good film"]

@@ -138,12 +138,15 @@ def test_text_recipes_encode_sentence_pairs_as_two_segments(tokenizer, tmp_path,
     assert encoded["input_ids"][0].count(tokenizer.sep_token_id) == 2 and encoded["labels"] == [1]
     assert encoded["token_type_ids"][0] == tokenizer("john lives in paris", "mary works at acme")["token_type_ids"]
     assert 1 in encoded["token_type_ids"][0]
-    # End to end: a GLUE-style pair file (MRPC's column names) distils.
+    # End to end: a GLUE-style pair file (MRPC's column names) distils, with typos in both texts of the student's view
+    # (the clean pair encoding is checked above; the recipe refused typos with pairs).
     _text_teacher_and_data(tokenizer, tmp_path)
     rows = ["label\tsentence1\tsentence2"] + [f"{i % 2}\ta good movie {i}\tan awful plot {i}" for i in range(24)]
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
-    result = _text_recipe(tmp_path, "--text_column_name", "sentence1", "--text_pair_column_name", "sentence2")
+    result = _text_recipe(tmp_path, "--text_column_name", "sentence1", "--text_pair_column_name", "sentence2",
+                          "--typo_rate", "0.3", "--typo_probability", "1.0")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "| noise | typo_noise(rate=0.3) |" in (tmp_path / "student" / "README.md").read_text()
 
 
 def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_card(tokenizer, tmp_path):
@@ -458,6 +461,9 @@ def test_recipes_run_ema_self_distillation_and_refuse_bad_student_layers(tokeniz
 
     from hf_distill import DistillationArguments, token_classification_metrics
 
+    for flag in ("max_train_samples", "max_eval_samples"):
+        with pytest.raises(ValueError, match=rf"--{flag} 0 keeps no rows"):
+            DataArguments(train_file="train.txt", **{flag: 0})
     for bad in ("0,1,", "0;1", "0 1"):
         with pytest.raises(ValueError, match=r"--student_layers .* not a comma-separated list.*\"0,2,4\""):
             ModelArguments(teacher_model_name_or_path="t", student_layers=bad)
