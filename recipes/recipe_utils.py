@@ -264,7 +264,9 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             "generation: choose one."
         )
     initial = copy.deepcopy(student) if generations > 1 else None
-    generation_teacher = teacher
+    # The trainer casts the teacher it is given in place (--teacher_dtype): it gets a copy, so that the comparison
+    # below scores and times the teacher as it was loaded, in the student's precision.
+    generation_teacher = teacher if args.teacher_dtype == "auto" or ema else copy.deepcopy(teacher)
     for generation in range(1, generations + 1):
         last = generation == generations
         gen_args = args if last else dataclasses.replace(

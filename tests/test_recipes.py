@@ -479,6 +479,16 @@ def test_recipes_run_ema_self_distillation_and_refuse_bad_student_layers(tokeniz
                       token_classification_metrics(NER_LABELS), "f1", args, DataArguments(train_file="train.txt"))
     assert trainer.state.global_step == 2 and (tmp_path / "student" / "model.safetensors").is_file()
     assert "itself (EMA teacher" in (tmp_path / "student" / "README.md").read_text()
+    # --teacher_dtype casts the trainer's teacher, not the one the comparison (and the card's latency) uses.
+    teacher = tiny_token_model(tokenizer, layers=2, seed=3)
+    bf16_args = DistillationArguments(output_dir=str(tmp_path / "bf16"), teacher_dtype="bfloat16", max_steps=1,
+                                 per_device_train_batch_size=2, report_to="none", use_cpu=True, save_strategy="no",
+                                 disable_tqdm=True)
+    trainer = distill(teacher, tiny_token_model(tokenizer, layers=1, seed=1), tokenizer,
+                      {"train": data, "validation": data}, DataCollatorForTokenClassification(tokenizer),
+                      token_classification_metrics(NER_LABELS), "f1", bf16_args, DataArguments(train_file="train.txt"))
+    assert next(trainer.teacher_model.parameters()).dtype == torch.bfloat16
+    assert next(teacher.parameters()).dtype == torch.float32 and "speedup_batch1" in trainer.evaluation_report["speed"]
     with pytest.raises(ValueError, match="choose one"):
         distill(tiny_token_model(tokenizer, layers=2, seed=3), None, tokenizer, {"train": data, "validation": data},
                 None, None, "f1", args, DataArguments(train_file="train.txt"), generations=2)
