@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback, set_seed
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
@@ -356,27 +356,58 @@ def _markdown_table(runs: dict) -> list[str]:
     return lines + [""]
 
 
+def now(sync: bool) -> float:
+    """`time.perf_counter()`, after the GPU's queued work when `sync`."""
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class StepTimer(TrainerCallback):
+    """Times a Trainer run from the start of its first optimizer step to the end of its last one, leaving out what
+    each `train()` call does before its loop (optimizer and dataloader set-up, the length-grouped sampler reading every
+    example's length) and after it."""
+
+    def __init__(self):
+        self.start = self.end = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.start is None:
+            self.start = now(torch.cuda.is_available())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps:
+            self.end = now(torch.cuda.is_available())
+
+
 def interleaved_rates(
     runs: dict[str, Trainer | Callable[[int], int | tuple[int, float]]], steps: int, rounds: int, warmup_steps: int = 0
 ) -> dict[str, list[float]]:
     """Training samples/s of several runs measured side by side, one value per round (index i = round i).
 
     Each round runs `steps` optimizer steps of every run in turn, the order alternating between rounds, so that machine
-    noise falls on all of them alike. A run is a `Trainer` (its `train()` with `max_steps=steps`, timed from outside)
-    or a callable that trains `steps` optimizer steps and returns the number of samples it trained on, or
-    `(samples, seconds)` when it times itself. With `warmup_steps`, every run first trains that many steps untimed
-    (first-call costs: allocations, lazy initialisation, compilation).
+    noise falls on all of them alike. A run is a `Trainer` (its `train()` with `max_steps=steps`, re-seeded so that
+    every run trains on the same batches every round, and timed over its steps alone by a `StepTimer`: not the set-up
+    each `train()` call repeats, which would pull every ratio towards 1) or a callable that trains `steps` optimizer
+    steps and returns the number of samples it trained on, or `(samples, seconds)` when it times itself. With
+    `warmup_steps`, every run first trains that many steps untimed (first-call costs: allocations, lazy
+    initialisation, compilation).
     """
 
     def train(run, n: int) -> tuple[int, float]:
         start = time.perf_counter()
         if callable(run) and not isinstance(run, Trainer):
             out = run(n)
-        else:
-            run.args.max_steps = n
-            run.train()
-            out = n * run.args.per_device_train_batch_size * run.args.gradient_accumulation_steps
-        return out if isinstance(out, tuple) else (out, time.perf_counter() - start)
+            return out if isinstance(out, tuple) else (out, time.perf_counter() - start)
+        timer = next((c for c in run.callback_handler.callbacks if isinstance(c, StepTimer)), None)
+        if timer is None:
+            timer = StepTimer()
+            run.add_callback(timer)
+        timer.start = timer.end = None
+        run.args.max_steps = n
+        set_seed(run.args.seed)
+        run.train()
+        return n * run.args.per_device_train_batch_size * run.args.gradient_accumulation_steps, timer.end - timer.start
 
     if warmup_steps:
         for name, run in runs.items():

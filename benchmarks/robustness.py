@@ -4,6 +4,7 @@
     python benchmarks/robustness.py                                   # both tasks
     python benchmarks/robustness.py --tasks ner --methods fgm         # a subset
     python benchmarks/robustness.py --quick                           # smoke run on the --quick benchmark models
+    python benchmarks/robustness.py --tasks sst2 --overhead_only      # only the step-time overhead of each method
     python benchmarks/robustness.py --tasks sst2 --methods fgm,freelb,fgm_typo,freelb_typo   # with typo views
 
 Models: `teacher`, `student_plain`, `student_kd` (from the core benchmarks' cache) and `student_adv_kd`, the best on
@@ -41,7 +42,18 @@ import time
 import ner_conll2003
 import sst2
 import torch
-from common import CACHE_DIR, DEFAULT_SEED, LAYERS, machine, minilm_path, own_teacher, setup_logging, write_results
+from common import (
+    CACHE_DIR,
+    DEFAULT_SEED,
+    LAYERS,
+    interleaved_rates,
+    machine,
+    median,
+    minilm_path,
+    own_teacher,
+    setup_logging,
+    write_results,
+)
 from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoModelForSequenceClassification,
@@ -131,6 +143,11 @@ def parse_args():
                         "<perturbation>_mean<N> (the first draw is the one reported under the plain name)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--overhead_only", action="store_true",
+                   help="measure only the step-time overhead (on the first of --tasks), without the candidates and "
+                        "their scores; the teacher is the cached one, or all-MiniLM-L6-v2 with a fresh head (the "
+                        "cost of a step does not depend on the weights)")
+    p.add_argument("--overhead_rounds", type=int, default=5)
     args = p.parse_args()
     if args.perturbation_draws < 1:
         p.error(f"--perturbation_draws {args.perturbation_draws}: give 1 (one draw, the default) or more")
@@ -330,14 +347,12 @@ def step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, seed, s
                                              teacher_model=own_teacher(teacher, kd_settings), args=args,
                                              train_dataset=data["train"], data_collator=data["collator"],
                                              processing_class=tokenizer)
-    times = {name: [] for name in trainers}
-    for _ in range(rounds):
-        for name, trainer in trainers.items():
-            start = time.perf_counter()
-            trainer.train()
-            times[name].append((time.perf_counter() - start) / steps)
-    median = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
-    return {name: round(median[name] / median["kd"], 3) for name in methods}, median
+    # Steps alone are timed (not each train() call's set-up), after an untimed warm-up, every run on the same batches,
+    # the order alternating between rounds; a method's overhead is the median of its per-round ratios to kd.
+    rates = interleaved_rates(trainers, steps, rounds, warmup_steps=steps)
+    per_step = {name: [setup["batch_size"] / rate for rate in values] for name, values in rates.items()}
+    ratios = {m: round(median([a / b for a, b in zip(per_step[m], per_step["kd"], strict=True)]), 3) for m in methods}
+    return ratios, {name: median(values) for name, values in per_step.items()}
 
 
 # ---- one task -------------------------------------------------------------------------------------------------
@@ -430,14 +445,35 @@ def run_task(task, args, tokenizer):
     return table, selection, (models["teacher"], data, kd_settings, setup)
 
 
+def overhead_only_inputs(task, args, tokenizer):
+    """`(teacher, data, kd_settings, setup)` for `step_overhead` alone, as `run_task` would give them: the task's data
+    and student_kd settings from the core results file, and its cached teacher, or all-MiniLM-L6-v2 with a fresh head
+    of the task's labels when the cache is gone (a step costs the same whatever the weights)."""
+    name = f"{'ner_conll2003' if task == 'ner' else 'sst2'}{'_quick' if args.quick else ''}"
+    core = json.loads((CACHE_DIR.parent / "results" / f"{name}.json").read_text())
+    if task == "ner":
+        data, auto, labels = ner_conll2003.load_data(tokenizer, 128, quick=args.quick), \
+            AutoModelForTokenClassification, {"num_labels": 9}
+    else:
+        data = sst2.load_data(tokenizer, 64, core["setup"]["max_train_samples"], DEFAULT_SEED, quick=args.quick)
+        auto, labels = AutoModelForSequenceClassification, {"num_labels": 2}
+    kd_settings = core["runs"].get("student_kd", {}).get("settings", {})
+    kd_settings = {k: v for k, v in kd_settings.items() if k not in FEATURE_FIELDS}
+    cached = CACHE_DIR / name / "teacher"
+    teacher = auto.from_pretrained(cached if (cached / "config.json").exists() else minilm_path(),
+                                   **({} if (cached / "config.json").exists() else labels)).eval()
+    logger.info("overhead teacher: %s", cached if (cached / "config.json").exists() else "all-MiniLM-L6-v2, fresh head")
+    return teacher, data, kd_settings, core["setup"]
+
+
 def main():
     args = parse_args()
     setup_logging("robustness_quick" if args.quick else "robustness")
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    payload = {"runs": {}, "selection": {}}
-    overhead_inputs = None
-    for task in args.tasks.split(","):
+    payload = {} if args.overhead_only else {"runs": {}, "selection": {}}
+    overhead_inputs = overhead_only_inputs(args.tasks.split(",")[0], args, tokenizer) if args.overhead_only else None
+    for task in [] if args.overhead_only else args.tasks.split(","):
         table, selection, inputs = run_task(task, args, tokenizer)
         payload["runs"][task] = table
         payload["selection"][task] = selection
@@ -445,7 +481,7 @@ def main():
     teacher, data, kd_settings, setup = overhead_inputs
     methods = [m for m in args.overhead_methods.split(",") if m]
     if methods:
-        steps, rounds = (3, 1) if args.quick else (10, 3)
+        steps, rounds = (3, 1) if args.quick else (10, args.overhead_rounds)
         ratios, seconds = step_overhead(teacher, data, tokenizer, kd_settings, setup, methods, args.seed, steps,
                                         rounds)
         payload["overhead"] = ratios
@@ -453,10 +489,11 @@ def main():
         payload["passes"] = {m: AttackSettings(method=METHODS[m]["adversarial"], epsilon=1.0, step_size=METHODS[m].get("adv_step_size", 0.3),
                                                steps=METHODS[m].get("adv_steps", 1)).passes for m in methods}
         payload["overhead_task"] = args.tasks.split(",")[0]
-    payload[f"setup_{args.tasks.replace(',', '_')}"] = {"epsilons": args.epsilons, "pgd_steps": args.pgd_steps, "pgd_samples": args.pgd_samples,
-                        "typo_rate": args.typo_rate, "word_attack_samples": args.word_attack_samples,
-                        "perturbation_draws": args.perturbation_draws,
-                        "candidates": args.methods, "candidate_settings": METHODS, "common_adv": COMMON_ADV}
+    if not args.overhead_only:
+        payload[f"setup_{args.tasks.replace(',', '_')}"] = {"epsilons": args.epsilons, "pgd_steps": args.pgd_steps, "pgd_samples": args.pgd_samples,
+                            "typo_rate": args.typo_rate, "word_attack_samples": args.word_attack_samples,
+                            "perturbation_draws": args.perturbation_draws,
+                            "candidates": args.methods, "candidate_settings": METHODS, "common_adv": COMMON_ADV}
     payload["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     payload["machine"] = machine()
     path = write_results("robustness_quick" if args.quick else "robustness", payload)

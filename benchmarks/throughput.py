@@ -70,12 +70,14 @@ from common import (
     LAYERS,
     RESULTS_DIR,
     NaiveKDTrainer,
+    StepTimer,
     benchmark_training_args,
     interleaved_rates,
     load_or_finetune_teacher,
     machine,
     median,
     minilm_path,
+    now,
     num_params,
     score,
     setup_logging,
@@ -87,7 +89,6 @@ from transformers import (
     AutoModelForTokenClassification,
     AutoTokenizer,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     get_linear_schedule_with_warmup,
     set_seed,
@@ -204,41 +205,19 @@ class Setup:
 # ---- the methods ----------------------------------------------------------------------------------------------------
 
 
-def _now(sync: bool) -> float:
-    if sync:
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-class _StepTimer(TrainerCallback):
-    """Times a Trainer run from the start of its first optimizer step to the end of its last one, leaving out what
-    each `train()` call does before its loop (optimizer and dataloader set-up, the length-grouped sampler reading every
-    example's length) and after it."""
-
-    def __init__(self):
-        self.start = self.end = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.start is None:
-            self.start = _now(torch.cuda.is_available())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == state.max_steps:
-            self.end = _now(torch.cuda.is_available())
-
-
 class TrainerRun:
     """A Trainer-based method: `run(steps)` trains that many optimizer steps and returns `(samples, seconds)`;
     `train_to_end(epochs)` trains the full epochs."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
-        self.timer = _StepTimer()
+        self.timer = StepTimer()
         trainer.add_callback(self.timer)
 
     def __call__(self, steps: int) -> tuple[int, float]:
         self.trainer.args.max_steps = steps
         self.timer.start = self.timer.end = None
+        set_seed(self.trainer.args.seed)  # the same batches every round, as TextBrewer's run re-seeds for its own
         self.trainer.train()
         return steps * self.trainer.args.per_device_train_batch_size, self.timer.end - self.timer.start
 
@@ -285,7 +264,7 @@ class TextBrewerRun:
 
     A helper `Trainer` over the same student and arguments supplies what the Trainer methods get: the same
     length-grouped batches (`get_train_dataloader`, on the device), the same AdamW parameter groups
-    (`create_optimizer`), and the scoring. Steps are timed as the Trainer runs are (`_StepTimer`): from the first batch
+    (`create_optimizer`), and the scoring. Steps are timed as the Trainer runs are (`common.StepTimer`): from the first batch
     handed to the distiller to the end of the last optimizer step. The teacher gets the batch without `labels` (so it computes no loss); the
     student gets it with them and its own CE is TextBrewer's hard-label loss. On a GPU both forwards run under bf16
     autocast, as Trainer's `bf16=True` runs the student, and the logits are cast to fp32 for the loss. Checkpointing
@@ -315,7 +294,7 @@ class TextBrewerRun:
 
         class Distiller(textbrewer.GeneralDistiller):
             def save_and_callback(self, global_step, step, epoch, callback):
-                run.end = _now(setup.gpu)  # called once, after the last optimizer step (ckpt_steps = steps)
+                run.end = now(setup.gpu)  # called once, after the last optimizer step (ckpt_steps = steps)
                 if callback is not None:
                     callback(model=self.model_S, step=global_step)
 
@@ -334,7 +313,7 @@ class TextBrewerRun:
 
     def _split(self, batch):
         if self.start is None:
-            self.start = _now(self.setup.gpu)
+            self.start = now(self.setup.gpu)
         self.mask = batch["labels"].ne(-100)
         return {"teacher": {k: v for k, v in batch.items() if k != "labels"}, "student": batch}
 
