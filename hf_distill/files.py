@@ -55,6 +55,22 @@ def move_into(source: str | os.PathLike, destination: str | os.PathLike) -> None
         os.replace(os.path.join(source, name), target)
 
 
+_WEIGHT_FILES = re.compile(
+    r"^(model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|pytorch_model(-\d+-of-\d+)?\.bin|"
+    r"pytorch_model\.bin\.index\.json|adapter_model\.(safetensors|bin)|adapter_config\.json)$"
+)
+
+
+def remove_stale_weights(folder: str | os.PathLike, kept: set[str]) -> list[str]:
+    """Delete the model-weight files of `folder` (full weights, shards and their index, a PEFT adapter) that a new save
+    did not write (`kept`): a full model saved over an adapter, or fewer shards over more, would otherwise leave files
+    that `from_pretrained` reads instead of, or with, the new ones. Returns the names deleted."""
+    stale = [name for name in sorted(os.listdir(folder)) if _WEIGHT_FILES.match(name) and name not in kept]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
 def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
     """Whether a checkpoint folder was finished: the marker is written last, after every other file."""
     return os.path.isfile(os.path.join(folder, CHECKPOINT_MARKER))

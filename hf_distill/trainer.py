@@ -68,6 +68,7 @@ from .files import (
     is_complete_checkpoint,
     last_complete_checkpoint,
     move_into,
+    remove_stale_weights,
 )
 from .loading import load_model
 from .losses import (
@@ -886,7 +887,11 @@ class DistillationTrainer(Trainer):
                 super().save_model(staging, _internal_call=_internal_call)
             if self.args.should_save:
                 self.create_model_card(output_dir=staging)
+                written = set(os.listdir(staging))
                 move_into(staging, output_dir)
+                stale = remove_stale_weights(output_dir, written)
+                if stale:
+                    logger.info("Removed weight files of an earlier save from %s: %s", output_dir, ", ".join(stale))
         finally:
             if self.args.should_save and os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)

@@ -1,6 +1,8 @@
 """Strategies beyond logits, wired into DistillationTrainer: feature and attention distillation, several teachers,
 EMA self-distillation, pseudo-labels and mixed unlabeled data, augmentation, a LoRA student."""
 
+import os
+
 import pytest
 import torch
 from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
@@ -672,3 +674,21 @@ def test_an_ensembles_teachers_must_agree_on_their_labels_and_a_bad_one_is_named
     three.config._name_or_path = "acme/three-way"
     with pytest.raises(ValueError, match=r"Teacher 1 of 2 \(acme/three-way\): The teacher predicts 3 labels"):
         build([named(1, ["neg", "pos"]), three])
+
+
+def test_a_save_over_another_kind_of_save_leaves_no_stale_weights(tokenizer, tmp_path):
+    # An adapter saved where a full model was (or the reverse) must not leave the other's weights for from_pretrained.
+    peft = pytest.importorskip("peft")
+    full = ner_trainer(tokenizer, tmp_path, max_steps=1)
+    full.save_model(str(tmp_path / "student"))
+    assert (tmp_path / "student" / "model.safetensors").is_file()
+    config = peft.LoraConfig(task_type=peft.TaskType.TOKEN_CLS, r=4, target_modules=["query", "value"])
+    adapter = ner_trainer(tokenizer, tmp_path, max_steps=1,
+                          student=peft.get_peft_model(tiny_token_model(tokenizer, layers=1, seed=1), config))
+    adapter.save_model(str(tmp_path / "student"))
+    files = set(os.listdir(tmp_path / "student"))
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files and "model.safetensors" not in files
+    full.save_model(str(tmp_path / "student"))
+    files = set(os.listdir(tmp_path / "student"))
+    assert "model.safetensors" in files and not files & {"adapter_model.safetensors", "adapter_config.json"}
+    assert "README.md" in files and "config.json" in files
