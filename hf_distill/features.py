@@ -186,3 +186,12 @@ def attention_kl(
         per_token = per_token + kl.sum(-1).mean(1)  # (B, L): mean over heads
     per_token = per_token / len(layer_map)
     return per_token[mask].sum(), mask.sum()
+
+
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
+"""The config attribute of attention dropout: BERT-style configs call it the first, DistilBERT-style ones the second."""
+
+
+def attention_dropout_field(config: Any) -> str | None:
+    """The name of `config`'s attention-dropout attribute (see `ATTENTION_DROPOUT_FIELDS`), or None if it has none."""
+    return next((name for name in ATTENTION_DROPOUT_FIELDS if hasattr(config, name)), None)

@@ -207,3 +207,11 @@ def zero_weighted_loss(logits: torch.Tensor) -> torch.Tensor:
     them: a skipped batch back-propagates it, so DDP still gets the full backward (and all-reduce) it waits for, and
     the gradients it adds are zeros."""
     return (logits.float().nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
+
+
+def zero_parameter_loss(model: torch.nn.Module) -> torch.Tensor:
+    """A loss of exactly 0 built from the trainable parameters alone, not from a forward: its backward gives every one
+    of them a zero gradient (so that an fp16 grad scaler still finds gradients to check when every batch of a step
+    was skipped) and adds nothing to what they hold, whatever NaN the forward produced."""
+    terms = [p.sum() * 0.0 for p in model.parameters() if p.requires_grad]
+    return torch.stack(terms).sum() if terms else torch.zeros((), requires_grad=True)

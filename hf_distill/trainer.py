@@ -60,7 +60,14 @@ from .checks import (
 from .config import DistillationArguments
 from .data import word_free_special_ids
 from .ensemble import combine_teacher_logits
-from .features import FeatureProjector, attention_kl, cut_layer_map, hidden_state_loss, parse_layer_map
+from .features import (
+    FeatureProjector,
+    attention_dropout_field,
+    attention_kl,
+    cut_layer_map,
+    hidden_state_loss,
+    parse_layer_map,
+)
 from .files import (
     CHECKPOINT_MARKER,
     atomic_write_json,
@@ -77,6 +84,7 @@ from .losses import (
     distillation_objective,
     pseudo_labels,
     unlabeled_rows,
+    zero_parameter_loss,
     zero_weighted_loss,
 )
 from .model_card import build_model_card
@@ -501,12 +509,13 @@ class DistillationTrainer(Trainer):
         if features:
             parts, ratios = self._add_feature_losses(parts, outputs, teacher, inputs, num_items_in_batch)
         finite = torch.isfinite(parts.loss)
-        if teacher_logits is not None and self.args.teacher_labels == "hard":
+        hard = teacher_logits is not None and self.args.teacher_labels == "hard"
+        distilled = self.distill_mask(inputs) if hard else None
+        if hard:
             # The argmax of a NaN row is a class like any other: the loss stays finite, so check the logits themselves.
-            distilled = self.distill_mask(inputs).unsqueeze(-1)
-            finite = finite & torch.isfinite(torch.where(distilled, teacher_logits, 0.0)).all()
+            finite = finite & torch.isfinite(torch.where(distilled.unsqueeze(-1), teacher_logits, 0.0)).all()
         if not finite:
-            self._handle_nonfinite(parts, teacher_logits, self.distill_mask(inputs))
+            self._handle_nonfinite(parts, teacher_logits, distilled if hard else self.distill_mask(inputs))
             loss = self._skipped_batch_loss(model, outputs["logits"])
             return (loss, outputs) if return_outputs else loss
         self._window.add(parts, temperature, alpha)
@@ -522,11 +531,11 @@ class DistillationTrainer(Trainer):
 
     def _skipped_batch_loss(self, model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
         """The loss a skipped batch returns to Trainer: zero-weighted through the logits where other processes wait for
-        its backward, else `_zero_parameter_loss`, whose backward bypasses the forward (a NaN in the student's forward
+        its backward, else `zero_parameter_loss`, whose backward bypasses the forward (a NaN in the student's forward
         would otherwise reach the gradients that earlier micro-batches accumulated)."""
         if self._keeps_processes_in_step():
             return zero_weighted_loss(logits)
-        return _zero_parameter_loss(model)
+        return zero_parameter_loss(model)
 
     def _handle_nonfinite(self, parts: DistillationLoss, teacher_logits, mask) -> None:
         """Name the non-finite component, then raise or count the skipped batch (`nonfinite_policy`)."""
@@ -621,9 +630,7 @@ class DistillationTrainer(Trainer):
                     f"{student.num_attention_heads} heads and the teacher {teacher.num_attention_heads}. Give the "
                     "student the teacher's head count, or use `hidden_distill_weight` alone."
                 )
-            # BERT-style configs call it attention_probs_dropout_prob, DistilBERT-style ones attention_dropout.
-            name = next((n for n in ("attention_probs_dropout_prob", "attention_dropout") if hasattr(student, n)),
-                        "attention_probs_dropout_prob")
+            name = attention_dropout_field(student) or "attention_probs_dropout_prob"
             dropout = getattr(student, name, 0.0) or 0.0
             if dropout > 0:
                 raise ValueError(
@@ -747,7 +754,7 @@ class DistillationTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         skipped = self.skipped_batches
         loss = self._training_step(model, inputs, num_items_in_batch)
-        if self.skipped_batches != skipped and self.accelerator.num_processes == 1 and self._keeps_processes_in_step():
+        if self.skipped_batches != skipped and self.accelerator.num_processes == 1 and self.is_deepspeed_enabled:
             # One process under DeepSpeed: a skipped batch back-propagated a zero-weighted loss (its engine steps in
             # `backward`), whose gradients are zeros, except that a NaN inside the student's own forward still reaches
             # them (0 * NaN). Elsewhere a single process skips that backward (`_skipped_batch_loss`); with several, the
@@ -783,7 +790,7 @@ class DistillationTrainer(Trainer):
                     logits = model(input_ids=input_ids, **model_inputs)["logits"]
                 self.accelerator.backward(zero_weighted_loss(logits))
             else:
-                self.accelerator.backward(_zero_parameter_loss(model))
+                self.accelerator.backward(zero_parameter_loss(model))
             return zero
         adv_alpha = {"kd": 1.0, "ce": 0.0, "both": alpha}[self.args.adv_objective]
         base = self._unwrap(model)
@@ -835,7 +842,7 @@ class DistillationTrainer(Trainer):
             keep_in_step=self._keeps_processes_in_step(),
         )
         if step.skipped and not self._keeps_processes_in_step():
-            self.accelerator.backward(_zero_parameter_loss(model))
+            self.accelerator.backward(zero_parameter_loss(model))
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
             self._window.add(step.clean, temperature, alpha)
             self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
@@ -1119,14 +1126,6 @@ class DistillationTrainer(Trainer):
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval)
-
-
-def _zero_parameter_loss(model: nn.Module) -> torch.Tensor:
-    """A loss of exactly 0 built from the trainable parameters alone, not from a forward: its backward gives every one
-    of them a zero gradient (so that an fp16 grad scaler still finds gradients to check when every batch of a step
-    was skipped) and adds nothing to what they hold."""
-    terms = [p.sum() * 0.0 for p in model.parameters() if p.requires_grad]
-    return torch.stack(terms).sum() if terms else torch.zeros((), requires_grad=True)
 
 
 def _adapter_base(model: nn.Module) -> str | None:

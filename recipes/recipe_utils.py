@@ -15,6 +15,7 @@ from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
 from hf_distill.data import conll_label_names, keeps_word_starts, read_conll
+from hf_distill.features import attention_dropout_field
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
@@ -94,13 +95,10 @@ class DataArguments:
             )
 
 
-_ATTENTION_DROPOUT = ("attention_probs_dropout_prob", "attention_dropout")  # BERT-style, DistilBERT-style configs
-
-
 def _no_attention_dropout(config) -> dict:
     """The config override that turns attention dropout off (attention distillation compares the student's maps
     as distributions, which dropped-out maps are not)."""
-    name = next((n for n in _ATTENTION_DROPOUT if hasattr(config, n)), None)
+    name = attention_dropout_field(config)
     return {name: 0.0} if name is not None else {}
 
 
