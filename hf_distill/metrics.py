@@ -11,6 +11,7 @@ References:
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,7 +46,7 @@ class Seqeval(evaluate.Metric):
             citation="Hiroki Nakayama. seqeval: A Python framework for sequence labeling evaluation. 2018.",
             inputs_description=(
                 "predictions, references: lists of lists of tag strings. scheme: one of "
-                f"{list(_SCHEMES)} for strict matching, or None for conlleval-style matching. mode: 'strict' or None."
+                f"{list(_SCHEMES)} (with mode='strict'), or None for conlleval-style matching. mode: 'strict' or None."
             ),
             features=datasets.Features(
                 {
@@ -70,6 +71,10 @@ class Seqeval(evaluate.Metric):
             scheme_class = getattr(seqeval.scheme, scheme)
         if mode not in (None, "strict"):
             raise ValueError(f"`mode` must be None (conlleval-style) or 'strict', got {mode!r}.")
+        if scheme is not None and mode is None:
+            # seqeval reads the scheme only in strict mode; without it the match would silently be lenient.
+            raise ValueError(f"`scheme={scheme!r}` takes effect only with mode='strict'; pass both, or neither for "
+                             "conlleval-style matching.")
 
         with warnings.catch_warnings():
             # With no entity at all, seqeval's macro average takes the mean of an empty array; we do not report it.
@@ -112,11 +117,46 @@ def _logits(eval_prediction: EvalPrediction) -> np.ndarray:
     return np.asarray(predictions)
 
 
-def token_classification_metrics(label_names: Sequence[str]) -> Callable[[EvalPrediction], dict[str, float]]:
+def _check_tag_prefixes(names: Sequence[str], scheme: str | None) -> None:
+    """Refuse tag names that seqeval would misread: a name without a ``<prefix>-`` (IO tags named by type alone), and,
+    under conlleval-style matching, prefixes it does not know (BILOU's ``L-``/``U-``)."""
+    if scheme is not None and scheme not in _SCHEMES:
+        raise ValueError(f"`scheme` must be one of {list(_SCHEMES)} or None, got {scheme!r}.")
+    for name in names:
+        if name == "O":
+            continue
+        if re.fullmatch(r"LABEL_\d+", name):
+            raise ValueError(
+                f"Tag {name!r} is a placeholder name: the model's `config.id2label` does not name its tags. Pass the "
+                "tag names in id order (e.g. from the training data's `ner_tags` feature), or set `id2label` on the "
+                "model's config."
+            )
+        prefix, dash, entity = name.partition("-")
+        if not dash or not entity or prefix not in ("B", "I", "E", "S", "L", "U"):
+            raise ValueError(
+                f"Tag {name!r} has no B-/I-/E-/S-/L-/U- prefix; seqeval reads a tag as <prefix>-<type> (it would take "
+                f"{name!r} as prefix {name[:1]!r} of type {name[2:]!r}). Name the tags of an IO scheme 'I-<type>' "
+                f"(e.g. 'I-{name}'), which scores each run of a type as one entity."
+            )
+        if scheme is None and prefix in ("L", "U"):
+            raise ValueError(
+                f"Tag {name!r} is a BILOU tag, which conlleval-style matching cannot read; pass scheme='BILOU' to score "
+                "entities strictly by that scheme."
+            )
+
+
+def token_classification_metrics(
+    label_names: Sequence[str], *, scheme: str | None = None
+) -> Callable[[EvalPrediction], dict[str, float]]:
     """Build a ``compute_metrics`` for token classification that scores entities with [`Seqeval`].
 
     Args:
-        label_names: Tag names in label-id order (``[config.id2label[i] for i in range(num_labels)]``).
+        label_names: Tag names in label-id order (``[config.id2label[i] for i in range(num_labels)]``). Each is
+            ``"O"`` or ``<prefix>-<type>`` with prefix B, I, E, S, L or U.
+        scheme: ``None`` (the default) matches entities conlleval-style, as CoNLL-2003 results are reported (IOB1,
+            IOB2 and IOBES tags). One of ``"IOB1"``, ``"IOB2"``, ``"IOE1"``, ``"IOE2"``, ``"IOBES"``, ``"BILOU"``
+            scores strictly by that scheme (seqeval's ``mode="strict"``): an entity that breaks it is not counted.
+            BILOU tags need ``scheme="BILOU"``.
 
     Returns:
         A function of an ``EvalPrediction`` whose ``predictions`` are logits ``(N, L, C)`` (or already-argmaxed ids
@@ -126,6 +166,8 @@ def token_classification_metrics(label_names: Sequence[str]) -> Callable[[EvalPr
         in the references or predictions.
     """
     names = list(label_names)
+    _check_tag_prefixes(names, scheme)
+    strict = {"scheme": scheme, "mode": "strict"} if scheme is not None else {}
     metric = Seqeval(keep_in_memory=True)
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
@@ -146,7 +188,7 @@ def token_classification_metrics(label_names: Sequence[str]) -> Callable[[EvalPr
         keep = label_ids != IGNORE_INDEX
         references = [[names[i] for i in row[mask]] for row, mask in zip(label_ids, keep, strict=True)]
         predicted = [[names[i] for i in row[mask]] for row, mask in zip(predictions, keep, strict=True)]
-        scores = metric.compute(predictions=predicted, references=references)
+        scores = metric.compute(predictions=predicted, references=references, **strict)
         results = {
             "precision": scores["overall_precision"],
             "recall": scores["overall_recall"],

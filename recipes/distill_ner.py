@@ -40,8 +40,11 @@ def main():
     # ---- data: tags encoded in the teacher's label order ------------------------------------------------------
     tokens_column = data_args.text_column_name or "tokens"
     tags_column = data_args.label_column_name or "ner_tags"
-    splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names), columns=[tokens_column],
-                         label_column=tags_column)
+
+    def read(path):
+        return read_conll(path, label_names=label_names, tag_scheme=data_args.tag_scheme)
+
+    splits = load_splits(data_args, read, columns=[tokens_column], label_column=tags_column)
     splits = {name: align_labels(data, tags_column, label_names, strict=True) for name, data in splits.items()}
     with args.main_process_first(desc="tokenization"):
         tokenized = {

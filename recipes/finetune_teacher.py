@@ -51,7 +51,8 @@ def main():
         columns = {"tokens_column": data_args.text_column_name or "tokens",
                    "tags_column": data_args.label_column_name or "ner_tags"}
         label_names = conll_tag_names(data_args) if data_args.dataset_name is None else None
-        splits = load_splits(data_args, lambda path: read_conll(path, label_names=label_names),
+        splits = load_splits(data_args,
+                             lambda path: read_conll(path, label_names=label_names, tag_scheme=data_args.tag_scheme),
                              columns=[columns["tokens_column"]], label_column=columns["tags_column"])
         tags = splits["train"].features[columns["tags_column"]]
         if not isinstance(getattr(tags, "feature", None), ClassLabel):

@@ -82,8 +82,17 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation/test examples."})
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    tag_scheme: str = field(
+        default="iob2",
+        metadata={"help": "NER, local CoNLL files: their tagging, 'iob2' (every entity opens with B-) or 'iob1' (the "
+                  "original CoNLL-2003 release; converted to IOB2 while reading)."},
+    )
 
     def __post_init__(self):
+        if self.tag_scheme not in ("iob2", "iob1"):
+            raise ValueError(f"--tag_scheme {self.tag_scheme!r} is not a CoNLL tagging hf-distill reads: pass iob2 "
+                             "(every entity opens with B-) or iob1 (an entity opens with I- unless it follows one of "
+                             "its own type).")
         for flag in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, flag)
             if value is not None and value < 1:
@@ -317,7 +326,8 @@ def conll_tag_names(data: DataArguments) -> list[str]:
     """A new NER teacher's tags: those of every local CoNLL file (a tag may appear in one split only), in
     `conll_label_names` order."""
     files = [f for f in (data.train_file, data.validation_file, data.test_file) if f]
-    return conll_label_names({tag for path in files for tag in read_conll(path).features["ner_tags"].feature.names})
+    return conll_label_names({tag for path in files
+                              for tag in read_conll(path, tag_scheme=data.tag_scheme).features["ner_tags"].feature.names})
 
 
 def text_label_names(data: DataArguments, read_local, label_column: str) -> tuple[list[str], bool]:

@@ -60,6 +60,37 @@ def test_seqeval_unknown_scheme():
         Seqeval(keep_in_memory=True).compute(predictions=[["O"]], references=[["O"]], scheme="BIO")
 
 
+def test_seqeval_scheme_without_strict_mode_is_refused():
+    # seqeval reads `scheme` only in strict mode: without it the lenient match would score I-PER as an entity.
+    with pytest.raises(ValueError, match=r"mode='strict'"):
+        Seqeval(keep_in_memory=True).compute(predictions=[["I-PER"]], references=[["I-PER"]], scheme="IOB2")
+
+
+def test_token_classification_metrics_with_a_scheme_scores_strictly():
+    # BILOU tags: two single-word entities predicted as one two-word entity. Lenient matching cannot read L-/U-, so
+    # a scheme is required, and strict BILOU finds no correct entity.
+    names = ["O", "B-PER", "I-PER", "L-PER", "U-PER"]
+    with pytest.raises(ValueError, match=r"scheme='BILOU'"):
+        token_classification_metrics(names)
+    metrics = token_classification_metrics(names, scheme="BILOU")
+    logits = np.eye(len(names), dtype=np.float32)[np.array([[1, 3]])]
+    scores = metrics(EvalPrediction(predictions=logits, label_ids=np.array([[4, 4]])))
+    assert scores["f1"] == 0.0 and scores["PER_f1"] == 0.0
+    right = metrics(EvalPrediction(predictions=np.eye(5, dtype=np.float32)[np.array([[4, 4]])],
+                                   label_ids=np.array([[4, 4]])))
+    assert right["f1"] == 1.0
+
+
+def test_token_classification_metrics_refuse_tags_without_a_prefix():
+    # IO tags named by type alone ("PER") would be read by seqeval as prefix "P" and type "ER".
+    with pytest.raises(ValueError, match=r"'PER'.*I-PER"):
+        token_classification_metrics(["O", "PER", "LOC"])
+    with pytest.raises(ValueError, match=r"'LABEL_0' is a placeholder.*id2label"):
+        token_classification_metrics(["LABEL_0", "LABEL_1"])
+    with pytest.raises(ValueError, match=r"`scheme` must be one of"):
+        token_classification_metrics(NER_LABELS, scheme="BIO")
+
+
 def test_token_classification_metrics_drops_ignored_positions():
     # Row 1: [CLS] John Smith lives in Paris [SEP]; row 2: [CLS] Acme works [SEP] [PAD] [PAD] [PAD].
     label_tags = [["O", "B-PER", "I-PER", "O", "O", "B-LOC", "O"], ["O", "B-ORG", "O", "O", "O", "O", "O"]]

@@ -419,6 +419,30 @@ def test_a_new_ner_teachers_tags_come_from_every_file(tmp_path, monkeypatch):
     assert {"O", "B-PER", "I-PER", "B-LOC", "I-LOC"} == set(conll_tag_names(data))
 
 
+def test_ner_recipes_read_iob1_files_with_tag_scheme(tokenizer, tmp_path, monkeypatch):
+    # The original CoNLL-2003 release is IOB1: an entity opens with I- unless it follows one of its own type.
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import DataArguments, conll_tag_names
+
+    iob1 = tmp_path / "train_iob1.txt"
+    iob1.write_text("john I-PER\nsmith I-PER\nmet O\nmary I-PER\n\n")
+    assert conll_tag_names(DataArguments(train_file=str(iob1), tag_scheme="iob1")) == ["O", "B-PER", "I-PER"]
+    with pytest.raises(ValueError, match="tag_scheme"):
+        conll_tag_names(DataArguments(train_file=str(iob1)))
+    with pytest.raises(ValueError, match="--tag_scheme"):
+        DataArguments(train_file=str(iob1), tag_scheme="bio")
+
+    teacher_dir, _ = _ner_teacher_and_data(tokenizer, tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "distill_ner.py"), "--teacher_model_name_or_path", str(teacher_dir),
+         "--train_file", str(iob1), "--validation_file", str(iob1), "--tag_scheme", "iob1", "--student_layers", "0",
+         "--output_dir", str(tmp_path / "student"), "--max_steps", "1", "--per_device_train_batch_size", "2",
+         "--report_to", "none", "--use_cpu"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_a_model_to_fine_tune_with_another_head_size_gets_a_new_head(tokenizer, tmp_path, caplog):
     from hf_distill.loading import load_model
 
