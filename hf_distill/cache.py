@@ -238,6 +238,14 @@ class TeacherLogitCache:
             self._indices = _open_array(self.path, "indices.npy", (total, self.top_k), np.int16)
             self._tail = _open_array(self.path, "tail_logsumexp.npy", (total,), np.float32)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by spawn or forkserver get the collator, and this cache, by pickle: they map the
+        # files again instead of each receiving a copy of every logit.
+        return {"path": str(self.path), "metadata": self._metadata}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["metadata"])
+
     @classmethod
     def load(
         cls,

@@ -176,6 +176,13 @@ class DistillationTrainer(Trainer):
                     f"the student does {self.task} with {num_labels} labels. Build the cache with the teacher of this "
                     "task (`build_teacher_cache`)."
                 )
+            if train_dataset is not None and not hasattr(train_dataset, "__len__"):
+                raise ValueError(
+                    "The teacher-logit cache checks, before training, that the training set holds the rows it was built "
+                    f"from, so it needs a map-style dataset; got a {type(train_dataset).__name__}. Train on the "
+                    "`datasets.Dataset` itself (not `.to_iterable_dataset()` or a streaming one), or with an online "
+                    "`teacher_model`."
+                )
             if train_dataset is not None and CACHE_INDEX_COLUMN not in dataset_columns(train_dataset):
                 train_dataset = teacher_cache.attach(train_dataset)
             elif train_dataset is not None:
@@ -188,6 +195,9 @@ class DistillationTrainer(Trainer):
         self.teacher_view = has_teacher_view(train_dataset)
         if self.teacher_view:
             _check_teacher_view(self.task, args, teacher_cache, processing_class)
+        # An iterable training set (streaming) names no columns before training: a teacher view is looked for in its
+        # batches instead (`training_step`), and the view collator, which passes batches without one through, is put in.
+        columns_unknown = train_dataset is not None and not dataset_columns(train_dataset)
         check_label_range(train_dataset, num_labels)
         for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
             if split is not None:
@@ -222,7 +232,7 @@ class DistillationTrainer(Trainer):
         self.teacher_cache = teacher_cache
         if teacher_cache is not None:
             self.data_collator = CachedLogitsCollator(self.data_collator, teacher_cache)
-        if self.teacher_view:
+        if self.teacher_view or columns_unknown:
             self.data_collator = TeacherViewCollator(self.data_collator, processing_class)
         check_sharding(args, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
         if args.self_distillation == "ema":
@@ -231,6 +241,10 @@ class DistillationTrainer(Trainer):
         self.teacher_model = self.teacher_models[0] if self.teacher_models else None
         # Each teacher gets the batch keys its own forward takes (an ensemble may mix BERT and DistilBERT).
         self._teacher_inputs: list[set[str]] = [forward_inputs(self._unwrap(t)) for t in self.teacher_models]
+        # Inputs a teacher takes and the student does not (a BERT teacher's token_type_ids for a DistilBERT student):
+        # kept through Trainer's column removal for the teacher, and never handed to the student.
+        self._teacher_only_inputs: tuple[str, ...] = tuple(sorted(
+            set().union(*self._teacher_inputs) - forward_inputs(self._unwrap(self.model))))
         # [CLS], [SEP], [PAD]...: not [UNK] (a word the vocabulary lacks) nor [MASK] (written into words by augmentation).
         special = word_free_special_ids(processing_class) or []
         # The attack leaves special tokens alone by default; without processing_class, the collator's tokenizer
@@ -387,11 +401,19 @@ class DistillationTrainer(Trainer):
         return self.teacher_outputs(inputs)["logits"]
 
     def _set_signature_columns_if_needed(self):
+        # Trainer keeps the columns the student's forward takes; the teacher's side of a batch is kept too: the cache
+        # index, a teacher view (which an iterable training set may carry unannounced), and what only a teacher takes.
         super()._set_signature_columns_if_needed()
-        if self.teacher_cache is not None and CACHE_INDEX_COLUMN not in self._signature_columns:
-            self._signature_columns.append(CACHE_INDEX_COLUMN)
-        if self.teacher_view:
-            self._signature_columns += [k for k in TEACHER_VIEW_KEYS if k not in self._signature_columns]
+        wanted = [*TEACHER_VIEW_KEYS, *getattr(self, "_teacher_only_inputs", ())]
+        if self.teacher_cache is not None:
+            wanted.append(CACHE_INDEX_COLUMN)
+        self._signature_columns += [k for k in wanted if k not in self._signature_columns]
+
+    def _student_inputs(self, inputs: dict[str, Any], *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The entries of a batch that go to the student: not the labels (the loss is computed here), nor the teacher's
+        side (its view, cached logits, inputs only a teacher takes), nor `drop`."""
+        leave_out = {*_NOT_MODEL_INPUTS, *self._teacher_only_inputs, *drop}
+        return {k: v for k, v in inputs.items() if k not in leave_out}
 
     # ---- schedules and positions -------------------------------------------------------------------------------
 
@@ -488,14 +510,14 @@ class DistillationTrainer(Trainer):
         # Evaluation and prediction score the student alone, exactly as the stock Trainer does. The teacher's side of
         # a batch goes first: without labels the stock step calls the model directly, and a forward that takes
         # **kwargs would accept the teacher's columns silently.
-        inputs = {k: v for k, v in inputs.items() if k not in _TEACHER_SIDE}
+        inputs = {k: v for k, v in inputs.items() if k not in _TEACHER_SIDE and k not in self._teacher_only_inputs}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             # Evaluation and prediction: the student alone; `prediction_step` has dropped the teacher's side.
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
-        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
+        model_inputs = self._student_inputs(inputs)
         features = self.args.uses_features
         outputs = model(**model_inputs, **(self._feature_flags() if features else {}))
         alpha, temperature = self.current_alpha, self.current_temperature
@@ -752,6 +774,11 @@ class DistillationTrainer(Trainer):
     # ---- adversarial training ------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.teacher_view and TEACHER_VIEW_KEYS[0] in inputs:
+            # An iterable training set shows its teacher view only in its batches: the checks made at init for a
+            # map-style one run on the first batch instead, and the model card will say the student read noisy text.
+            _check_teacher_view(self.task, self.args, self.teacher_cache, self.processing_class)
+            self.teacher_view = True
         skipped = self.skipped_batches
         loss = self._training_step(model, inputs, num_items_in_batch)
         if self.skipped_batches != skipped and self.accelerator.num_processes == 1 and self.is_deepspeed_enabled:
@@ -771,7 +798,7 @@ class DistillationTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
-        model_inputs = {k: v for k, v in inputs.items() if k not in (*_NOT_MODEL_INPUTS, "input_ids")}
+        model_inputs = self._student_inputs(inputs, drop=("input_ids",))
         input_ids = inputs["input_ids"]
         alpha, temperature = self.current_alpha, self.current_temperature
         # The teacher sees the clean input once; every perturbed pass is compared with these targets.

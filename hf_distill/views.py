@@ -136,6 +136,9 @@ class TeacherViewCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features or TEACHER_VIEW_KEYS[0] not in features[0]:
             return self.collator(features)
+        if self.tokenizer is None or not hasattr(self.tokenizer, "pad"):
+            raise ValueError("The training set has a teacher view (`teacher_input_ids`), which the trainer pads with the "
+                             "tokenizer: pass `processing_class=tokenizer`.")
         student = [{k: v for k, v in f.items() if k not in TEACHER_VIEW_KEYS} for f in features]
         teacher = [{k[len(TEACHER_VIEW_PREFIX):]: f[k] for k in TEACHER_VIEW_KEYS if k in f} for f in features]
         batch = self.collator(student)

@@ -213,3 +213,24 @@ def test_a_pre_padded_token_set_is_refused_when_the_cache_is_built(tokenizer, tm
     with pytest.raises(ValueError, match=r"Row \d+ of the dataset has 24 input ids but \d+ real tokens.*without padding"):
         build_teacher_cache(tiny_token_model(tokenizer, layers=1), data, DataCollatorForTokenClassification(tokenizer),
                             str(tmp_path / "cache"), progress_bar=False)
+
+
+def test_an_iterable_training_set_with_a_cache_is_refused_with_the_fix(tokenizer, tmp_path):
+    # The cache's rows are checked against the training set before training, which needs a map-style dataset.
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    with pytest.raises(ValueError, match=r"map-style dataset.*to_iterable_dataset"):
+        _trainer(tokenizer, tmp_path, None, cache.attach(data).to_iterable_dataset(), collator, cache=cache)
+
+
+def test_a_pickled_cache_maps_its_files_again_instead_of_copying_them(tokenizer, tmp_path):
+    # DataLoader workers started by spawn or forkserver receive the collator, and its cache, by pickle.
+    import pickle
+
+    import numpy as np
+
+    _, data, _, cache = _setup(tokenizer, tmp_path)
+    payload = pickle.dumps(cache)
+    assert len(payload) < 4096 < cache._values.nbytes + 4096  # the path and metadata, not the logits
+    copy = pickle.loads(payload)
+    assert isinstance(copy._values, np.memmap) and isinstance(copy._offsets, np.memmap)
+    assert torch.equal(copy.logits([3, 1], seq_len=12), cache.logits([3, 1], seq_len=12))

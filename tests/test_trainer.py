@@ -459,3 +459,28 @@ def test_token_data_without_labels_needs_all_subwords_even_when_no_hard_label_lo
     with pytest.raises(ValueError, match=r"first_subword' finds each word's first sub-word by its label.*all_subwords"):
         ner_trainer(tokenizer, tmp_path, dataset=data, alpha=1.0)
     ner_trainer(tokenizer, tmp_path, dataset=data, alpha=1.0, distill_positions="all_subwords")
+
+
+@pytest.mark.parametrize("remove_unused_columns", [True, False])
+def test_a_teacher_gets_the_inputs_only_it_takes(tokenizer, tmp_path, remove_unused_columns):
+    # A DistilBERT student takes no token_type_ids, a BERT teacher does: on sentence pairs, Trainer's column removal
+    # (by the student's forward) must not leave the teacher reading every token as the first sentence, and the
+    # student must not be handed the teacher's extra input.
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(1)
+    student = DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64))
+    teacher = tiny_sequence_model(tokenizer, seed=2)
+    pairs = Dataset.from_dict({"a": SENTENCES[:4], "b": SENTENCES[1:5], "label": [0, 1, 0, 1]}).map(
+        lambda batch: tokenizer(batch["a"], batch["b"]), batched=True, remove_columns=["a", "b"])
+    seen = []
+    teacher.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs.get("token_type_ids")),
+                                  with_kwargs=True)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                  args=make_args(tmp_path, max_steps=1, remove_unused_columns=remove_unused_columns),
+                                  train_dataset=pairs, data_collator=DataCollatorWithPadding(tokenizer),
+                                  processing_class=tokenizer)
+    trainer.train()
+    assert seen and seen[0] is not None and seen[0].max().item() == 1  # the second sentence's segment
+    assert "eval_loss" in trainer.evaluate(pairs)  # the student alone, without token_type_ids

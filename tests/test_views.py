@@ -259,3 +259,40 @@ def test_predict_on_unlabeled_data_with_a_teacher_view_reads_the_student_view(to
     with torch.no_grad():
         expected = trainer.model(**batch).logits
     torch.testing.assert_close(torch.as_tensor(logits), expected, rtol=1e-5, atol=1e-6)
+
+
+class _Rows(torch.utils.data.IterableDataset):
+    """An iterable training set (as streaming gives): no column names to read before training."""
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+@pytest.mark.parametrize("remove_unused_columns", [True, False])
+def test_an_iterable_training_set_with_a_teacher_view_keeps_the_teacher_on_the_clean_text(
+        tokenizer, tmp_path, remove_unused_columns):
+    data = _Rows(noisy_dataset(tokenizer))
+    trainer = view_trainer(tokenizer, tmp_path, data=data, max_steps=2, remove_unused_columns=remove_unused_columns)
+    seen = []
+    trainer.teacher_model.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
+    trainer.train()
+    clean = {tuple(tokenizer(s)["input_ids"]) for s in SENTENCES}
+    assert len(seen) == 2 and all(tuple(t for t in row if t != tokenizer.pad_token_id) in clean
+                                  for ids in seen for row in ids.tolist())
+    assert trainer.teacher_view  # found in the first batch: the model card says the student read noisy text
+
+
+def test_an_iterable_token_set_with_a_teacher_view_is_refused_at_its_first_batch(tokenizer, tmp_path):
+    from conftest import tiny_token_model
+
+    rows = ner_dataset(tokenizer).add_column("teacher_input_ids", ner_dataset(tokenizer)["input_ids"])
+    trainer = DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=tiny_token_model(tokenizer),
+                                  args=make_args(tmp_path), train_dataset=_Rows(rows),
+                                  data_collator=DataCollatorForTokenClassification(tokenizer),
+                                  processing_class=tokenizer)
+    with pytest.raises(ValueError, match="token classification.*augment_mask_prob"):
+        trainer.train()
