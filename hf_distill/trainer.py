@@ -117,7 +117,8 @@ class DistillationTrainer(Trainer):
             column automatically. The cache covers clean inputs only: adversarial training still works (the teacher
             only ever sees clean inputs), but a batch without the index column needs an online `teacher_model`.
         args: a [`DistillationArguments`].
-        Other arguments are those of `transformers.Trainer`.
+        Other arguments are those of `transformers.Trainer`, except `model_init` and `compute_loss_func`, which are
+        refused with the way to do without them.
 
     The loss is `alpha · distill + (1 - alpha) · CE(labels)` (see `DistillationArguments`); its components are
     logged as `kd_loss` and `ce_loss`, with the current `temperature` and `alpha`, averaged over each logging window.
@@ -141,7 +142,17 @@ class DistillationTrainer(Trainer):
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
         preprocess_logits_for_metrics: Callable | None = None,
         teacher_cache: TeacherLogitCache | None = None,
+        model_init: Callable | None = None,
+        compute_loss_func: Callable | None = None,
     ):
+        if model_init is not None:
+            raise ValueError("`model_init` is not supported by DistillationTrainer: the teacher is checked against one "
+                             "student at init. Pass the student as `model` (for a hyperparameter search, build a "
+                             "trainer per trial).")
+        if compute_loss_func is not None:
+            raise ValueError("`compute_loss_func` would replace the distillation loss that DistillationTrainer "
+                             "computes. Choose the loss with `DistillationArguments` (`distill_loss`, `alpha`, "
+                             "`temperature`, ...), or subclass and override `compute_loss`.")
         if args is None:
             args = DistillationArguments(output_dir="tmp_trainer")
         if not isinstance(args, DistillationArguments):
@@ -267,6 +278,7 @@ class DistillationTrainer(Trainer):
             self.add_callback(_EMACallback(self))
         if self.feature_projector is not None:
             self.add_callback(_ProjectorCallback(self))
+        self.add_callback(_FreshStartCallback(self))
         self._projector_grads_averaged = False
         self._trainer_state_saved_in: tuple[str, int] | None = None
         self._augment_generator = None
@@ -797,6 +809,8 @@ class DistillationTrainer(Trainer):
         if self._attack is None or self.state.global_step < self.args.adv_start_step:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()  # as Trainer's step does: schedule-free optimizers have an eval mode
         inputs = self._prepare_inputs(inputs)
         model_inputs = self._student_inputs(inputs, drop=("input_ids",))
         input_ids = inputs["input_ids"]
@@ -1274,6 +1288,22 @@ class _EMACallback(TrainerCallback):
         trainer = self.trainer
         ema_update(trainer._unwrap(trainer.teacher_model),
                    trainer._unwrap(trainer.model), args.ema_decay)
+
+
+class _FreshStartCallback(TrainerCallback):
+    """Each run of Trainer's training loop starts with an empty loss window and no projection gradients. Trainer
+    reruns the loop with a smaller batch after an out-of-memory error (`auto_find_batch_size`) and zeroes the student's
+    gradients, not what the aborted attempt left here."""
+
+    def __init__(self, trainer: DistillationTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        trainer._window = _LossWindow()
+        if trainer.feature_projector is not None:
+            trainer.feature_projector.zero_grad(set_to_none=True)
+        trainer._projector_grads_averaged = False
 
 
 class _ProjectorCallback(TrainerCallback):

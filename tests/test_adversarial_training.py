@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import tiny_token_model
 from test_trainer import NO_DROPOUT, make_args, ner_dataset, ner_trainer
+from transformers import TrainerCallback
 
 from hf_distill import DistillationArguments
 
@@ -207,3 +208,40 @@ def test_attack_gradients_use_the_grad_scalers_scale(tokenizer, tmp_path, monkey
     trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     trainer.train()
     assert scales == [1.0, 1024.0]
+
+
+class _ModalSGD(torch.optim.SGD):
+    """An optimizer with train/eval modes (as schedule-free optimizers have), which refuses to step in eval mode."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.mode = "eval"  # schedule-free optimizers start in eval mode: Trainer's training_step switches them
+
+    def train(self):
+        self.mode = "train"
+
+    def eval(self):
+        self.mode = "eval"
+
+    def step(self, closure=None):
+        if self.mode != "train":
+            raise RuntimeError("stepped in eval mode")
+        return super().step(closure)
+
+
+class _EvaluateEachStep(TrainerCallback):
+    def __init__(self, trainer, data):
+        self.trainer, self.data = trainer, data
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.evaluate(self.data)
+
+
+@pytest.mark.parametrize("method", ["fgm", "freelb"])
+def test_adversarial_steps_put_an_optimizer_with_modes_in_train_mode(tokenizer, tmp_path, method):
+    # An evaluation between steps puts the optimizer in eval mode again (Trainer's evaluate calls optimizer.eval()).
+    trainer = ner_trainer(tokenizer, tmp_path, adversarial=method, max_steps=3, adv_start_step=1)
+    trainer.optimizer = _ModalSGD(trainer.model.parameters(), lr=1e-3)
+    trainer.add_callback(_EvaluateEachStep(trainer, ner_dataset(tokenizer)))
+    trainer.train()
+    assert trainer.state.global_step == 3

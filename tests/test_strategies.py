@@ -692,3 +692,38 @@ def test_a_save_over_another_kind_of_save_leaves_no_stale_weights(tokenizer, tmp
     files = set(os.listdir(tmp_path / "student"))
     assert "model.safetensors" in files and not files & {"adapter_model.safetensors", "adapter_config.json"}
     assert "README.md" in files and "config.json" in files
+
+
+def test_a_retry_of_auto_find_batch_size_starts_from_clean_gradients_and_logs(tokenizer, tmp_path):
+    # Trainer reruns its loop with half the batch after an out-of-memory error: what the aborted attempt left in the
+    # projection's gradients and in the loss window must not reach the retry's first step.
+    def first_log(out, batch_size, fail_at=None):
+        calls = []
+
+        class FailOnce(DistillationTrainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                calls.append(1)
+                if len(calls) == fail_at:
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+                return loss
+
+        args = make_args(tmp_path, output_dir=str(tmp_path / out), auto_find_batch_size=True, max_steps=1,
+                         per_device_train_batch_size=batch_size, gradient_accumulation_steps=2, learning_rate=0.0,
+                         hidden_distill_weight=1.0, feature_layer_map="0:0,1:2")
+        trainer = FailOnce(model=tiny_token_model(tokenizer, layers=1, seed=1, hidden=16, **NO_DROPOUT),
+                           teacher_model=tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT), args=args,
+                           train_dataset=ner_dataset(tokenizer),
+                           data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer)
+        torch.manual_seed(0)
+        trainer.feature_projector.load_state_dict(projector)
+        trainer.train()
+        return next(h for h in trainer.state.log_history if "loss" in h)
+
+    torch.manual_seed(5)
+    projector = {k: torch.randn_like(v) for k, v in ner_trainer(
+        tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1, hidden=16),
+        hidden_distill_weight=1.0, feature_layer_map="0:0,1:2").feature_projector.state_dict().items()}
+    retried, fresh = first_log("retried", 2, fail_at=2), first_log("fresh", 1)
+    for key in ("grad_norm", "kd_loss", "hidden_loss", "loss"):
+        assert retried[key] == pytest.approx(fresh[key], rel=1e-5), key

@@ -484,3 +484,12 @@ def test_a_teacher_gets_the_inputs_only_it_takes(tokenizer, tmp_path, remove_unu
     trainer.train()
     assert seen and seen[0] is not None and seen[0].max().item() == 1  # the second sentence's segment
     assert "eval_loss" in trainer.evaluate(pairs)  # the student alone, without token_type_ids
+
+
+@pytest.mark.parametrize("name, match", [("model_init", "Pass the student as `model`"),
+                                         ("compute_loss_func", "override `compute_loss`")])
+def test_trainer_arguments_that_would_bypass_distillation_are_refused_with_the_way_round(tokenizer, tmp_path, name,
+                                                                                         match):
+    with pytest.raises(ValueError, match=match):
+        DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=tiny_token_model(tokenizer),
+                            args=make_args(tmp_path), train_dataset=ner_dataset(tokenizer), **{name: lambda *a: None})
