@@ -136,7 +136,7 @@ def build_model_card(
         generations: born-again distillation: this student is generation `generations`, each generation distilled
             from the one before it and the first from `teacher`.
         cached_logits: how the teacher's logits were read from a cache (`hf_distill.build_teacher_cache`), e.g.
-            "cached at ./cache, top-5 logits and the tail mass": a row under the strategies.
+            "cached: the top 5 of 9 logits and the tail mass": a row under the strategies.
         adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.

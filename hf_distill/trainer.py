@@ -187,6 +187,7 @@ class DistillationTrainer(Trainer):
                     f"the student does {self.task} with {num_labels} labels. Build the cache with the teacher of this "
                     "task (`build_teacher_cache`)."
                 )
+            _refuse_cache_in_pushed_folder(teacher_cache, args)
             if train_dataset is not None and not hasattr(train_dataset, "__len__"):
                 raise ValueError(
                     "The teacher-logit cache checks, before training, that the training set holds the rows it was built "
@@ -932,7 +933,9 @@ class DistillationTrainer(Trainer):
             shutil.rmtree(staging)  # left by an earlier save that was killed
         try:
             with self._full_state_dict():
-                super().save_model(staging, _internal_call=_internal_call)
+                # An internal call: Trainer's would push from inside the save, and its push saves again, over this
+                # staging folder. The push comes below, once the save is in place.
+                super().save_model(staging, _internal_call=True)
             if self.args.should_save:
                 self.create_model_card(output_dir=staging)
                 written = set(os.listdir(staging))
@@ -943,6 +946,8 @@ class DistillationTrainer(Trainer):
         finally:
             if self.args.should_save and os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)
+        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does when a user calls it
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     @contextlib.contextmanager
     def _full_state_dict(self):
@@ -962,13 +967,13 @@ class DistillationTrainer(Trainer):
             plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config = saved
 
     def _cache_description(self) -> str | None:
-        """The card's row for a teacher-logit cache: where, and whether the soft targets were exact."""
+        """The card's row for a teacher-logit cache: whether the soft targets were exact."""
         cache = self.teacher_cache
         if cache is None:
             return None
         stored = "every logit (fp16)" if cache.top_k is None or cache.top_k >= cache.num_labels else (
             f"the top {cache.top_k} of {cache.num_labels} logits and the tail mass (approximate soft targets)")
-        return f"cached at {cache.path}: {stored}"
+        return f"cached: {stored}"  # not where: a local path means nothing on the Hub
 
     def _teacher_params(self, teacher: nn.Module | None) -> int | None:
         """The card's teacher size: that teacher's parameters, or every teacher's for an ensemble."""
@@ -1017,7 +1022,7 @@ class DistillationTrainer(Trainer):
             teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
             teacher = None
         if not teacher_name and self.teacher_cache is not None:
-            teacher_name = f"cached logits ({self.teacher_cache.path})"
+            teacher_name = f"cached logits ({self.teacher_cache.path.name})"  # the folder, not a local path
         if self.generations > 1 and self.original_teacher is not None:
             teacher = self._unwrap(self.original_teacher)
             teacher_name = getattr(teacher.config, "_name_or_path", "") or "unnamed"
@@ -1237,6 +1242,19 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             f"`distill_loss='mse'` matches the teacher's raw logits, but this cache keeps only the top {cache.top_k} "
             f"of {cache.num_labels} (the others are stood in for by their shared tail mass, a distribution, not the "
             "teacher's logits). Build the cache with `top_k=None`, or use `distill_loss='kl'` or 'soft_ce'."
+        )
+
+
+def _refuse_cache_in_pushed_folder(cache: TeacherLogitCache, args: DistillationArguments) -> None:
+    """`push_to_hub` uploads `output_dir` whole: a teacher-logit cache kept inside it would go up with the student."""
+    if not args.push_to_hub:
+        return
+    cache_path, output_dir = os.path.realpath(cache.path), os.path.realpath(args.output_dir)
+    if os.path.commonpath([cache_path, output_dir]) == output_dir:
+        raise ValueError(
+            f"The teacher-logit cache at {cache.path} is inside `output_dir` ({args.output_dir}), which `push_to_hub` "
+            "uploads whole: the cache would be published with the student. Build the cache outside it (next to the "
+            "dataset, say), or move it there and load it with `TeacherLogitCache.load`."
         )
 
 

@@ -296,7 +296,9 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             logger.info("born-again generation %d of %d saved in %s", generation, generations, gen_args.output_dir)
             generation_teacher = trainer.accelerator.unwrap_model(trainer.model).eval()
             student = copy.deepcopy(initial)
-    trainer.save_model()  # before anything else can fail: the trained student is never lost
+    # Saved before anything else can fail: the trained student is never lost. Locally only (an internal call, which
+    # Trainer does not push): the push below comes once the card has the evaluation.
+    trainer.save_model(_internal_call=True)
     if trainer.args.should_save:
         tokenizer.save_pretrained(args.output_dir)
     # Every process scores (Trainer.evaluate gathers across processes); the card is written by the main one.

@@ -1,10 +1,12 @@
 """The model card written with every save, and push_to_hub's upload path without a network."""
 
+import os
 from types import SimpleNamespace
 
+import pytest
 import transformers.trainer
 from conftest import tiny_token_model
-from test_trainer import ner_dataset, ner_trainer
+from test_trainer import make_args, ner_dataset, ner_trainer
 
 from hf_distill import DistillationArguments
 from hf_distill.model_card import build_model_card
@@ -180,5 +182,37 @@ def test_a_cached_teachers_card_says_how_its_soft_targets_were_stored(tokenizer,
                                       train_dataset=data, data_collator=collator, processing_class=tokenizer)
         trainer.create_model_card()
         text = (tmp_path / "out" / "README.md").read_text()
-        assert f"| teacher logits | cached at {tmp_path / f'cache{top_k}'}: {expected}" in text
+        assert f"| teacher logits | cached: {expected}" in text and str(tmp_path) not in text
         assert "| adv_perturb_special_tokens | True |" in text
+
+
+def test_save_model_with_push_to_hub_keeps_the_weights_and_uploads_them_once(tokenizer, tmp_path, monkeypatch):
+    # Trainer.save_model pushes when args.push_to_hub is set, and its push saves again: the student's files must end
+    # up both in output_dir and in the one upload.
+    from transformers import AutoModelForTokenClassification
+
+    fake = FakeHubApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, push_to_hub=True, hub_model_id="tiny-student",
+                          hub_strategy="end")
+    trainer.train()
+    fake.uploads.clear()
+    trainer.save_model()
+    assert "model.safetensors" in os.listdir(tmp_path / "out")
+    AutoModelForTokenClassification.from_pretrained(tmp_path / "out")
+    assert len(fake.uploads) == 1 and "model.safetensors" in fake.uploads[0]["files"]
+    assert "hf-distill" in fake.uploads[0]["files"]["README.md"]
+
+
+def test_a_teacher_cache_inside_the_pushed_folder_is_refused(tokenizer, tmp_path):
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationTrainer, build_teacher_cache
+
+    collator, data = DataCollatorForTokenClassification(tokenizer), ner_dataset(tokenizer)
+    cache = build_teacher_cache(tiny_token_model(tokenizer, layers=1, seed=2), data, collator,
+                                str(tmp_path / "out" / "teacher_cache"), progress_bar=False)
+    with pytest.raises(ValueError, match=r"inside `output_dir`.*outside it"):
+        DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), teacher_model=None, teacher_cache=cache,
+                            args=make_args(tmp_path, push_to_hub=True, hub_model_id="tiny-student"),
+                            train_dataset=data, data_collator=collator, processing_class=tokenizer)

@@ -516,3 +516,28 @@ def test_recipes_run_ema_self_distillation_and_refuse_bad_student_layers(tokeniz
     with pytest.raises(ValueError, match="choose one"):
         distill(tiny_token_model(tokenizer, layers=2, seed=3), None, tokenizer, {"train": data, "validation": data},
                 None, None, "f1", args, DataArguments(train_file="train.txt"), generations=2)
+
+
+def test_a_recipe_pushes_once_with_the_evaluation_on_the_card(tokenizer, tmp_path, monkeypatch):
+    # The recipe saves before evaluating (so nothing is lost if evaluation fails), but pushes only at the end.
+    import transformers.trainer
+    from test_model_card import FakeHubApi
+    from test_trainer import ner_dataset
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import DataArguments, distill
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationArguments, token_classification_metrics
+
+    fake = FakeHubApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    data = ner_dataset(tokenizer)
+    args = DistillationArguments(output_dir=str(tmp_path / "student"), max_steps=1, per_device_train_batch_size=2,
+                                 report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+                                 push_to_hub=True, hub_model_id="tiny-student", hub_strategy="end")
+    distill(tiny_token_model(tokenizer, layers=2, seed=3), tiny_token_model(tokenizer, layers=1, seed=1), tokenizer,
+            {"train": data, "validation": data}, DataCollatorForTokenClassification(tokenizer),
+            token_classification_metrics(NER_LABELS), "f1", args, DataArguments(train_file="train.txt"))
+    assert len(fake.uploads) == 1
+    assert "model.safetensors" in fake.uploads[0]["files"] and "validation_f1" in fake.uploads[0]["files"]["README.md"]
