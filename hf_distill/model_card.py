@@ -20,10 +20,21 @@ _METHOD_FIELDS = (
     "final_alpha", "alpha_schedule", "distill_positions", "num_train_epochs", "learning_rate",
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
 )
-_ADVERSARIAL_FIELDS = (
-    "adversarial", "adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm", "adv_init_scale",
-    "adv_weight", "adv_start_step", "adv_perturb_special_tokens",
-)
+# The attack settings each method reads (FGM takes one step of size epsilon from zero; FreeLB has no clean loss to
+# weigh the adversarial term against).
+_ADVERSARIAL_FIELDS = {
+    "fgm": ("adversarial", "adv_objective", "adv_epsilon", "adv_norm", "adv_weight", "adv_start_step",
+            "adv_perturb_special_tokens"),
+    "pgd": ("adversarial", "adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm", "adv_init_scale",
+            "adv_weight", "adv_start_step", "adv_perturb_special_tokens"),
+    "freelb": ("adversarial", "adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm",
+               "adv_init_scale", "adv_start_step", "adv_perturb_special_tokens"),
+}
+_ADVERSARIAL_OBJECTIVES = {
+    "kd": "the distillation term between the student on perturbed inputs and the teacher on clean ones",
+    "ce": "cross-entropy on the labels of the perturbed inputs",
+    "both": "the alpha-weighted loss above on perturbed inputs",
+}
 # Strategy settings shown only when they differ from the default (off).
 _STRATEGY_FIELDS = (
     ("hidden_distill_weight", 0.0), ("hidden_distill_loss", None), ("attention_distill_weight", 0.0),
@@ -33,8 +44,9 @@ _STRATEGY_FIELDS = (
 )
 
 
-def _method_rows(args) -> list[tuple[str, object]]:
-    rows = [(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None]
+def _method_rows(args, task: str) -> list[tuple[str, object]]:
+    rows = [(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None
+            and (name != "distill_positions" or task == "token_classification")]
     if getattr(args, "max_steps", -1) > 0:  # max_steps, not num_train_epochs, decided how long training ran
         rows = [("max_steps", args.max_steps) if name == "num_train_epochs" else (name, value) for name, value in rows]
     if getattr(args, "label_smoothing_factor", 0):
@@ -113,6 +125,7 @@ def build_model_card(
     generations: int = 1,
     adapter_of: str | None = None,
     cached_logits: str | None = None,
+    steps_trained: int | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -137,6 +150,8 @@ def build_model_card(
             from the one before it and the first from `teacher`.
         cached_logits: how the teacher's logits were read from a cache (`hf_distill.build_teacher_cache`), e.g.
             "cached: the top 5 of 9 logits and the tail mass": a row under the strategies.
+        steps_trained: the optimizer steps the student was trained for, if known: an attack set to start later
+            (`adv_start_step`) is then described as not having run.
         adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.
@@ -167,18 +182,13 @@ def build_model_card(
         "",
         _method_text(args),
         "",
-        _table(_method_rows(args)),
+        _table(_method_rows(args, task)),
     ]
     adversarial = getattr(args, "adversarial", "none")
     if adversarial and adversarial != "none":
-        sections += [
-            "",
-            "### Adversarial training",
-            "",
-            f"Embedding-space `{adversarial}` perturbations during distillation (the teacher always sees clean inputs).",
-            "",
-            _table([(name, getattr(args, name)) for name in _ADVERSARIAL_FIELDS if hasattr(args, name)]),
-        ]
+        sections += ["", "### Adversarial training", "", _adversarial_text(args, steps_trained)]
+        if steps_trained is None or steps_trained > args.adv_start_step:
+            sections += ["", _table([(name, getattr(args, name)) for name in _ADVERSARIAL_FIELDS[adversarial]])]
     if teacher_view:
         sections += ["", "### Noisy student inputs", "",
                      "The student trained on a noisy view of the training text (`hf_distill.add_noisy_view`), and the "
@@ -206,6 +216,24 @@ def build_model_card(
         sections += ["", "## Evaluation", "", _evaluation_table(evaluation)]
     sections += ["", "## Framework versions", "", "\n".join(f"- {k} {v}" for k, v in framework_versions().items())]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections) + "\n")
+
+
+def _adversarial_text(args: Any, steps_trained: int | None) -> str:
+    """What the attack added to training, or that it never started."""
+    start = args.adv_start_step
+    if steps_trained is not None and steps_trained <= start:
+        return (f"Embedding-space `{args.adversarial}` training was set to start at optimizer step {start}, but "
+                f"training ended at step {steps_trained}: no step was attacked.")
+    objective = _ADVERSARIAL_OBJECTIVES[args.adv_objective]
+    when = f"From optimizer step {start}, each" if start else "Each"
+    if args.adversarial == "freelb":
+        alone = " (no label term)" if args.adv_objective == "kd" else ""
+        trained = (f"{when} step trained on {objective}{alone}, averaged over {args.adv_steps} perturbed passes, in "
+                   "place of the loss above")
+    else:
+        trained = f"{when} step added {args.adv_weight} × {objective} to the loss above"
+    return (f"{trained}, the embedding-space `{args.adversarial}` perturbation chosen to maximise it within the ε-ball. "
+            "The teacher always saw clean inputs.")
 
 
 def _format_layer_map(pairs: Mapping[int, int]) -> str:

@@ -189,8 +189,9 @@ def evaluate_robustness(
         special_token_ids = word_free_special_ids(getattr(data_collator, "tokenizer", None))
         if special_token_ids is None:
             logger.warning("evaluate_robustness perturbs special tokens too: pass `special_token_ids="
-                           "tokenizer.all_special_ids` (or a collator with a tokenizer) to leave them alone, as "
-                           "training does.")
+                           "hf_distill.data.word_free_special_ids(tokenizer)` (or a collator with a tokenizer) to "
+                           "leave [CLS], [SEP] and padding alone as training does ([UNK] and [MASK] stand for words, "
+                           "and are perturbed).")
     special = torch.tensor(sorted(set(special_token_ids or [])), dtype=torch.long)
 
     device = next(model.parameters()).device

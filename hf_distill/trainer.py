@@ -1044,6 +1044,7 @@ class DistillationTrainer(Trainer):
             generations=self.generations,
             adapter_of=_adapter_base(self._unwrap(self.model)),
             cached_logits=self._cache_description(),
+            steps_trained=self.state.global_step,
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))

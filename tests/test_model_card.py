@@ -180,6 +180,7 @@ def test_a_cached_teachers_card_says_how_its_soft_targets_were_stored(tokenizer,
                                                                  use_cpu=True, adversarial="fgm",
                                                                  adv_perturb_special_tokens=True),
                                       train_dataset=data, data_collator=collator, processing_class=tokenizer)
+        trainer.state.global_step = 3  # as after training: before any step, no step was attacked
         trainer.create_model_card()
         text = (tmp_path / "out" / "README.md").read_text()
         assert f"| teacher logits | cached: {expected}" in text and str(tmp_path) not in text
@@ -216,3 +217,32 @@ def test_a_teacher_cache_inside_the_pushed_folder_is_refused(tokenizer, tmp_path
         DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), teacher_model=None, teacher_cache=cache,
                             args=make_args(tmp_path, push_to_hub=True, hub_model_id="tiny-student"),
                             train_dataset=data, data_collator=collator, processing_class=tokenizer)
+
+
+def _card(**kwargs):
+    steps = kwargs.pop("steps_trained", None)
+    task = kwargs.pop("task", "token_classification")
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, **kwargs)
+    return str(build_model_card(task=task, teacher="t", args=args, steps_trained=steps))
+
+
+def test_the_card_shows_the_attack_settings_its_method_reads_and_the_loss_it_trained_on():
+    fgm = _card(adversarial="fgm", adv_epsilon=0.3, steps_trained=10)
+    assert "| adv_weight | 1.0 |" in fgm and "adv_steps" not in fgm and "adv_step_size" not in fgm
+    assert "adv_init_scale" not in fgm and "added 1.0 × the distillation term" in fgm
+    freelb = _card(adversarial="freelb", adv_epsilon=0.5, adv_steps=2, steps_trained=10)
+    assert "| adv_steps | 2 |" in freelb and "adv_weight" not in freelb
+    # FreeLB with the kd objective trains on the distillation term alone, in place of the alpha-mixed loss.
+    assert "in place of the loss above" in freelb and "no label term" in freelb
+    pgd = _card(adversarial="pgd", adv_steps=2, adv_objective="ce", steps_trained=10)
+    assert "| adv_steps | 2 |" in pgd and "cross-entropy on the labels of the perturbed inputs" in pgd
+
+
+def test_the_card_says_when_the_attack_never_started():
+    card = _card(adversarial="fgm", adv_start_step=50, steps_trained=20)
+    assert "no step was attacked" in card and "| adv_epsilon |" not in card
+
+
+def test_the_card_leaves_out_distill_positions_for_sequence_classification():
+    assert "distill_positions" not in _card(task="sequence_classification")
+    assert "| distill_positions | first_subword |" in _card()
