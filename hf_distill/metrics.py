@@ -221,7 +221,8 @@ def sequence_classification_metrics(num_labels: int = 2) -> Callable[[EvalPredic
 
     Returns:
         A function of an ``EvalPrediction`` with ``predictions`` logits ``(N, C)`` (or ids ``(N,)``) and
-        ``label_ids`` ``(N,)``, returning ``{"accuracy": float, "f1": float}``.
+        ``label_ids`` ``(N,)``, returning ``{"accuracy": float, "f1": float}`` over the rows whose label is not
+        ``-100`` (unlabelled rows, as ``mix_unlabeled`` marks them).
     """
     if num_labels < 2:
         raise ValueError(f"`num_labels` must be at least 2 for classification metrics, got {num_labels}.")
@@ -237,6 +238,8 @@ def sequence_classification_metrics(num_labels: int = 2) -> Callable[[EvalPredic
                 f"Got {predictions.shape[0]} predictions for {labels.shape[0]} labels; expected logits (N, C) or "
                 "ids (N,) for labels (N,)."
             )
+        labelled = labels != IGNORE_INDEX  # rows without a label (`mix_unlabeled`) are not scored
+        predictions, labels = predictions[labelled], labels[labelled]
         accuracy = float((predictions == labels).mean()) if labels.size else 0.0
         if num_labels == 2:
             classes = [1]

@@ -163,6 +163,17 @@ def test_sequence_classification_macro_f1():
     assert results["f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
 
 
+def test_sequence_classification_metrics_leave_out_unlabelled_rows():
+    # -100 marks a row without a label (mix_unlabeled): it is neither right nor wrong, nor a class.
+    logits = np.eye(3, dtype=np.float32)[[1, 0, 2, 0, 1]]
+    scores = sequence_classification_metrics(3)(EvalPrediction(predictions=logits,
+                                                               label_ids=np.array([1, 0, 2, -100, -100])))
+    assert scores == {"accuracy": 1.0, "f1": 1.0}
+    binary = sequence_classification_metrics(2)(EvalPrediction(predictions=np.eye(2, dtype=np.float32)[[1, 0, 0]],
+                                                               label_ids=np.array([1, 0, -100])))
+    assert binary == {"accuracy": 1.0, "f1": 1.0}
+
+
 def test_sequence_classification_rejects_one_label():
     with pytest.raises(ValueError, match="at least 2"):
         sequence_classification_metrics(1)

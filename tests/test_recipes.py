@@ -288,6 +288,31 @@ def test_a_new_teachers_classes_come_from_every_split_before_any_cut(tmp_path, m
     # Names, which the recipe refused although the distillation recipe accepts them.
     assert text_label_names(files(["positive", "negative"], ["negative"]), read, "label") == (
         ["negative", "positive"], True)
+    # Names in train and hidden test labels (-1) elsewhere; ids written as whole floats.
+    assert text_label_names(files(["positive", "negative"], [-1, -1]), read, "label") == (
+        ["negative", "positive"], True)
+    assert text_label_names(files([1.0, 0.0], [0.0]), read, "label") == (["0", "1"], False)
+    # A blank cell turns the column into text: it must not become a class "" that shifts every id.
+    with pytest.raises(ValueError, match=r"train split has an empty label"):
+        text_label_names(files([0, 1, ""], [0]), read, "label")
+    with pytest.raises(ValueError, match=r"mixes class ids.*'NA'"):
+        text_label_names(files([0, 1, "NA"], [0]), read, "label")
+    # Ids written as text (a quoted "2" in a column that is text for that reason) are ids.
+    assert text_label_names(files([0, 1], ['"2"']), lambda path: read(path).map(
+        lambda row: {"label": str(row["label"]).strip('"')}), "label") == (["0", "1", "2"], False)
+
+
+def test_hidden_hub_labels_given_as_nulls_leave_their_split_unscored(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from datasets import Dataset
+    from recipe_utils import _label_names_to_ids
+
+    split = _label_names_to_ids(Dataset.from_dict({"label": [None, None]}, features=None).cast_column(
+        "label", __import__("datasets").Value("string")), "label", ["negative", "positive"], "some/dataset")
+    assert split["label"] == [-1, -1]
+    named = _label_names_to_ids(Dataset.from_dict({"label": ["positive", "negative"]}), "label",
+                                ["negative", "positive"], "some/dataset")
+    assert named["label"] == [1, 0]
 
 
 def test_a_loading_script_dataset_gets_a_parquet_hint(monkeypatch):
