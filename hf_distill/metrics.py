@@ -117,6 +117,17 @@ def _logits(eval_prediction: EvalPrediction) -> np.ndarray:
     return np.asarray(predictions)
 
 
+_SCHEME_PREFIXES = {
+    "IOB1": {"B", "I"}, "IOB2": {"B", "I"}, "IOE1": {"E", "I"}, "IOE2": {"E", "I"}, "IOBES": {"B", "I", "E", "S"},
+    "BILOU": {"B", "I", "L", "U"},
+}
+
+
+def _prefixes(names: Sequence[str]) -> list[tuple[str, str]]:
+    """`(prefix, type)` of every tag but "O"."""
+    return [tuple(name.partition("-")[::2]) for name in names if name != "O"]
+
+
 def _check_tag_prefixes(names: Sequence[str], scheme: str | None) -> None:
     """Refuse tag names that seqeval would misread: a name without a ``<prefix>-`` (IO tags named by type alone), and,
     under conlleval-style matching, prefixes it does not know (BILOU's ``L-``/``U-``)."""
@@ -142,6 +153,13 @@ def _check_tag_prefixes(names: Sequence[str], scheme: str | None) -> None:
             raise ValueError(
                 f"Tag {name!r} is a BILOU tag, which conlleval-style matching cannot read; pass scheme='BILOU' to score "
                 "entities strictly by that scheme."
+            )
+        if scheme is not None and prefix not in _SCHEME_PREFIXES[scheme]:
+            fits = [s for s, prefixes in _SCHEME_PREFIXES.items() if set(p for p, _ in _prefixes(names)) <= prefixes]
+            raise ValueError(
+                f"Tag {name!r} is not a tag of scheme={scheme!r}, whose prefixes are "
+                f"{'/'.join(sorted(_SCHEME_PREFIXES[scheme]))}; seqeval would stop at the first evaluation. "
+                + (f"These tags fit scheme={fits[0]!r}." if fits else "Pass the scheme the tags are written in.")
             )
 
 

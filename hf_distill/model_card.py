@@ -150,8 +150,8 @@ def build_model_card(
             from the one before it and the first from `teacher`.
         cached_logits: how the teacher's logits were read from a cache (`hf_distill.build_teacher_cache`), e.g.
             "cached: the top 5 of 9 logits and the tail mass": a row under the strategies.
-        steps_trained: the optimizer steps the student was trained for, if known: an attack set to start later
-            (`adv_start_step`) is then described as not having run.
+        steps_trained: the optimizer step at which these weights were saved, if known: an attack set to start
+            later (`adv_start_step`) is then described as not having run.
         adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.
@@ -222,8 +222,8 @@ def _adversarial_text(args: Any, steps_trained: int | None) -> str:
     """What the attack added to training, or that it never started."""
     start = args.adv_start_step
     if steps_trained is not None and steps_trained <= start:
-        return (f"Embedding-space `{args.adversarial}` training was set to start at optimizer step {start}, but "
-                f"training ended at step {steps_trained}: no step was attacked.")
+        return (f"Embedding-space `{args.adversarial}` training was set to start at optimizer step {start}; this "
+                f"model was saved at step {steps_trained}, no step had been attacked.")
     objective = _ADVERSARIAL_OBJECTIVES[args.adv_objective]
     when = f"From optimizer step {start}, each" if start else "Each"
     if args.adversarial == "freelb":

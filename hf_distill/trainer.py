@@ -188,7 +188,8 @@ class DistillationTrainer(Trainer):
                     "task (`build_teacher_cache`)."
                 )
             _refuse_cache_in_pushed_folder(teacher_cache, args)
-            if train_dataset is not None and not hasattr(train_dataset, "__len__"):
+            if train_dataset is not None and (isinstance(train_dataset, torch.utils.data.IterableDataset)
+                                              or not hasattr(train_dataset, "__len__")):
                 raise ValueError(
                     "The teacher-logit cache checks, before training, that the training set holds the rows it was built "
                     f"from, so it needs a map-style dataset; got a {type(train_dataset).__name__}. Train on the "
@@ -244,7 +245,10 @@ class DistillationTrainer(Trainer):
         self.teacher_cache = teacher_cache
         if teacher_cache is not None:
             self.data_collator = CachedLogitsCollator(self.data_collator, teacher_cache)
-        if self.teacher_view or columns_unknown:
+        # Where the view collator is, Trainer's column removal keeps the view columns for it (and only there: an
+        # evaluation set's view would reach a collator that cannot pad it; the student does not read it anyway).
+        self._keeps_teacher_view = self.teacher_view or columns_unknown
+        if self._keeps_teacher_view:
             self.data_collator = TeacherViewCollator(self.data_collator, processing_class)
         check_sharding(args, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
         if args.self_distillation == "ema":
@@ -281,6 +285,7 @@ class DistillationTrainer(Trainer):
             self.add_callback(_ProjectorCallback(self))
         self.add_callback(_FreshStartCallback(self))
         self._projector_grads_averaged = False
+        self._model_step: int | None = None  # the step of the weights in `self.model`, once the best were reloaded
         self._trainer_state_saved_in: tuple[str, int] | None = None
         self._augment_generator = None
         if args.augments:
@@ -417,7 +422,8 @@ class DistillationTrainer(Trainer):
         # Trainer keeps the columns the student's forward takes; the teacher's side of a batch is kept too: the cache
         # index, a teacher view (which an iterable training set may carry unannounced), and what only a teacher takes.
         super()._set_signature_columns_if_needed()
-        wanted = [*TEACHER_VIEW_KEYS, *getattr(self, "_teacher_only_inputs", ())]
+        wanted = [*(TEACHER_VIEW_KEYS if getattr(self, "_keeps_teacher_view", False) else ()),
+                  *getattr(self, "_teacher_only_inputs", ())]
         if self.teacher_cache is not None:
             wanted.append(CACHE_INDEX_COLUMN)
         self._signature_columns += [k for k in wanted if k not in self._signature_columns]
@@ -1044,7 +1050,7 @@ class DistillationTrainer(Trainer):
             generations=self.generations,
             adapter_of=_adapter_base(self._unwrap(self.model)),
             cached_logits=self._cache_description(),
-            steps_trained=self.state.global_step,
+            steps_trained=self._model_step if self._model_step is not None else self.state.global_step,
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))
@@ -1082,6 +1088,13 @@ class DistillationTrainer(Trainer):
             torch.save(self._unwrap(self.teacher_model).state_dict(), os.path.join(folder, EMA_TEACHER_FILE))
         self._trainer_state_saved_in = (folder, self.state.global_step)
 
+    def push_to_hub(self, *args, **kwargs):
+        """`Trainer.push_to_hub`, refused before anything is uploaded when a teacher-logit cache lies inside the
+        folder it uploads whole."""
+        if self.teacher_cache is not None:
+            _refuse_cache_in_pushed_folder(self.teacher_cache, self.args, pushing=True)
+        return super().push_to_hub(*args, **kwargs)
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Trainer uploads a checkpoint (hub_strategy "checkpoint" / "all_checkpoints") from inside its save, before
         `_save_checkpoint` returns: write the trainer-owned state first, so that the pushed copy can be resumed."""
@@ -1104,6 +1117,7 @@ class DistillationTrainer(Trainer):
         checkpoint, so that the trainer's state stays one step's."""
         super()._load_best_model()
         self._load_trainer_owned_state(self.state.best_model_checkpoint)
+        self._model_step = self.state.best_global_step  # the card describes the training of the weights it ships
 
     def _load_trainer_owned_state(self, folder: str) -> None:
         """The feature projection and the EMA teacher saved in checkpoint `folder` (those this run has)."""
@@ -1246,9 +1260,11 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
         )
 
 
-def _refuse_cache_in_pushed_folder(cache: TeacherLogitCache, args: DistillationArguments) -> None:
-    """`push_to_hub` uploads `output_dir` whole: a teacher-logit cache kept inside it would go up with the student."""
-    if not args.push_to_hub:
+def _refuse_cache_in_pushed_folder(cache: TeacherLogitCache, args: DistillationArguments,
+                                   pushing: bool = False) -> None:
+    """`push_to_hub` uploads `output_dir` whole: a teacher-logit cache kept inside it would go up with the student.
+    Checked at init when `args.push_to_hub` is set, and by `push_to_hub` itself (`pushing`)."""
+    if not (args.push_to_hub or pushing):
         return
     cache_path, output_dir = os.path.realpath(cache.path), os.path.realpath(args.output_dir)
     if os.path.commonpath([cache_path, output_dir]) == output_dir:

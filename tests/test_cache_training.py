@@ -221,6 +221,16 @@ def test_an_iterable_training_set_with_a_cache_is_refused_with_the_fix(tokenizer
     with pytest.raises(ValueError, match=r"map-style dataset.*to_iterable_dataset"):
         _trainer(tokenizer, tmp_path, None, cache.attach(data).to_iterable_dataset(), collator, cache=cache)
 
+    class Sized(torch.utils.data.IterableDataset):  # a length gives Trainer its epochs; the rows still stream
+        def __iter__(self):
+            return iter(cache.attach(data))
+
+        def __len__(self):
+            return len(data)
+
+    with pytest.raises(ValueError, match=r"map-style dataset"):
+        _trainer(tokenizer, tmp_path, None, Sized(), collator, cache=cache)
+
 
 def test_a_pickled_cache_maps_its_files_again_instead_of_copying_them(tokenizer, tmp_path):
     # DataLoader workers started by spawn or forkserver receive the collator, and its cache, by pickle.

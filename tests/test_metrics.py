@@ -89,6 +89,10 @@ def test_token_classification_metrics_refuse_tags_without_a_prefix():
         token_classification_metrics(["LABEL_0", "LABEL_1"])
     with pytest.raises(ValueError, match=r"`scheme` must be one of"):
         token_classification_metrics(NER_LABELS, scheme="BIO")
+    # A scheme that cannot read the tags is refused when the metric is built, not at the first evaluation.
+    with pytest.raises(ValueError, match=r"'L-PER'.*scheme='IOB2'"):
+        token_classification_metrics(["O", "B-PER", "I-PER", "L-PER", "U-PER"], scheme="IOB2")
+    token_classification_metrics(["O", "B-PER", "I-PER", "E-PER", "S-PER"], scheme="IOBES")
 
 
 def test_token_classification_metrics_drops_ignored_positions():

@@ -217,6 +217,12 @@ def test_a_teacher_cache_inside_the_pushed_folder_is_refused(tokenizer, tmp_path
         DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), teacher_model=None, teacher_cache=cache,
                             args=make_args(tmp_path, push_to_hub=True, hub_model_id="tiny-student"),
                             train_dataset=data, data_collator=collator, processing_class=tokenizer)
+    # Pushed by a direct call, without args.push_to_hub: refused before anything is uploaded.
+    trainer = DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), teacher_model=None, teacher_cache=cache,
+                                  args=make_args(tmp_path, hub_model_id="tiny-student"), train_dataset=data,
+                                  data_collator=collator, processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"inside `output_dir`"):
+        trainer.push_to_hub()
 
 
 def _card(**kwargs):
@@ -240,7 +246,34 @@ def test_the_card_shows_the_attack_settings_its_method_reads_and_the_loss_it_tra
 
 def test_the_card_says_when_the_attack_never_started():
     card = _card(adversarial="fgm", adv_start_step=50, steps_trained=20)
-    assert "no step was attacked" in card and "| adv_epsilon |" not in card
+    assert "saved at step 20, no step had been attacked" in card and "| adv_epsilon |" not in card
+
+
+def test_the_card_of_the_best_checkpoint_describes_that_checkpoints_training(tokenizer, tmp_path):
+    # load_best_model_at_end: the saved weights are those of the best checkpoint, here one saved before the attack.
+    from transformers import DataCollatorForTokenClassification, TrainerCallback
+
+    from hf_distill import DistillationTrainer
+
+    args = make_args(tmp_path, adversarial="fgm", adv_start_step=2, max_steps=4, eval_strategy="steps", eval_steps=1,
+                     save_strategy="steps", save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss",
+                     greater_is_better=True)
+    trainer = DistillationTrainer(model=tiny_token_model(tokenizer, layers=1, seed=1),
+                                  teacher_model=tiny_token_model(tokenizer, layers=2, seed=2), args=args,
+                                  train_dataset=ner_dataset(tokenizer), eval_dataset=ner_dataset(tokenizer),
+                                  data_collator=DataCollatorForTokenClassification(tokenizer),
+                                  processing_class=tokenizer)
+
+    class WorstLater(TrainerCallback):  # make step 1 the best checkpoint
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics["eval_loss"] = -float(state.global_step)
+
+    trainer.add_callback(WorstLater())
+    trainer.train()
+    assert trainer.state.best_global_step == 1
+    trainer.save_model()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "saved at step 1, no step had been attacked" in card
 
 
 def test_the_card_leaves_out_distill_positions_for_sequence_classification():

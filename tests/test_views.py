@@ -296,3 +296,12 @@ def test_an_iterable_token_set_with_a_teacher_view_is_refused_at_its_first_batch
                                   processing_class=tokenizer)
     with pytest.raises(ValueError, match="token classification.*augment_mask_prob"):
         trainer.train()
+
+
+def test_an_evaluation_set_with_a_teacher_view_next_to_a_clean_training_set(tokenizer, tmp_path):
+    # Only the training set's view is padded for the teacher: an evaluation set's view columns are dropped with the
+    # other columns the student does not take.
+    clean = raw_sentences().map(lambda batch: tokenizer(batch["sentence"]), batched=True, remove_columns=["sentence"])
+    for train in (clean, None):
+        trainer = view_trainer(tokenizer, tmp_path, data=train)
+        assert "eval_loss" in trainer.evaluate(noisy_dataset(tokenizer))
