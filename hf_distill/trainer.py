@@ -1326,7 +1326,8 @@ class _EMACallback(TrainerCallback):
 
 
 class _FreshStartCallback(TrainerCallback):
-    """Each run of Trainer's training loop starts with an empty loss window and no projection gradients. Trainer
+    """Each run of Trainer's training loop starts with an empty loss window and no projection gradients, and its
+    model card describes the steps it trains (not a best checkpoint an earlier run reloaded). Trainer
     reruns the loop with a smaller batch after an out-of-memory error (`auto_find_batch_size`) and zeroes the student's
     gradients, not what the aborted attempt left here."""
 
@@ -1339,6 +1340,7 @@ class _FreshStartCallback(TrainerCallback):
         if trainer.feature_projector is not None:
             trainer.feature_projector.zero_grad(set_to_none=True)
         trainer._projector_grads_averaged = False
+        trainer._model_step = None  # the weights are trained on from here
 
 
 class _ProjectorCallback(TrainerCallback):
