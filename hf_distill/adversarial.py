@@ -28,8 +28,8 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -95,6 +95,25 @@ def embed_inputs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return word_embeddings(model)(input_ids)
 
 
+def model_logits(outputs: Any) -> torch.Tensor:
+    """The logits of a model's outputs: `outputs["logits"]`, or the first element of a model built with
+    `return_dict=False`."""
+    return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode inside the block, and afterwards every submodule back in its own mode (`model.train(flag)`
+    would set them all alike, undoing, say, embeddings a user had put in eval mode)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def check_embedding_path(model: nn.Module, input_ids: torch.Tensor, model_inputs: dict[str, Any],
                          base: nn.Module | None = None) -> None:
     """Check that the model gives the same logits from `inputs_embeds` as from `input_ids`, on real tokens.
@@ -115,14 +134,9 @@ def check_embedding_path(model: nn.Module, input_ids: torch.Tensor, model_inputs
         ValueError: the two forwards disagree, with the likely cause and the fix.
     """
     base = model if base is None else base
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            from_ids = model(input_ids=input_ids, **model_inputs)["logits"].float()
-            from_embeds = model(inputs_embeds=embed_inputs(base, input_ids), **model_inputs)["logits"].float()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        from_ids = model_logits(model(input_ids=input_ids, **model_inputs)).float()
+        from_embeds = model_logits(model(inputs_embeds=embed_inputs(base, input_ids), **model_inputs)).float()
     attention_mask = model_inputs.get("attention_mask")
     if from_ids.dim() == 3 and attention_mask is not None:  # token logits: padding positions do not count
         real = attention_mask.to(from_ids.device).bool()

@@ -32,7 +32,9 @@ from .adversarial import (
     EmbeddingPathCheck,
     ascent_step,
     embed_inputs,
+    eval_mode,
     init_delta,
+    model_logits,
     perturbation_mask,
     project,
     word_embeddings,
@@ -75,6 +77,12 @@ def _check_columns(dataset: Any) -> None:
             f"`dataset` is a {type(dataset).__name__} with splits {list(dataset.keys())}; pass one split, e.g. "
             f"dataset[{next(iter(dataset.keys()))!r}]."
         )
+    if isinstance(dataset, (datasets.IterableDataset, torch.utils.data.IterableDataset)) or not hasattr(
+            dataset, "__len__"):
+        raise ValueError(
+            f"`dataset` is a {type(dataset).__name__}; evaluate_robustness reads examples by position, so it needs a "
+            "map-style dataset: a `datasets.Dataset` (not streaming), or `list(dataset)` of a small one."
+        )
     if len(dataset) == 0:
         raise ValueError("`dataset` is empty; pass the evaluation split with at least one example.")
     first = dataset[0]
@@ -112,8 +120,53 @@ def _pad_and_stack(arrays: list[np.ndarray], fill: float | int) -> np.ndarray:
     return np.concatenate(padded, axis=0)
 
 
-def _logits(outputs: Any) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+class _BatchAttack:
+    """Embedding PGD on one collated batch of `evaluate_robustness`: `(labels, {"clean": logits, "attacked":
+    logits})`, detached. The model is in eval mode with gradients off for its parameters."""
+
+    def __init__(self, model: nn.Module, special: torch.Tensor, *, epsilon: float, steps: int, step_size: float,
+                 norm: str, generator: torch.Generator):
+        self.model, self.special, self.generator = model, special, generator
+        self.epsilon, self.steps, self.step_size, self.norm = epsilon, steps, step_size, norm
+        self.device = next(model.parameters()).device
+        self.check_path = EmbeddingPathCheck()
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model, device, norm, epsilon = self.model, self.device, self.norm, self.epsilon
+        labels = next((batch[key] for key in _LABEL_KEYS if batch.get(key) is not None), None)
+        if labels is None:
+            raise ValueError(
+                f"The collated batch has no `labels` (keys {sorted(batch)}); check that `data_collator` keeps the "
+                "labels."
+            )
+        labels = torch.as_tensor(labels).to(device)
+        if labels.is_floating_point():
+            raise ValueError(
+                f"`labels` are {labels.dtype}, but evaluate_robustness attacks classifiers and needs integer class "
+                "ids (-100 on ignored positions). Regression models are not supported."
+            )
+        labels = labels.long()
+        input_ids = torch.as_tensor(batch["input_ids"]).to(device)
+        extra = {k: torch.as_tensor(batch[k]).to(device) for k in _PASSED_THROUGH if batch.get(k) is not None}
+        mask = perturbation_mask(input_ids, extra.get("attention_mask"), self.special.to(device))
+        self.check_path(model, input_ids, extra)  # δ = 0 must be the ordinary forward
+
+        with torch.no_grad():
+            embeds = embed_inputs(model, input_ids).detach()
+            clean = model_logits(model(inputs_embeds=embeds, **extra))
+        delta = init_delta(embeds, mask, init_scale=epsilon, norm=norm, generator=self.generator)
+        delta = project(delta, mask, epsilon=epsilon, norm=norm)
+        for _ in range(self.steps):
+            delta.requires_grad_(True)
+            with torch.enable_grad():
+                loss, _ = _summed_cross_entropy(model_logits(model(inputs_embeds=embeds + delta.to(embeds.dtype),
+                                                                   **extra)), labels)
+                (grad,) = torch.autograd.grad(loss, delta)
+            delta = ascent_step(delta.detach(), grad, mask, step_size=self.step_size, norm=norm)
+            delta = project(delta, mask, epsilon=epsilon, norm=norm)
+        with torch.no_grad():
+            attacked = model_logits(model(inputs_embeds=embeds + delta.to(embeds.dtype), **extra))
+        return labels, {"clean": clean.detach(), "attacked": attacked.detach()}
 
 
 def evaluate_robustness(
@@ -155,7 +208,8 @@ def evaluate_robustness(
             dict of floats, e.g. `hf_distill.metrics.token_classification_metrics(label_names)`.
         batch_size: Examples per batch.
         step_size: α; defaults to 2.5 · ε / K.
-        seed: Seeds the random start.
+        seed: Seeds the random start. It is drawn batch by batch, so the attacked figures of a seed also depend on
+            `batch_size` (and on the padding the collator adds): compare models at the same `batch_size`.
         special_token_ids: Ids never perturbed, e.g. `hf_distill.data.word_free_special_ids(tokenizer)`. Defaults to
             the special tokens of `data_collator.tokenizer` (the Transformers padding collators have one) other than
             [UNK] and [MASK], which stand in for words, as in training; pass `[]` to attack every token.
@@ -192,69 +246,32 @@ def evaluate_robustness(
                            "hf_distill.data.word_free_special_ids(tokenizer)` (or a collator with a tokenizer) to "
                            "leave [CLS], [SEP] and padding alone as training does ([UNK] and [MASK] stand for words, "
                            "and are perturbed).")
-    special = torch.tensor(sorted(set(special_token_ids or [])), dtype=torch.long)
+    special_token_ids = [] if special_token_ids is None else torch.as_tensor(special_token_ids).flatten().tolist()
+    special = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
 
-    device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     totals = {"clean": [0.0, 0], "attacked": [0.0, 0]}
     collected: dict[str, list[np.ndarray]] = {"clean": [], "attacked": [], "labels": []}
-    try:
-        model.eval()
-        model.requires_grad_(False)
-        check_path = EmbeddingPathCheck()
-        for start in range(0, len(dataset), batch_size):
-            batch = _collate(_rows(dataset, start, min(start + batch_size, len(dataset))), data_collator)
-            labels = batch.get("labels")
-            if labels is None:
-                raise ValueError(
-                    f"The collated batch has no `labels` (keys {sorted(batch)}); check that `data_collator` keeps "
-                    "the labels."
-                )
-            labels = torch.as_tensor(labels).to(device)
-            if labels.is_floating_point():
-                raise ValueError(
-                    f"`labels` are {labels.dtype}, but evaluate_robustness attacks classifiers and needs integer class "
-                    "ids (-100 on ignored positions). Regression models are not supported."
-                )
-            input_ids = torch.as_tensor(batch["input_ids"]).to(device)
-            extra = {k: torch.as_tensor(batch[k]).to(device) for k in _PASSED_THROUGH if batch.get(k) is not None}
-            mask = perturbation_mask(input_ids, extra.get("attention_mask"), special.to(device))
-            check_path(model, input_ids, extra)  # δ = 0 must be the ordinary forward
-
-            with torch.no_grad():
-                embeds = embed_inputs(model, input_ids).detach()
-                clean_logits = _logits(model(inputs_embeds=embeds, **extra))
-            delta = project(
-                init_delta(embeds, mask, init_scale=epsilon, norm=norm, generator=generator),
-                mask,
-                epsilon=epsilon,
-                norm=norm,
-            )
-            for _ in range(steps):
-                delta.requires_grad_(True)
-                with torch.enable_grad():
-                    logits = _logits(model(inputs_embeds=embeds + delta.to(embeds.dtype), **extra))
-                    loss, _ = _summed_cross_entropy(logits, labels)
-                    (grad,) = torch.autograd.grad(loss, delta)
-                delta = ascent_step(delta.detach(), grad, mask, step_size=step_size, norm=norm)
-                delta = project(delta, mask, epsilon=epsilon, norm=norm)
-            with torch.no_grad():
-                attacked_logits = _logits(model(inputs_embeds=embeds + delta.to(embeds.dtype), **extra))
-
-            for name, batch_logits in (("clean", clean_logits), ("attacked", attacked_logits)):
-                total, count = _summed_cross_entropy(batch_logits.detach(), labels)
-                totals[name][0] += float(total)
-                totals[name][1] += int(count)
+    with eval_mode(model):
+        try:
+            model.requires_grad_(False)
+            attack = _BatchAttack(model, special, epsilon=epsilon, steps=steps, step_size=step_size, norm=norm,
+                                  generator=generator)
+            for start in range(0, len(dataset), batch_size):
+                batch = _collate(_rows(dataset, start, min(start + batch_size, len(dataset))), data_collator)
+                labels, logits = attack(batch)
+                for name, batch_logits in logits.items():
+                    total, count = _summed_cross_entropy(batch_logits, labels)
+                    totals[name][0] += float(total)
+                    totals[name][1] += int(count)
+                    if compute_metrics is not None:
+                        collected[name].append(batch_logits.float().cpu().numpy())
                 if compute_metrics is not None:
-                    collected[name].append(batch_logits.detach().float().cpu().numpy())
-            if compute_metrics is not None:
-                collected["labels"].append(labels.cpu().numpy())
-    finally:
-        for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
-            parameter.requires_grad_(flag)
-        model.train(was_training)
+                    collected["labels"].append(labels.cpu().numpy())
+        finally:
+            for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
+                parameter.requires_grad_(flag)
 
     if totals["clean"][1] == 0:
         logger.warning("No labelled position in the dataset (every label is -100); both losses are reported as 0.")

@@ -23,10 +23,13 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
+
+from .adversarial import eval_mode, model_logits
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,12 @@ def as_rng(rng: random.Random | int) -> random.Random:
         f"Expected a random.Random or an int seed, got {type(rng).__name__}. Pass e.g. `random.Random(0)` or `0` "
         "so that the perturbation is reproducible."
     )
+
+
+def _check_words(name: str, words: Any) -> None:
+    """A text is a list of words: a `str` would be read as a list of characters, without an error."""
+    if isinstance(words, str):
+        raise TypeError(f"`{name}` must be a list of words, not a string; pass `text.split()`.")
 
 
 def _check_rate(name: str, rate: float) -> None:
@@ -148,7 +157,8 @@ def _how_many(rate: float, eligible: int) -> int:
     """round(rate · eligible), half up, and at least 1 when rate > 0 and something is eligible."""
     if rate == 0 or eligible == 0:
         return 0
-    return min(eligible, max(1, math.floor(rate * eligible + 0.5)))
+    # In decimal, as the rate was written: 0.29 · 50 is 14.5 (rounded up to 15), not 14.4999... (rounded to 14).
+    return min(eligible, max(1, math.floor(Fraction(str(rate)) * eligible + Fraction(1, 2))))
 
 
 def _typo_at(
@@ -177,6 +187,7 @@ def perturb_characters(
     Returns:
         A new list with as many words as `words`.
     """
+    _check_words("words", words)
     _check_rate("rate", rate)
     _check_kinds(kinds)
     return _typo_at(words, range(len(words)), rate, as_rng(rng), kinds)
@@ -200,6 +211,7 @@ def change_case(
     Returns:
         A new list with as many words as `words`.
     """
+    _check_words("words", words)
     _check_rate("rate", rate)
     styles = tuple(styles)
     if not styles or any(style not in CASE_STYLES for style in styles):
@@ -336,6 +348,10 @@ def swap_entities(
     Returns:
         `(new_tokens, new_tags)`, of equal length (which may differ from `len(tokens)`).
     """
+    _check_words("tokens", tokens)
+    for entity, mentions in pool.items():
+        for mention in mentions:
+            _check_words(f"pool[{entity!r}]'s mention {mention!r}", mention)
     rng = as_rng(rng)
     new_tokens: list[str] = []
     new_tags: list[str] = []
@@ -368,6 +384,7 @@ def perturb_context(
     Returns:
         `(new_tokens, tags)`, the tags unchanged (as a new list).
     """
+    _check_words("tokens", tokens)
     if len(tokens) != len(tags):
         raise ValueError(f"Got {len(tokens)} tokens but {len(tags)} tags; each token needs exactly one tag.")
     _check_rate("rate", rate)
@@ -394,7 +411,7 @@ def word_budget(budget: float, n_words: int) -> int:
     _check_rate("budget", budget)
     if budget == 0 or n_words == 0:
         return 0
-    return max(1, math.floor(budget * n_words))
+    return max(1, math.floor(Fraction(str(budget)) * n_words))  # 0.7 · 90 is 63, not 62.99...
 
 
 def greedy_word_attack(
@@ -430,8 +447,7 @@ def greedy_word_attack(
         changed, "queries": texts sent to predict_proba, "clean_correct": whether the clean prediction was right}`.
         If the clean prediction is already wrong, nothing is attacked and `success` is False.
     """
-    if isinstance(words, str):
-        raise TypeError("`words` must be a list of words, not a string; pass `text.split()`.")
+    _check_words("words", words)
     if max_tries_per_word < 1:
         raise ValueError(f"`max_tries_per_word` must be >= 1, got {max_tries_per_word}.")
     limit = word_budget(budget, len(words))
@@ -544,23 +560,18 @@ def model_predict_proba(
 
     def predict_proba(texts: list[list[str]]) -> np.ndarray:
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         chunks = []
-        try:
-            with torch.no_grad():
-                for start in range(0, len(texts), batch_size):
-                    encoding = tokenizer(
-                        [" ".join(words) for words in texts[start : start + batch_size]],
-                        padding=True,
-                        truncation=True,
-                        max_length=max_length,
-                        return_tensors="pt",
-                    ).to(device)
-                    logits = model(**encoding).logits
-                    chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                encoding = tokenizer(
+                    [" ".join(words) for words in texts[start : start + batch_size]],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                ).to(device)
+                logits = model_logits(model(**encoding))
+                chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         return np.concatenate(chunks, axis=0).astype(np.float64)
 
     return predict_proba

@@ -194,3 +194,31 @@ def test_special_tokens_are_not_attacked_unless_asked(tokenizer):
     delta, _ = _perturbation_at(model, tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
                                 special_token_ids=[])
     assert (delta[is_special & real] > 0).all() and (delta[~real] == 0).all()  # padding never
+
+
+def test_submodule_modes_tuple_outputs_label_columns_and_int32_labels(tokenizer):
+    # A model in train mode with frozen-BN-style eval submodules gets every module's own mode back; a model built
+    # with return_dict=False is read like any other; a token set whose collated labels stay under `label`, and
+    # int32 labels, are attacked as `labels`.
+    model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT)
+    model.train()
+    model.bert.embeddings.eval()
+    collator = DataCollatorForTokenClassification(tokenizer)
+    reference = evaluate_robustness(model, ner_dataset(tokenizer), epsilon=0.5, steps=1, data_collator=collator)
+    assert model.training and not model.bert.embeddings.training
+    model.config.return_dict = False
+    assert evaluate_robustness(model, ner_dataset(tokenizer), epsilon=0.5, steps=1,
+                               data_collator=collator) == reference
+    model.config.return_dict = True
+    renamed = ner_dataset(tokenizer).rename_column("labels", "label")
+    assert evaluate_robustness(model, renamed, epsilon=0.5, steps=1, data_collator=collator) == reference
+    as_int32 = ner_dataset(tokenizer).with_format("numpy")
+    rows = [{**row, "labels": row["labels"].astype("int32")} for row in as_int32.remove_columns("tokens")]
+    assert evaluate_robustness(model, rows, epsilon=0.5, steps=1, data_collator=collator,
+                               special_token_ids=torch.tensor(tokenizer.all_special_ids)) is not None
+
+
+def test_an_iterable_dataset_is_refused_with_the_fix(tokenizer):
+    with pytest.raises(ValueError, match=r"map-style dataset.*list\("):
+        evaluate_robustness(tiny_token_model(tokenizer, layers=1), ner_dataset(tokenizer).to_iterable_dataset(),
+                            epsilon=0.5, steps=1, data_collator=DataCollatorForTokenClassification(tokenizer))

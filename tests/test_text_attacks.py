@@ -285,3 +285,32 @@ def test_model_predict_proba_reads_words_as_the_running_text(byte_level_tokenize
     spy = Spy()
     model_predict_proba(spy, tokenizer)([["john", "went", "to", "london"]])
     assert spy.seen[0][0].tolist() == tokenizer("john went to london")["input_ids"]
+
+
+def test_a_string_where_words_are_expected_is_refused():
+    # A str is a sequence of characters: it would be perturbed letter by letter, without an error.
+    for call in (lambda: perturb_characters("the movie was good", 0.5, 0),
+                 lambda: change_case("the movie was good", 0),
+                 lambda: perturb_context("John lives here", ["B-PER", "O", "O"], 0.5, 0)):
+        with pytest.raises(TypeError, match=r"list of words.*split\(\)"):
+            call()
+    tokens, tags = TRAIN[0]
+    with pytest.raises(TypeError, match=r"list of words"):
+        swap_entities(tokens, tags, {"PER": ["Ann Lee"], "LOC": ["Berlin"]}, 0)
+
+
+def test_budgets_are_exact_for_decimal_rates():
+    # floor(0.7 · 90) = 63 and floor(0.29 · 100) = 29, which float products put one below.
+    assert word_budget(0.7, 90) == 63 and word_budget(0.29, 100) == 29 and word_budget(0.3, 10) == 3
+    words = [f"word{i}" for i in range(50)]  # 50 eligible words: round(0.29 · 50) = round(14.5) = 15, half up
+    assert sum(a != b for a, b in zip(perturb_characters(words, 0.29, 0), words, strict=True)) == 15
+
+
+def test_model_predict_proba_reads_tuple_outputs_and_restores_modes(tokenizer):
+    model = tiny_sequence_model(tokenizer, layers=1)
+    model.train()
+    model.bert.embeddings.eval()
+    expected = model_predict_proba(model, tokenizer)([["a", "b"]])
+    assert model.training and not model.bert.embeddings.training
+    model.config.return_dict = False
+    assert np.array_equal(model_predict_proba(model, tokenizer)([["a", "b"]]), expected)
