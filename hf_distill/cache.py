@@ -51,7 +51,7 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _reject_dataset_dict, forward_inputs
+from .checks import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _reject_dataset_dict, forward_inputs, label_names
 from .files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -314,6 +314,12 @@ class TeacherLogitCache:
     def num_labels(self) -> int:
         """C, the number of classes."""
         return int(self._metadata["num_labels"])
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The teacher's label names in id order, or None (placeholder names, or a cache built before they were
+        kept). `DistillationTrainer` refuses a student that names them in another order."""
+        return self._metadata.get("label_names")
 
     @property
     def task(self) -> str:
@@ -631,11 +637,10 @@ def build_teacher_cache(
         "num_rows": num_rows,
     }
 
-    metadata = _read_metadata(path)
-    if metadata is not None and overwrite:
+    if overwrite and (path / METADATA_FILE).is_file():  # deleted unread: a damaged one could not be read anyway
         logger.info("Deleting the teacher-logit cache at %s (overwrite=True).", path)
         _delete_cache(path)
-        metadata = None
+    metadata = _read_metadata(path)
     if metadata is not None:
         _check_existing(path, metadata, parts, dataset, top_k)
         if metadata["completed_rows"] >= num_rows:
@@ -663,6 +668,7 @@ def build_teacher_cache(
             copied.synchronize()
         if store is None:
             metadata = _new_metadata(logits, lengths, parts, top_k)
+            metadata["label_names"] = label_names(teacher)  # not part of the fingerprint: a student check
             store = _Store(path, metadata, mode="w+", lengths=lengths, row_hashes=row_hashes)
         if metadata["task"] == TOKEN_CLASSIFICATION and torch.is_tensor(batch.get("attention_mask")):
             _refuse_prepadded(batch["attention_mask"], lengths[indices], indices)

@@ -10,6 +10,7 @@ import inspect
 import re
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
@@ -60,6 +61,11 @@ def infer_task(model: nn.Module, role: str = "student") -> str:
     )
 
 
+def label_names(model: nn.Module) -> list[str] | None:
+    """A model's label names in id order, or None for placeholder names (`LABEL_0`, ...)."""
+    return _labels(_base(model).config)
+
+
 def _labels(config: Any) -> list[str] | None:
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label[i]) for i in sorted(id2label, key=int)]
@@ -100,17 +106,8 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
             f"(a fine-tuned {student_task.replace('_', ' ')} checkpoint)."
         )
     t_cfg, s_cfg = _base(teacher).config, _base(student).config
-    for role, cfg in (("teacher", t_cfg), ("student", s_cfg)):
-        problem = getattr(cfg, "problem_type", None)
-        if cfg.num_labels < 2 or problem in ("regression", "multi_label_classification"):
-            what = "multi-label classification (independent sigmoids)" if problem == "multi_label_classification" \
-                else f"regression (num_labels={cfg.num_labels})"
-            raise ValueError(
-                f"The {role} is configured for {what}, but hf-distill distils single-label classification: the KL "
-                "between softmax distributions over two or more classes (over one class it is always 0, so nothing "
-                "would be distilled). Regression and multi-label heads are not supported; load both models with "
-                "`num_labels` >= 2 and `problem_type` unset or 'single_label_classification'."
-            )
+    check_single_label(teacher, "teacher")
+    check_single_label(student, "student")
     t_vocab, s_vocab = getattr(t_cfg, "vocab_size", None), getattr(s_cfg, "vocab_size", None)
     if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
         raise ValueError(
@@ -125,21 +122,45 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
             "teacher's labels: `from_pretrained(..., num_labels=teacher.config.num_labels, "
             "id2label=teacher.config.id2label, label2id=teacher.config.label2id)`."
         )
-    t_labels, s_labels = _labels(t_cfg), _labels(s_cfg)
-    if t_labels is not None and s_labels is not None and t_labels != s_labels:
-        if sorted(t_labels) == sorted(s_labels):
-            raise ValueError(
-                "Teacher and student have the same labels in a different order (teacher id2label: "
-                f"{t_labels}; student id2label: {s_labels}). Their logits would be compared class by class and "
-                "scramble the labels. Load the student with `id2label=teacher.config.id2label, "
-                "label2id=teacher.config.label2id`, and encode the dataset's labels with the same mapping."
-            )
-        raise ValueError(
-            f"Teacher and student have different label sets: teacher {t_labels}, student {s_labels}. "
-            "Distillation needs the teacher's labels; fine-tune the teacher on the student's label set or load the "
-            "student with the teacher's `id2label`."
-        )
+    check_label_names(_labels(t_cfg), student)
     return student_task
+
+
+def check_single_label(model: nn.Module, role: str) -> None:
+    """Refuse a regression or multi-label head: hf-distill distils softmax distributions over two or more classes."""
+    cfg = _base(model).config
+    problem = getattr(cfg, "problem_type", None)
+    if cfg.num_labels < 2 or problem in ("regression", "multi_label_classification"):
+        what = "multi-label classification (independent sigmoids)" if problem == "multi_label_classification" \
+            else f"regression (num_labels={cfg.num_labels})"
+        raise ValueError(
+            f"The {role} is configured for {what}, but hf-distill distils single-label classification: the KL "
+            "between softmax distributions over two or more classes (over one class it is always 0, so nothing "
+            "would be distilled). Regression and multi-label heads are not supported; load both models with "
+            "`num_labels` >= 2 and `problem_type` unset or 'single_label_classification'."
+        )
+
+
+def check_label_names(teacher_labels: list[str] | None, student: nn.Module, teacher: str = "Teacher",
+                      id2label: str = "teacher.config.id2label") -> None:
+    """Refuse a student whose `id2label` names the teacher's labels in another order, or other labels (placeholder
+    `LABEL_<i>` names on either side tell nothing, and pass). `teacher` names the source in messages, `id2label`
+    the expression that gives its labels."""
+    s_labels = _labels(_base(student).config)
+    if teacher_labels is None or s_labels is None or teacher_labels == s_labels:
+        return
+    if sorted(teacher_labels) == sorted(s_labels):
+        raise ValueError(
+            f"{teacher} and student have the same labels in a different order (teacher id2label: "
+            f"{teacher_labels}; student id2label: {s_labels}). Their logits would be compared class by class and "
+            f"scramble the labels. Load the student with `id2label={id2label}` (and the matching `label2id`), and "
+            "encode the dataset's labels with the same mapping."
+        )
+    raise ValueError(
+        f"{teacher} and student have different label sets: teacher {teacher_labels}, student {s_labels}. "
+        "Distillation needs the teacher's labels; fine-tune the teacher on the student's label set or load the "
+        "student with the teacher's `id2label`."
+    )
 
 
 def has_no_vocabulary(tokenizer: Any) -> bool:
@@ -214,6 +235,37 @@ def check_train_dataset(dataset: Any, needs_labels: bool, why: str | None = None
         why = why or ("alpha < 1 gives weight to the hard-label loss. Add a `labels` column, or set `alpha=1.0` (and "
                       "no `final_alpha` below 1) to train on the teacher's outputs alone.")
         raise ValueError(f"The training data has no labels column (found columns: {columns}), but {why}")
+
+
+def check_token_labels(dataset: Any) -> None:
+    """Token classification: the tags must sit under `labels` (the data collator pads only that name, and the trainer
+    reads only it) and each row must have one label per input id (word-level tags never aligned to the sub-words
+    would be padded with -100 by the collator: [CLS] would take the first word's tag). Checked on Arrow-backed
+    datasets; nothing is read from other kinds."""
+    if not isinstance(dataset, Dataset):
+        return
+    columns = dataset.column_names
+    if "label" in columns and "labels" not in columns:
+        raise ValueError(
+            "The token-classification data has its tags in a `label` column, but the token collator pads, and the "
+            'trainer reads, `labels`: `dataset = dataset.rename_column("label", "labels")`.'
+        )
+    if "labels" not in columns or "input_ids" not in columns:
+        return
+    table = dataset.select_columns(["input_ids", "labels"]).with_format("arrow")[:]
+    ids, labels = table.column("input_ids"), table.column("labels")
+    if not (pa.types.is_list(labels.type) or pa.types.is_large_list(labels.type)):
+        return
+    id_lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+    label_lengths = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(id_lengths != label_lengths)
+    if wrong.size:
+        row = int(wrong[0])
+        raise ValueError(
+            f"Token-classification row {row} has {int(label_lengths[row])} labels for {int(id_lengths[row])} input "
+            f"ids ({wrong.size} rows differ): word-level tags must be aligned to the sub-words, one label per input "
+            "id with -100 on special tokens and later sub-words. Tokenize with `hf_distill.tokenize_and_align_labels`."
+        )
 
 
 def check_label_range(dataset: Any, num_labels: int, label_column: str | None = None) -> None:

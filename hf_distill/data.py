@@ -893,6 +893,9 @@ def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: 
             raise ValueError(f"`{name}` has no `input_ids` column (columns: {split.column_names}); tokenize it first.")
     if "labels" not in labeled.column_names:
         raise ValueError(f"`labeled` has no `labels` column (columns: {labeled.column_names}).")
+    if len(unlabeled) == 0:
+        raise ValueError("`unlabeled` is empty (after filtering?): there is nothing to mix in. Pass the labeled set "
+                         "alone, or check the filter that built the unlabeled one.")
     per_token = isinstance(labeled.features["labels"], datasets.Sequence | datasets.List) if hasattr(
         datasets, "List") else isinstance(labeled.features["labels"], datasets.Sequence)
     shared = [c for c in labeled.column_names if c in unlabeled.column_names and c != "labels"]

@@ -79,6 +79,13 @@ def load_model(
             "The %s %r has weights of another shape for %s (a head for another number of labels?): they are "
             "initialised anew and trained.", role, name_or_path, ", ".join(sorted(mismatched)[:4])
         )
+    head = _other_head(model, task)
+    if require_all_weights and head is not None:
+        raise ValueError(
+            f"The {role} {name_or_path!r} was saved as a {head} ({', '.join(model.config.architectures)}), not a "
+            f"{task.replace('_', ' ')} model: its classifier scores whole sentences, not tokens, or the reverse. Pass "
+            f"a checkpoint fine-tuned for {task.replace('_', ' ')}."
+        )
     if require_all_weights and missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ValueError(
@@ -88,6 +95,17 @@ def load_model(
             "'bert-base-cased')."
         )
     return model
+
+
+def _other_head(model: PreTrainedModel, task: str) -> str | None:
+    """The task of the head the checkpoint was saved with (`config.architectures`), when it is not `task`: the two
+    classification heads share weight names, so such a checkpoint loads without a missing weight."""
+    for architecture in getattr(model.config, "architectures", None) or ():
+        for other, marker in (("sequence classification", "ForSequenceClassification"),
+                              ("token classification", "ForTokenClassification")):
+            if marker in architecture and other != task.replace("_", " "):
+                return other
+    return None
 
 
 def load_tokenizer(name_or_path: str, **kwargs):

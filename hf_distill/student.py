@@ -125,6 +125,7 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
             ``config.num_hidden_layers`` (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ...) and DistilBERT
             (``transformer.layer.<i>.``, ``config.n_layers``).
     """
+    teacher = getattr(teacher, "_orig_mod", teacher)  # a torch.compile'd teacher: cut the model it wraps
     if hasattr(teacher, "get_base_model") and hasattr(teacher, "peft_config"):
         raise ValueError(
             f"The teacher is a PEFT model ({type(teacher).__name__}), whose layers hold adapters apart from their "

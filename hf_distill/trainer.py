@@ -46,10 +46,13 @@ from .cache import (
 )
 from .checks import (
     TOKEN_CLASSIFICATION,
+    check_label_names,
     check_label_range,
     check_sharding,
+    check_single_label,
     check_teacher_student,
     check_teachers_agree,
+    check_token_labels,
     check_tokenizer,
     check_train_dataset,
     dataset_columns,
@@ -163,6 +166,7 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("`model` (the student) is required; `model_init` is not supported by DistillationTrainer.")
         self.task = infer_task(model, "student")
+        check_single_label(model, "student")
         teachers = list(teacher_model) if isinstance(teacher_model, list | tuple) else (
             [] if teacher_model is None else [teacher_model])
         teachers = [load_model(t, self.task, role="teacher", require_all_weights=True) if isinstance(t, str) else t
@@ -177,6 +181,8 @@ class DistillationTrainer(Trainer):
                     raise
                 raise ValueError(f"Teacher {index} of {len(teachers)} ({model_name(teacher)}): {error}") from error
         check_teachers_agree(teachers)
+        _refuse_shared_weights(teachers, model)
+        _refuse_teacher_in_output_dir(teachers, args.output_dir)
         if args.attention_distill_weight > 0:
             _use_eager_attention([model, *teachers[args.feature_teacher:args.feature_teacher + 1]])
         num_labels = model.config.num_labels
@@ -187,6 +193,8 @@ class DistillationTrainer(Trainer):
                     f"the student does {self.task} with {num_labels} labels. Build the cache with the teacher of this "
                     "task (`build_teacher_cache`)."
                 )
+            check_label_names(teacher_cache.label_names, model, teacher="The cached teacher",
+                              id2label="dict(enumerate(teacher_cache.label_names))")
             _refuse_cache_in_pushed_folder(teacher_cache, args)
             if train_dataset is not None and (isinstance(train_dataset, torch.utils.data.IterableDataset)
                                               or not hasattr(train_dataset, "__len__")):
@@ -215,6 +223,10 @@ class DistillationTrainer(Trainer):
         for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
             if split is not None:
                 check_label_range(split, num_labels)
+                if self.task == TOKEN_CLASSIFICATION:
+                    check_token_labels(split)
+        if self.task == TOKEN_CLASSIFICATION:
+            check_token_labels(train_dataset)
         if self.task == TOKEN_CLASSIFICATION and args.pseudo_label_threshold is not None and (
                 args.distill_positions == "first_subword"):
             raise ValueError(
@@ -1258,6 +1270,37 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             f"of {cache.num_labels} (the others are stood in for by their shared tail mass, a distribution, not the "
             "teacher's logits). Build the cache with `top_k=None`, or use `distill_loss='kl'` or 'soft_ce'."
         )
+
+
+def _refuse_shared_weights(teachers: list[nn.Module], student: nn.Module) -> None:
+    """A teacher is frozen in place: any parameter it shares with the student would stop training."""
+    own = {id(p) for p in student.parameters()}
+    for teacher in teachers:
+        shared = sum(id(p) in own for p in teacher.parameters())
+        if shared:
+            raise ValueError(
+                f"The teacher shares {shared} parameters with the student (the same tensors, not copies), and the "
+                "teacher is frozen: the student would stop training them. Give the teacher its own weights, e.g. "
+                "`teacher_model=copy.deepcopy(model)`, or use `self_distillation='ema'` to learn from the student's "
+                "own average."
+            )
+
+
+def _refuse_teacher_in_output_dir(teachers: list[nn.Module], output_dir: str) -> None:
+    """The student is saved into `output_dir`, checkpoints there are rotated away, and `push_to_hub` uploads it
+    whole: a teacher loaded from that folder, or from inside it, would be overwritten, deleted or published."""
+    out = os.path.realpath(output_dir)
+    for teacher in teachers:
+        source = getattr(getattr(teacher, "config", None), "_name_or_path", "") or ""
+        if not source or not os.path.isdir(source):
+            continue
+        source = os.path.realpath(source)
+        if os.path.commonpath([source, out]) == out:
+            raise ValueError(
+                f"`output_dir` ({output_dir}) holds the teacher loaded from {source}: saving the student would "
+                "overwrite it, checkpoint rotation could delete it, and `push_to_hub` would upload it. Choose another "
+                "`output_dir`, outside the teacher's folder."
+            )
 
 
 def _refuse_cache_in_pushed_folder(cache: TeacherLogitCache, args: DistillationArguments,

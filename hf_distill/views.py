@@ -106,6 +106,12 @@ def add_noisy_view(
         raise ValueError(f"The dataset is already tokenized (columns: {columns}); `add_noisy_view` tokenizes the raw "
                          f"text of `{text_column}` itself.")
     text_columns = [c for c in (text_column, text_pair_column) if c is not None]
+    for name in text_columns:
+        bad = next(((row, value) for row, value in enumerate(dataset[name]) if not isinstance(value, str)), None)
+        if bad is not None:
+            raise ValueError(f"Row {bad[0]} of `{name}` is {bad[1]!r}, not a text: `add_noisy_view` perturbs and "
+                             "tokenizes raw text. Fill in or drop such rows (`dataset.filter`), or join word lists "
+                             "into strings first.")
 
     def encode(texts: list[list[str]]) -> dict[str, list]:
         return dict(tokenizer(*texts, truncation=True, max_length=max_length))

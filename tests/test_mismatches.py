@@ -1,0 +1,113 @@
+"""Models, folders and data that do not fit together: each is refused before training, with the fix, instead of
+training on scrambled labels, overwriting a checkpoint or failing deep inside torch."""
+
+import json
+
+import pytest
+import torch
+from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
+from datasets import Dataset
+from test_trainer import make_args, ner_dataset, seq_dataset
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+from hf_distill import (
+    DistillationTrainer,
+    add_noisy_view,
+    build_teacher_cache,
+    create_student,
+    mix_unlabeled,
+    typo_noise,
+)
+from hf_distill.loading import load_model
+
+
+def _token_trainer(tokenizer, tmp_path, **kwargs):
+    defaults = dict(model=tiny_token_model(tokenizer, layers=1, seed=1),
+                    teacher_model=tiny_token_model(tokenizer, layers=2, seed=2), args=make_args(tmp_path),
+                    train_dataset=ner_dataset(tokenizer), data_collator=DataCollatorForTokenClassification(tokenizer),
+                    processing_class=tokenizer)
+    return DistillationTrainer(**{**defaults, **kwargs})
+
+
+def test_an_output_dir_that_holds_the_teacher_is_refused(tokenizer, tmp_path):
+    # Saving the student there would overwrite the teacher's weights, checkpoint rotation would delete a teacher
+    # kept as checkpoint-N, and push_to_hub would upload it.
+    for where in ("run", "run/checkpoint-500"):
+        tiny_token_model(tokenizer, layers=2, seed=2).save_pretrained(tmp_path / where)
+        teacher = load_model(str(tmp_path / where), "token_classification", require_all_weights=True)
+        with pytest.raises(ValueError, match=r"output_dir.*holds the teacher.*another `output_dir`"):
+            _token_trainer(tokenizer, tmp_path, teacher_model=teacher,
+                           args=make_args(tmp_path, output_dir=str(tmp_path / "run")))
+    _token_trainer(tokenizer, tmp_path, teacher_model=teacher, args=make_args(tmp_path, output_dir=str(tmp_path / "s")))
+
+
+def test_a_teacher_that_shares_weights_with_the_student_is_refused(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    teacher.bert.embeddings = student.bert.embeddings  # freezing the teacher would freeze the student's too
+    with pytest.raises(ValueError, match=r"shares .* parameters with the student.*copy\.deepcopy"):
+        _token_trainer(tokenizer, tmp_path, model=student, teacher_model=teacher)
+
+
+def test_a_cache_remembers_its_teachers_labels_and_a_student_in_another_order_is_refused(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    data, collator = ner_dataset(tokenizer), DataCollatorForTokenClassification(tokenizer)
+    cache = build_teacher_cache(teacher, data, collator, str(tmp_path / "cache"), progress_bar=False)
+    assert cache.label_names == NER_LABELS
+    reversed_student = tiny_token_model(tokenizer, labels=NER_LABELS[::-1], layers=1, seed=1)
+    with pytest.raises(ValueError, match=r"same labels in a different order"):
+        _token_trainer(tokenizer, tmp_path, model=reversed_student, teacher_model=None, teacher_cache=cache)
+
+
+def test_students_without_a_teacher_model_are_checked_too(tokenizer, tmp_path):
+    # With a cache or an EMA teacher there is no teacher model to compare with, but a one-label (regression) student
+    # would still distil nothing: the KL over one class is 0.
+    one_label = tiny_sequence_model(tokenizer, num_labels=1)
+    with pytest.raises(ValueError, match=r"student is configured for regression"):
+        DistillationTrainer(model=one_label, teacher_model=None,
+                            args=make_args(tmp_path, self_distillation="ema"), train_dataset=seq_dataset(tokenizer),
+                            data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+
+
+def test_token_labels_not_aligned_to_the_sub_words_are_refused(tokenizer, tmp_path):
+    # Word-level tags never aligned to sub-words: the collator pads them with -100, [CLS] gets the first word's tag.
+    rows = ner_dataset(tokenizer)
+    word_tags = rows.map(lambda row: {"labels": row["labels"][1:-1]})
+    with pytest.raises(ValueError, match=r"row 0 has \d+ labels for \d+ input ids.*tokenize_and_align_labels"):
+        _token_trainer(tokenizer, tmp_path, train_dataset=word_tags)
+
+
+def test_token_tags_under_label_are_refused_with_the_rename(tokenizer, tmp_path):
+    renamed = ner_dataset(tokenizer).rename_column("labels", "label")
+    with pytest.raises(ValueError, match=r"`label` column.*rename_column\(\"label\", \"labels\"\)"):
+        _token_trainer(tokenizer, tmp_path, train_dataset=renamed)
+
+
+def test_a_sequence_checkpoint_is_not_loaded_as_a_token_teacher(tokenizer, tmp_path):
+    tiny_sequence_model(tokenizer, num_labels=len(NER_LABELS)).save_pretrained(tmp_path / "sentiment")
+    with pytest.raises(ValueError, match=r"sequence classification.*BertForSequenceClassification"):
+        load_model(str(tmp_path / "sentiment"), "token_classification", require_all_weights=True)
+
+
+def test_overwrite_replaces_a_cache_whose_metadata_cannot_be_read(tokenizer, tmp_path):
+    teacher = tiny_token_model(tokenizer, layers=1, seed=2)
+    data, collator = ner_dataset(tokenizer), DataCollatorForTokenClassification(tokenizer)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "metadata.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"overwrite=True"):
+        build_teacher_cache(teacher, data, collator, str(tmp_path / "cache"), progress_bar=False)
+    cache = build_teacher_cache(teacher, data, collator, str(tmp_path / "cache"), progress_bar=False, overwrite=True)
+    assert cache.num_rows == len(data)
+    assert json.loads((tmp_path / "cache" / "metadata.json").read_text())["completed_rows"] == len(data)
+
+
+def test_small_tools_refuse_inputs_they_cannot_use(tokenizer):
+    raw = Dataset.from_dict({"sentence": ["a good film", None], "label": [1, 0]})
+    with pytest.raises(ValueError, match=r"Row 1 of `sentence` is None.*text"):
+        add_noisy_view(raw, tokenizer, text_column="sentence", noise=typo_noise(0.2))
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    compiled_student = create_student(torch.compile(teacher), [0])
+    assert compiled_student.config.num_hidden_layers == 1
+    labeled = ner_dataset(tokenizer)
+    with pytest.raises(ValueError, match=r"`unlabeled` is empty"):
+        mix_unlabeled(labeled, labeled.select([]).remove_columns("labels"))
