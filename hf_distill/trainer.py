@@ -46,6 +46,7 @@ from .cache import (
 )
 from .checks import (
     TOKEN_CLASSIFICATION,
+    check_inputs_fit,
     check_label_names,
     check_label_range,
     check_sharding,
@@ -227,6 +228,10 @@ class DistillationTrainer(Trainer):
                     check_token_labels(split)
         if self.task == TOKEN_CLASSIFICATION:
             check_token_labels(train_dataset)
+        roles = [("student", model), *((f"teacher {i}" if len(teachers) > 1 else "teacher", t)
+                                       for i, t in enumerate(teachers))]
+        for split in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]:
+            check_inputs_fit(split, roles)
         if self.task == TOKEN_CLASSIFICATION and args.pseudo_label_threshold is not None and (
                 args.distill_positions == "first_subword"):
             raise ValueError(

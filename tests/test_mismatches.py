@@ -111,3 +111,19 @@ def test_small_tools_refuse_inputs_they_cannot_use(tokenizer):
     labeled = ner_dataset(tokenizer)
     with pytest.raises(ValueError, match=r"`unlabeled` is empty"):
         mix_unlabeled(labeled, labeled.select([]).remove_columns("labels"))
+
+
+def test_data_that_does_not_fit_the_embedding_tables_is_refused(tokenizer, tmp_path):
+    rows = ner_dataset(tokenizer)
+    too_big = rows.map(lambda row: {"input_ids": [*row["input_ids"][:-1], len(tokenizer) + 5]})
+    with pytest.raises(ValueError, match=r"token id \d+, but the student's vocab_size is \d+"):
+        _token_trainer(tokenizer, tmp_path, train_dataset=too_big)
+    # A teacher with fewer positions than the data's longest row (the student has enough).
+    short = tiny_token_model(tokenizer, layers=2, seed=2)
+    short.config.max_position_embeddings = 8  # as a checkpoint saved with 8 positions would say
+    with pytest.raises(ValueError, match=r"Row \d+ of the data has \d+ tokens, but the teacher has positions for 8.*"
+                                         r"truncation=True, max_length=8"):
+        _token_trainer(tokenizer, tmp_path, teacher_model=short)
+    with pytest.raises(ValueError, match=r"token_type_id 2, but the student has type_vocab_size 2"):
+        _token_trainer(tokenizer, tmp_path, train_dataset=rows.map(
+            lambda row: {"token_type_ids": [2] * len(row["input_ids"])}))
