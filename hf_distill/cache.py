@@ -51,7 +51,14 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _reject_dataset_dict, forward_inputs, label_names
+from .checks import (
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    _reject_dataset_dict,
+    check_inputs_fit,
+    forward_inputs,
+    label_names,
+)
 from .files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -624,6 +631,7 @@ def build_teacher_cache(
     if path.exists() and not path.is_dir():
         raise ValueError(f"The cache path {path} is a file; pass a directory (it is created if missing).")
     lengths, ids = _input_ids(dataset)
+    check_inputs_fit(dataset, [("teacher", teacher)])
     content, row_hashes = _content_digest(lengths, ids), _row_hashes(lengths, ids)
     num_rows = len(lengths)
     if num_rows == 0:

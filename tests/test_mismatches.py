@@ -124,6 +124,9 @@ def test_data_that_does_not_fit_the_embedding_tables_is_refused(tokenizer, tmp_p
     with pytest.raises(ValueError, match=r"Row \d+ of the data has \d+ tokens, but the teacher has positions for 8.*"
                                          r"truncation=True, max_length=8"):
         _token_trainer(tokenizer, tmp_path, teacher_model=short)
+    with pytest.raises(ValueError, match=r"the teacher has positions for 8"):
+        build_teacher_cache(short, rows, DataCollatorForTokenClassification(tokenizer), str(tmp_path / "c"),
+                            progress_bar=False)
     with pytest.raises(ValueError, match=r"token_type_id 2, but the student has type_vocab_size 2"):
         _token_trainer(tokenizer, tmp_path, train_dataset=rows.map(
             lambda row: {"token_type_ids": [2] * len(row["input_ids"])}))
