@@ -132,15 +132,30 @@ def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
     return flags
 
 
+def _flag_field(arg: str) -> str | None:
+    """The field a command-line flag sets, in each spelling argparse accepts (`--field_name`, `--field-name`,
+    `--field_name=value`); None for a value."""
+    return arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
+
+
+def _is_config_file(arg: str) -> bool:
+    return not arg.startswith("-") and arg.endswith((".yaml", ".yml", ".json"))
+
+
 def _unset_flags(parser: HfArgumentParser, argv: list[str]) -> tuple[list[str], set[str]]:
-    """`--field None` (or `null`) for a field whose default is None: the flag is dropped and the field's name returned,
-    so that the field keeps its default even where the config file sets it (argparse would read "None" as a
-    number or a string)."""
+    """`--field None` (or `null`, or `--field=None`) for a field whose default is None: the flag is dropped and the
+    field's name returned, so that the field keeps its default even where the config file sets it (argparse would
+    read "None" as a number or a string)."""
     optional = {a.dest for a in parser._actions if a.option_strings and a.default is None}
     kept, unset, i = [], set(), 0
     while i < len(argv):
-        name = argv[i][2:] if argv[i].startswith("--") else None
-        if name in optional and i + 1 < len(argv) and argv[i + 1] in ("None", "null"):
+        name = _flag_field(argv[i])
+        inline = argv[i].split("=", 1)[1] if name is not None and "=" in argv[i] else None
+        if name in optional and inline in ("None", "null"):
+            unset.add(name)
+            i += 1
+            continue
+        if name in optional and inline is None and i + 1 < len(argv) and argv[i + 1] in ("None", "null"):
             unset.add(name)
             i += 2
             continue
@@ -158,11 +173,11 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(list(dataclass_types))
-    config_file = argv.pop(0) if argv and argv[0].endswith((".yaml", ".yml", ".json")) else None
+    config_file = argv.pop(0) if argv and _is_config_file(argv[0]) else None
     argv, unset = _unset_flags(parser, argv)
     if config_file is not None:
         argv = [config_file, *argv]
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+    if config_file is not None:
         config = {k: v for k, v in _read_config(argv[0]).items() if k not in unset}
         known = {action.dest for action in parser._actions}
         unknown = [key for key in config if key not in known]
@@ -176,7 +191,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
                 "Keys must be argument names; run the recipe with --help to list them."
             )
         single_valued = {a.dest for a in parser._actions if a.nargs is None and a.option_strings}
-        given = {arg[2:].split("=")[0] for arg in argv[1:] if arg.startswith("--")}
+        given = {_flag_field(arg) for arg in argv[1:]} - {None}
         lists = {k: v for k, v in config.items() if k in _LIST_AFTER_PARSING and isinstance(v, list) and k not in given}
         argv = _to_flags(config, single_valued) + argv[1:]
         parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

@@ -11,7 +11,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -27,6 +27,31 @@ TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HIDDEN_LOSSES = ("mse", "cosine")
 ENSEMBLE_METHODS = ("mean", "weighted", "confidence")
 SELF_DISTILLATION = ("none", "ema")
+
+
+def _check_types(args: DistillationArguments) -> None:
+    """Each distillation field holds a value of its type: parsers that pass values through unconverted (a YAML 1.1
+    loader reads `1e-2` as text, a JSON file may quote numbers) must not reach a comparison error, nor a string
+    "false" read as true."""
+    inherited = {f.name for f in fields(TrainingArguments)}
+    for spec in fields(args):
+        if spec.name in inherited:
+            continue
+        value, annotation = getattr(args, spec.name), str(spec.type)
+        if value is None and "None" in annotation:
+            continue
+        if annotation.startswith("bool"):
+            ok, what = isinstance(value, bool), "true or false"
+        elif annotation.startswith("int"):
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif annotation.startswith("float"):
+            ok, what = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            quoted = " (a string: write the number unquoted, or read YAML files with hf_distill.cli, which follows " \
+                "YAML 1.2, where 1e-2 is a number)" if isinstance(value, str) else ""
+            raise ValueError(f"`{spec.name}` must be {what}, got {value!r}{quoted}.")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -302,6 +327,7 @@ class DistillationArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        _check_types(self)
         for name in ("temperature", "final_temperature"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):

@@ -111,3 +111,19 @@ def test_none_on_the_command_line_unsets_an_optional_field_the_file_sets(tmp_pat
     (args,) = parse_args([DistillationArguments], ["--output_dir", "out", "--report_to", "none", "--final_alpha",
                                                    "null"])
     assert args.final_alpha is None
+
+
+def test_flags_mean_the_same_in_every_spelling_argparse_accepts(tmp_path):
+    # --field value, --field=value and --field-name: the override, the unset and the config-file detection alike.
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: [tensorboard, wandb]\nalpha: 0.5\nfinal_alpha: 0.9\n"
+                      "alpha_schedule: linear\n")
+    for override in (["--report-to", "none"], ["--report_to=none"]):
+        (args,) = parse_args([DistillationArguments], [str(config), *override])
+        assert args.report_to == [], override
+    for unset in (["--final_alpha=None"], ["--final-alpha", "None"]):
+        (args,) = parse_args([DistillationArguments], [str(config), *unset, "--alpha_schedule", "constant"])
+        assert args.final_alpha is None, unset
+    # A first flag whose value ends in .json is a flag, not a config file.
+    (args,) = parse_args([DistillationArguments], ["--output_dir=run.json", "--report_to", "none"])
+    assert args.output_dir == "run.json"

@@ -110,3 +110,13 @@ def test_sharded_students_refuse_what_needs_the_whole_student(fsdp, deepspeed):
     with pytest.raises(ValueError, match="FSDP keeps those weights sharded" if fsdp else "steps the optimizer inside"):
         check_sharding(make(adversarial="fgm"), fsdp=fsdp, deepspeed=deepspeed)
     check_sharding(make(adversarial="fgm"), fsdp=False, deepspeed=False)  # DDP or one device
+
+
+@pytest.mark.parametrize("name, value", [("adv_step_size", "1e-2"), ("alpha", "5e-1"), ("adv_start_step", "100"),
+                                         ("adv_start_step", 2.5), ("adv_perturb_special_tokens", "false"),
+                                         ("temperature", True), ("final_alpha", "0.5")])
+def test_a_value_of_the_wrong_type_is_refused_naming_the_field(name, value):
+    # Parsers that pass values through unconverted (HfArgumentParser.parse_yaml_file reads 1e-2 as a string under
+    # YAML 1.1, parse_dict, JSON) must not reach a comparison error, or a string "false" read as true.
+    with pytest.raises(ValueError, match=rf"`{name}` must be"):
+        DistillationArguments(output_dir="out", report_to="none", **{name: value})
