@@ -11,7 +11,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
@@ -33,25 +33,25 @@ def _check_types(args: DistillationArguments) -> None:
     """Each distillation field holds a value of its type: parsers that pass values through unconverted (a YAML 1.1
     loader reads `1e-2` as text, a JSON file may quote numbers) must not reach a comparison error, nor a string
     "false" read as true."""
-    inherited = {f.name for f in fields(TrainingArguments)}
-    for spec in fields(args):
-        if spec.name in inherited:
+    # The annotations as written in this class (HfArgumentParser rewrites the dataclass fields' `type` in place).
+    for name, annotation in DistillationArguments.__annotations__.items():
+        kinds = {part.strip() for part in str(annotation).split("|")}
+        value = getattr(args, name)
+        if value is None and "None" in kinds:
             continue
-        value, annotation = getattr(args, spec.name), str(spec.type)
-        if value is None and "None" in annotation:
-            continue
-        if annotation.startswith("bool"):
+        kinds.discard("None")
+        if kinds == {"bool"}:
             ok, what = isinstance(value, bool), "true or false"
-        elif annotation.startswith("int"):
+        elif kinds == {"int"}:
             ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif annotation.startswith("float"):
+        elif kinds == {"float"}:
             ok, what = isinstance(value, int | float) and not isinstance(value, bool), "a number"
         else:
             continue
         if not ok:
             quoted = " (a string: write the number unquoted, or read YAML files with hf_distill.cli, which follows " \
                 "YAML 1.2, where 1e-2 is a number)" if isinstance(value, str) else ""
-            raise ValueError(f"`{spec.name}` must be {what}, got {value!r}{quoted}.")
+            raise ValueError(f"`{name}` must be {what}, got {value!r}{quoted}.")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

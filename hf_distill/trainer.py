@@ -33,7 +33,7 @@ from accelerate.utils import DistributedType
 from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_utils import TrainOutput, rotate_checkpoints
 
 from .adversarial import AttackSettings, EmbeddingPathCheck, adversarial_backward, embed_inputs, perturbation_mask
 from .augment import augment_input_ids
@@ -125,7 +125,10 @@ class DistillationTrainer(Trainer):
         refused with the way to do without them.
 
     The loss is `alpha · distill + (1 - alpha) · CE(labels)` (see `DistillationArguments`); its components are
-    logged as `kd_loss` and `ce_loss`, with the current `temperature` and `alpha`, averaged over each logging window.
+    logged as `kd_loss` and `ce_loss`, each pooled over the logging window's positions (sum over count), with the
+    mean `temperature` and `alpha` of its batches; Trainer's `loss` is the mean of the steps' losses, so under a
+    schedule or uneven batches it is close to, not exactly, `alpha · kd_loss + (1 - alpha) · ce_loss`. A skipped
+    batch (`nonfinite_policy="skip"`) is counted in `skipped_batches` and left out of `loss` and `train_loss`.
     """
 
     # compute_loss divides by counts over the whole accumulated batch, so Trainer must not divide again.
@@ -318,6 +321,7 @@ class DistillationTrainer(Trainer):
             keep[self._special_ids[self._special_ids < vocab]] = False
             self._replacement_ids = keep.nonzero().squeeze(-1)
         self._window = _LossWindow()
+        self._run_batches = [0, 0]
         self.skipped_batches = 0
         self._attack = None
         if args.adversarial != "none":
@@ -606,7 +610,7 @@ class DistillationTrainer(Trainer):
         else:
             component = "the total loss"
         self._report_nonfinite(
-            f"Non-finite values in {component} at step {self.state.global_step}",
+            f"Non-finite values in {component} at step {self.state.global_step + 1}",  # as log_history counts
             "Check the teacher (fp16 overflow? a corrupted checkpoint?) and the learning rate",
         )
 
@@ -873,7 +877,7 @@ class DistillationTrainer(Trainer):
 
         def on_nonfinite():
             self._report_nonfinite(
-                f"Non-finite adversarial loss at step {self.state.global_step}",
+                f"Non-finite adversarial loss at step {self.state.global_step + 1}",
                 "Lower `adv_epsilon` or `adv_step_size`, or delay the attack with `adv_start_step`",
             )
 
@@ -909,7 +913,8 @@ class DistillationTrainer(Trainer):
         if step.skipped and not self._keeps_processes_in_step():
             self.accelerator.backward(zero_parameter_loss(model))
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
-            self._window.add(step.clean, temperature, alpha)
+            # FreeLB has no clean pass: its logged parts, and so its alpha, are those of the adversarial objective.
+            self._window.add(step.clean, temperature, adv_alpha if self._attack.method == "freelb" else alpha)
             self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
             self._window.add_extra("adv_delta_norm", step.delta_norm)
         empty_cache_every = self.args.torch_empty_cache_steps
@@ -938,10 +943,27 @@ class DistillationTrainer(Trainer):
             ratios = [n for n, w in (("hidden_loss", a.hidden_distill_weight), ("attention_loss",
                                                                               a.attention_distill_weight)) if w > 0]
             adversarial = ["adv_loss"] if self._attack is not None else []
-            logs.update(self._window.averages(self.accelerator, ratios, adversarial,
-                                              ["adv_delta_norm"] if adversarial else []))
+            window = self._window
+            logs.update(window.averages(self.accelerator, ratios, adversarial,
+                                        ["adv_delta_norm"] if adversarial else []))
+            trained, skipped = window.reduced_batches
+            if skipped:  # Trainer counted each skipped batch as a loss of 0
+                logs["loss"] = logs["loss"] * (trained + skipped) / trained if trained else float("nan")
+            self._run_batches[0] += window.steps
+            self._run_batches[1] += window.skipped
             self._window = _LossWindow()
+        if "train_loss" in logs:  # the run's closing metrics, after the last window (logged or not)
+            trained = self._run_batches[0] + self._window.steps
+            skipped = self._run_batches[1] + self._window.skipped
+            if skipped:
+                logs["skipped_batches"] = skipped
+                logs["train_loss"] = logs["train_loss"] * (trained + skipped) / trained if trained else float("nan")
         super().log(logs, start_time)
+
+    def _finalize_training(self, trial, num_train_samples, start_time):
+        # Trainer logs the run's metrics (corrected in `log` for skipped batches) and returns its own train_loss.
+        output = super()._finalize_training(trial, num_train_samples, start_time)
+        return TrainOutput(output.global_step, output.metrics.get("train_loss", output.training_loss), output.metrics)
 
 
     # ---- saving and the model card ------------------------------------------------------------------------------
@@ -1385,6 +1407,7 @@ class _FreshStartCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         trainer = self.trainer
         trainer._window = _LossWindow()
+        trainer._run_batches = [0, 0]  # batches trained on and skipped in this run, for its train_loss
         if trainer.feature_projector is not None:
             trainer.feature_projector.zero_grad(set_to_none=True)
         trainer._projector_grads_averaged = False
@@ -1425,10 +1448,12 @@ class _LossWindow:
         self.sums: torch.Tensor | None = None
         self.temperature = 0.0
         self.alpha = 0.0
-        self.extras: dict[str, list[torch.Tensor]] = {}
+        self.extras: dict[str, tuple[torch.Tensor, int]] = {}
         self.ratios: dict[str, torch.Tensor] = {}
-        self.objectives: dict[str, tuple[torch.Tensor | None, list[float]]] = {}
+        self.objectives: dict[str, tuple[torch.Tensor, float, int]] = {}
         self.skipped = 0
+        self.reduced_batches = (0, 0)  # (trained, skipped) over every process, once `averages` has run
+
 
     def add_ratio(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
         """A per-position loss logged exactly: its sum and its count are accumulated (and summed across
@@ -1441,12 +1466,17 @@ class _LossWindow:
         sums and counts are accumulated (and summed across processes), so neither gradient accumulation nor the
         number of processes changes the logged value."""
         row = _parts_row(parts)
-        sums, alphas = self.objectives.get(name, (None, []))
-        self.objectives[name] = (row if sums is None else sums + row, [*alphas, alpha])
+        if name in self.objectives:
+            sums, alphas, n = self.objectives[name]
+            row, alpha, n = sums + row, alphas + alpha, n + 1
+        else:
+            n = 1
+        self.objectives[name] = (row, alpha, n)
 
     def add_extra(self, name: str, value: torch.Tensor) -> None:
         """A scalar averaged over the window's micro-steps on every process (e.g. the perturbation's norm)."""
-        self.extras.setdefault(name, []).append(value.detach().float())
+        total, n = self.extras.get(name, (0.0, 0))
+        self.extras[name] = (value.detach().float() + total, n + 1)  # running sums: the window never grows
 
     def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
         row = _parts_row(parts)
@@ -1469,12 +1499,11 @@ class _LossWindow:
                   vector([self.temperature, self.alpha, self.steps, self.skipped])]
         pieces += [self.ratios[n].to(device) if n in self.ratios else torch.zeros(2, device=device) for n in ratios]
         for name in objectives:
-            row, alphas = self.objectives.get(name, (None, []))
-            pieces += [row.to(device) if row is not None else torch.zeros(4, device=device),
-                       vector([sum(alphas), len(alphas)])]
+            row, alpha_sum, n = self.objectives.get(name, (torch.zeros(4), 0.0, 0))
+            pieces += [row.to(device), vector([alpha_sum, n])]
         for name in extras:
-            values = self.extras.get(name, [])
-            pieces.append(vector([torch.stack(values).sum() if values else 0.0, len(values)]))
+            total, n = self.extras.get(name, (0.0, 0))
+            pieces.append(vector([total, n]))
         flat = torch.cat(pieces)
         if accelerator.num_processes > 1:
             flat = accelerator.reduce(flat, reduction="sum")
@@ -1485,6 +1514,7 @@ class _LossWindow:
 
         kd_sum, kd_count, ce_sum, ce_count = take(4)
         temperature, alpha, steps, skipped = take(4)
+        self.reduced_batches = (int(steps), int(skipped))
         logs = {}
         if steps > 0:
             logs.update(temperature=temperature / steps, alpha=alpha / steps)

@@ -245,3 +245,11 @@ def test_adversarial_steps_put_an_optimizer_with_modes_in_train_mode(tokenizer, 
     trainer.add_callback(_EvaluateEachStep(trainer, ner_dataset(tokenizer)))
     trainer.train()
     assert trainer.state.global_step == 3
+
+
+def test_freelb_logs_the_alpha_its_objective_trained_with(tokenizer, tmp_path):
+    # With adv_objective="kd" FreeLB trains on the distillation term alone: alpha 1, whatever args.alpha says.
+    trainer = ner_trainer(tokenizer, tmp_path, adversarial="freelb", adv_objective="kd", alpha=0.5, max_steps=2,
+                          distill_positions="first_subword")
+    trainer.train()
+    assert all(h["alpha"] == 1.0 for h in trainer.state.log_history if "loss" in h)

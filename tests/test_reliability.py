@@ -123,7 +123,7 @@ def test_nan_teacher_logits_skip_the_batch_and_are_counted(tokenizer, tmp_path, 
     _poison_teacher(trainer)
     trainer.train()
     assert trainer.skipped_batches == 1
-    assert "Non-finite values in the teacher's logits at step 0" in caplog.text
+    assert "Non-finite values in the teacher's logits at step 1" in caplog.text
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert logs[0]["skipped_batches"] == 1 and "kd_loss" not in logs[0]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -133,7 +133,7 @@ def test_nan_teacher_logits_skip_the_batch_and_are_counted(tokenizer, tmp_path, 
 def test_nan_with_raise_policy_names_step_and_component(tokenizer, tmp_path):
     trainer = ner_trainer(tokenizer, tmp_path, max_steps=3, nonfinite_policy="raise")
     _poison_teacher(trainer, calls=(1,))
-    with pytest.raises(FloatingPointError, match=r"teacher's logits at step 1.*nonfinite_policy='skip'"):
+    with pytest.raises(FloatingPointError, match=r"teacher's logits at step 2.*nonfinite_policy='skip'"):
         trainer.train()
 
 
@@ -436,3 +436,31 @@ def test_a_step_whose_every_batch_was_skipped_still_steps_the_fp16_grad_scaler(t
     trainer.train()
     assert trainer.skipped_batches == 2
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_a_skipped_step_is_left_out_of_the_logged_and_returned_loss(tokenizer, tmp_path):
+    # A skipped step has no loss: counting it as 0 would halve a two-step window's loss and the run's train_loss.
+    def run(out, poison, **kwargs):
+        trainer = ner_trainer(tokenizer, tmp_path, output_dir=str(tmp_path / out), learning_rate=0.0, **kwargs)
+        if poison:
+            _poison_teacher(trainer, calls=poison)
+        return trainer, trainer.train()
+
+    reference, _ = run("reference", (), max_steps=2, logging_steps=1)
+    losses = [h["loss"] for h in reference.state.log_history if "loss" in h]
+    trainer, output = run("skipped", (1,), max_steps=2, logging_steps=2)
+    window = next(h for h in trainer.state.log_history if "loss" in h)
+    assert window["skipped_batches"] == 1 and window["loss"] == pytest.approx(losses[0], rel=1e-4)
+    assert output.training_loss == pytest.approx(losses[0], rel=1e-4)
+    # A skip in the last window, which is never logged on its own, still reaches the run's metrics.
+    trainer, output = run("tail", (2,), max_steps=3, logging_steps=2)
+    assert output.metrics["skipped_batches"] == 1 and trainer.state.log_history[-1]["skipped_batches"] == 1
+    assert output.training_loss == pytest.approx(sum(losses) / 2, rel=1e-4)
+
+
+def test_a_skip_warning_names_the_step_log_history_uses(tokenizer, tmp_path, caplog):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=2, logging_steps=1)
+    _poison_teacher(trainer, calls=(1,))
+    trainer.train()
+    assert "at step 2" in caplog.text
+    assert next(h for h in trainer.state.log_history if h.get("skipped_batches"))["step"] == 2
