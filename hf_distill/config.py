@@ -11,8 +11,10 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
+import numpy as np
 from transformers import TrainingArguments
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -40,14 +42,17 @@ def _check_types(args: DistillationArguments) -> None:
         if value is None and "None" in kinds:
             continue
         kinds.discard("None")
+        boolean = isinstance(value, bool | np.bool_)
         if kinds == {"bool"}:
-            ok, what = isinstance(value, bool), "true or false"
+            ok, what, plain = boolean, "true or false", bool
         elif kinds == {"int"}:
-            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            ok, what, plain = isinstance(value, numbers.Integral) and not boolean, "an integer", int
         elif kinds == {"float"}:
-            ok, what = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+            ok, what, plain = isinstance(value, numbers.Real) and not boolean, "a number", float
         else:
             continue
+        if ok and type(value) is not plain and not (plain is float and type(value) is int):
+            setattr(args, name, plain(value))  # a numpy scalar (from a sweep, say) as a Python one: JSON-serialisable
         if not ok:
             quoted = " (a string: write the number unquoted, or read YAML files with hf_distill.cli, which follows " \
                 "YAML 1.2, where 1e-2 is a number)" if isinstance(value, str) else ""

@@ -120,3 +120,12 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_field(name, value):
     # YAML 1.1, parse_dict, JSON) must not reach a comparison error, or a string "false" read as true.
     with pytest.raises(ValueError, match=rf"`{name}` must be"):
         DistillationArguments(output_dir="out", report_to="none", **{name: value})
+
+
+def test_numpy_scalars_are_numbers_too():
+    import numpy as np
+
+    args = DistillationArguments(output_dir="out", report_to="none", alpha=np.float32(0.25), adv_steps=np.int64(2),
+                                 adv_perturb_special_tokens=np.bool_(True))
+    assert args.alpha == 0.25 and args.adv_steps == 2 and type(args.adv_steps) is int
+    assert '"alpha": 0.25' in args.to_json_string()
