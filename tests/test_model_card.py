@@ -130,12 +130,18 @@ class FakeHubApi:
         return SimpleNamespace(commit_url="https://example.invalid/commit", done=lambda: True, cancel=lambda: None)
 
 
-def test_push_to_hub_uploads_student_and_card(tokenizer, tmp_path, monkeypatch):
+def _trained_for_the_hub(tokenizer, tmp_path, monkeypatch):
+    """A one-step trainer with `push_to_hub` set, and the fake Hub its uploads go to."""
     fake = FakeHubApi()
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
     trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, push_to_hub=True, hub_model_id="tiny-student",
                           hub_strategy="end")
     trainer.train()
+    return trainer, fake
+
+
+def test_push_to_hub_uploads_student_and_card(tokenizer, tmp_path, monkeypatch):
+    trainer, fake = _trained_for_the_hub(tokenizer, tmp_path, monkeypatch)
     trainer.push_to_hub(dataset="conll2003")
     assert fake.created == ["tiny-student"]
     upload = fake.uploads[-1]
@@ -192,11 +198,7 @@ def test_save_model_with_push_to_hub_keeps_the_weights_and_uploads_them_once(tok
     # up both in output_dir and in the one upload.
     from transformers import AutoModelForTokenClassification
 
-    fake = FakeHubApi()
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
-    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, push_to_hub=True, hub_model_id="tiny-student",
-                          hub_strategy="end")
-    trainer.train()
+    trainer, fake = _trained_for_the_hub(tokenizer, tmp_path, monkeypatch)
     fake.uploads.clear()
     trainer.save_model()
     assert "model.safetensors" in os.listdir(tmp_path / "out")
