@@ -312,7 +312,7 @@ def check_inputs_fit(dataset: Any, models: list[tuple[str, nn.Module]]) -> None:
                 "another tokenizer. Tokenize it with the teacher's tokenizer."
             )
         types = getattr(config, "type_vocab_size", None)
-        if top_type is not None and types is not None and top_type >= types:
+        if top_type is not None and types and top_type >= types:  # 0: the model has no segments (DeBERTa)
             raise ValueError(
                 f"The data holds token_type_id {top_type}, but the {role} has type_vocab_size {types}. Tokenize it "
                 "with the teacher's tokenizer."

@@ -246,7 +246,9 @@ def evaluate_robustness(
                            "hf_distill.data.word_free_special_ids(tokenizer)` (or a collator with a tokenizer) to "
                            "leave [CLS], [SEP] and padding alone as training does ([UNK] and [MASK] stand for words, "
                            "and are perturbed).")
-    special_token_ids = [] if special_token_ids is None else torch.as_tensor(special_token_ids).flatten().tolist()
+    special_token_ids = [] if special_token_ids is None else torch.as_tensor(
+        list(special_token_ids) if isinstance(special_token_ids, set | frozenset) else special_token_ids
+    ).flatten().tolist()
     special = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
 
     generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -33,7 +33,7 @@ from accelerate.utils import DistributedType
 from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import TrainOutput, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from .adversarial import AttackSettings, EmbeddingPathCheck, adversarial_backward, embed_inputs, perturbation_mask
 from .augment import augment_input_ids
@@ -185,8 +185,8 @@ class DistillationTrainer(Trainer):
                     raise
                 raise ValueError(f"Teacher {index} of {len(teachers)} ({model_name(teacher)}): {error}") from error
         check_teachers_agree(teachers)
-        _refuse_shared_weights(teachers, model)
-        _refuse_teacher_in_output_dir(teachers, args.output_dir)
+        _refuse_shared_weights(teachers, model, cast=args.teacher_dtype != "auto")
+        _refuse_teacher_in_output_dir(teachers, args.output_dir, pushing=args.push_to_hub)
         if args.attention_distill_weight > 0:
             _use_eager_attention([model, *teachers[args.feature_teacher:args.feature_teacher + 1]])
         num_labels = model.config.num_labels
@@ -949,12 +949,14 @@ class DistillationTrainer(Trainer):
             trained, skipped = window.reduced_batches
             if skipped:  # Trainer counted each skipped batch as a loss of 0
                 logs["loss"] = logs["loss"] * (trained + skipped) / trained if trained else float("nan")
-            self._run_batches[0] += window.steps
-            self._run_batches[1] += window.skipped
+            self._run_batches[0] += trained  # over every process, as Trainer's loss is
+            self._run_batches[1] += skipped
             self._window = _LossWindow()
-        if "train_loss" in logs:  # the run's closing metrics, after the last window (logged or not)
-            trained = self._run_batches[0] + self._window.steps
-            skipped = self._run_batches[1] + self._window.skipped
+        if "train_loss" in logs:  # the run's closing metrics (every process logs them), after the last window
+            tail = torch.tensor([self._window.steps, self._window.skipped], device=self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                tail = self.accelerator.reduce(tail, reduction="sum")
+            trained, skipped = self._run_batches[0] + int(tail[0]), self._run_batches[1] + int(tail[1])
             if skipped:
                 logs["skipped_batches"] = skipped
                 logs["train_loss"] = logs["train_loss"] * (trained + skipped) / trained if trained else float("nan")
@@ -1132,6 +1134,8 @@ class DistillationTrainer(Trainer):
         folder it uploads whole."""
         if self.teacher_cache is not None:
             _refuse_cache_in_pushed_folder(self.teacher_cache, self.args, pushing=True)
+        _refuse_teacher_in_output_dir([self._unwrap(t) for t in self.teacher_models if self.args.self_distillation
+                                       != "ema"], self.args.output_dir, pushing=True)
         return super().push_to_hub(*args, **kwargs)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -1299,9 +1303,11 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
         )
 
 
-def _refuse_shared_weights(teachers: list[nn.Module], student: nn.Module) -> None:
-    """A teacher is frozen in place: any parameter it shares with the student would stop training."""
-    own = {id(p) for p in student.parameters()}
+def _refuse_shared_weights(teachers: list[nn.Module], student: nn.Module, cast: bool) -> None:
+    """A teacher is frozen in place (and cast in place by `teacher_dtype`): a parameter it shares with the student
+    would stop training (or change dtype under the student). A shared parameter the student keeps frozen is fine,
+    unless the teacher is cast."""
+    own = {id(p) for p in student.parameters() if p.requires_grad or cast}
     for teacher in teachers:
         shared = sum(id(p) in own for p in teacher.parameters())
         if shared:
@@ -1313,21 +1319,31 @@ def _refuse_shared_weights(teachers: list[nn.Module], student: nn.Module) -> Non
             )
 
 
-def _refuse_teacher_in_output_dir(teachers: list[nn.Module], output_dir: str) -> None:
-    """The student is saved into `output_dir`, checkpoints there are rotated away, and `push_to_hub` uploads it
-    whole: a teacher loaded from that folder, or from inside it, would be overwritten, deleted or published."""
+def _refuse_teacher_in_output_dir(teachers: list[nn.Module], output_dir: str, pushing: bool) -> None:
+    """A teacher loaded from `output_dir` itself would be overwritten by the student's save, one loaded from a
+    `checkpoint-*` folder in it deleted by checkpoint rotation, and anything inside it uploaded by `push_to_hub`
+    (`pushing`). Other subfolders are left alone."""
     out = os.path.realpath(output_dir)
     for teacher in teachers:
         source = getattr(getattr(teacher, "config", None), "_name_or_path", "") or ""
         if not source or not os.path.isdir(source):
             continue
         source = os.path.realpath(source)
-        if os.path.commonpath([source, out]) == out:
-            raise ValueError(
-                f"`output_dir` ({output_dir}) holds the teacher loaded from {source}: saving the student would "
-                "overwrite it, checkpoint rotation could delete it, and `push_to_hub` would upload it. Choose another "
-                "`output_dir`, outside the teacher's folder."
-            )
+        if os.path.commonpath([source, out]) != out:
+            continue
+        inside = os.path.relpath(source, out).split(os.sep)
+        if source == out:
+            harm = "saving the student would overwrite it"
+        elif any(part.startswith(PREFIX_CHECKPOINT_DIR + "-") for part in inside):
+            harm = "checkpoint rotation (`save_total_limit`) could delete it"
+        elif pushing:
+            harm = "`push_to_hub` uploads that folder whole and would publish it"
+        else:
+            continue
+        raise ValueError(
+            f"`output_dir` ({output_dir}) holds the teacher loaded from {source}: {harm}. Choose another `output_dir`, "
+            "outside the teacher's folder."
+        )
 
 
 def _refuse_cache_in_pushed_folder(cache: TeacherLogitCache, args: DistillationArguments,

@@ -39,6 +39,14 @@ def test_an_output_dir_that_holds_the_teacher_is_refused(tokenizer, tmp_path):
             _token_trainer(tokenizer, tmp_path, teacher_model=teacher,
                            args=make_args(tmp_path, output_dir=str(tmp_path / "run")))
     _token_trainer(tokenizer, tmp_path, teacher_model=teacher, args=make_args(tmp_path, output_dir=str(tmp_path / "s")))
+    # Another subfolder is safe unless the folder is pushed.
+    tiny_token_model(tokenizer, layers=2, seed=2).save_pretrained(tmp_path / "exp" / "teacher")
+    teacher = load_model(str(tmp_path / "exp" / "teacher"), "token_classification", require_all_weights=True)
+    _token_trainer(tokenizer, tmp_path, teacher_model=teacher, args=make_args(tmp_path, output_dir=str(tmp_path / "exp")))
+    with pytest.raises(ValueError, match=r"push_to_hub.*publish it"):
+        _token_trainer(tokenizer, tmp_path, teacher_model=teacher,
+                       args=make_args(tmp_path, output_dir=str(tmp_path / "exp"), push_to_hub=True,
+                                      hub_model_id="tiny-student"))
 
 
 def test_a_teacher_that_shares_weights_with_the_student_is_refused(tokenizer, tmp_path):
@@ -47,6 +55,8 @@ def test_a_teacher_that_shares_weights_with_the_student_is_refused(tokenizer, tm
     teacher.bert.embeddings = student.bert.embeddings  # freezing the teacher would freeze the student's too
     with pytest.raises(ValueError, match=r"shares .* parameters with the student.*copy\.deepcopy"):
         _token_trainer(tokenizer, tmp_path, model=student, teacher_model=teacher)
+    student.bert.embeddings.requires_grad_(False)  # shared and frozen in the student too: nothing stops training
+    _token_trainer(tokenizer, tmp_path, model=student, teacher_model=teacher)
 
 
 def test_a_cache_remembers_its_teachers_labels_and_a_student_in_another_order_is_refused(tokenizer, tmp_path):
@@ -130,3 +140,16 @@ def test_data_that_does_not_fit_the_embedding_tables_is_refused(tokenizer, tmp_p
     with pytest.raises(ValueError, match=r"token_type_id 2, but the student has type_vocab_size 2"):
         _token_trainer(tokenizer, tmp_path, train_dataset=rows.map(
             lambda row: {"token_type_ids": [2] * len(row["input_ids"])}))
+
+
+def test_a_model_without_segments_takes_the_tokenizers_zero_type_ids(tokenizer):
+    # DeBERTa has type_vocab_size 0 and ignores token_type_ids, which its tokenizer still returns (all 0).
+    from transformers import DebertaV2Config, DebertaV2ForTokenClassification
+
+    from hf_distill.checks import check_inputs_fit
+
+    model = DebertaV2ForTokenClassification(DebertaV2Config(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        type_vocab_size=0, num_labels=len(NER_LABELS)))
+    rows = ner_dataset(tokenizer).map(lambda row: {"token_type_ids": [0] * len(row["input_ids"])})
+    check_inputs_fit(rows, [("student", model)])

@@ -214,8 +214,9 @@ def test_submodule_modes_tuple_outputs_label_columns_and_int32_labels(tokenizer)
     assert evaluate_robustness(model, renamed, epsilon=0.5, steps=1, data_collator=collator) == reference
     as_int32 = ner_dataset(tokenizer).with_format("numpy")
     rows = [{**row, "labels": row["labels"].astype("int32")} for row in as_int32.remove_columns("tokens")]
-    assert evaluate_robustness(model, rows, epsilon=0.5, steps=1, data_collator=collator,
-                               special_token_ids=torch.tensor(tokenizer.all_special_ids)) is not None
+    for ids in (torch.tensor(tokenizer.all_special_ids), set(tokenizer.all_special_ids)):
+        assert evaluate_robustness(model, rows, epsilon=0.5, steps=1, data_collator=collator,
+                                   special_token_ids=ids) is not None
 
 
 def test_an_iterable_dataset_is_refused_with_the_fix(tokenizer):
