@@ -46,7 +46,8 @@ class Seqeval(evaluate.Metric):
             citation="Hiroki Nakayama. seqeval: A Python framework for sequence labeling evaluation. 2018.",
             inputs_description=(
                 "predictions, references: lists of lists of tag strings. scheme: one of "
-                f"{list(_SCHEMES)} (with mode='strict'), or None for conlleval-style matching. mode: 'strict' or None."
+                f"{list(_SCHEMES)} (with mode='strict'), or None. mode: None for conlleval-style matching, or "
+                "'strict' to match by `scheme` (which seqeval infers from the tags when it is None)."
             ),
             features=datasets.Features(
                 {
@@ -70,7 +71,7 @@ class Seqeval(evaluate.Metric):
                 raise ValueError(f"`scheme` must be one of {list(_SCHEMES)} or None, got {scheme!r}.")
             scheme_class = getattr(seqeval.scheme, scheme)
         if mode not in (None, "strict"):
-            raise ValueError(f"`mode` must be None (conlleval-style) or 'strict', got {mode!r}.")
+            raise ValueError(f"`mode` must be None (conlleval-style) or 'strict' (by `scheme`), got {mode!r}.")
         if scheme is not None and mode is None:
             # seqeval reads the scheme only in strict mode; without it the match would silently be lenient.
             raise ValueError(f"`scheme={scheme!r}` takes effect only with mode='strict'; pass both, or neither for "
@@ -146,8 +147,11 @@ def _check_tag_prefixes(names: Sequence[str], scheme: str | None) -> None:
         if not dash or not entity or prefix not in ("B", "I", "E", "S", "L", "U"):
             raise ValueError(
                 f"Tag {name!r} has no B-/I-/E-/S-/L-/U- prefix; seqeval reads a tag as <prefix>-<type> (it would take "
-                f"{name!r} as prefix {name[:1]!r} of type {name[2:]!r}). Name the tags of an IO scheme 'I-<type>' "
-                f"(e.g. 'I-{name}'), which scores each run of a type as one entity."
+                f"{name!r} as prefix {name[:1]!r} of type {name[1:]!r}). "
+                + (f"Name the tags of an IO scheme 'I-<type>' (e.g. 'I-{name}'): conlleval-style matching scores each "
+                   "run of a type as one entity." if scheme in (None, "IOB1", "IOE1") else
+                   f"Write the tags in scheme {scheme!r} (e.g. 'B-{name}' opening each entity, as IOB2 does), or score "
+                   "IO tags named 'I-<type>' with scheme=None.")
             )
         if scheme is None and prefix in ("L", "U"):
             raise ValueError(

@@ -225,7 +225,7 @@ def _adversarial_text(args: Any, steps_trained: int | None) -> str:
         return (f"Embedding-space `{args.adversarial}` training was set to start at optimizer step {start}; this "
                 f"model was saved at step {steps_trained}, no step had been attacked.")
     objective = _ADVERSARIAL_OBJECTIVES[args.adv_objective]
-    when = f"From optimizer step {start}, each" if start else "Each"
+    when = f"After {start} optimizer steps on clean inputs, each" if start else "Each"
     if args.adversarial == "freelb":
         alone = " (no label term)" if args.adv_objective == "kd" else ""
         trained = (f"{when} step trained on {objective}{alone}, averaged over {args.adv_steps} perturbed passes, in "

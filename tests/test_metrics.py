@@ -83,8 +83,10 @@ def test_token_classification_metrics_with_a_scheme_scores_strictly():
 
 def test_token_classification_metrics_refuse_tags_without_a_prefix():
     # IO tags named by type alone ("PER") would be read by seqeval as prefix "P" and type "ER".
-    with pytest.raises(ValueError, match=r"'PER'.*I-PER"):
+    with pytest.raises(ValueError, match=r"'PER'.*type 'ER'.*I-PER"):
         token_classification_metrics(["O", "PER", "LOC"])
+    with pytest.raises(ValueError, match=r"scheme 'IOB2' \(e\.g\. 'B-PER'"):  # I-PER would score nothing under IOB2
+        token_classification_metrics(["O", "PER", "LOC"], scheme="IOB2")
     with pytest.raises(ValueError, match=r"'LABEL_0' is a placeholder.*id2label"):
         token_classification_metrics(["LABEL_0", "LABEL_1"])
     with pytest.raises(ValueError, match=r"`scheme` must be one of"):
