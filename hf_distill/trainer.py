@@ -98,9 +98,8 @@ from .views import TEACHER_VIEW_KEYS, TeacherViewCollator, has_teacher_view, tea
 
 logger = logging.getLogger(__name__)
 
-# Batch entries that only the trainer reads (the teacher's side of the batch), and those never given to the student.
+# Batch entries that only the trainer reads: the teacher's side of the batch, never given to the student.
 _TEACHER_SIDE = (CACHE_INDEX_COLUMN, TEACHER_LOGITS_KEY, *TEACHER_VIEW_KEYS)
-_NOT_MODEL_INPUTS = ("labels", *_TEACHER_SIDE)
 
 PROJECTOR_FILE = "feature_projector.pt"
 EMA_TEACHER_FILE = "ema_teacher.pt"
@@ -281,6 +280,7 @@ class DistillationTrainer(Trainer):
         # kept through Trainer's column removal for the teacher, and never handed to the student.
         self._teacher_only_inputs: tuple[str, ...] = tuple(sorted(
             set().union(*self._teacher_inputs) - forward_inputs(self._unwrap(self.model))))
+        self._teacher_keys = frozenset({*_TEACHER_SIDE, *self._teacher_only_inputs})  # never given to the student
         # [CLS], [SEP], [PAD]...: not [UNK] (a word the vocabulary lacks) nor [MASK] (written into words by augmentation).
         special = word_free_special_ids(processing_class) or []
         # The attack leaves special tokens alone by default; without processing_class, the collator's tokenizer
@@ -452,8 +452,7 @@ class DistillationTrainer(Trainer):
     def _student_inputs(self, inputs: dict[str, Any], *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
         """The entries of a batch that go to the student: not the labels (the loss is computed here), nor the teacher's
         side (its view, cached logits, inputs only a teacher takes), nor `drop`."""
-        leave_out = {*_NOT_MODEL_INPUTS, *self._teacher_only_inputs, *drop}
-        return {k: v for k, v in inputs.items() if k not in leave_out}
+        return {k: v for k, v in inputs.items() if k not in self._teacher_keys and k != "labels" and k not in drop}
 
     # ---- schedules and positions -------------------------------------------------------------------------------
 
@@ -550,7 +549,7 @@ class DistillationTrainer(Trainer):
         # Evaluation and prediction score the student alone, exactly as the stock Trainer does. The teacher's side of
         # a batch goes first: without labels the stock step calls the model directly, and a forward that takes
         # **kwargs would accept the teacher's columns silently.
-        inputs = {k: v for k, v in inputs.items() if k not in _TEACHER_SIDE and k not in self._teacher_only_inputs}
+        inputs = {k: v for k, v in inputs.items() if k not in self._teacher_keys}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -1319,6 +1318,11 @@ def _refuse_shared_weights(teachers: list[nn.Module], student: nn.Module, cast: 
             )
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path `path` is `folder` or below it (both already `os.path.realpath`)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
 def _refuse_teacher_in_output_dir(teachers: list[nn.Module], output_dir: str, pushing: bool) -> None:
     """A teacher loaded from `output_dir` itself would be overwritten by the student's save, one loaded from a
     `checkpoint-*` folder in it deleted by checkpoint rotation, and anything inside it uploaded by `push_to_hub`
@@ -1329,7 +1333,7 @@ def _refuse_teacher_in_output_dir(teachers: list[nn.Module], output_dir: str, pu
         if not source or not os.path.isdir(source):
             continue
         source = os.path.realpath(source)
-        if os.path.commonpath([source, out]) != out:
+        if not _inside(source, out):
             continue
         inside = os.path.relpath(source, out).split(os.sep)
         if source == out:
@@ -1353,7 +1357,7 @@ def _refuse_cache_in_pushed_folder(cache: TeacherLogitCache, args: DistillationA
     if not (args.push_to_hub or pushing):
         return
     cache_path, output_dir = os.path.realpath(cache.path), os.path.realpath(args.output_dir)
-    if os.path.commonpath([cache_path, output_dir]) == output_dir:
+    if _inside(cache_path, output_dir):
         raise ValueError(
             f"The teacher-logit cache at {cache.path} is inside `output_dir` ({args.output_dir}), which `push_to_hub` "
             "uploads whole: the cache would be published with the student. Build the cache outside it (next to the "
