@@ -42,7 +42,14 @@ import torch
 from common import NaiveKDTrainer, machine, minilm_path, setup_logging, write_results
 from ner_conll2003 import KD_SETTINGS, load_data
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import AutoModelForTokenClassification, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import (
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from hf_distill import DistillationArguments, DistillationTrainer, build_teacher_cache, create_student
 

@@ -125,10 +125,8 @@ def distillation_objective(
     """
     num_classes = student_logits.shape[-1]
     flat_student = student_logits.reshape(-1, num_classes)
-    zero = flat_student.new_zeros((), dtype=torch.float32)
     mask = distill_mask.reshape(-1).bool()
 
-    kd_sum, kd_count = zero, zero.long()
     if alpha > 0:
         if teacher_logits is None:
             raise ValueError("`teacher_logits` is required when alpha > 0.")
@@ -149,8 +147,9 @@ def distillation_objective(
             teacher_labels=teacher_labels,
         )
         kd_sum, kd_count = torch.where(mask, rows, 0.0).sum(), mask.sum()
+    else:  # a term that is not computed is a zero sum over zero positions
+        kd_sum, kd_count = _zero_term(flat_student)
 
-    ce_sum, ce_count = zero, zero.long()
     if alpha < 1:
         if labels is None:
             raise ValueError("`labels` are required when alpha < 1; set alpha=1 to train on the teacher alone.")
@@ -158,11 +157,18 @@ def distillation_objective(
         ce_count = flat_labels.ne(IGNORE_INDEX).sum()
         ce_sum = F.cross_entropy(flat_student.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum",
                                  label_smoothing=label_smoothing)
+    else:
+        ce_sum, ce_count = _zero_term(flat_student)
 
     kd_div = kd_count.clamp_min(1) if kd_normalizer is None else _at_least_one(kd_normalizer)
     ce_div = ce_count.clamp_min(1) if ce_normalizer is None else _at_least_one(ce_normalizer)
     loss = alpha * kd_sum / kd_div + (1.0 - alpha) * ce_sum / ce_div
     return DistillationLoss(loss, kd_sum.detach(), kd_count, ce_sum.detach(), ce_count)
+
+
+def _zero_term(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(sum, count)` of a term with no positions: fp32 and int64 zeros on `like`'s device."""
+    return like.new_zeros((), dtype=torch.float32), like.new_zeros((), dtype=torch.long)
 
 
 def _at_least_one(value: torch.Tensor | float) -> torch.Tensor | float:

@@ -499,8 +499,8 @@ class DistillationTrainer(Trainer):
 
         Returns `(batches, counts)` where `counts` is a tensor `[distilled, labelled, tokens]` summed over the
         micro-batches (and over processes when `average_tokens_across_devices`): distilled positions, labelled
-        positions (plus pseudo-label candidates when `pseudo_label_threshold` is set) and real tokens (for
-        feature distillation). Trainer passes it to `compute_loss` as `num_items_in_batch`.
+        positions (plus pseudo-label candidates when `pseudo_label_threshold` is set) and real tokens (counted for
+        feature distillation only, else 0). Trainer passes it to `compute_loss` as `num_items_in_batch`.
         """
         # Trainer's own count (labels only, gathered across processes) would be thrown away: collect without it.
         batch_samples = []
@@ -515,8 +515,9 @@ class DistillationTrainer(Trainer):
             labelled = labels.ne(IGNORE_INDEX).sum() if labels is not None else torch.zeros((), dtype=torch.long)
             if self.args.pseudo_label_threshold is not None:
                 labelled = labelled + self.pseudo_label_candidates(batch).sum()
-            rows.append(torch.stack([self.distill_mask(batch).sum(), labelled.to(batch["input_ids"].device),
-                                     self.feature_mask(batch).sum()]))
+            distilled = self.distill_mask(batch).sum()
+            tokens = self.feature_mask(batch).sum() if self.args.uses_features else distilled.new_zeros(())
+            rows.append(torch.stack([distilled, labelled.to(batch["input_ids"].device), tokens]))
         counts = torch.stack(rows).sum(0).to(device, non_blocking=True) if rows else torch.zeros(
             3, dtype=torch.long, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -582,7 +583,7 @@ class DistillationTrainer(Trainer):
         self._window.add(parts, temperature, alpha)
         for name, total, count in ratios:
             self._window.add_ratio(name, total, count)
-        loss = parts.loss * scale
+        loss = parts.loss * scale if scale != 1.0 else parts.loss  # one device operation fewer per step
         return (loss, outputs) if return_outputs else loss
 
     def _keeps_processes_in_step(self) -> bool:
