@@ -1103,6 +1103,13 @@ class DistillationTrainer(Trainer):
         checkpoints are rotated out (`save_total_limit`) only once this one is complete, so that a kill while saving
         never leaves the run without a checkpoint to resume from."""
         self._trainer_state_saved_in = None  # a second train() may save the same step again: write it anew
+        if self.args.should_save:
+            # A folder saved again is complete only once rewritten: an earlier save's marker and state file would
+            # otherwise vouch for it while its files are half this save's, half the earlier one's.
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            for name in (CHECKPOINT_MARKER, "trainer_state.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # Trainer would rotate before the trainer-owned state and the marker
         try:

@@ -464,3 +464,29 @@ def test_a_skip_warning_names_the_step_log_history_uses(tokenizer, tmp_path, cap
     trainer.train()
     assert "at step 2" in caplog.text
     assert next(h for h in trainer.state.log_history if h.get("skipped_batches"))["step"] == 2
+
+
+def test_a_checkpoint_saved_again_is_not_complete_until_rewritten(tokenizer, tmp_path, monkeypatch):
+    # A second run in the same output_dir saves checkpoint-2 again and is killed half-way: the first run's marker and
+    # trainer_state.json must not vouch for a folder whose weights are the second run's and optimizer the first's.
+    from hf_distill import DistillationTrainer
+    from hf_distill.files import last_complete_checkpoint
+
+    def run():
+        return ner_trainer(tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2,
+                           output_dir=str(tmp_path / "out"))
+
+    run().train()
+    folder = tmp_path / "out" / "checkpoint-2"
+    assert (folder / CHECKPOINT_MARKER).is_file()
+
+    def killed(self, output_dir):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(DistillationTrainer, "_save_optimizer_and_scheduler", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run().train()
+    assert not (folder / CHECKPOINT_MARKER).exists() and not (folder / "trainer_state.json").exists()
+    assert last_complete_checkpoint(tmp_path / "out") == (None, [str(folder)])
+    with pytest.raises(ValueError, match="incomplete checkpoint"):
+        run().train(resume_from_checkpoint=str(folder))
