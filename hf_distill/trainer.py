@@ -1230,6 +1230,13 @@ class DistillationTrainer(Trainer):
             # A checkpoint from plain Trainer has no marker but does have its state file, written near the end.
             has_state = os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json"))
             if not is_complete_checkpoint(resume_from_checkpoint) and not has_state:
+                inside, _ = last_complete_checkpoint(resume_from_checkpoint)
+                if inside is not None:
+                    raise ValueError(
+                        f"{resume_from_checkpoint!r} is a run's output folder, not a checkpoint. Pass the path of one "
+                        f"of its checkpoints (the last complete one is {inside!r}), or `resume_from_checkpoint=True` "
+                        "with that folder as `output_dir`."
+                    )
                 earlier, _ = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
                 raise ValueError(
                     f"{resume_from_checkpoint!r} is an incomplete checkpoint (the run stopped while saving it). "

@@ -490,3 +490,14 @@ def test_a_checkpoint_saved_again_is_not_complete_until_rewritten(tokenizer, tmp
     assert last_complete_checkpoint(tmp_path / "out") == (None, [str(folder)])
     with pytest.raises(ValueError, match="incomplete checkpoint"):
         run().train(resume_from_checkpoint=str(folder))
+
+
+def test_resuming_from_the_output_folder_itself_points_to_its_checkpoints(tokenizer, tmp_path):
+    def run():
+        return ner_trainer(tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2,
+                           output_dir=str(tmp_path / "out"))
+
+    run().train()
+    with pytest.raises(ValueError, match="output folder, not a checkpoint") as error:
+        run().train(resume_from_checkpoint=str(tmp_path / "out"))
+    assert "checkpoint-2" in str(error.value) and "resume_from_checkpoint=True" in str(error.value)
