@@ -1155,6 +1155,8 @@ class DistillationTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load the student as Trainer does, then the trainer-owned state: the feature projection and the EMA
         teacher."""
+        if self.feature_projector is None and os.path.isfile(os.path.join(resume_from_checkpoint, PROJECTOR_FILE)):
+            raise ValueError(_other_projection(resume_from_checkpoint, "this run has none"))
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         marker = os.path.join(resume_from_checkpoint, CHECKPOINT_MARKER)
         if os.path.isfile(marker):  # the count of skipped batches carries on
@@ -1183,7 +1185,10 @@ class DistillationTrainer(Trainer):
                     "without the same feature-distillation / self-distillation settings, or its save was cut short. "
                     "Resume with the settings of the run that wrote it from a complete checkpoint, or start a new run."
                 )
-            module.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+            state = torch.load(path, map_location=self.args.device, weights_only=True)
+            if module is self.feature_projector and _shapes(state) != _shapes(module.state_dict()):
+                raise ValueError(_other_projection(folder, "this run's differs (another layer map or model sizes)"))
+            module.load_state_dict(state)
 
     def _save_rng_state(self, output_dir):
         super()._save_rng_state(output_dir)
@@ -1244,6 +1249,19 @@ class DistillationTrainer(Trainer):
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval)
+
+
+def _other_projection(folder: str, this_run: str) -> str:
+    return (
+        f"{folder!r} holds a hidden-state projection ({PROJECTOR_FILE}) and {this_run}: it was saved with other "
+        "hidden-state distillation settings (`hidden_distill_weight`, `feature_layer_map`), and its optimizer state "
+        "cannot continue without the same projection. Resume with the settings of the run that wrote it, or start a "
+        "new run from its weights (`from_pretrained` on the checkpoint folder) without `resume_from_checkpoint`."
+    )
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(value.shape) for name, value in state.items()}
 
 
 def _adapter_base(model: nn.Module) -> str | None:

@@ -56,7 +56,7 @@ def _projector_trainer(tokenizer, tmp_path, out, **kwargs):
     student = tiny_token_model(tokenizer, layers=1, seed=1, hidden=16)
     return ner_trainer(tokenizer, tmp_path, student=student, output_dir=str(tmp_path / out), max_steps=4,
                        save_strategy="steps", save_steps=2, train_sampling_strategy="random",
-                       hidden_distill_weight=1.0, feature_layer_map="0:0,1:2", **kwargs)
+                       **{"hidden_distill_weight": 1.0, "feature_layer_map": "0:0,1:2", **kwargs})
 
 
 def test_a_projection_under_deepspeed_is_refused(tokenizer, tmp_path, monkeypatch):
@@ -727,3 +727,13 @@ def test_a_retry_of_auto_find_batch_size_starts_from_clean_gradients_and_logs(to
     retried, fresh = first_log("retried", 2, fail_at=2), first_log("fresh", 1)
     for key in ("grad_norm", "kd_loss", "hidden_loss", "loss"):
         assert retried[key] == pytest.approx(fresh[key], rel=1e-5), key
+
+
+@pytest.mark.parametrize("change", [{"hidden_distill_weight": 0.0}, {"feature_layer_map": "1:2"}])
+def test_resuming_with_other_feature_settings_names_the_projection(tokenizer, tmp_path, change):
+    cut = _projector_trainer(tokenizer, tmp_path, "cut")
+    cut.add_callback(StopAt(2))
+    cut.train()
+    resumed = _projector_trainer(tokenizer, tmp_path, "cut", **change)
+    with pytest.raises(ValueError, match="feature_projector.pt.*hidden-state distillation settings"):
+        resumed.train(resume_from_checkpoint=True)
