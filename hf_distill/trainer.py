@@ -323,6 +323,7 @@ class DistillationTrainer(Trainer):
         self._window = _LossWindow()
         self._run_batches = [0, 0]
         self.skipped_batches = 0
+        self._skipped_before_resume = 0  # the count a resumed checkpoint carried, for the final metrics
         self._attack = None
         if args.adversarial != "none":
             self._check_embedding_path = EmbeddingPathCheck()
@@ -957,8 +958,9 @@ class DistillationTrainer(Trainer):
             if self.accelerator.num_processes > 1:
                 tail = self.accelerator.reduce(tail, reduction="sum")
             trained, skipped = self._run_batches[0] + int(tail[0]), self._run_batches[1] + int(tail[1])
-            if skipped:
-                logs["skipped_batches"] = skipped
+            if skipped + self._skipped_before_resume:  # the whole run's count, as `skipped_batches` carries it
+                logs["skipped_batches"] = skipped + self._skipped_before_resume
+            if skipped:  # Trainer's train_loss covers this train() call only
                 logs["train_loss"] = logs["train_loss"] * (trained + skipped) / trained if trained else float("nan")
         super().log(logs, start_time)
 
@@ -1161,7 +1163,7 @@ class DistillationTrainer(Trainer):
         marker = os.path.join(resume_from_checkpoint, CHECKPOINT_MARKER)
         if os.path.isfile(marker):  # the count of skipped batches carries on
             with open(marker, encoding="utf-8") as handle:
-                self.skipped_batches = json.load(handle).get("skipped_batches", 0)
+                self.skipped_batches = self._skipped_before_resume = json.load(handle).get("skipped_batches", 0)
         self._load_trainer_owned_state(resume_from_checkpoint)
 
     def _load_best_model(self):
@@ -1220,6 +1222,7 @@ class DistillationTrainer(Trainer):
         `resume_from_checkpoint=True` picks the last *complete* checkpoint in `output_dir` (one cut short by a crash
         while saving is skipped with a warning); a path to an incomplete checkpoint is refused.
         """
+        self._skipped_before_resume = 0  # set again by a resume's checkpoint
         if resume_from_checkpoint is True:
             folder, incomplete = last_complete_checkpoint(self.args.output_dir)
             for skipped in incomplete:

@@ -272,8 +272,10 @@ def test_the_count_of_skipped_batches_carries_on_after_a_resume(tokenizer, tmp_p
     assert first.skipped_batches == 1
     resumed = ner_trainer(tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2,
                           output_dir=str(tmp_path / "out"))
-    resumed.train(resume_from_checkpoint=True)
+    output = resumed.train(resume_from_checkpoint=True)
     assert resumed.skipped_batches == 1  # the batch skipped before the checkpoint still counts
+    assert output.metrics["skipped_batches"] == 1  # in the run's final metrics too
+    assert resumed.state.log_history[-1]["skipped_batches"] == 1
 
 
 def test_a_process_whose_whole_logging_window_was_skipped_reduces_like_the_others():
