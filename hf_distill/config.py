@@ -417,17 +417,22 @@ class DistillationArguments(TrainingArguments):
         # Transformers 5 calls them activation_checkpointing(_kwargs) and keeps the gradient_checkpointing names in step.
         checkpointing = getattr(self, "activation_checkpointing", self.gradient_checkpointing)
         kwargs = getattr(self, "activation_checkpointing_kwargs", self.gradient_checkpointing_kwargs)
-        reentrant = checkpointing and isinstance(kwargs, dict) and kwargs.get("use_reentrant") is True
+        # Transformers turns None or {} into use_reentrant=False; a non-empty dict reaches torch's checkpoint as it
+        # is, and torch's default (use_reentrant missing or None) is the reentrant one.
+        reentrant = checkpointing and isinstance(kwargs, dict) and bool(kwargs) and kwargs.get("use_reentrant") in (
+            True, None)
+        which = f"`use_reentrant={kwargs.get('use_reentrant')}`" if reentrant and kwargs.get("use_reentrant") else (
+            "`gradient_checkpointing_kwargs` without `use_reentrant`, which torch takes as True")
         if self.attention_distill_weight > 0 and reentrant:
             raise ValueError(
                 "Attention distillation trains the student's attention maps, which reentrant gradient checkpointing "
-                "(`use_reentrant=True`) returns without gradient: the attention loss would be logged but train "
+                f"({which}) returns without gradient: the attention loss would be logged but train "
                 "nothing. Use `gradient_checkpointing_kwargs={'use_reentrant': False}` (Transformers' default)."
             )
         if self.adversarial in ("fgm", "pgd") and reentrant:
             raise ValueError(
                 f"`adversarial='{self.adversarial}'` takes the attack's gradient with `torch.autograd.grad`, which "
-                "reentrant gradient checkpointing (`use_reentrant=True`) does not support. Use "
+                f"reentrant gradient checkpointing ({which}) does not support. Use "
                 "`gradient_checkpointing_kwargs={'use_reentrant': False}` (Transformers' default), or "
                 "`adversarial='freelb'`, which back-propagates every pass."
             )

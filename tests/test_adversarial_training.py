@@ -151,8 +151,10 @@ def test_adversarial_step_keeps_trainers_step_hooks(tokenizer, tmp_path, monkeyp
     assert len(entered) == 2 * (1 + METHODS["fgm"])  # a step: the teacher, then each student pass
 
 
-def test_reentrant_checkpointing_is_refused_where_the_attack_needs_autograd_grad(tmp_path):
-    reentrant = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+@pytest.mark.parametrize("kwargs", [{"use_reentrant": True}, {"preserve_rng_state": True}, {"use_reentrant": None}])
+def test_reentrant_checkpointing_is_refused_where_the_attack_needs_autograd_grad(tmp_path, kwargs):
+    # A non-empty dict without use_reentrant reaches torch's checkpoint as it is, whose default is reentrant.
+    reentrant = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": kwargs}
     for method in ("fgm", "pgd"):
         with pytest.raises(ValueError, match=r"reentrant gradient checkpointing.*use_reentrant': False"):
             DistillationArguments(output_dir=str(tmp_path), report_to="none", adversarial=method, **reentrant)
@@ -160,6 +162,13 @@ def test_reentrant_checkpointing_is_refused_where_the_attack_needs_autograd_grad
     # The attention maps come back without gradient: the attention term would train nothing.
     with pytest.raises(ValueError, match=r"attention maps.*reentrant.*train nothing.*use_reentrant': False"):
         DistillationArguments(output_dir=str(tmp_path), report_to="none", attention_distill_weight=1.0, **reentrant)
+
+
+@pytest.mark.parametrize("kwargs", [None, {}, {"use_reentrant": False}, {"use_reentrant": False, "preserve_rng_state": True}])
+def test_non_reentrant_checkpointing_is_accepted(tmp_path, kwargs):
+    # None and {} become Transformers' default, use_reentrant=False.
+    DistillationArguments(output_dir=str(tmp_path), report_to="none", adversarial="pgd", attention_distill_weight=1.0,
+                          gradient_checkpointing=True, gradient_checkpointing_kwargs=kwargs)
 
 
 def test_special_tokens_stay_clean_without_processing_class(tokenizer, tmp_path, monkeypatch):
