@@ -188,8 +188,9 @@ def attention_kl(
     return per_token[mask].sum(), mask.sum()
 
 
-ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
-"""The config attribute of attention dropout: BERT-style configs call it the first, DistilBERT-style ones the second."""
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+"""The config attribute of attention dropout: BERT-style configs call it the first, DistilBERT-style ones the second,
+GPT-2-style ones the third."""
 
 
 def attention_dropout_field(config: Any) -> str | None:

@@ -65,6 +65,7 @@ from .config import DistillationArguments
 from .data import word_free_special_ids
 from .ensemble import combine_teacher_logits
 from .features import (
+    ATTENTION_DROPOUT_FIELDS,
     FeatureProjector,
     attention_dropout_field,
     attention_kl,
@@ -693,8 +694,14 @@ class DistillationTrainer(Trainer):
                     f"{student.num_attention_heads} heads and the teacher {teacher.num_attention_heads}. Give the "
                     "student the teacher's head count, or use `hidden_distill_weight` alone."
                 )
-            name = attention_dropout_field(student) or "attention_probs_dropout_prob"
-            dropout = getattr(student, name, 0.0) or 0.0
+            name = attention_dropout_field(student)
+            dropout = getattr(student, name, 0.0) or 0.0 if name is not None else 0.0
+            if name is None:
+                logger.warning(
+                    "Attention distillation needs a student that does not drop attention probabilities in training, "
+                    "but hf-distill cannot check this one: its config (%s) has none of the attention-dropout fields "
+                    "it knows (%s). Make sure that the student's attention dropout is off.",
+                    getattr(student, "model_type", type(student).__name__), ", ".join(ATTENTION_DROPOUT_FIELDS))
             if dropout > 0:
                 raise ValueError(
                     f"Attention distillation compares attention distributions, but the student drops attention "

@@ -232,6 +232,35 @@ def test_attention_distillation_refuses_dropout_and_other_head_counts(tokenizer,
     ner_trainer(tokenizer, tmp_path, student=distil(1, 0.0), teacher=distil(2, 0.0), attention_distill_weight=1.0)
 
 
+def test_attention_distillation_refuses_a_gpt2_style_student_that_drops_attention(tokenizer, tmp_path, caplog):
+    # GPT-2 names it attn_pdrop (0.1 by default): the check read a field the config does not have, and passed.
+    from transformers import GPT2Config, GPT2ForTokenClassification
+
+    def gpt2(layers, dropout):
+        return GPT2ForTokenClassification(GPT2Config(
+            vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=layers, n_head=2, n_positions=64, attn_pdrop=dropout,
+            pad_token_id=tokenizer.pad_token_id, num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
+            label2id={name: i for i, name in enumerate(NER_LABELS)}))
+
+    with pytest.raises(ValueError, match=r"`attn_pdrop=0.1`"):
+        ner_trainer(tokenizer, tmp_path, student=gpt2(1, 0.1), teacher=gpt2(2, 0.0), attention_distill_weight=1.0)
+    ner_trainer(tokenizer, tmp_path, student=gpt2(1, 0.0), teacher=gpt2(2, 0.0), attention_distill_weight=1.0)
+
+
+def test_attention_distillation_warns_where_it_cannot_see_the_students_attention_dropout(
+        tokenizer, tmp_path, caplog, monkeypatch):
+    import hf_distill.features as features
+    import hf_distill.trainer as trainer_module
+
+    # A config that names its attention dropout in a way hf-distill does not know.
+    monkeypatch.setattr(features, "ATTENTION_DROPOUT_FIELDS", ("attention_dropout_rate",))
+    monkeypatch.setattr(trainer_module, "ATTENTION_DROPOUT_FIELDS", ("attention_dropout_rate",))
+    with caplog.at_level("WARNING"):
+        ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, **NO_DROP),
+                    attention_distill_weight=1.0)
+    assert "cannot check" in caplog.text and "attention_dropout_rate" in caplog.text
+
+
 # ---- several teachers -----------------------------------------------------------------------------------------
 
 
