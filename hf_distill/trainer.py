@@ -1326,6 +1326,12 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             "batches) would teach different things. Pass the teacher the cache was built with, or rebuild the cache "
             "with this one (`build_teacher_cache(..., overwrite=True)`)."
         )
+    if cache is not None and teachers and args.uses_features:
+        raise ValueError(
+            "Hidden-state and attention distillation runs the online teacher on every batch, and its logits come "
+            "exact from the same forward: a teacher cache would be read and never used. Train with `teacher_model` "
+            "alone (drop `teacher_cache`), or without feature distillation to train from the cache."
+        )
     if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
         raise ValueError(
             f"`teacher_weights` has {len(args.teacher_weights)} weights but {len(teachers)} teachers were given; "

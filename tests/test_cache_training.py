@@ -244,3 +244,12 @@ def test_a_pickled_cache_maps_its_files_again_instead_of_copying_them(tokenizer,
     copy = pickle.loads(payload)
     assert isinstance(copy._values, np.memmap) and isinstance(copy._offsets, np.memmap)
     assert torch.equal(copy.logits([3, 1], seq_len=12), cache.logits([3, 1], seq_len=12))
+
+
+@pytest.mark.parametrize("feature", ["hidden_distill_weight", "attention_distill_weight"])
+def test_a_cache_beside_feature_distillation_is_refused(tokenizer, tmp_path, feature):
+    # Feature distillation runs the teacher on every batch and takes its exact logits from that forward: the cache
+    # was read and thrown away, while the model card said the logits were cached (top-k: approximate).
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    with pytest.raises(ValueError, match=r"runs the online teacher on every batch.*drop `teacher_cache`"):
+        _trainer(tokenizer, tmp_path, teacher, data, collator, cache=cache, **{feature: 1.0})
