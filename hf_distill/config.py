@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,14 +50,24 @@ def _check_types(args: DistillationArguments) -> None:
             ok, what, plain = isinstance(value, numbers.Integral) and not boolean, "an integer", int
         elif kinds == {"float"}:
             ok, what, plain = isinstance(value, numbers.Real) and not boolean, "a number", float
+        elif kinds == {"str"}:  # (a layer map may also be given as a {student: teacher} mapping)
+            mapping = name == "feature_layer_map" and isinstance(value, Mapping)
+            ok, what, plain = isinstance(value, str) or mapping, "text", str
         else:
             continue
-        if ok and type(value) is not plain and not (plain is float and type(value) is int):
+        if ok and type(value) is not plain and not (plain is float and type(value) is int) and not (
+                plain is str and isinstance(value, Mapping)):
             setattr(args, name, plain(value))  # a numpy scalar (from a sweep, say) as a Python one: JSON-serialisable
         if not ok:
-            quoted = " (a string: write the number unquoted, or read YAML files with hf_distill.cli, which follows " \
-                "YAML 1.2, where 1e-2 is a number)" if isinstance(value, str) else ""
-            raise ValueError(f"`{name}` must be {what}, got {value!r}{quoted}.")
+            if plain is str:
+                hint = (" (YAML 1.1 readers such as PyYAML read an unquoted 2:4 as the base-60 number 124 and no as "
+                        "false: quote the value, or read YAML files with hf_distill.cli, which follows YAML 1.2)")
+            elif isinstance(value, str):
+                hint = (" (a string: write the number unquoted, or read YAML files with hf_distill.cli, which follows "
+                        "YAML 1.2, where 1e-2 is a number)")
+            else:
+                hint = ""
+            raise ValueError(f"`{name}` must be {what}, got {value!r}{hint}.")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

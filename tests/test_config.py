@@ -129,3 +129,16 @@ def test_numpy_scalars_are_numbers_too():
                                  adv_perturb_special_tokens=np.bool_(True))
     assert args.alpha == 0.25 and args.adv_steps == 2 and type(args.adv_steps) is int
     assert '"alpha": 0.25' in args.to_json_string()
+
+
+@pytest.mark.parametrize("field, value", [("feature_layer_map", 124), ("adversarial", False), ("distill_loss", 1.5)])
+def test_a_text_field_given_another_type_says_how_yaml_read_it(tmp_path, field, value):
+    # PyYAML (YAML 1.1) reads an unquoted `2:4` as the base-60 number 124, and `no` as false: such a value reached
+    # dict() or a comparison with a bare TypeError, or matched no choice with a misleading message.
+    with pytest.raises(ValueError, match=rf"`{field}` must be text, got {value!r}.*quote"):
+        DistillationArguments(output_dir=str(tmp_path), report_to="none", **{field: value})
+
+
+def test_a_layer_map_may_be_a_mapping(tmp_path):
+    args = DistillationArguments(output_dir=str(tmp_path), report_to="none", feature_layer_map={1: 2, 2: 4})
+    assert args.feature_layer_map == {1: 2, 2: 4}
