@@ -77,14 +77,16 @@ def _labels(config: Any) -> list[str] | None:
 def check_teachers_agree(teachers: list[nn.Module]) -> None:
     """An ensemble's teachers must name the same labels in the same order: their soft targets are mixed class by
     class, whatever the student's (possibly placeholder) label names allow."""
-    first = _labels(_base(teachers[0]).config) if teachers else None
-    for index, teacher in enumerate(teachers[1:], start=1):
-        labels = _labels(_base(teacher).config)
-        if first is not None and labels is not None and labels != first:
+    named = [(i, t, labels) for i, t in enumerate(teachers) if (labels := _labels(_base(t).config)) is not None]
+    # Every teacher that names its labels is compared with the first that does (placeholder names say nothing).
+    for index, teacher, labels in named[1:]:
+        first_index, first_teacher, first = named[0]
+        if labels != first:
             same = sorted(labels) == sorted(first)
             raise ValueError(
-                f"Teacher {index} ({model_name(teacher)}) has the labels {labels}, teacher 0 ({model_name(teachers[0])}) "
-                f"{first}: {'the same labels in another order' if same else 'another label set'}. An ensemble mixes "
+                f"Teacher {index} ({model_name(teacher)}) has the labels {labels}, teacher {first_index} "
+                f"({model_name(first_teacher)}) {first}: "
+                f"{'the same labels in another order' if same else 'another label set'}. An ensemble mixes "
                 "its teachers' outputs class by class; use teachers fine-tuned on the same label set, with the same "
                 "`id2label`."
             )

@@ -698,6 +698,10 @@ def test_an_ensembles_teachers_must_agree_on_their_labels_and_a_bad_one_is_named
     with pytest.raises(ValueError, match=r"Teacher 1 \(acme/teacher-2\) has the labels \['pos', 'neg'\].*another order"):
         build([named(1, ["neg", "pos"]), named(2, ["pos", "neg"])])
     build([named(1, ["neg", "pos"]), named(2, ["neg", "pos"])])
+    # A first teacher with placeholder names says nothing about the order: the others are still compared.
+    unnamed = tiny_sequence_model(tokenizer, seed=3)
+    with pytest.raises(ValueError, match=r"Teacher 2 \(acme/teacher-2\) has the labels \['pos', 'neg'\], teacher 1 "):
+        build([unnamed, named(1, ["neg", "pos"]), named(2, ["pos", "neg"])])
     # A teacher that fails against the student is named by its place in the list.
     three = tiny_sequence_model(tokenizer, num_labels=3)
     three.config._name_or_path = "acme/three-way"
