@@ -896,8 +896,8 @@ def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: 
     if len(unlabeled) == 0:
         raise ValueError("`unlabeled` is empty (after filtering?): there is nothing to mix in. Pass the labeled set "
                          "alone, or check the filter that built the unlabeled one.")
-    per_token = isinstance(labeled.features["labels"], datasets.Sequence | datasets.List) if hasattr(
-        datasets, "List") else isinstance(labeled.features["labels"], datasets.Sequence)
+    sequences = tuple(getattr(datasets, n) for n in ("Sequence", "List", "LargeList") if hasattr(datasets, n))
+    per_token = isinstance(labeled.features["labels"], sequences + (list,))  # (list: the `[Value]` shorthand)
     shared = [c for c in labeled.column_names if c in unlabeled.column_names and c != "labels"]
     unlabeled = unlabeled.remove_columns([c for c in unlabeled.column_names if c not in shared])
     unlabeled = unlabeled.map(

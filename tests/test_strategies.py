@@ -473,6 +473,17 @@ def test_mixed_token_data_distils_unlabeled_rows_on_all_subwords(tokenizer, tmp_
     trainer.train()
 
 
+def test_mix_unlabeled_fills_large_list_token_labels(tokenizer):
+    # Arrow large lists (a parquet file written with them) train like lists; mixing failed on a cast error.
+    from datasets import LargeList, Value
+
+    labeled = ner_dataset(tokenizer, n=3)
+    labeled = labeled.cast_column("labels", LargeList(Value("int64")))
+    mixed = mix_unlabeled(labeled, ner_dataset(tokenizer).select(range(3, 5)).remove_columns("labels"))
+    assert [len(r) for r in mixed["labels"][3:]] == [len(r) for r in mixed["input_ids"][3:]]
+    assert [set(r) for r in mixed["labels"][3:]] == [{-100}] * 2
+
+
 def test_token_pseudo_labels_need_all_subwords(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="Use `distill_positions='all_subwords'` with `pseudo_label_threshold`"):
         ner_trainer(tokenizer, tmp_path, pseudo_label_threshold=0.9)
