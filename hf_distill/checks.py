@@ -270,6 +270,19 @@ def check_token_labels(dataset: Any) -> None:
         )
 
 
+def unlabeled_token_rows(dataset: Any) -> int:
+    """Token classification: how many rows of an Arrow-backed dataset have no label at all (every label -100); 0 for
+    other kinds of dataset, whose rows are not read."""
+    if not isinstance(dataset, Dataset) or "labels" not in dataset.column_names:
+        return 0
+    labels = dataset.select_columns(["labels"]).with_format("arrow")[:].column("labels").combine_chunks()
+    if not (pa.types.is_list(labels.type) or pa.types.is_large_list(labels.type)):
+        return 0
+    labelled = pc.not_equal(pc.list_flatten(labels), _IGNORE_INDEX).to_numpy(zero_copy_only=False)
+    rows = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
+    return len(dataset) - len(np.unique(rows[labelled]))
+
+
 # Model families whose learned absolute positions bound the length, and how many position ids they reserve
 # (RoBERTa-style models count positions from pad_token_id + 1).
 _ABSOLUTE_POSITIONS = {"bert": 0, "distilbert": 0, "electra": 0, "roberta": None, "xlm-roberta": None,

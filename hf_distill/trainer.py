@@ -60,6 +60,7 @@ from .checks import (
     forward_inputs,
     infer_task,
     model_name,
+    unlabeled_token_rows,
 )
 from .config import DistillationArguments
 from .data import word_free_special_ids
@@ -231,6 +232,13 @@ class DistillationTrainer(Trainer):
                     check_token_labels(split)
         if self.task == TOKEN_CLASSIFICATION:
             check_token_labels(train_dataset)
+            unlabeled = unlabeled_token_rows(train_dataset) if args.distill_positions == "first_subword" else 0
+            if unlabeled:
+                logger.warning(
+                    "%d of %d training rows have no label at all (every label -100): with distill_positions="
+                    "'first_subword', which distils the labelled positions, they are neither distilled nor trained on. "
+                    "Set `distill_positions='all_subwords'` to distil them (e.g. rows from `mix_unlabeled`).",
+                    unlabeled, len(train_dataset))
         roles = [("student", model), *((f"teacher {i}" if len(teachers) > 1 else "teacher", t)
                                        for i, t in enumerate(teachers))]
         for split in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]:

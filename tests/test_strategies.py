@@ -473,6 +473,19 @@ def test_mixed_token_data_distils_unlabeled_rows_on_all_subwords(tokenizer, tmp_
     trainer.train()
 
 
+def test_unlabeled_token_rows_with_first_subword_positions_are_pointed_out(tokenizer, tmp_path, caplog):
+    # first_subword distils the labelled positions: a row with none is neither distilled nor trained on.
+    mixed = mix_unlabeled(ner_dataset(tokenizer, n=3), ner_dataset(tokenizer).select(range(3, 5)))
+    with caplog.at_level("WARNING"):
+        ner_trainer(tokenizer, tmp_path, dataset=mixed)
+    assert "2 of 5 training rows have no label" in caplog.text and "all_subwords" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ner_trainer(tokenizer, tmp_path, dataset=mixed, distill_positions="all_subwords")
+        ner_trainer(tokenizer, tmp_path, dataset=ner_dataset(tokenizer, n=3))
+    assert "have no label" not in caplog.text
+
+
 def test_mix_unlabeled_fills_large_list_token_labels(tokenizer):
     # Arrow large lists (a parquet file written with them) train like lists; mixing failed on a cast error.
     from datasets import LargeList, Value
