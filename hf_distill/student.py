@@ -120,7 +120,8 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
         distillation takes its default layer map.
 
     Raises:
-        ValueError: ``layers`` is empty, unsorted, repeated or out of range; or the architecture is not one of the
+        ValueError: ``layers`` is empty, unsorted, repeated or out of range; an override changes a weight's shape
+            (e.g. ``hidden_size``); or the architecture is not one of the
             supported families: BERT-style encoders with layers under ``<base>.encoder.layer.<i>.`` and
             ``config.num_hidden_layers`` (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ...) and DistilBERT
             (``transformer.layer.<i>.``, ``config.n_layers``).
@@ -163,7 +164,8 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
 
     student_state = {}
     used = set()
-    for key in student.state_dict():
+    shapes = {key: value.shape for key, value in student.state_dict().items()}
+    for key in shapes:
         match = _LAYER_KEY.match(key)
         if match and match["stack"] == stack:
             source = f"{stack}.{layers[int(match['index'])]}.{match['rest']}"
@@ -173,6 +175,15 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
             raise ValueError(
                 f"Cannot create a student from {type(teacher).__name__}: student weight {key!r} has no teacher weight "
                 f"{source!r}. create_student supports {_SUPPORTED}."
+            )
+        if shapes[key] != teacher_state[source].shape:
+            changed = ", ".join(f"`{n}={v!r}`" for n, v in config_overrides.items()) or "the config"
+            raise ValueError(
+                f"Student weight {key!r} has the shape {tuple(shapes[key])} but its teacher weight "
+                f"{source!r} {tuple(teacher_state[source].shape)}: {changed} changes the shape of copied weights, "
+                "which create_student cannot do (it copies the teacher's weights). Override only settings that keep "
+                "the shapes (dropout, ...); for a narrower student, build it from its own config and distil with "
+                "`hidden_distill_weight` (a projection bridges the hidden sizes)."
             )
         student_state[key] = teacher_state[source]
         used.add(source)

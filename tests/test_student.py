@@ -177,6 +177,11 @@ def test_config_overrides_reach_the_student_and_unknown_ones_are_refused(teacher
         create_student(teacher, [0], num_hidden_layers=3)
 
 
+def test_an_override_that_changes_a_weights_shape_is_refused_naming_it(teacher):
+    with pytest.raises(ValueError, match=r"`hidden_size=16` changes the shape of copied weights"):
+        create_student(teacher, [0], hidden_size=16)
+
+
 def test_a_peft_teacher_is_refused_with_the_merge_to_do_first(teacher):
     peft = pytest.importorskip("peft")
     lora = peft.get_peft_model(teacher, peft.LoraConfig(r=2, target_modules=["query"]))
