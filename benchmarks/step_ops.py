@@ -201,7 +201,10 @@ def main():
         notes="ATen operations dispatched per optimizer step (see the script's docstring for what is counted), on "
               "this CPU in fp32. `<method>_vs_plain_launch_bound` is plain's count over the method's: the throughput "
               "ratio of a step whose cost is all per-operation host overhead, an estimate to read next to the "
-              "measured GPU ratios in throughput_gpu*.json, not a speed measurement.",
+              "measured GPU ratios in throughput_gpu*.json, not a speed measurement. The GPU throughput files were measured before the "
+              "loss path lost 7 operations per step (commit bd34e69; this script at commit b27df40, before it, counted "
+              "cached 342 and online 435 with plain 289: launch-bound cached_vs_plain 0.845, next to the measured "
+              "GPU 0.842).",
     )
     # Each method's operations by name, kept in the json (RESULTS.md shows the totals).
     results["op_counts"] = {m: r.pop("op_counts") for m, r in results["runs"].items()}
