@@ -1133,15 +1133,27 @@ class DistillationTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        skipped = self._run_skipped_batches()  # every process takes part
+        # Each process wrote its own files (its RNG state): the checkpoint is complete once all of them have.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             run_dir = self._get_output_dir(trial=trial)
             folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
             if os.path.isdir(folder):
                 self._save_trainer_owned_state(folder)
                 atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
-                                  {"global_step": self.state.global_step, "skipped_batches": self.skipped_batches})
+                                  {"global_step": self.state.global_step, "skipped_batches": skipped})
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _run_skipped_batches(self) -> int:
+        """The batches skipped so far on every process, those of the checkpoint this run resumed from included
+        (`skipped_batches` counts this process's own, on top of the resumed checkpoint's count)."""
+        since_resume = self.skipped_batches - self._skipped_before_resume
+        if self.accelerator.num_processes > 1:
+            count = torch.tensor(since_resume, device=self.accelerator.device)
+            since_resume = int(self.accelerator.reduce(count, reduction="sum"))
+        return self._skipped_before_resume + since_resume
 
     def _save_trainer_owned_state(self, folder: str) -> None:
         """The feature projection and the EMA teacher, which a resume needs; written once per checkpoint."""
@@ -1202,7 +1214,9 @@ class DistillationTrainer(Trainer):
                     "without the same feature-distillation / self-distillation settings, or its save was cut short. "
                     "Resume with the settings of the run that wrote it from a complete checkpoint, or start a new run."
                 )
-            state = torch.load(path, map_location=self.args.device, weights_only=True)
+            # On the CPU: load_state_dict copies onto the module's device. (Under several CPU processes
+            # `args.device` is "cpu:0", which torch.load cannot map storages to.)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if module is self.feature_projector and _shapes(state) != _shapes(module.state_dict()):
                 raise ValueError(_other_projection(folder, "this run's differs (another layer map or model sizes)"))
             module.load_state_dict(state)

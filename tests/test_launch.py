@@ -51,3 +51,18 @@ def _compare(single, multi, logged):
     assert one["projector"].keys() == two["projector"].keys()
     for key in one["projector"]:
         assert torch.allclose(torch.tensor(one["projector"][key]), torch.tensor(two["projector"][key]), atol=1e-5), key
+
+
+def test_two_process_checkpoints_resume_completely(tmp_path):
+    """Under two processes: trainer-owned state loads onto the process's device, a checkpoint is marked complete only
+    once every process wrote its files, and batches skipped on any process are counted across a resume."""
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+          str(SCRIPT.with_name("distributed_resume.py")), str(tmp_path)], tmp_path)
+    facts = json.loads((tmp_path / "facts.json").read_text())
+    assert facts["world_size"] == 2
+    assert facts["resume"]["hidden"] < 1e-6 and facts["resume"]["ema"] < 1e-6, facts["resume"]
+    assert [seen["checkpoint"] for seen in facts["marker"]] == ["checkpoint-2", "checkpoint-4"]
+    for seen in facts["marker"]:  # process 1's files were there when the checkpoint was marked complete
+        assert {"rng_state_1.pth", "adversarial_rng_state_1.pth"} <= set(seen["files"]), seen
+    assert facts["skipped"] == {"straight": 1, "marker": 1, "resumed": 1}
