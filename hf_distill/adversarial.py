@@ -15,7 +15,9 @@ gradients cannot overflow. Every function returns fp32; cast to the embedding dt
 
 A training step with these pieces (the trainer owns the loop):
     FGM:      δ = fgm_delta(∇δ L(x), mask, epsilon=ε); backward L(x + δ).                       2 passes.
-    PGD-K:    δ ← init; K times: δ = project(ascent_step(δ, ∇δ L(x + δ), α), ε); backward L(x + δ).  K + 1 passes.
+    PGD-K:    g ← ∇δ L(x) (the clean pass's, at δ = 0); δ ← init; K times: δ = project(ascent_step(δ, g, α), ε),
+              g ← ∇δ L(x + δ); backward L(x + δ).                                                  K + 1 passes.
+              (The first step uses the clean pass's gradient even after a random start: it saves a pass.)
     FreeLB-K: δ ← init; K times: backward L(x + δ) / K (parameter gradients accumulate),
               δ = project(ascent_step(δ, ∇δ, α), ε).                                             K passes.
 
@@ -145,14 +147,23 @@ def check_embedding_path(model: nn.Module, input_ids: torch.Tensor, model_inputs
     # Both forwards run the same operations on the same values, so any real difference is far above rounding.
     if not torch.allclose(from_ids, from_embeds, rtol=1e-3, atol=1e-4 * scale):
         gap = float((from_ids - from_embeds).abs().max())
-        padding_side = "left" if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()) else None
+        padded_at = set()
+        if attention_mask is not None:
+            padded_at = {side for side, column in (("left", 0), ("right", -1))
+                         if bool((attention_mask[:, column] == 0).any())}
+        if "left" in padded_at:
+            hint = ("The batch is left-padded, and models such as RoBERTa number `inputs_embeds` positions from the "
+                    "left edge: pad on the right (`tokenizer.padding_side = \"right\"`).")
+        elif "right" in padded_at and from_ids.dim() == 2:
+            hint = ("The batch is right-padded, and sequence classifiers that pool the last non-padding token (GPT-2, "
+                    "Llama, Mistral...) find it from `input_ids` but take the last position from `inputs_embeds`: "
+                    "pad on the left (`tokenizer.padding_side = \"left\"`).")
+        else:
+            hint = ("Check that the model's forward treats `inputs_embeds` as the output of `get_input_embeddings()` "
+                    "(no extra scaling or position handling that only the `input_ids` path applies).")
         raise ValueError(
             f"{type(base).__name__} gives different logits from `inputs_embeds` than from `input_ids` on this batch "
-            f"(largest gap {gap:.3g}), so an embedding-space attack would not perturb the model you evaluate. "
-            + ("The batch is left-padded, and models such as RoBERTa number `inputs_embeds` positions from the left "
-               "edge: pad on the right (`tokenizer.padding_side = \"right\"`)." if padding_side == "left" else
-               "Check that the model's forward treats `inputs_embeds` as the output of `get_input_embeddings()` (no "
-               "extra scaling or position handling that only the `input_ids` path applies).")
+            f"(largest gap {gap:.3g}), so an embedding-space attack would not perturb the model you evaluate. " + hint
         )
 
 

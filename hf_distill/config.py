@@ -149,7 +149,8 @@ class DistillationArguments(TrainingArguments):
         adv_norm (`str`, defaults to `"l2"`):
             `"l2"` or `"linf"`: the norm of the ε-ball and of the ascent direction.
         adv_init_scale (`float`, defaults to `0.0`):
-            Norm of PGD's and FreeLB's random start (0: start from δ = 0).
+            Norm of PGD's and FreeLB's random start (0: start from δ = 0). PGD's first ascent step from it follows
+            the clean pass's gradient (taken at δ = 0), which saves a forward and backward per step.
         adv_weight (`float`, defaults to `1.0`):
             Weight of the adversarial term added to the clean loss (FGM, PGD).
         adv_start_step (`int`, defaults to `0`):

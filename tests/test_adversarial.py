@@ -234,6 +234,21 @@ def test_embedding_path_check_catches_positions_that_inputs_embeds_would_shift(t
     check_embedding_path(bert, left, {"attention_mask": left.ne(1).long()})  # BERT: absolute positions either way
 
 
+def test_embedding_path_check_tells_a_right_padded_last_token_pooler_to_pad_on_the_left():
+    """GPT-2-style classifiers pool the last non-pad token, found from `input_ids`; from `inputs_embeds` they take the
+    last position, which is padding in a right-padded batch."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=2, n_positions=40,
+                                                     num_labels=2, pad_token_id=0))
+    right = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    with pytest.raises(ValueError, match=r"right-padded.*last non-padding token.*padding_side = \"left\""):
+        check_embedding_path(model, right, {"attention_mask": right.ne(0).long()})
+    left = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    check_embedding_path(model, left, {"attention_mask": left.ne(0).long()})  # left padding: the same logits
+
+
 def test_the_path_is_checked_on_the_first_batch_and_the_first_padded_one_then_never():
     model = _tiny_roberta()
     calls = []
