@@ -6,6 +6,7 @@ from .cache import TeacherLogitCache, build_teacher_cache
 from .checks import check_label_range, check_teacher_student, infer_task
 from .config import DistillationArguments
 from .data import (
+    add_prefix_space,
     conll_label_names,
     iob1_to_iob2,
     load_text_classification_file,
@@ -43,6 +44,7 @@ __all__ = [
     "TeacherLogitCache",
     "TeacherViewCollator",
     "add_noisy_view",
+    "add_prefix_space",
     "attention_kl",
     "augment_input_ids",
     "build_model_card",

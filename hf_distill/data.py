@@ -27,6 +27,7 @@ from typing import Any, Literal
 import datasets
 import pyarrow.compute as pc
 from datasets.exceptions import DatasetGenerationError
+from tokenizers import pre_tokenizers
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -497,6 +498,44 @@ def keeps_word_starts(tokenizer: Any) -> bool:
     return second_word(split) == second_word(running)
 
 
+def add_prefix_space(tokenizer: Any) -> Any:
+    """Make a byte-level BPE `tokenizer` read pre-split words as running text (see [`keeps_word_starts`]), in place.
+
+    `AutoTokenizer.from_pretrained(name, add_prefix_space=True)` does this for RoBERTa, GPT-2 and BART, but a
+    tokenizer that loads as the generic `TokenizersBackend` (ModernBERT's, and others that ship only a
+    `tokenizer.json`) ignores that argument. This switches `add_prefix_space` on in the backend's `ByteLevel`
+    pre-tokenizer (alone or inside a `Sequence`), which `save_pretrained` then writes into `tokenizer.json`.
+
+    Returns:
+        `tokenizer`, changed in place (unchanged if it already keeps word starts).
+
+    Raises:
+        ValueError: it is not a fast tokenizer, or has no `ByteLevel` pre-tokenizer to switch, or still drops word
+            starts after the switch.
+    """
+    if keeps_word_starts(tokenizer):
+        return tokenizer
+    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    parts = [pre_tokenizer]
+    if isinstance(pre_tokenizer, pre_tokenizers.Sequence):  # its parts, by index (it has no len())
+        parts = [pre_tokenizer[i] for i in range(len(json.loads(pre_tokenizer.__getstate__())["pretokenizers"]))]
+    switched = [part for part in parts if isinstance(part, pre_tokenizers.ByteLevel)]
+    for part in switched:
+        part.add_prefix_space = True
+    if switched:
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizer
+        if hasattr(tokenizer, "add_prefix_space"):
+            tokenizer.add_prefix_space = True
+        tokenizer.init_kwargs["add_prefix_space"] = True  # as from_pretrained(..., add_prefix_space=True) records it
+    if not switched or not keeps_word_starts(tokenizer):
+        raise ValueError(
+            f"{type(tokenizer).__name__} drops the space that starts each pre-split word, and its pre-tokenizer "
+            f"({pre_tokenizer}) has no byte-level part whose `add_prefix_space` could be switched on. Tokenize running "
+            "text instead of word lists, or use a WordPiece or SentencePiece tokenizer for token classification."
+        )
+    return tokenizer
+
+
 def tokenize_and_align_labels(
     examples: dict[str, list[Any]],
     tokenizer: Any,
@@ -553,7 +592,8 @@ def tokenize_and_align_labels(
             "BPE tokenizer loaded with `add_prefix_space=False`, the default for RoBERTa, GPT-2 and BART), so every "
             "word would be tokenized as if it opened the sentence, unlike anything the model read in pre-training. "
             "Load it with `AutoTokenizer.from_pretrained(name, add_prefix_space=True)`, as Transformers' run_ner.py "
-            "does."
+            "does; a tokenizer that ignores that argument (one loaded as `TokenizersBackend`, such as ModernBERT's) "
+            "is switched in place by `hf_distill.add_prefix_space(tokenizer)`."
         )
     if max_length is not None and max_length < 1:
         raise ValueError(

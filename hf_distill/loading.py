@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from .checks import has_no_vocabulary
+from .data import add_prefix_space, keeps_word_starts
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +109,19 @@ def _other_head(model: PreTrainedModel, task: str) -> str | None:
     return None
 
 
-def load_tokenizer(name_or_path: str, **kwargs):
+def load_tokenizer(name_or_path: str, *, pre_split_words: bool = False, **kwargs):
     """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)` with clear errors, including for a directory that holds
-    a model but no tokenizer files (from which Transformers builds a tokenizer that knows only its special tokens)."""
+    a model but no tokenizer files (from which Transformers builds a tokenizer that knows only its special tokens).
+
+    With `pre_split_words` (token classification), a byte-level BPE tokenizer (RoBERTa, GPT-2, ModernBERT) is made
+    to read word lists as running text: loaded again with `add_prefix_space=True`, and switched in place
+    ([`add_prefix_space`]) where it ignores that argument. It is saved that way with the model, so that the student
+    reads words the same way."""
+    if pre_split_words:
+        tokenizer = load_tokenizer(name_or_path, **kwargs)
+        if keeps_word_starts(tokenizer):
+            return tokenizer
+        return add_prefix_space(load_tokenizer(name_or_path, **{**kwargs, "add_prefix_space": True}))
     _check_local(name_or_path, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path), **kwargs)

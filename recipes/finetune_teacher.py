@@ -46,7 +46,7 @@ def main():
     if teacher_args.model_name_or_path is None:
         raise ValueError("Pass --model_name_or_path: the pretrained model to fine-tune (local directory or Hub id).")
     set_seed(args.seed)
-    tokenizer = load_tokenizer(teacher_args.model_name_or_path)
+    tokenizer = load_tokenizer(teacher_args.model_name_or_path, pre_split_words=teacher_args.task == "ner")
     if teacher_args.task == "ner":
         columns = {"tokens_column": data_args.text_column_name or "tokens",
                    "tags_column": data_args.label_column_name or "ner_tags"}

@@ -14,7 +14,7 @@ import datasets
 from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
-from hf_distill.data import conll_label_names, keeps_word_starts, read_conll
+from hf_distill.data import conll_label_names, read_conll
 from hf_distill.features import attention_dropout_field
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
@@ -120,11 +120,7 @@ def load_models(model_args: ModelArguments, task: str, *, attention_distillation
         raise ValueError("Pass --teacher_model_name_or_path: a fine-tuned teacher (local directory or Hub id).")
     teacher = load_model(model_args.teacher_model_name_or_path, task, role="teacher", require_all_weights=True)
     tokenizer_name = model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path
-    tokenizer = load_tokenizer(tokenizer_name)
-    if task == "token_classification" and not keeps_word_starts(tokenizer):
-        # Byte-level BPE (RoBERTa, GPT-2) needs add_prefix_space=True to read pre-split words; it is saved with the
-        # student, which then reads words the same way.
-        tokenizer = load_tokenizer(tokenizer_name, add_prefix_space=True)
+    tokenizer = load_tokenizer(tokenizer_name, pre_split_words=task == "token_classification")
     if model_args.model_name_or_path:
         overrides = {}
         if attention_distillation:

@@ -327,3 +327,60 @@ def test_pre_split_words_need_add_prefix_space_on_a_byte_level_tokenizer(byte_le
     assert encoding["input_ids"][0][-1 - len(after_first):-1] == after_first  # words 2-4 as in the running text
     labelled = [(p, label) for p, label in zip(pieces, encoding["labels"][0], strict=True) if label != -100]
     assert [label for _, label in labelled] == [1, 0, 0, 5] and labelled[1][0] == "Ġwent"
+
+
+def _byte_level_backend_dir(folder, pre_tokenizer):
+    """A BPE tokenizer trained with `pre_tokenizer` that ships only a tokenizer.json (as ModernBERT's), which AutoTokenizer loads as the generic
+    TokenizersBackend: it ignores `add_prefix_space=True`."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, trainers
+    from tokenizers import pre_tokenizers as pt
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["john went to london", "mary lives in paris"] * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["[CLS]", "[SEP]", "[PAD]", "[UNK]"], initial_alphabet=pt.ByteLevel.alphabet()))
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+        "unk_token": "[UNK]", "model_max_length": 64}))
+    return folder
+
+
+def test_add_prefix_space_switches_a_tokenizer_that_ignores_the_argument(tmp_path):
+    from tokenizers import pre_tokenizers as pt
+    from transformers import AutoTokenizer
+
+    from hf_distill import add_prefix_space
+    from hf_distill.data import keeps_word_starts
+    from hf_distill.loading import load_tokenizer
+
+    batch = {"tokens": [["john", "went", "to", "london"]], "ner_tags": [[1, 0, 0, 5]]}
+    for name, pre_tokenizer in (("plain", pt.ByteLevel(add_prefix_space=False)),
+                                ("sequence", pt.Sequence([pt.Digits(), pt.ByteLevel(add_prefix_space=False)]))):
+        folder = _byte_level_backend_dir(tmp_path / name, pre_tokenizer)
+        ignored = AutoTokenizer.from_pretrained(folder, add_prefix_space=True)
+        assert not keeps_word_starts(ignored)  # the argument changed nothing
+        with pytest.raises(ValueError, match=r"hf_distill.add_prefix_space\(tokenizer\)"):
+            tokenize_and_align_labels(batch, ignored, max_length=32)
+        assert add_prefix_space(ignored) is ignored and keeps_word_starts(ignored)
+        running = ignored("john went to london", add_special_tokens=False)["input_ids"]
+        assert tokenize_and_align_labels(batch, ignored)["input_ids"][0] == running  # words as in the running text
+        ignored.save_pretrained(tmp_path / f"{name}-saved")
+        assert keeps_word_starts(AutoTokenizer.from_pretrained(tmp_path / f"{name}-saved"))
+        assert keeps_word_starts(load_tokenizer(str(folder), pre_split_words=True))  # the recipes' loading
+
+
+def test_add_prefix_space_refuses_a_tokenizer_without_a_byte_level_part(tmp_path):
+    from tokenizers import pre_tokenizers as pt
+    from transformers import AutoTokenizer
+
+    from hf_distill import add_prefix_space
+
+    folder = _byte_level_backend_dir(tmp_path / "metaspace", pt.Metaspace(prepend_scheme="never"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"no byte-level part.*Tokenize running text"):
+        add_prefix_space(tokenizer)

@@ -387,6 +387,27 @@ def test_ner_recipe_loads_a_byte_level_tokenizer_with_add_prefix_space(byte_leve
     assert keeps_word_starts(ner_tokenizer) and not keeps_word_starts(tokenizer)
 
 
+def test_finetune_teacher_ner_reads_words_with_a_byte_level_tokenizer(byte_level_tokenizer_dir, tmp_path):
+    from transformers import RobertaConfig, RobertaModel
+
+    from hf_distill.data import keeps_word_starts
+
+    tokenizer = AutoTokenizer.from_pretrained(byte_level_tokenizer_dir)  # add_prefix_space=False, as RoBERTa's
+    RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=70)).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    (tmp_path / "train.txt").write_text(CONLL * 2)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "finetune_teacher.py"), "--task", "ner",
+         "--model_name_or_path", str(tmp_path / "base"), "--train_file", str(tmp_path / "train.txt"),
+         "--validation_file", str(tmp_path / "train.txt"), "--output_dir", str(tmp_path / "teacher"),
+         "--max_steps", "1", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert keeps_word_starts(AutoTokenizer.from_pretrained(tmp_path / "teacher"))  # saved as it read the words
+
+
 def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(tokenizer, tmp_path):
     _, data = _ner_teacher_and_data(tokenizer, tmp_path)
     out = tmp_path / "student"
