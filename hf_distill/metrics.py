@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -110,12 +110,43 @@ class Seqeval(evaluate.Metric):
         return results
 
 
-def _logits(eval_prediction: EvalPrediction) -> np.ndarray:
+def _logits(predictions: Any) -> np.ndarray:
     """The first prediction array: models that return extra outputs give the Trainer a tuple (logits, ...)."""
-    predictions = eval_prediction.predictions
     if isinstance(predictions, (tuple, list)):
         predictions = predictions[0]
     return np.asarray(predictions)
+
+
+def _batches(eval_prediction: EvalPrediction) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`(predictions, label_ids)` per evaluation batch. Trainer concatenates the batches (one pair), unless
+    `eval_do_concat_batches=False`: then both are lists with one array (or `(logits, ...)` tuple) per batch, of
+    different widths for tokens."""
+    predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+    if not (isinstance(labels, list) and labels and all(isinstance(batch, np.ndarray) for batch in labels)):
+        return [(_logits(predictions), np.asarray(labels))]
+    if not isinstance(predictions, list) or len(predictions) != len(labels):
+        count = len(predictions) if isinstance(predictions, list) else "not a list"
+        raise ValueError(
+            f"Got {count} batches of predictions for {len(labels)} batches of labels (`eval_do_concat_batches=False` "
+            "gives one of each per evaluation batch). Check `preprocess_logits_for_metrics`."
+        )
+    return [(_logits(batch), label_batch) for batch, label_batch in zip(predictions, labels, strict=True)]
+
+
+def _names_in_id_order(label_names: Sequence[str] | Mapping[int | str, str]) -> list[str]:
+    """Tag names as a list indexed by label id; `config.id2label` (int keys, or str keys from JSON) is accepted."""
+    if not isinstance(label_names, Mapping):
+        return list(label_names)
+    try:
+        by_id = {int(key): name for key, name in label_names.items()}
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`label_names` as a mapping must map label ids to names, got keys {list(label_names)}.") from err
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ValueError(
+            f"`label_names` as a mapping (id2label) must hold ids 0 to {len(by_id) - 1}, got {sorted(by_id)}. Pass "
+            "the model's `config.id2label`, or the names as a list in id order."
+        )
+    return [by_id[i] for i in range(len(by_id))]
 
 
 _SCHEME_PREFIXES = {
@@ -168,13 +199,13 @@ def _check_tag_prefixes(names: Sequence[str], scheme: str | None) -> None:
 
 
 def token_classification_metrics(
-    label_names: Sequence[str], *, scheme: str | None = None
+    label_names: Sequence[str] | Mapping[int, str], *, scheme: str | None = None
 ) -> Callable[[EvalPrediction], dict[str, float]]:
     """Build a ``compute_metrics`` for token classification that scores entities with [`Seqeval`].
 
     Args:
-        label_names: Tag names in label-id order (``[config.id2label[i] for i in range(num_labels)]``). Each is
-            ``"O"`` or ``<prefix>-<type>`` with prefix B, I, E, S, L or U.
+        label_names: Tag names in label-id order, or the model's ``config.id2label`` itself. Each is ``"O"`` or
+            ``<prefix>-<type>`` with prefix B, I, E, S, L or U.
         scheme: ``None`` (the default) matches entities conlleval-style, as CoNLL-2003 results are reported (IOB1,
             IOB2 and IOBES tags). One of ``"IOB1"``, ``"IOB2"``, ``"IOE1"``, ``"IOE2"``, ``"IOBES"``, ``"BILOU"``
             scores strictly by that scheme (seqeval's ``mode="strict"``): an entity that breaks it is not counted.
@@ -185,31 +216,32 @@ def token_classification_metrics(
         ``(N, L)``) and whose ``label_ids`` are ``(N, L)`` with ``-100`` at ignored positions (special tokens, later
         sub-words, padding). Those positions are dropped before scoring. It returns ``precision``, ``recall``, ``f1``
         (entity-level micro averages), ``accuracy`` (token-level) and ``<TYPE>_f1`` for each entity type that occurs
-        in the references or predictions.
+        in the references or predictions. With ``eval_do_concat_batches=False`` both are lists with one array per
+        evaluation batch, scored together.
     """
-    names = list(label_names)
+    names = _names_in_id_order(label_names)
     _check_tag_prefixes(names, scheme)
     strict = {"scheme": scheme, "mode": "strict"} if scheme is not None else {}
     metric = Seqeval(keep_in_memory=True)
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-        predictions = _logits(eval_prediction)
-        label_ids = np.asarray(eval_prediction.label_ids)
-        if predictions.ndim == label_ids.ndim + 1:
-            predictions = predictions.argmax(axis=-1)
-        if predictions.shape != label_ids.shape:
-            raise ValueError(
-                f"Predictions of shape {predictions.shape} do not match labels of shape {label_ids.shape}; expected "
-                "logits (N, L, C) or ids (N, L) for labels (N, L). Check `preprocess_logits_for_metrics`."
-            )
-        if predictions.size and int(predictions.max()) >= len(names):
-            raise ValueError(
-                f"A predicted id is {int(predictions.max())}, but `label_names` has only {len(names)} entries; pass "
-                "the model's labels in id order, e.g. `[config.id2label[i] for i in range(config.num_labels)]`."
-            )
-        keep = label_ids != IGNORE_INDEX
-        references = [[names[i] for i in row[mask]] for row, mask in zip(label_ids, keep, strict=True)]
-        predicted = [[names[i] for i in row[mask]] for row, mask in zip(predictions, keep, strict=True)]
+        references, predicted = [], []
+        for predictions, label_ids in _batches(eval_prediction):
+            if predictions.ndim == label_ids.ndim + 1:
+                predictions = predictions.argmax(axis=-1)
+            if predictions.shape != label_ids.shape:
+                raise ValueError(
+                    f"Predictions of shape {predictions.shape} do not match labels of shape {label_ids.shape}; "
+                    "expected logits (N, L, C) or ids (N, L) for labels (N, L). Check `preprocess_logits_for_metrics`."
+                )
+            if predictions.size and int(predictions.max()) >= len(names):
+                raise ValueError(
+                    f"A predicted id is {int(predictions.max())}, but `label_names` has only {len(names)} entries; "
+                    "pass the model's labels in id order, e.g. `config.id2label`."
+                )
+            keep = label_ids != IGNORE_INDEX
+            references += [[names[i] for i in row[mask]] for row, mask in zip(label_ids, keep, strict=True)]
+            predicted += [[names[i] for i in row[mask]] for row, mask in zip(predictions, keep, strict=True)]
         scores = metric.compute(predictions=predicted, references=references, **strict)
         results = {
             "precision": scores["overall_precision"],
@@ -244,17 +276,17 @@ def sequence_classification_metrics(num_labels: int = 2) -> Callable[[EvalPredic
     Returns:
         A function of an ``EvalPrediction`` with ``predictions`` logits ``(N, C)`` (or ids ``(N,)``) and
         ``label_ids`` ``(N,)``, returning ``{"accuracy": float, "f1": float}`` over the rows whose label is not
-        ``-100`` (unlabelled rows, as ``mix_unlabeled`` marks them).
+        ``-100`` (unlabelled rows, as ``mix_unlabeled`` marks them). Lists of per-batch arrays
+        (``eval_do_concat_batches=False``) are scored together.
     """
     if num_labels < 2:
         raise ValueError(f"`num_labels` must be at least 2 for classification metrics, got {num_labels}.")
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-        predictions = _logits(eval_prediction)
-        labels = np.asarray(eval_prediction.label_ids).reshape(-1)
-        if predictions.ndim == 2:
-            predictions = predictions.argmax(axis=-1)
-        predictions = predictions.reshape(-1)
+        batches = _batches(eval_prediction)
+        labels = np.concatenate([batch.reshape(-1) for _, batch in batches])
+        predictions = np.concatenate([(batch.argmax(axis=-1) if batch.ndim == 2 else batch).reshape(-1)
+                                      for batch, _ in batches])
         if predictions.shape != labels.shape:
             raise ValueError(
                 f"Got {predictions.shape[0]} predictions for {labels.shape[0]} labels; expected logits (N, C) or "

@@ -183,3 +183,65 @@ def test_sequence_classification_metrics_leave_out_unlabelled_rows():
 def test_sequence_classification_rejects_one_label():
     with pytest.raises(ValueError, match="at least 2"):
         sequence_classification_metrics(1)
+
+
+def test_metrics_score_per_batch_outputs_as_the_concatenated_ones():
+    """`eval_do_concat_batches=False`: Trainer passes lists of per-batch arrays, of different widths for tokens."""
+    label_tags = [["O", "B-PER", "I-PER", "O"], ["B-LOC", "O", "O", "B-ORG"], ["B-PER", "O"]]
+    predicted = [["O", "B-PER", "O", "O"], ["B-LOC", "O", "O", "B-LOC"], ["B-PER", "O"]]
+    labels = [np.array([[LABEL_IDS[t] for t in row] for row in label_tags[:2]]),
+              np.array([[LABEL_IDS[t] for t in label_tags[2]]])]
+    logits = [one_hot_logits(predicted[:2]), one_hot_logits(predicted[2:])]
+    padded_labels = np.full((3, 4), -100)
+    padded_logits = np.zeros((3, 4, len(NER_LABELS)), dtype=np.float32)
+    for i, (row, tags) in enumerate(zip(label_tags, predicted, strict=True)):
+        padded_labels[i, :len(row)] = [LABEL_IDS[t] for t in row]
+        padded_logits[i, :len(tags)] = one_hot_logits([tags])[0]
+    compute = token_classification_metrics(NER_LABELS)
+    whole = compute(EvalPrediction(predictions=padded_logits, label_ids=padded_labels))
+    assert whole["f1"] == pytest.approx(2 / 4) and whole["accuracy"] == pytest.approx(8 / 10)
+    assert compute(EvalPrediction(predictions=logits, label_ids=labels)) == whole
+    with_extras = [(batch, np.zeros(1)) for batch in logits]  # a model with extra outputs: (logits, ...) per batch
+    assert compute(EvalPrediction(predictions=with_extras, label_ids=labels)) == whole
+
+    sequence = sequence_classification_metrics(2)
+    batches = [np.eye(2, dtype=np.float32)[[1, 0]], np.eye(2, dtype=np.float32)[[1]]]
+    assert sequence(EvalPrediction(predictions=batches, label_ids=[np.array([1, 1]), np.array([0])])) == sequence(
+        EvalPrediction(predictions=np.concatenate(batches), label_ids=np.array([1, 1, 0])))
+    with pytest.raises(ValueError, match=r"3 batches of predictions for 2 batches of labels"):
+        sequence(EvalPrediction(predictions=batches + batches[:1], label_ids=[np.array([1, 1]), np.array([0])]))
+
+
+def test_token_classification_metrics_take_id2label_as_it_is():
+    names = dict(enumerate(NER_LABELS))
+    shuffled = {i: names[i] for i in reversed(range(len(NER_LABELS)))}  # key order is not id order
+    label_ids = np.array([[LABEL_IDS["B-PER"], LABEL_IDS["O"], LABEL_IDS["B-LOC"]]])
+    logits = one_hot_logits([["B-PER", "O", "B-ORG"]])
+    expected = token_classification_metrics(NER_LABELS)(EvalPrediction(predictions=logits, label_ids=label_ids))
+    for mapping in (names, shuffled, {str(i): n for i, n in names.items()}):  # a config read from JSON has str keys
+        got = token_classification_metrics(mapping)(EvalPrediction(predictions=logits, label_ids=label_ids))
+        assert got == expected
+    with pytest.raises(ValueError, match=r"ids 0 to 2.*got \[0, 1, 5\]"):
+        token_classification_metrics({0: "O", 1: "B-PER", 5: "I-PER"})
+
+
+def test_evaluate_without_concatenating_batches_scores_as_with(tokenizer, tmp_path):
+    from conftest import tiny_token_model
+    from datasets import Dataset
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationArguments, DistillationTrainer
+
+    rows = Dataset.from_dict({"input_ids": [tokenizer("john lives in london")["input_ids"],
+                                            tokenizer("paris")["input_ids"], tokenizer("mary went to paris")["input_ids"]]})
+    rows = rows.map(lambda row, i: {"labels": [-100] + [(i + j) % len(NER_LABELS) for j in range(len(row["input_ids"]) - 2)]
+                                    + [-100]}, with_indices=True)
+    scores = {}
+    for concat in (True, False):
+        args = DistillationArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none",
+                                     use_cpu=True, eval_do_concat_batches=concat)
+        trainer = DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=tiny_token_model(tokenizer, seed=1),
+                                      args=args, eval_dataset=rows, compute_metrics=token_classification_metrics(NER_LABELS),
+                                      data_collator=DataCollatorForTokenClassification(tokenizer))
+        scores[concat] = {k: v for k, v in trainer.evaluate().items() if k.startswith(("eval_f1", "eval_accuracy"))}
+    assert scores[True] == scores[False] and set(scores[True]) == {"eval_f1", "eval_accuracy"}
