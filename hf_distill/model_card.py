@@ -116,7 +116,7 @@ def build_model_card(
     student_params: int | None = None,
     teacher_params: int | None = None,
     evaluation: dict[str, dict[str, float]] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     tags: list[str] | None = None,
     language: str | None = None,
     teacher_view: bool = False,
@@ -139,6 +139,8 @@ def build_model_card(
         evaluation: `{"student": {metric: value}, "teacher": {...}}`, plus optionally
             `{"speed": {"student_latency_ms": .., "teacher_latency_ms": ..}}`.
         license, tags, language: card metadata; the tags `distillation`, `hf-distill` and the task are always set.
+            No license is declared unless given: the student's terms follow from its teacher's and its data's,
+            which only the user knows.
         teacher_view: whether the student trained on a noisy view of the text while the teacher read the clean text
             (`hf_distill.add_noisy_view`).
         noisy_view: how that noise was made, e.g. `{"noise": "typo_noise(rate=0.2)", "probability": 0.5}`: a table

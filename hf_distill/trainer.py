@@ -1072,7 +1072,9 @@ class DistillationTrainer(Trainer):
         """Write README.md, the distillation model card, into `output_dir` (default `args.output_dir`).
 
         The arguments are those of `Trainer.create_model_card`; `tasks`, `dataset_tags` and `dataset_args` are
-        accepted for compatibility and not used. `finetuned_from` overrides the teacher's name on the card.
+        accepted for compatibility and not used. `finetuned_from` overrides the teacher's name on the card. No
+        `license` is declared unless one is given (`push_to_hub(license="...")` passes it here): a student's terms
+        follow from its teacher's and its training data's.
         """
         if not self.is_world_process_zero():
             return
@@ -1099,7 +1101,7 @@ class DistillationTrainer(Trainer):
             student_params=sum(p.numel() for p in self._unwrap(self.model).parameters()),
             teacher_params=self._teacher_params(teacher),
             evaluation=self.evaluation_report,
-            license=license or "apache-2.0",
+            license=license,
             tags=[tags] if isinstance(tags, str) else tags,
             language=language,
             teacher_view=self.teacher_view,

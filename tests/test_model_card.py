@@ -24,7 +24,9 @@ def test_card_records_method_data_metrics_and_versions():
     text = str(card)
     assert card.data.tags == ["distillation", "hf-distill", "token-classification"]
     assert card.data.base_model == "dslim/bert-base-NER" and card.data.datasets == ["conll2003"]
-    assert card.data.license == "apache-2.0"
+    assert card.data.license is None  # no license claimed for the user: it follows from the teacher's and the data's
+    licensed = build_model_card(task="token_classification", teacher="t", args=args, license="cc-by-nc-4.0")
+    assert licensed.data.license == "cc-by-nc-4.0" and "license: cc-by-nc-4.0" in str(licensed)
     assert "# tiny-ner-student" in text and "T²·KL" in text
     assert "| temperature | 4.0 |" in text and "| final_temperature | 1.0 |" in text
     assert "| temperature_schedule | cosine |" in text and "| alpha | 0.7 |" in text
