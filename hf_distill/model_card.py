@@ -13,6 +13,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .schedules import scheduled_value
+
 _TASK_TAGS = {"token_classification": "token-classification", "sequence_classification": "text-classification"}
 _PACKAGES = ("hf-distill", "transformers", "torch", "accelerate", "datasets", "huggingface_hub")
 _METHOD_FIELDS = (
@@ -44,13 +46,23 @@ _STRATEGY_FIELDS = (
 )
 
 
-def _method_rows(args, task: str) -> list[tuple[str, object]]:
+def _method_rows(args, task: str, steps_trained: int | None = None,
+                 planned_steps: int | None = None) -> list[tuple[str, object]]:
     rows = [(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None
             and (name != "distill_positions" or task == "token_classification")]
     if getattr(args, "max_steps", -1) > 0:  # max_steps, not num_train_epochs, decided how long training ran
         rows = [("max_steps", args.max_steps) if name == "num_train_epochs" else (name, value) for name, value in rows]
     if getattr(args, "label_smoothing_factor", 0):
         rows.append(("label_smoothing_factor", args.label_smoothing_factor))
+    if steps_trained is not None and planned_steps and steps_trained < planned_steps:
+        # A checkpoint, the best one (`load_best_model_at_end`) or an early stop: the weights saw part of the plan.
+        rows.append(("optimizer steps behind these weights", f"{steps_trained} of {planned_steps} planned"))
+        last = max(steps_trained - 1, 0) / planned_steps  # the progress of the last step these weights trained on
+        for name in ("temperature", "alpha"):
+            schedule = getattr(args, f"{name}_schedule", "constant")
+            if schedule != "constant":
+                value = scheduled_value(getattr(args, name), getattr(args, f"final_{name}"), last, schedule)
+                rows.append((f"{name} at that last step", round(value, 4)))
     return rows
 
 
@@ -126,6 +138,7 @@ def build_model_card(
     adapter_of: str | None = None,
     cached_logits: str | None = None,
     steps_trained: int | None = None,
+    planned_steps: int | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -154,6 +167,9 @@ def build_model_card(
             "cached: the top 5 of 9 logits and the tail mass": a row under the strategies.
         steps_trained: the optimizer step at which these weights were saved, if known: an attack set to start
             later (`adv_start_step`) is then described as not having run.
+        planned_steps: the optimizer steps the run was set to take. When `steps_trained` is fewer (a checkpoint,
+            the best one of `load_best_model_at_end`, an early stop), the method table says so and gives the
+            scheduled temperature and alpha of the last step these weights trained on.
         adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.
@@ -184,7 +200,7 @@ def build_model_card(
         "",
         _method_text(args),
         "",
-        _table(_method_rows(args, task)),
+        _table(_method_rows(args, task, steps_trained, planned_steps)),
     ]
     adversarial = getattr(args, "adversarial", "none")
     if adversarial and adversarial != "none":

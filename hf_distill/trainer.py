@@ -1111,6 +1111,7 @@ class DistillationTrainer(Trainer):
             adapter_of=_adapter_base(self._unwrap(self.model)),
             cached_logits=self._cache_description(),
             steps_trained=self._model_step if self._model_step is not None else self.state.global_step,
+            planned_steps=self.state.max_steps or None,
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))

@@ -261,7 +261,7 @@ def test_the_card_of_the_best_checkpoint_describes_that_checkpoints_training(tok
 
     args = make_args(tmp_path, adversarial="fgm", adv_start_step=2, max_steps=4, eval_strategy="steps", eval_steps=1,
                      save_strategy="steps", save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss",
-                     greater_is_better=True)
+                     greater_is_better=True, temperature=4.0, final_temperature=1.0, temperature_schedule="linear")
     trainer = DistillationTrainer(model=tiny_token_model(tokenizer, layers=1, seed=1),
                                   teacher_model=tiny_token_model(tokenizer, layers=2, seed=2), args=args,
                                   train_dataset=ner_dataset(tokenizer), eval_dataset=ner_dataset(tokenizer),
@@ -278,6 +278,22 @@ def test_the_card_of_the_best_checkpoint_describes_that_checkpoints_training(tok
     trainer.save_model()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "saved at step 1, no step had been attacked" in card
+    # The planned schedule, and how much of it these weights saw: step 1 trained at the start temperature.
+    assert "| temperature_schedule | linear |" in card and "| optimizer steps behind these weights | 1 of 4 planned |" in card
+    assert "| temperature at that last step | 4.0 |" in card
+
+
+def test_a_checkpoint_card_gives_the_scheduled_values_of_its_last_step():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, alpha=0.9, final_alpha=0.1,
+                                 alpha_schedule="linear", temperature=3.0)
+    card = str(build_model_card(task="token_classification", teacher="t", args=args, steps_trained=3,
+                                planned_steps=5))
+    # Its last step was step 3 (progress 2/5): alpha 0.9 - 0.8 * 0.4. The constant temperature gets no row.
+    assert "| optimizer steps behind these weights | 3 of 5 planned |" in card and "| alpha at that last step | 0.58 |" in card
+    assert "temperature at that last step" not in card
+    finished = str(build_model_card(task="token_classification", teacher="t", args=args, steps_trained=5,
+                                    planned_steps=5))
+    assert "planned" not in finished  # the whole run: nothing to add
 
 
 def test_the_card_leaves_out_distill_positions_for_sequence_classification():
