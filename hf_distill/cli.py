@@ -94,9 +94,16 @@ def _yaml_loader() -> type:
     return Loader
 
 
-def _flag_value(value: Any) -> str:
+_PAIR_FIELDS = {"feature_layer_map"}
+"""Fields spelled `student:teacher` pairs on the command line (`1:2,2:4`), which a config file may also write as a
+mapping (`{1: 2, 2: 4}`, as the Python API accepts)."""
+
+
+def _flag_value(value: Any, key: str | None = None) -> str:
     """A config value as the command line would spell it: a dict as JSON (what `TrainingArguments` parses for
-    `lr_scheduler_kwargs` and the like), not Python's repr."""
+    `lr_scheduler_kwargs` and the like), not Python's repr; a mapping of layer pairs as `1:2,2:4`."""
+    if isinstance(value, dict) and key in _PAIR_FIELDS:
+        return ",".join(f"{student}:{teacher}" for student, teacher in value.items())
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
@@ -128,7 +135,7 @@ def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
         if isinstance(value, list):
             flags.extend(_flag_value(v) for v in value)
         else:
-            flags.append(_flag_value(value))
+            flags.append(_flag_value(value, key))
     return flags
 
 
@@ -189,6 +196,14 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             raise ValueError(
                 f"Config file {argv[0]!r} has unknown key(s): {', '.join(hints)}. "
                 "Keys must be argument names; run the recipe with --help to list them."
+            )
+        defaults = {a.dest: a.default for a in parser._actions if a.option_strings}
+        nulls = [key for key, value in config.items() if value is None and defaults.get(key) is not None]
+        if nulls:
+            raise ValueError(
+                f"Config file {argv[0]!r} leaves {', '.join(repr(k) for k in nulls)} empty (null), which "
+                f"{'this field' if len(nulls) == 1 else 'these fields'} cannot be: write a value, or remove the key to "
+                "keep the default (" + ", ".join(f"{k}: {defaults[k]!r}" for k in nulls) + ")."
             )
         single_valued = {a.dest for a in parser._actions if a.nargs is None and a.option_strings}
         given = {_flag_field(arg) for arg in argv[1:]} - {None}

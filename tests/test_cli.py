@@ -127,3 +127,22 @@ def test_flags_mean_the_same_in_every_spelling_argparse_accepts(tmp_path):
     # A first flag whose value ends in .json is a flag, not a config file.
     (args,) = parse_args([DistillationArguments], ["--output_dir=run.json", "--report_to", "none"])
     assert args.output_dir == "run.json"
+
+
+@pytest.mark.parametrize("text", ["temperature:\n", "alpha: null\n", "adversarial: ~\n"])
+def test_a_null_in_a_config_file_is_refused_for_a_field_that_needs_a_value(tmp_path, text):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: none\n" + text)
+    name = text.split(":")[0]
+    with pytest.raises(ValueError, match=rf"leaves '{name}' empty \(null\).*remove the key to keep the default"):
+        parse_args([DistillationArguments], [str(config)])
+    config.write_text("output_dir: out\nreport_to: none\nfinal_alpha: null\n")  # a field whose default is None
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.final_alpha is None
+
+
+def test_a_layer_map_written_as_a_yaml_mapping_means_the_pairs(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: none\nhidden_distill_weight: 1.0\nfeature_layer_map: {1: 2, 2: 4}\n")
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.feature_layer_map == "1:2,2:4"
