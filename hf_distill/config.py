@@ -363,6 +363,14 @@ class DistillationArguments(TrainingArguments):
                 "`teacher_labels='hard'` trains on the teacher's argmax with cross-entropy, which `distill_loss='mse'` "
                 "cannot express. Use `distill_loss='kl'` (the default) with hard labels, or soft labels with 'mse'."
             )
+        if self.final_temperature is not None and (self.distill_loss == "mse" or self.teacher_labels == "hard"):
+            unused = ("`distill_loss='mse'` compares raw logits" if self.distill_loss == "mse" else
+                      "`teacher_labels='hard'` trains on the teacher's argmax")
+            raise ValueError(
+                f"A temperature schedule is set (`final_temperature={self.final_temperature}`), but {unused}, which no "
+                "temperature changes: the schedule would do nothing. Drop `final_temperature` and "
+                "`temperature_schedule`, or use `distill_loss='kl'` or 'soft_ce' with soft labels."
+            )
         _choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
         _choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
         for name in ("hidden_distill_weight", "attention_distill_weight"):

@@ -37,6 +37,10 @@ def test_defaults():
         ({"teacher_labels": "argmax"}, r"`teacher_labels` must be one of"),
         ({"distill_positions": "last"}, r"`distill_positions` must be one of"),
         ({"teacher_labels": "hard", "distill_loss": "mse"}, r"cannot express"),
+        ({"distill_loss": "mse", "final_temperature": 1.0, "temperature_schedule": "linear"},
+         r"`distill_loss='mse'` compares raw logits.*schedule would do nothing"),
+        ({"teacher_labels": "hard", "final_temperature": 1.0, "temperature_schedule": "cosine"},
+         r"`teacher_labels='hard'` trains on the teacher's argmax.*schedule would do nothing"),
         ({"alpha": 1.0, "pseudo_label_threshold": 0.9}, r"pseudo-labels feed only the hard-label loss.*would change"),
     ],
 )

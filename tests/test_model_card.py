@@ -299,3 +299,10 @@ def test_a_checkpoint_card_gives_the_scheduled_values_of_its_last_step():
 def test_the_card_leaves_out_distill_positions_for_sequence_classification():
     assert "distill_positions" not in _card(task="sequence_classification")
     assert "| distill_positions | first_subword |" in _card()
+
+
+def test_a_method_without_a_temperature_lists_none():
+    for settings in ({"distill_loss": "mse"}, {"teacher_labels": "hard"}):
+        card = _card(temperature=4.0, **settings)
+        assert "temperature" not in card, settings
+    assert "| temperature | 4.0 |" in _card(temperature=4.0)
