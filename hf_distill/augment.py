@@ -1,7 +1,7 @@
 """Input augmentation for distillation: masked and randomly replaced tokens, labelled by the teacher.
 
 The teacher sees the same augmented input as the student, so its soft targets describe the new input (TinyBERT's
-data augmentation relies on this). Seeded through a `torch.Generator`, so a run and its resume draw the same
+data augmentation relies on this); with a teacher view (`add_noisy_view`), the teacher reads its clean view instead. Seeded through a `torch.Generator`, so a run and its resume draw the same
 tokens.
 
 References:

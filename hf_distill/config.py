@@ -197,7 +197,9 @@ class DistillationArguments(TrainingArguments):
             in the hard-label loss's mean whether or not they pass the threshold (a low-confidence one adds 0).
         augment_mask_prob (`float`, defaults to `0.0`):
             Training inputs: probability that a real (non-special) token is replaced by the mask token. The
-            teacher labels the augmented input, so it runs online (cached logits are for clean inputs only).
+            teacher labels the augmented input, so it runs online (a teacher cache is refused). With a teacher view
+            (`add_noisy_view`) the teacher reads its own clean view instead: augmentation changes the student's
+            input only.
         augment_replace_prob (`float`, defaults to `0.0`):
             Probability that a real token is replaced by a random token of the vocabulary.
         teacher_dtype (`str`, defaults to `"auto"`):

@@ -1357,6 +1357,13 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             "exact from the same forward: a teacher cache would be read and never used. Train with `teacher_model` "
             "alone (drop `teacher_cache`), or without feature distillation to train from the cache."
         )
+    if cache is not None and teachers and args.augments:
+        raise ValueError(
+            "Augmentation (`augment_mask_prob`/`augment_replace_prob`) changes every training batch, which the online "
+            "teacher then labels: a teacher cache, which holds the logits of the clean inputs, would be read and never "
+            "used. Train with `teacher_model` alone (drop `teacher_cache`), or turn augmentation off to train from the "
+            "cache."
+        )
     if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
         raise ValueError(
             f"`teacher_weights` has {len(args.teacher_weights)} weights but {len(teachers)} teachers were given; "

@@ -253,3 +253,10 @@ def test_a_cache_beside_feature_distillation_is_refused(tokenizer, tmp_path, fea
     teacher, data, collator, cache = _setup(tokenizer, tmp_path)
     with pytest.raises(ValueError, match=r"runs the online teacher on every batch.*drop `teacher_cache`"):
         _trainer(tokenizer, tmp_path, teacher, data, collator, cache=cache, **{feature: 1.0})
+
+
+def test_a_cache_beside_augmentation_is_refused(tokenizer, tmp_path):
+    # Every augmented batch is labelled online: the cache was never read, while the model card said it was.
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    with pytest.raises(ValueError, match=r"changes every training batch.*drop `teacher_cache`"):
+        _trainer(tokenizer, tmp_path, teacher, data, collator, cache=cache, augment_mask_prob=0.2)

@@ -154,9 +154,10 @@ def test_loss_compares_student_on_noise_with_teacher_on_clean_text(tokenizer, tm
     assert abs(wrong.item() - expected.item()) > 1e-4  # the check above can tell the two views apart
 
 
-@pytest.mark.parametrize("adversarial", ["none", "fgm"])
-def test_training_feeds_the_teacher_the_clean_view_only(tokenizer, tmp_path, adversarial):
-    trainer = view_trainer(tokenizer, tmp_path, adversarial=adversarial, adv_epsilon=0.5)
+@pytest.mark.parametrize("settings", [{}, {"adversarial": "fgm", "adv_epsilon": 0.5}, {"augment_mask_prob": 0.5}])
+def test_training_feeds_the_teacher_the_clean_view_only(tokenizer, tmp_path, settings):
+    # Augmentation too changes the student's input only: the teacher labels its own clean view.
+    trainer = view_trainer(tokenizer, tmp_path, **settings)
     seen = []
     trainer.teacher_model.register_forward_hook(
         lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
