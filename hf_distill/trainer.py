@@ -1341,6 +1341,12 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             "`teacher_model` is required: pass a fine-tuned model, a local path or a Hub id (or a `teacher_cache` "
             "of its logits built with `hf_distill.build_teacher_cache`, or `self_distillation='ema'`)."
         )
+    if len(teachers) <= 1 and (args.teacher_ensemble != "mean" or args.teacher_weights is not None):
+        raise ValueError(
+            f"`teacher_ensemble={args.teacher_ensemble!r}` and `teacher_weights={args.teacher_weights}` combine "
+            "several teachers, and this run has one: pass a list of teachers as `teacher_model`, or leave them at "
+            "their defaults ('mean', None)."
+        )
     if len(teachers) > 1 and cache is not None:
         raise ValueError("A teacher cache holds one teacher's logits; with several teachers, train online (drop "
                          "`teacher_cache`) or build the cache from one of them.")

@@ -794,3 +794,11 @@ def test_resuming_with_other_feature_settings_names_the_projection(tokenizer, tm
     resumed = _projector_trainer(tokenizer, tmp_path, "cut", **change)
     with pytest.raises(ValueError, match="feature_projector.pt.*hidden-state distillation settings"):
         resumed.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize("settings", [{"teacher_ensemble": "confidence"},
+                                      {"teacher_ensemble": "weighted", "teacher_weights": [5.0]}])
+def test_ensemble_settings_with_one_teacher_are_refused(tokenizer, tmp_path, settings):
+    # They would change nothing, while the model card listed them as the way the teachers were combined.
+    with pytest.raises(ValueError, match=r"combine several teachers, and this run has one"):
+        ner_trainer(tokenizer, tmp_path, **settings)
