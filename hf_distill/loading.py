@@ -27,7 +27,9 @@ AUTO_CLASSES = {
 }
 
 
-def _looks_local(name_or_path: str) -> bool:
+def _looks_local(name_or_path: str | os.PathLike) -> bool:
+    if isinstance(name_or_path, os.PathLike):  # a pathlib.Path is a local path whatever it spells
+        return True
     return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.sep + os.sep in name_or_path
 
 
@@ -46,16 +48,20 @@ def _explain(name_or_path: str, what: str, err: Exception) -> str:
     )
 
 
-def _check_local(name_or_path: str, what: str) -> None:
-    if _looks_local(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
+def _check_local(name_or_path: str | os.PathLike, what: str) -> str:
+    """`name_or_path` as a str, once a local path is known to exist."""
+    local = _looks_local(name_or_path)
+    name_or_path = os.fspath(name_or_path)
+    if local and not os.path.isdir(os.path.expanduser(name_or_path)):
         raise FileNotFoundError(
             f"The {what} directory {name_or_path!r} does not exist. Pass the directory where the model was saved "
             "(`save_pretrained`), or a Hub id such as 'bert-base-cased'."
         )
+    return name_or_path
 
 
 def load_model(
-    name_or_path: str, task: str, *, role: str = "teacher", require_all_weights: bool = False, **kwargs
+    name_or_path: str | os.PathLike, task: str, *, role: str = "teacher", require_all_weights: bool = False, **kwargs
 ) -> PreTrainedModel:
     """`AutoModelFor<Task>.from_pretrained(name_or_path, **kwargs)` with clear errors. `role` names it in messages.
 
@@ -63,7 +69,7 @@ def load_model(
     would initialise them at random (a base model's classification head, typically) and only log it, and a teacher
     with a random head teaches noise.
     """
-    _check_local(name_or_path, role)
+    name_or_path = _check_local(name_or_path, role)
     auto = AUTO_CLASSES[task]
     if not require_all_weights:
         # A student or a model to fine-tune may come with a head for another label set (a 2-class SST-2 model for a
@@ -109,7 +115,7 @@ def _other_head(model: PreTrainedModel, task: str) -> str | None:
     return None
 
 
-def load_tokenizer(name_or_path: str, *, pre_split_words: bool = False, **kwargs):
+def load_tokenizer(name_or_path: str | os.PathLike, *, pre_split_words: bool = False, **kwargs):
     """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)` with clear errors, including for a directory that holds
     a model but no tokenizer files (from which Transformers builds a tokenizer that knows only its special tokens).
 
@@ -122,7 +128,7 @@ def load_tokenizer(name_or_path: str, *, pre_split_words: bool = False, **kwargs
         if keeps_word_starts(tokenizer):
             return tokenizer
         return add_prefix_space(load_tokenizer(name_or_path, **{**kwargs, "add_prefix_space": True}))
-    _check_local(name_or_path, "tokenizer")
+    name_or_path = _check_local(name_or_path, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
     except (OSError, ValueError) as err:

@@ -174,8 +174,8 @@ class DistillationTrainer(Trainer):
         check_single_label(model, "student")
         teachers = list(teacher_model) if isinstance(teacher_model, list | tuple) else (
             [] if teacher_model is None else [teacher_model])
-        teachers = [load_model(t, self.task, role="teacher", require_all_weights=True) if isinstance(t, str) else t
-                    for t in teachers]
+        teachers = [load_model(t, self.task, role="teacher", require_all_weights=True)
+                    if isinstance(t, str | os.PathLike) else t for t in teachers]
         _check_teacher_sources(args, teachers, teacher_cache)
         for index, teacher in enumerate(teachers):
             try:

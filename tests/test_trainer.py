@@ -1,6 +1,7 @@
 """DistillationTrainer behaviour on tiny offline models: what it trains, what it leaves alone, what it refuses."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,16 +245,21 @@ def test_all_subwords_distils_unknown_tokens_as_first_subword_does(tokenizer, tm
     assert first[:, 1].all() and every[:, 1].all() and not (first & ~every).any()
 
 
-def test_teacher_given_as_a_path_is_loaded_with_the_students_head(tokenizer, tmp_path):
+@pytest.mark.parametrize("spelling", ["str", "Path", "relative Path"])
+def test_teacher_given_as_a_path_is_loaded_with_the_students_head(tokenizer, tmp_path, monkeypatch, spelling):
     teacher = tiny_token_model(tokenizer, layers=2, seed=2)
     teacher.save_pretrained(tmp_path / "teacher")
+    monkeypatch.chdir(tmp_path)
+    path = {"str": str(tmp_path / "teacher"), "Path": tmp_path / "teacher", "relative Path": Path("teacher")}[spelling]
     trainer = DistillationTrainer(
-        model=tiny_token_model(tokenizer, layers=1), teacher_model=str(tmp_path / "teacher"),
+        model=tiny_token_model(tokenizer, layers=1), teacher_model=path,
         args=make_args(tmp_path), train_dataset=ner_dataset(tokenizer),
         data_collator=DataCollatorForTokenClassification(tokenizer),
     )
     assert type(trainer.teacher_model).__name__ == "BertForTokenClassification"
     assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
+    with pytest.raises(FileNotFoundError, match=r"directory 'missing' does not exist"):  # a Path is never a Hub id
+        _init(tokenizer, tmp_path, tiny_token_model(tokenizer, layers=1), Path("missing"))
 
 
 # ---- errors at init ---------------------------------------------------------------------------------------------
