@@ -133,6 +133,13 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
             "weights. Merge them first and cut the merged model: `create_student(teacher.merge_and_unload(), layers)` "
             "(merge_and_unload changes the PEFT model it is called on; call it on a copy to keep the adapters)."
         )
+    if getattr(teacher, "_hf_peft_config_loaded", False):
+        raise ValueError(
+            f"The teacher ({type(teacher).__name__}) has PEFT adapters loaded into its layers (a folder with "
+            "adapter_config.json, or `load_adapter`), which hold them apart from their weights. Cut a merged copy: "
+            "`create_student(AutoPeftModelFor<Task>.from_pretrained(path).merge_and_unload(), layers)` (from peft), or "
+            "save that merged model and pass its folder."
+        )
     attribute = _layer_count_attribute(teacher)
     num_layers = getattr(teacher.config, attribute)
     depth_names = {attribute, "num_hidden_layers", *_PER_LAYER_ATTRIBUTES} & set(config_overrides)

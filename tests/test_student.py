@@ -187,3 +187,18 @@ def test_a_peft_teacher_is_refused_with_the_merge_to_do_first(teacher):
     lora = peft.get_peft_model(teacher, peft.LoraConfig(r=2, target_modules=["query"]))
     with pytest.raises(ValueError, match=r"PEFT model.*create_student\(teacher.merge_and_unload\(\), layers\)"):
         create_student(lora, [0])
+
+
+def test_a_teacher_with_adapters_loaded_into_it_is_refused_with_the_merge_to_do_first(teacher, tmp_path):
+    # Transformers loads an adapter folder into the base model's layers (its PEFT integration): the model is no PEFT
+    # wrapper, but its weights sit under `base_layer`, and cutting it failed with "no teacher weight" for every layer.
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForTokenClassification
+
+    teacher.save_pretrained(tmp_path / "base")
+    lora = peft.get_peft_model(AutoModelForTokenClassification.from_pretrained(tmp_path / "base"),
+                               peft.LoraConfig(r=2, target_modules=["query"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "adapter")
+    with pytest.raises(ValueError, match=r"PEFT adapters loaded into its layers.*merge_and_unload"):
+        create_student(loaded, [0])
