@@ -11,7 +11,15 @@ import logging
 from dataclasses import dataclass, field
 
 from datasets import ClassLabel
-from recipe_utils import DataArguments, conll_tag_names, load_splits, resume_target, text_encoder, text_label_names
+from recipe_utils import (
+    DataArguments,
+    align_labels,
+    conll_tag_names,
+    load_splits,
+    resume_target,
+    text_encoder,
+    text_label_names,
+)
 from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
@@ -62,6 +70,8 @@ def main():
                 "Sequence(ClassLabel), or local CoNLL files (--train_file, --validation_file)."
             )
         label_names = tags.feature.names
+        # A local file beside a Hub dataset numbers its tags in its own order: every split in the train split's.
+        splits = {name: align_labels(d, columns["tags_column"], label_names, strict=True) for name, d in splits.items()}
         tokenized = {
             name: d.map(tokenize_and_align_labels, batched=True, remove_columns=d.column_names,
                         fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length, **columns})

@@ -587,3 +587,44 @@ def test_a_recipe_pushes_once_with_the_evaluation_on_the_card(tokenizer, tmp_pat
             token_classification_metrics(NER_LABELS), "f1", args, DataArguments(train_file="train.txt"))
     assert len(fake.uploads) == 1
     assert "model.safetensors" in fake.uploads[0]["files"] and "validation_f1" in fake.uploads[0]["files"]["README.md"]
+
+
+def test_finetune_teacher_ner_reads_a_local_file_beside_a_hub_dataset_in_the_hubs_tag_order(tokenizer, tmp_path,
+                                                                                          monkeypatch):
+    import runpy
+
+    import datasets
+    import transformers
+    from conftest import tiny_config
+    from transformers import BertModel
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import recipe_utils
+
+    BertModel(tiny_config(len(tokenizer), 2)).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    hub_tags = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]  # lhoestq/conll2003
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=hub_tags))})
+    hub = datasets.DatasetDict(train=datasets.Dataset.from_dict(
+        {"tokens": [["john", "lives", "in", "paris"]] * 4, "ner_tags": [[1, 0, 0, 5]] * 4}, features=features))
+    monkeypatch.setattr(recipe_utils.datasets, "load_dataset", lambda *args, **kwargs: hub)
+    (tmp_path / "dev.txt").write_text(CONLL)  # its own tag order: B-LOC, B-ORG, B-PER, ...
+    seen = {}
+    init = transformers.Trainer.__init__
+
+    def record(self, *args, **kwargs):
+        seen.update(eval=kwargs["eval_dataset"], model=kwargs["model"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "__init__", record)
+    monkeypatch.setattr(sys, "argv", [
+        "finetune_teacher.py", "--task", "ner", "--model_name_or_path", str(tmp_path / "base"),
+        "--dataset_name", "lhoestq/conll2003", "--validation_file", str(tmp_path / "dev.txt"),
+        "--output_dir", str(tmp_path / "teacher"), "--max_steps", "1", "--use_cpu", "true", "--report_to", "none",
+        "--save_strategy", "no", "--disable_tqdm", "true"])
+    runpy.run_path(str(ROOT / "recipes" / "finetune_teacher.py"), run_name="__main__")
+    id2label = seen["model"].config.id2label
+    assert [id2label[i] for i in range(len(hub_tags))] == hub_tags
+    gold = [id2label[i] for i in seen["eval"][0]["labels"] if i != -100]
+    assert gold == ["B-PER", "O", "O", "B-LOC", "O"]  # john lives in paris . as the file tags it
