@@ -284,9 +284,11 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
             compute_metrics=metrics,
         )
-        # A local file is named on the card but never listed as a Hub dataset in its metadata (`eng.train` could be
-        # either; only the recipe knows).
-        trainer.dataset_name = data_args.dataset_name or f"{os.path.basename(data_args.train_file)} (local file)"
+        # The data the student trained on: a local --train_file (which replaces a Hub dataset's train split) is named
+        # on the card but never listed as a Hub dataset in its metadata (`eng.train` could be either; only the
+        # recipe knows).
+        trainer.dataset_name = (f"{os.path.basename(data_args.train_file)} (local file)" if data_args.train_file
+                                else data_args.dataset_name)
         trainer.noisy_view = noisy_view
         trainer.generations, trainer.original_teacher = generation, teacher
         trainer.train(resume_from_checkpoint=resume)
@@ -304,7 +306,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)
     trainer.create_model_card()  # again, now with the teacher/student table
     if args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.dataset_name)
+        trainer.push_to_hub()  # the card names `trainer.dataset_name`, the training data
     return trainer
 
 

@@ -628,3 +628,29 @@ def test_finetune_teacher_ner_reads_a_local_file_beside_a_hub_dataset_in_the_hub
     assert [id2label[i] for i in range(len(hub_tags))] == hub_tags
     gold = [id2label[i] for i in seen["eval"][0]["labels"] if i != -100]
     assert gold == ["B-PER", "O", "O", "B-LOC", "O"]  # john lives in paris . as the file tags it
+
+
+def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_split(tokenizer, tmp_path, monkeypatch):
+    import runpy
+
+    import datasets
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import recipe_utils
+
+    _text_teacher_and_data(tokenizer, tmp_path)
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    hub = datasets.DatasetDict(validation=datasets.Dataset.from_dict(
+        {"sentence": ["a good movie", "an awful plot"] * 2, "label": [1, 0] * 2}, features=features))
+    load = datasets.load_dataset  # the local file is read with load_dataset("csv", ...) too
+    monkeypatch.setattr(recipe_utils.datasets, "load_dataset",
+                        lambda name, *args, **kwargs: hub if name == "some-org/sst2-dev-only" else load(name, *args, **kwargs))
+    monkeypatch.setattr(sys, "argv", [
+        "distill_text_classification.py", "--teacher_model_name_or_path", str(tmp_path / "teacher"),
+        "--student_layers", "1", "--dataset_name", "some-org/sst2-dev-only", "--train_file",
+        str(tmp_path / "train.tsv"), "--output_dir", str(tmp_path / "student"), "--max_steps", "1",
+        "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"])
+    runpy.run_path(str(ROOT / "recipes" / "distill_text_classification.py"), run_name="__main__")
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "on `train.tsv (local file)`" in card and "some-org/sst2-dev-only" not in card  # nor in its metadata
