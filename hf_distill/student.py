@@ -183,8 +183,14 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
                 f"Cannot create a student from {type(teacher).__name__}: student weight {key!r} has no teacher weight "
                 f"{source!r}. create_student supports {_SUPPORTED}."
             )
+        if shapes[key] != teacher_state[source].shape and not config_overrides:
+            raise ValueError(
+                f"Cannot create a student from {type(teacher).__name__}: student weight {key!r} has the shape "
+                f"{tuple(shapes[key])} but its teacher weight {tuple(teacher_state[source].shape)}, a weight whose "
+                f"shape depends on the number of layers. create_student supports {_SUPPORTED}."
+            )
         if shapes[key] != teacher_state[source].shape:
-            changed = ", ".join(f"`{n}={v!r}`" for n, v in config_overrides.items()) or "the config"
+            changed = ", ".join(f"`{n}={v!r}`" for n, v in config_overrides.items())
             raise ValueError(
                 f"Student weight {key!r} has the shape {tuple(shapes[key])} but its teacher weight "
                 f"{source!r} {tuple(teacher_state[source].shape)}: {changed} changes the shape of copied weights, "

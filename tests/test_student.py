@@ -202,3 +202,16 @@ def test_a_teacher_with_adapters_loaded_into_it_is_refused_with_the_merge_to_do_
     loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "adapter")
     with pytest.raises(ValueError, match=r"PEFT adapters loaded into its layers.*merge_and_unload"):
         create_student(loaded, [0])
+
+
+def test_a_model_with_depth_shaped_weights_is_refused_as_unsupported_without_blaming_an_override():
+    # ESM keeps a contact head whose width is the number of layers x heads: cutting layers changes its shape.
+    from transformers import EsmConfig, EsmForTokenClassification
+
+    torch.manual_seed(0)
+    esm = EsmForTokenClassification(EsmConfig(vocab_size=33, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                              intermediate_size=37, max_position_embeddings=64, pad_token_id=1,
+                                              mask_token_id=32, num_labels=3))
+    with pytest.raises(ValueError, match=r"shape depends on the number of layers\. create_student supports") as error:
+        create_student(esm, [1, 3])
+    assert "override" not in str(error.value).lower()
