@@ -21,7 +21,7 @@ import difflib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import datasets
@@ -744,6 +744,16 @@ def _is_class_id(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
+def label_name_lookup(names: Sequence[str]) -> Callable[[str], int | None]:
+    """`id_of(value)`: the id of a label name as written or, where no two names differ only in case, in any case (a
+    teacher's `NEGATIVE` is the data's `negative`); None for a value that names no label."""
+    exact = {str(name): i for i, name in enumerate(names)}
+    lowered = {str(name).lower(): i for i, name in enumerate(names)}
+    if len(lowered) < len(exact):
+        return exact.get
+    return lambda value: exact.get(value, lowered.get(str(value).lower()))
+
+
 def _is_digits(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lstrip("-").isdigit()
 
@@ -766,13 +776,16 @@ def _integer_labels(
     values = list(dataset[label_column])
     if label_names is not None and all(isinstance(value, str) for value in values):
         names = list(label_names)
-        known = set(names)
+        id_of = label_name_lookup(names)
         for row, value in enumerate(values):
-            if value not in known:
+            if id_of(value) is None:
                 raise ValueError(
                     f"{path}: row {row} (`dataset[{row}]`) has the label {value!r}, which is not one of `label_names` "
                     f"{names}. Add it to `label_names` (in id order), or fix the row."
                 )
+        if any(value not in names for value in values):  # written in another case: the names as `label_names` has them
+            dataset = dataset.map(lambda batch: {label_column: [names[id_of(v)] for v in batch[label_column]]},
+                                  batched=True)
         return dataset.cast_column(label_column, datasets.ClassLabel(names=names))
     # Report a value that is no number at all before a quoted number ("1"), which a mixed column also holds.
     bad = [(row, value) for row, value in enumerate(values) if not _is_class_id(value)]
@@ -811,8 +824,9 @@ def load_text_classification_file(
             unlabeled text (the column is then not required).
         delimiter: Field separator for csv/tsv files; ``None`` means ``","`` for csv and ``"\\t"`` for tsv.
         label_names: The class names in id order (e.g. the teacher's ``config.id2label`` values) when the label
-            column holds names such as ``"positive"``: they are mapped to ids and the column becomes a
-            ``ClassLabel``. Ignored when the column already holds ids.
+            column holds names such as ``"positive"``: they are mapped to ids (in any case, ``"POSITIVE"``, unless
+            two names differ only in case) and the column becomes a ``ClassLabel`` of these names. Ignored when the
+            column already holds ids.
         text_pair_column: The second text of a sentence-pair task (GLUE's MRPC: ``sentence2``), read and checked
             as the first one is.
 

@@ -14,7 +14,7 @@ import datasets
 from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
-from hf_distill.data import conll_label_names, read_conll
+from hf_distill.data import conll_label_names, label_name_lookup, read_conll
 from hf_distill.features import attention_dropout_field
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
@@ -205,13 +205,18 @@ def _label_names_to_ids(split: datasets.Dataset, column: str, names, source: str
     """A Hub split whose label column holds names ("positive") as a `ClassLabel` of `names`, so ids follow them."""
     if getattr(split.features.get(column), "dtype", None) not in ("string", "large_string"):
         return split
-    unknown = sorted(set(split.unique(column)) - set(names) - {None})
+    id_of = label_name_lookup(names)
+    unknown = sorted(v for v in set(split.unique(column)) - {None} if id_of(v) is None)
     if unknown:
         raise ValueError(
             f"The Hub dataset {source!r} has labels {unknown[:5]} in {column!r}, which are not among the label names "
             f"{list(names)}. Use a dataset whose labels are these names or their ids."
         )
-    split = split.cast_column(column, datasets.ClassLabel(names=list(names)))
+    names = list(names)
+    if any(v is not None and v not in names for v in split.unique(column)):  # in another case: as `names` writes them
+        split = split.map(lambda batch: {column: [None if v is None else names[id_of(v)] for v in batch[column]]},
+                          batched=True)
+    split = split.cast_column(column, datasets.ClassLabel(names=names))
     if None in split.unique(column):  # a hidden label given as a null: -1, as GLUE's test sets write it
         split = split.map(lambda batch: {column: [-1 if v is None else v for v in batch[column]]}, batched=True)
     return split

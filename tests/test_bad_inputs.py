@@ -355,6 +355,15 @@ def test_label_names_map_label_strings_to_ids(tmp_path):
     dataset = load_text_classification_file(path, label_names=["negative", "positive"])
     assert dataset["label"] == [1, 0]
     check_label_range(dataset, num_labels=2, label_column="label")
+    # A teacher named NEGATIVE/POSITIVE (distilbert-sst2) reads the same file: names match without case, as a Hub
+    # dataset's label names do, and keep the teacher's spelling.
+    upper = load_text_classification_file(path, label_names=["NEGATIVE", "POSITIVE"])
+    assert upper["label"] == [1, 0] and upper.features["label"].names == ["NEGATIVE", "POSITIVE"]
+    path.write_text("sentence,label\ngood film,Pos\nbad film,pos\n")  # two names that differ only in case: exact only
+    assert load_text_classification_file(path, label_names=["pos", "Pos"])["label"] == [1, 0]
+    with pytest.raises(ValueError, match=r"has the label 'POS', which is not one of `label_names`"):
+        path.write_text("sentence,label\ngood film,POS\n")
+        load_text_classification_file(path, label_names=["pos", "Pos"])
 
 
 def test_label_range_ignores_minus_100_and_filtered_rows():

@@ -444,6 +444,9 @@ def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_val
     splits = recipe_utils.load_splits(with_file, lambda path: local, columns=["text"], label_column="label",
                                       label_names=["negative", "positive"])
     assert splits["validation"] is local and splits["train"]["label"] == [1, 0, 1]
+    upper = recipe_utils.load_splits(with_file, lambda path: local, columns=["text"], label_column="label",
+                                     label_names=["NEGATIVE", "POSITIVE"])  # a teacher's names, another case
+    assert upper["train"]["label"] == [1, 0, 1] and upper["train"].features["label"].names == ["NEGATIVE", "POSITIVE"]
     assert isinstance(splits["test"].features["label"], ClassLabel)
     with pytest.raises(ValueError, match=r"labels \['negative'\] .* not among the label names"):
         recipe_utils.load_splits(with_file, lambda path: local, label_column="label", label_names=["positive", "x"])
