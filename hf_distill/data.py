@@ -507,11 +507,12 @@ def add_prefix_space(tokenizer: Any) -> Any:
     pre-tokenizer (alone or inside a `Sequence`), which `save_pretrained` then writes into `tokenizer.json`.
 
     Returns:
-        `tokenizer`, changed in place (unchanged if it already keeps word starts).
+        `tokenizer`, changed in place (unchanged if it already keeps word starts, or is a slow tokenizer, which
+        label alignment refuses anyway).
 
     Raises:
-        ValueError: it is not a fast tokenizer, or has no `ByteLevel` pre-tokenizer to switch, or still drops word
-            starts after the switch.
+        ValueError: it drops word starts and has no `ByteLevel` pre-tokenizer to switch, or still drops them after
+            the switch.
     """
     if keeps_word_starts(tokenizer):
         return tokenizer
