@@ -755,6 +755,17 @@ def label_name_lookup(names: Sequence[str]) -> Callable[[str], int | None]:
     return lambda value: exact.get(value, lowered.get(str(value).lower()))
 
 
+def cast_label_names(dataset: datasets.Dataset, column: str, names: Sequence[str]) -> datasets.Dataset:
+    """A column of label names (checked with [`label_name_lookup`]; nulls kept) as a `ClassLabel` of `names`,
+    a name written in another case first spelled as `names` has it."""
+    names = list(names)
+    id_of = label_name_lookup(names)
+    if any(value is not None and value not in names for value in dataset.unique(column)):
+        dataset = dataset.map(lambda batch: {column: [None if v is None else names[id_of(v)] for v in batch[column]]},
+                              batched=True)
+    return dataset.cast_column(column, datasets.ClassLabel(names=names))
+
+
 def _is_digits(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lstrip("-").isdigit()
 
@@ -784,10 +795,7 @@ def _integer_labels(
                     f"{path}: row {row} (`dataset[{row}]`) has the label {value!r}, which is not one of `label_names` "
                     f"{names}. Add it to `label_names` (in id order), or fix the row."
                 )
-        if any(value not in names for value in values):  # written in another case: the names as `label_names` has them
-            dataset = dataset.map(lambda batch: {label_column: [names[id_of(v)] for v in batch[label_column]]},
-                                  batched=True)
-        return dataset.cast_column(label_column, datasets.ClassLabel(names=names))
+        return cast_label_names(dataset, label_column, names)
     # Report a value that is no number at all before a quoted number ("1"), which a mixed column also holds.
     bad = [(row, value) for row, value in enumerate(values) if not _is_class_id(value)]
     if bad:

@@ -14,7 +14,7 @@ import datasets
 from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
-from hf_distill.data import conll_label_names, label_name_lookup, read_conll
+from hf_distill.data import cast_label_names, conll_label_names, label_name_lookup, read_conll
 from hf_distill.features import attention_dropout_field
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
@@ -212,11 +212,7 @@ def _label_names_to_ids(split: datasets.Dataset, column: str, names, source: str
             f"The Hub dataset {source!r} has labels {unknown[:5]} in {column!r}, which are not among the label names "
             f"{list(names)}. Use a dataset whose labels are these names or their ids."
         )
-    names = list(names)
-    if any(v is not None and v not in names for v in split.unique(column)):  # in another case: as `names` writes them
-        split = split.map(lambda batch: {column: [None if v is None else names[id_of(v)] for v in batch[column]]},
-                          batched=True)
-    split = split.cast_column(column, datasets.ClassLabel(names=names))
+    split = cast_label_names(split, column, names)
     if None in split.unique(column):  # a hidden label given as a null: -1, as GLUE's test sets write it
         split = split.map(lambda batch: {column: [-1 if v is None else v for v in batch[column]]}, batched=True)
     return split
@@ -391,17 +387,17 @@ def align_labels(dataset, column, label_names, *, strict):
     """Re-encode a `ClassLabel` column (or a sequence of them, for tags) in the teacher's label order: Hub datasets
     may order their labels differently, and the ids would then mean other classes to the teacher.
 
-    Names are compared without case. A label the teacher does not have is an error with `strict` (NER tags, whose
-    names are standard); otherwise (text classes, whose teachers are often named LABEL_0, LABEL_1, ...) the ids are
+    Names are compared without case (`label_name_lookup`). A label the teacher does not have is an error with
+    `strict` (NER tags, whose names are standard); otherwise (text classes, whose teachers are often named LABEL_0, LABEL_1, ...) the ids are
     kept with a warning. Columns without names (plain ids) are kept as they are.
     """
     feature = dataset.features[column]
     sequence = hasattr(feature, "feature")
     names = getattr(feature.feature if sequence else feature, "names", None)
-    teacher = [str(name).lower() for name in label_names]
-    if names is None or [name.lower() for name in names] == teacher:
+    id_of = label_name_lookup(label_names)
+    if names is None or [id_of(name) for name in names] == list(range(len(label_names))):
         return dataset
-    missing = sorted(name for name in names if name.lower() not in teacher)
+    missing = sorted(name for name in names if id_of(name) is None)
     if missing:
         message = (f"The dataset's labels {missing} are not labels of the teacher ({list(label_names)}).")
         if strict:
@@ -409,7 +405,7 @@ def align_labels(dataset, column, label_names, *, strict):
         logger.warning("%s Their ids are kept as they are (dataset label i = teacher label i): check that this is "
                        "what the teacher was trained with.", message)
         return dataset
-    remap = [teacher.index(name.lower()) for name in names]
+    remap = [id_of(name) for name in names]
     features = dataset.features.copy()
     relabelled = datasets.ClassLabel(names=[str(name) for name in label_names])
     features[column] = datasets.Sequence(relabelled) if sequence else relabelled
