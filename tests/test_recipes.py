@@ -1,9 +1,12 @@
 """The NER recipe end to end on tiny local models and files, and Hub failures that suggest the local way."""
 
 import json
+import logging
 import os
+import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,35 @@ def _env():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.fixture
+def run_recipe(monkeypatch, capsys, caplog):
+    """Run a recipe script in this process as `python recipes/<script> <argv>` would, offline; returns what
+    `subprocess.run` would (`returncode`, `stdout`, `stderr`, with the log and any traceback in `stderr`).
+
+    A fresh interpreter per run cost seconds of imports each; the multi-process launch tests still use one.
+    """
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    caplog.set_level(logging.INFO)
+
+    def run(script, *argv):
+        monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
+        capsys.readouterr()
+        caplog.clear()
+        returncode, error = 0, ""
+        try:
+            runpy.run_path(str(ROOT / "recipes" / script), run_name="__main__")
+        except SystemExit as exit_:
+            returncode = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            error = "" if exit_.code is None or isinstance(exit_.code, int) else str(exit_.code)
+        except Exception:  # the traceback a failed run prints
+            returncode, error = 1, traceback.format_exc()
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *argv], returncode, out.out, out.err + caplog.text + error)
+
+    return run
+
+
 def _ner_teacher_and_data(tokenizer, tmp_path):
     """A tiny NER teacher saved with its tokenizer, and a small CoNLL file: `(teacher_dir, data_file)`."""
     teacher = tiny_token_model(tokenizer, layers=2, seed=3)
@@ -44,7 +76,7 @@ def _ner_teacher_and_data(tokenizer, tmp_path):
     return tmp_path / "teacher", data
 
 
-def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path):
+def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path, run_recipe):
     _, data = _ner_teacher_and_data(tokenizer, tmp_path)
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({
@@ -53,10 +85,7 @@ def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path):
         "output_dir": str(tmp_path / "student"), "max_steps": 3, "per_device_train_batch_size": 4,
         "report_to": "none", "use_cpu": True, "save_strategy": "no", "disable_tqdm": True,
     }))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "distill_ner.py"), str(config), "--alpha", "0.7"],
-        capture_output=True, text=True, env=_env(), timeout=300,
-    )
+    result = run_recipe("distill_ner.py", config, "--alpha", "0.7")
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "student"
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= {p.name for p in out.iterdir()}
@@ -98,27 +127,21 @@ def _text_teacher_and_data(tokenizer, tmp_path, names=False):
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
 
 
-def _text_recipe(tmp_path, *flags):
+def _text_recipe(run_recipe, tmp_path, *flags):
     """The text-classification recipe on the files of `_text_teacher_and_data`, for 3 steps; `flags` win."""
     data = str(tmp_path / "train.tsv")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "distill_text_classification.py"),
-         "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "1",
-         "--train_file", data, "--validation_file", data, "--output_dir", str(tmp_path / "student"),
-         "--max_steps", "3", "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true",
-         "--save_strategy", "no", "--disable_tqdm", "true", *flags],
-        capture_output=True, text=True, env=_env(), timeout=300,
+    return run_recipe(
+        "distill_text_classification.py",
+        "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "1",
+        "--train_file", data, "--validation_file", data, "--output_dir", str(tmp_path / "student"),
+        "--max_steps", "3", "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true",
+        "--save_strategy", "no", "--disable_tqdm", "true", *flags,
     )
 
 
-def _run_text_recipe(tokenizer, tmp_path, *flags):
-    _text_teacher_and_data(tokenizer, tmp_path)
-    return _text_recipe(tmp_path, *flags)
-
-
-def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
+def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path, run_recipe):
     _text_teacher_and_data(tokenizer, tmp_path, names=True)  # labels written as the teacher's names
-    result = _text_recipe(tmp_path, "--temperature", "3.0")
+    result = _text_recipe(run_recipe, tmp_path, "--temperature", "3.0")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "text-classification" in card and "| temperature | 3.0 |" in card and "validation_accuracy" in card
@@ -127,7 +150,7 @@ def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path):
     assert saved["num_hidden_layers"] == 1 and saved["id2label"] == {"0": "negative", "1": "positive"}
 
 
-def test_text_recipes_encode_sentence_pairs_as_two_segments(tokenizer, tmp_path, monkeypatch):
+def test_text_recipes_encode_sentence_pairs_as_two_segments(tokenizer, tmp_path, monkeypatch, run_recipe):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from recipe_utils import DataArguments, text_encoder
 
@@ -143,14 +166,15 @@ def test_text_recipes_encode_sentence_pairs_as_two_segments(tokenizer, tmp_path,
     _text_teacher_and_data(tokenizer, tmp_path)
     rows = ["label\tsentence1\tsentence2"] + [f"{i % 2}\ta good movie {i}\tan awful plot {i}" for i in range(24)]
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
-    result = _text_recipe(tmp_path, "--text_column_name", "sentence1", "--text_pair_column_name", "sentence2",
+    result = _text_recipe(run_recipe, tmp_path, "--text_column_name", "sentence1", "--text_pair_column_name", "sentence2",
                           "--typo_rate", "0.3", "--typo_probability", "1.0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| noise | typo_noise(rate=0.3) |" in (tmp_path / "student" / "README.md").read_text()
 
 
-def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_card(tokenizer, tmp_path):
-    result = _run_text_recipe(tokenizer, tmp_path, "--typo_rate", "0.3", "--typo_probability", "1.0",
+def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_card(tokenizer, tmp_path, run_recipe):
+    _text_teacher_and_data(tokenizer, tmp_path)
+    result = _text_recipe(run_recipe, tmp_path, "--typo_rate", "0.3", "--typo_probability", "1.0",
                               "--adversarial", "fgm", "--adv_start_step", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
@@ -158,22 +182,22 @@ def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_ca
     assert "| noise | typo_noise(rate=0.3) |" in card and "| probability | 1.0 |" in card and "| seed | 42 |" in card
 
 
-def test_teacher_saved_without_its_tokenizer_needs_tokenizer_name_or_path(tokenizer, tmp_path):
+def test_teacher_saved_without_its_tokenizer_needs_tokenizer_name_or_path(tokenizer, tmp_path, run_recipe):
     _text_teacher_and_data(tokenizer, tmp_path)
     (tmp_path / "tokenizer").mkdir()
     for path in (tmp_path / "teacher").iterdir():  # the teacher keeps its model files only
         if path.name not in ("config.json", "model.safetensors"):
             path.rename(tmp_path / "tokenizer" / path.name)
-    ran = _text_recipe(tmp_path, "--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--max_steps", "1")
+    ran = _text_recipe(run_recipe, tmp_path, "--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--max_steps", "1")
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert len(AutoTokenizer.from_pretrained(tmp_path / "student")) == len(tokenizer)
 
 
-def test_text_recipe_leaves_out_a_test_split_without_labels_and_keeps_the_student(tokenizer, tmp_path):
+def test_text_recipe_leaves_out_a_test_split_without_labels_and_keeps_the_student(tokenizer, tmp_path, run_recipe):
     # GLUE's test sets carry -1 for their hidden labels: scoring them after training used to crash before the save.
     _text_teacher_and_data(tokenizer, tmp_path)
     (tmp_path / "test.tsv").write_text("label\tsentence\n" + "".join(f"-1\ta good movie {i}\n" for i in range(8)))
-    result = _text_recipe(tmp_path, "--test_file", str(tmp_path / "test.tsv"))
+    result = _text_recipe(run_recipe, tmp_path, "--test_file", str(tmp_path / "test.tsv"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "The test split has no labels" in result.stderr
     card = (tmp_path / "student" / "README.md").read_text()
@@ -181,13 +205,13 @@ def test_text_recipe_leaves_out_a_test_split_without_labels_and_keeps_the_studen
     assert (tmp_path / "student" / "model.safetensors").exists()
 
 
-def test_text_recipe_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
+def test_text_recipe_resumes_from_its_last_checkpoint(tokenizer, tmp_path, run_recipe):
     _text_teacher_and_data(tokenizer, tmp_path)
-    first = _text_recipe(tmp_path, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+    first = _text_recipe(run_recipe, tmp_path, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
                          "--logging_steps", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("{'loss'") == 2
-    again = _text_recipe(tmp_path, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+    again = _text_recipe(run_recipe, tmp_path, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
                          "--logging_steps", "1", "--resume_from_checkpoint", "true")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("{'loss'") == 2  # steps 3 and 4 only: it went on from checkpoint-2
@@ -238,7 +262,7 @@ def test_evaluation_splits_are_checked_before_training(monkeypatch):
         scorable_splits({"validation": hidden}, num_labels=2)
 
 
-def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokenizer, tmp_path):
+def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokenizer, tmp_path, run_recipe):
     from conftest import tiny_config
     from transformers import BertModel
 
@@ -248,17 +272,14 @@ def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokeni
     tokenizer.save_pretrained(tmp_path / "base")
     rows = ["label\tsentence"] + [f"{i % 2}\t{'a good movie' if i % 2 else 'an awful plot'} {i}" for i in range(16)]
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "finetune_teacher.py"), "--task", "text-classification",
-         "--model_name_or_path", str(tmp_path / "base"), "--train_file", str(tmp_path / "train.tsv"),
-         "--validation_file", str(tmp_path / "train.tsv"), "--output_dir", str(tmp_path / "teacher"),
-         "--max_steps", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "steps",
-         "--save_steps", "1", "--resume_from_checkpoint", "true"],
-        capture_output=True, text=True, env=_env(), timeout=300,
-    )
+    flags = ["--task", "text-classification", "--model_name_or_path", tmp_path / "base",
+             "--train_file", tmp_path / "train.tsv", "--validation_file", tmp_path / "train.tsv",
+             "--output_dir", tmp_path / "teacher", "--max_steps", "2", "--report_to", "none", "--use_cpu", "true",
+             "--save_strategy", "steps", "--save_steps", "1"]
+    result = run_recipe("finetune_teacher.py", *flags, "--resume_from_checkpoint", "true")
     # There is nothing to resume from: the flag reaches Trainer.train, which says so.
     assert result.returncode != 0 and "No valid checkpoint found" in result.stderr, result.stderr[-3000:]
-    result = subprocess.run(result.args[:-2], capture_output=True, text=True, env=_env(), timeout=300)
+    result = run_recipe("finetune_teacher.py", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     teacher = load_model(str(tmp_path / "teacher"), "sequence_classification", require_all_weights=True)
     assert teacher.config.id2label == {0: "0", 1: "1"}
@@ -341,15 +362,13 @@ def test_text_recipe_typo_arguments_are_checked(monkeypatch):
         NoisyViewArguments(typo_rate=0.2, typo_probability=-0.1)
 
 
-def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path):
+def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path, run_recipe):
     _, data = _ner_teacher_and_data(tokenizer, tmp_path)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "distill_ner.py"), "--teacher_model_name_or_path",
-         str(tmp_path / "teacher"), "--student_layers", "0", "--train_file", str(data), "--validation_file", str(data),
-         "--output_dir", str(tmp_path / "student"), "--max_steps", "2", "--per_device_train_batch_size", "4",
-         "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true",
-         "--generations", "3"],
-        capture_output=True, text=True, env=_env(), timeout=300,
+    result = run_recipe(
+        "distill_ner.py", "--teacher_model_name_or_path", tmp_path / "teacher", "--student_layers", "0",
+        "--train_file", data, "--validation_file", data, "--output_dir", tmp_path / "student", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--generations", "3",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     from safetensors.torch import load_file
@@ -387,7 +406,7 @@ def test_ner_recipe_loads_a_byte_level_tokenizer_with_add_prefix_space(byte_leve
     assert keeps_word_starts(ner_tokenizer) and not keeps_word_starts(tokenizer)
 
 
-def test_finetune_teacher_ner_reads_words_with_a_byte_level_tokenizer(byte_level_tokenizer_dir, tmp_path):
+def test_finetune_teacher_ner_reads_words_with_a_byte_level_tokenizer(byte_level_tokenizer_dir, tmp_path, run_recipe):
     from transformers import RobertaConfig, RobertaModel
 
     from hf_distill.data import keeps_word_starts
@@ -397,12 +416,11 @@ def test_finetune_teacher_ner_reads_words_with_a_byte_level_tokenizer(byte_level
                                intermediate_size=64, max_position_embeddings=70)).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     (tmp_path / "train.txt").write_text(CONLL * 2)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "finetune_teacher.py"), "--task", "ner",
-         "--model_name_or_path", str(tmp_path / "base"), "--train_file", str(tmp_path / "train.txt"),
-         "--validation_file", str(tmp_path / "train.txt"), "--output_dir", str(tmp_path / "teacher"),
-         "--max_steps", "1", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"],
-        capture_output=True, text=True, env=_env(), timeout=300,
+    result = run_recipe(
+        "finetune_teacher.py", "--task", "ner", "--model_name_or_path", tmp_path / "base",
+        "--train_file", tmp_path / "train.txt", "--validation_file", tmp_path / "train.txt",
+        "--output_dir", tmp_path / "teacher", "--max_steps", "1", "--report_to", "none", "--use_cpu", "true",
+        "--save_strategy", "no",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert keeps_word_starts(AutoTokenizer.from_pretrained(tmp_path / "teacher"))  # saved as it read the words
@@ -468,7 +486,7 @@ def test_a_new_ner_teachers_tags_come_from_every_file(tmp_path, monkeypatch):
     assert {"O", "B-PER", "I-PER", "B-LOC", "I-LOC"} == set(conll_tag_names(data))
 
 
-def test_ner_recipes_read_iob1_files_with_tag_scheme(tokenizer, tmp_path, monkeypatch):
+def test_ner_recipes_read_iob1_files_with_tag_scheme(tokenizer, tmp_path, monkeypatch, run_recipe):
     # The original CoNLL-2003 release is IOB1: an entity opens with I- unless it follows one of its own type.
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     from recipe_utils import DataArguments, conll_tag_names
@@ -482,12 +500,11 @@ def test_ner_recipes_read_iob1_files_with_tag_scheme(tokenizer, tmp_path, monkey
         DataArguments(train_file=str(iob1), tag_scheme="bio")
 
     teacher_dir, _ = _ner_teacher_and_data(tokenizer, tmp_path)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "distill_ner.py"), "--teacher_model_name_or_path", str(teacher_dir),
-         "--train_file", str(iob1), "--validation_file", str(iob1), "--tag_scheme", "iob1", "--student_layers", "0",
-         "--output_dir", str(tmp_path / "student"), "--max_steps", "1", "--per_device_train_batch_size", "2",
-         "--report_to", "none", "--use_cpu"],
-        capture_output=True, text=True, env=_env(), timeout=300,
+    result = run_recipe(
+        "distill_ner.py", "--teacher_model_name_or_path", teacher_dir, "--train_file", iob1,
+        "--validation_file", iob1, "--tag_scheme", "iob1", "--student_layers", "0",
+        "--output_dir", tmp_path / "student", "--max_steps", "1", "--per_device_train_batch_size", "2",
+        "--report_to", "none", "--use_cpu",
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -593,9 +610,7 @@ def test_a_recipe_pushes_once_with_the_evaluation_on_the_card(tokenizer, tmp_pat
 
 
 def test_finetune_teacher_ner_reads_a_local_file_beside_a_hub_dataset_in_the_hubs_tag_order(tokenizer, tmp_path,
-                                                                                          monkeypatch):
-    import runpy
-
+                                                                                          monkeypatch, run_recipe):
     import datasets
     import transformers
     from conftest import tiny_config
@@ -621,21 +636,20 @@ def test_finetune_teacher_ner_reads_a_local_file_beside_a_hub_dataset_in_the_hub
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(transformers.Trainer, "__init__", record)
-    monkeypatch.setattr(sys, "argv", [
-        "finetune_teacher.py", "--task", "ner", "--model_name_or_path", str(tmp_path / "base"),
-        "--dataset_name", "lhoestq/conll2003", "--validation_file", str(tmp_path / "dev.txt"),
-        "--output_dir", str(tmp_path / "teacher"), "--max_steps", "1", "--use_cpu", "true", "--report_to", "none",
-        "--save_strategy", "no", "--disable_tqdm", "true"])
-    runpy.run_path(str(ROOT / "recipes" / "finetune_teacher.py"), run_name="__main__")
+    result = run_recipe(
+        "finetune_teacher.py", "--task", "ner", "--model_name_or_path", tmp_path / "base",
+        "--dataset_name", "lhoestq/conll2003", "--validation_file", tmp_path / "dev.txt",
+        "--output_dir", tmp_path / "teacher", "--max_steps", "1", "--use_cpu", "true", "--report_to", "none",
+        "--save_strategy", "no", "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
     id2label = seen["model"].config.id2label
     assert [id2label[i] for i in range(len(hub_tags))] == hub_tags
     gold = [id2label[i] for i in seen["eval"][0]["labels"] if i != -100]
     assert gold == ["B-PER", "O", "O", "B-LOC", "O"]  # john lives in paris . as the file tags it
 
 
-def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_split(tokenizer, tmp_path, monkeypatch):
-    import runpy
-
+def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_split(tokenizer, tmp_path, monkeypatch,
+                                                                                     run_recipe):
     import datasets
 
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
@@ -649,11 +663,11 @@ def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_sp
     load = datasets.load_dataset  # the local file is read with load_dataset("csv", ...) too
     monkeypatch.setattr(recipe_utils.datasets, "load_dataset",
                         lambda name, *args, **kwargs: hub if name == "some-org/sst2-dev-only" else load(name, *args, **kwargs))
-    monkeypatch.setattr(sys, "argv", [
-        "distill_text_classification.py", "--teacher_model_name_or_path", str(tmp_path / "teacher"),
-        "--student_layers", "1", "--dataset_name", "some-org/sst2-dev-only", "--train_file",
-        str(tmp_path / "train.tsv"), "--output_dir", str(tmp_path / "student"), "--max_steps", "1",
-        "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"])
-    runpy.run_path(str(ROOT / "recipes" / "distill_text_classification.py"), run_name="__main__")
+    result = run_recipe(
+        "distill_text_classification.py", "--teacher_model_name_or_path", tmp_path / "teacher",
+        "--student_layers", "1", "--dataset_name", "some-org/sst2-dev-only", "--train_file", tmp_path / "train.tsv",
+        "--output_dir", tmp_path / "student", "--max_steps", "1", "--use_cpu", "true", "--report_to", "none",
+        "--save_strategy", "no", "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "on `train.tsv (local file)`" in card and "some-org/sst2-dev-only" not in card  # nor in its metadata
