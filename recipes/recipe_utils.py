@@ -223,17 +223,19 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
 
     Returns the report that goes on the model card: {"teacher": {...}, "student": {...}, "speed": {...}}.
     """
-    eval_args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="hf_distill_eval_"), per_device_eval_batch_size=args.per_device_eval_batch_size,
-        report_to="none", use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
-    )
     report = {"teacher": {}, "student": {}}
-    for role, model in (("teacher", teacher), ("student", student)):
-        scorer = Trainer(model=model, args=eval_args, data_collator=collator, compute_metrics=compute_metrics)
-        for split, data in splits.items():
-            result = scorer.evaluate(data, metric_key_prefix=split)
-            report[role][f"{split}_{metric}"] = round(result[f"{split}_{metric}"], 4)
-        report[role]["parameters"] = sum(p.numel() for p in model.parameters())
+    # Trainer wants an output directory even to evaluate; this one is scratch and is removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="hf_distill_eval_") as scratch:
+        eval_args = TrainingArguments(
+            output_dir=scratch, per_device_eval_batch_size=args.per_device_eval_batch_size, report_to="none",
+            use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
+        )
+        for role, model in (("teacher", teacher), ("student", student)):
+            scorer = Trainer(model=model, args=eval_args, data_collator=collator, compute_metrics=compute_metrics)
+            for split, data in splits.items():
+                result = scorer.evaluate(data, metric_key_prefix=split)
+                report[role][f"{split}_{metric}"] = round(result[f"{split}_{metric}"], 4)
+            report[role]["parameters"] = sum(p.numel() for p in model.parameters())
     first = next(iter(splits.values()))
     speed = {}
     # Batches of 1 and 32 (or the whole split, if smaller: the key names the size measured).

@@ -6,6 +6,7 @@ import os
 import runpy
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -139,10 +140,13 @@ def _text_recipe(run_recipe, tmp_path, *flags):
     )
 
 
-def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path, run_recipe):
+def test_distill_text_classification_recipe_end_to_end(tokenizer, tmp_path, run_recipe, monkeypatch):
     _text_teacher_and_data(tokenizer, tmp_path, names=True)  # labels written as the teacher's names
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     result = _text_recipe(run_recipe, tmp_path, "--temperature", "3.0")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list((tmp_path / "tmp").iterdir())  # the scoring scratch directory is gone
     card = (tmp_path / "student" / "README.md").read_text()
     assert "text-classification" in card and "| temperature | 3.0 |" in card and "validation_accuracy" in card
     assert "Noisy student inputs" not in card
