@@ -426,7 +426,7 @@ def greedy_word_attack(
     """Flip a classifier's prediction with character typos in as few important words as possible (black box).
 
     1. Importance: each word is deleted in turn; words are ranked by how much that lowers the true-class
-       probability (ties keep the word order).
+       probability (ties keep the word order). A one-word text is not ranked: no empty text is ever scored.
     2. In that order, skipping the words [`is_typo_eligible`] refuses (punctuation, single characters), up to
        `max_tries_per_word` distinct [`typo`]s of the word are scored, and the one that lowers
        the true-class probability most is kept if it lowers it at all (a word whose typos do not help is skipped and
@@ -463,10 +463,12 @@ def greedy_word_attack(
         return result
 
     true_probability = probabilities[label]
-    deletions = [current[:i] + current[i + 1 :] for i in range(len(current))]
-    drops = true_probability - _query(predict_proba, deletions)[:, label]
-    queries += len(deletions)
-    order = sorted(range(len(current)), key=lambda i: -drops[i])
+    order = [0]  # a single word needs no ranking (and deleting it would leave an empty text to score)
+    if len(current) > 1:
+        deletions = [current[:i] + current[i + 1 :] for i in range(len(current))]
+        drops = true_probability - _query(predict_proba, deletions)[:, label]
+        queries += len(deletions)
+        order = sorted(range(len(current)), key=lambda i: -drops[i])
 
     perturbed = 0
     for i in order:
@@ -553,7 +555,9 @@ def model_predict_proba(
     mode is restored after each call.
 
     Returns:
-        A function from a list of N texts (lists of words) to softmax probabilities, an (N, C) float64 array.
+        A function from a list of N texts (lists of words) to softmax probabilities, an (N, C) float64 array. It
+        raises `ValueError` for a text that encodes to no tokens at all (an empty text, with a tokenizer that adds no
+        special tokens), which a model could only score from padding.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
@@ -570,6 +574,13 @@ def model_predict_proba(
                     max_length=max_length,
                     return_tensors="pt",
                 ).to(device)
+                empty = (encoding["attention_mask"].sum(-1) == 0).nonzero().flatten().tolist()
+                if empty:
+                    raise ValueError(
+                        f"The text {start + empty[0]} of this call ({texts[start + empty[0]]!r}) has no tokens: this "
+                        "tokenizer adds no special tokens (GPT-2 and Llama-style ones do not), so an empty text leaves "
+                        "the model nothing to read. Leave empty texts out of the examples."
+                    )
                 logits = model_logits(model(**encoding))
                 chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         return np.concatenate(chunks, axis=0).astype(np.float64)

@@ -314,3 +314,31 @@ def test_model_predict_proba_reads_tuple_outputs_and_restores_modes(tokenizer):
     assert model.training and not model.bert.embeddings.training
     model.config.return_dict = False
     assert np.array_equal(model_predict_proba(model, tokenizer)([["a", "b"]]), expected)
+
+
+def test_a_one_word_text_is_attacked_without_querying_an_empty_text():
+    def refuses_empty(texts):  # a classifier whose tokenizer adds no special tokens has nothing to read in ""
+        assert all(texts), "an empty text was queried"
+        return keyed_on_good(texts)
+
+    outcome = greedy_word_attack(refuses_empty, ["good"], 0, budget=1.0, rng=0)
+    assert outcome["success"] and outcome["perturbed"] == 1 and outcome["words"] != ["good"]
+    assert 1 < outcome["queries"] <= 1 + 3  # the clean query and the typos: one word needs no ranking
+
+
+def test_model_predict_proba_refuses_a_text_with_no_tokens(tokenizer, vocab_file):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(open(vocab_file).read().split())}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    bare = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")  # GPT-2-like
+    assert bare("")["input_ids"] == []
+    predict_proba = model_predict_proba(tiny_sequence_model(tokenizer, layers=1), bare)
+    assert predict_proba([["a", "good", "movie"]]).shape == (1, 2)
+    for texts, index in (([[]], 0), ([["a", "good", "movie"], []], 1)):  # alone, and padded beside a real text
+        with pytest.raises(ValueError, match=f"text {index} .*no tokens"):
+            predict_proba(texts)
