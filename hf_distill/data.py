@@ -30,6 +30,8 @@ from datasets.exceptions import DatasetGenerationError
 from tokenizers import pre_tokenizers
 from transformers.utils import logging
 
+from .views import TEACHER_VIEW_KEYS, TEACHER_VIEW_PREFIX
+
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
@@ -935,12 +937,25 @@ def _texts_checked(dataset: datasets.Dataset, path: Any, column: str) -> dataset
     return dataset
 
 
+def _with_teacher_view_of(split: datasets.Dataset, other: datasets.Dataset) -> datasets.Dataset:
+    """`split` with the teacher-view columns that only `other` has, each a copy of `split`'s own input column: where
+    no noise was drawn, the teacher reads what the student reads."""
+    copies = {key: key[len(TEACHER_VIEW_PREFIX):] for key in TEACHER_VIEW_KEYS
+              if key in other.column_names and key not in split.column_names}
+    copies = {key: base for key, base in copies.items() if base in split.column_names}
+    if not copies:
+        return split
+    return split.map(lambda batch: {key: batch[base] for key, base in copies.items()}, batched=True)
+
+
 def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: int | None = None) -> datasets.Dataset:
     """One training set from a labelled and an unlabelled tokenized dataset (semi-supervised distillation).
 
     Unlabelled rows get `labels` of -100 (one per token for token classification, one per row otherwise), so the
     hard-label loss skips them while the distillation term covers them; with `pseudo_label_threshold` the teacher
-    labels them. Only the columns both datasets share are kept (plus `labels`). For token classification, distil
+    labels them. Only the columns both datasets share are kept (plus `labels`), except a teacher view
+    (`teacher_input_ids`, ..., from `add_noisy_view`) on one side only: the other side's rows get their own inputs as
+    their teacher view, so the teacher goes on reading clean text. For token classification, distil
     the unlabelled rows with `distill_positions="all_subwords"`: `"first_subword"` distils labelled positions only.
 
     Args:
@@ -961,6 +976,7 @@ def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: 
                          "alone, or check the filter that built the unlabeled one.")
     sequences = tuple(getattr(datasets, n) for n in ("Sequence", "List", "LargeList") if hasattr(datasets, n))
     per_token = isinstance(labeled.features["labels"], sequences + (list,))  # (list: the `[Value]` shorthand)
+    labeled, unlabeled = _with_teacher_view_of(labeled, unlabeled), _with_teacher_view_of(unlabeled, labeled)
     shared = [c for c in labeled.column_names if c in unlabeled.column_names and c != "labels"]
     unlabeled = unlabeled.remove_columns([c for c in unlabeled.column_names if c not in shared])
     unlabeled = unlabeled.map(

@@ -82,7 +82,9 @@ def add_noisy_view(
     clean text in both views. The text columns are removed; the rest (the labels) is kept.
 
     Args:
-        dataset: a `datasets.Dataset` with the raw text in `text_column` (and `text_pair_column`, for pairs).
+        dataset: a `datasets.Dataset` with the raw text in `text_column` (and `text_pair_column`, for pairs), or a
+            streaming `datasets.IterableDataset`, whose rows are then built (and checked) lazily as training reads
+            them.
         tokenizer: the student's tokenizer, which is also the teacher's (`DistillationTrainer` checks this).
         text_column: the column holding the text.
         noise: the perturbation, e.g. `typo_noise(0.2)`; it must draw only from the `rng` it is given.
@@ -97,26 +99,25 @@ def add_noisy_view(
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"`probability` must be in [0, 1], got {probability}.")
     _reject_dataset_dict(dataset, "dataset")
-    columns = getattr(dataset, "column_names", None) or []
-    for name in (text_column, text_pair_column):
-        if name is not None and name not in columns:
-            raise ValueError(f"`{name}` is not a column of the dataset (columns: {columns}). Pass the column that "
-                             "holds the raw text, before tokenization.")
-    if TEACHER_VIEW_KEYS[0] in columns or "input_ids" in columns:
-        raise ValueError(f"The dataset is already tokenized (columns: {columns}); `add_noisy_view` tokenizes the raw "
-                         f"text of `{text_column}` itself.")
     text_columns = [c for c in (text_column, text_pair_column) if c is not None]
-    for name in text_columns:
-        bad = next(((row, value) for row, value in enumerate(dataset[name]) if not isinstance(value, str)), None)
-        if bad is not None:
-            raise ValueError(f"Row {bad[0]} of `{name}` is {bad[1]!r}, not a text: `add_noisy_view` perturbs and "
-                             "tokenizes raw text. Fill in or drop such rows (`dataset.filter`), or join word lists "
-                             "into strings first.")
+    # A stream without declared features (`IterableDataset.from_generator`) names no columns until it is read: its
+    # rows are checked as they are built below, never by reading the stream through first.
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None:
+        _check_raw_text_columns(columns, text_columns, text_column)
 
     def encode(texts: list[list[str]]) -> dict[str, list]:
         return dict(tokenizer(*texts, truncation=True, max_length=max_length))
 
     def build(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        if columns is None:
+            _check_raw_text_columns(list(batch), text_columns, text_column)
+        for name in text_columns:
+            bad = next(((j, v) for j, v in enumerate(batch[name]) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise ValueError(f"Row {indices[bad[0]]} of `{name}` is {bad[1]!r}, not a text: `add_noisy_view` "
+                                 "perturbs and tokenizes raw text. Fill in or drop such rows (`dataset.filter`), or "
+                                 "join word lists into strings first.")
         clean = [batch[c] for c in text_columns]
         noisy = [list(column) for column in clean]
         for j, i in enumerate(indices):
@@ -128,6 +129,16 @@ def add_noisy_view(
         return {**student, **{TEACHER_VIEW_PREFIX + k: v for k, v in teacher.items()}}
 
     return dataset.map(build, batched=True, with_indices=True, remove_columns=text_columns)
+
+
+def _check_raw_text_columns(columns: Sequence[str], text_columns: Sequence[str], text_column: str) -> None:
+    for name in text_columns:
+        if name not in columns:
+            raise ValueError(f"`{name}` is not a column of the dataset (columns: {list(columns)}). Pass the column "
+                             "that holds the raw text, before tokenization.")
+    if TEACHER_VIEW_KEYS[0] in columns or "input_ids" in columns:
+        raise ValueError(f"The dataset is already tokenized (columns: {list(columns)}); `add_noisy_view` tokenizes "
+                         f"the raw text of `{text_column}` itself.")
 
 
 class TeacherViewCollator:

@@ -306,3 +306,46 @@ def test_an_evaluation_set_with_a_teacher_view_next_to_a_clean_training_set(toke
     for train in (clean, None):
         trainer = view_trainer(tokenizer, tmp_path, data=train)
         assert "eval_loss" in trainer.evaluate(noisy_dataset(tokenizer))
+
+
+def test_add_noisy_view_on_a_stream_reads_no_row_until_iterated(tokenizer):
+    from datasets import IterableDataset
+
+    pulled = []
+
+    def rows(sentences):
+        for i, sentence in enumerate(sentences):
+            pulled.append(i)
+            yield {"sentence": sentence, "label": i % 2}
+
+    def view(sentences):
+        stream = IterableDataset.from_generator(rows, gen_kwargs={"sentences": sentences})
+        return add_noisy_view(stream, tokenizer, text_column="sentence", noise=prefix_noise, probability=1.0, seed=3)
+
+    data = view(SENTENCES[:3])
+    assert pulled == []  # a large (or endless) stream is not read through before training
+    first = next(iter(data))
+    assert first["teacher_input_ids"] == tokenizer(SENTENCES[0])["input_ids"] and first["label"] == 0
+    rng = random.Random("3:0")
+    rng.random()
+    assert first["input_ids"] == tokenizer(prefix_noise(SENTENCES[0], rng))["input_ids"]
+    with pytest.raises(ValueError, match="Row 3 of `sentence` is None, not a text"):  # checked as it is read
+        list(view([*SENTENCES[:3], None]))
+
+
+def test_mixing_unlabeled_rows_into_a_noisy_view_keeps_the_teacher_on_clean_text(tokenizer):
+    from hf_distill import mix_unlabeled
+
+    labeled = Dataset.from_dict(dict(tokenizer(SENTENCES[:2]), labels=[0, 1]))
+    unlabeled = noisy_dataset(tokenizer).remove_columns("label")
+    mixed = mix_unlabeled(labeled, unlabeled)
+    assert {"teacher_input_ids", "teacher_attention_mask", "teacher_token_type_ids"} <= set(mixed.column_names)
+    for row in mixed.select(range(2)):  # labelled rows: the teacher reads their own (clean) text
+        assert row["teacher_input_ids"] == row["input_ids"] and row["labels"] in (0, 1)
+    for i, row in enumerate(mixed.select(range(2, len(mixed)))):  # unlabelled rows keep their clean view
+        assert row["teacher_input_ids"] == tokenizer(SENTENCES[i])["input_ids"] != row["input_ids"]
+        assert row["labels"] == -100
+    # The other way round too: a labelled noisy view and plain unlabelled rows.
+    plain = Dataset.from_dict(dict(tokenizer(SENTENCES[:2])))
+    mixed = mix_unlabeled(noisy_dataset(tokenizer).rename_column("label", "labels"), plain)
+    assert mixed[-1]["teacher_input_ids"] == mixed[-1]["input_ids"] == tokenizer(SENTENCES[1])["input_ids"]
