@@ -802,3 +802,9 @@ def test_ensemble_settings_with_one_teacher_are_refused(tokenizer, tmp_path, set
     # They would change nothing, while the model card listed them as the way the teachers were combined.
     with pytest.raises(ValueError, match=r"combine several teachers, and this run has one"):
         ner_trainer(tokenizer, tmp_path, **settings)
+
+
+def test_ema_decay_without_ema_self_distillation_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="ema_decay=0.99.*self_distillation='ema'"):
+        make_args(tmp_path, ema_decay=0.99)
+    assert make_args(tmp_path, ema_decay=0.99, self_distillation="ema").ema_decay == 0.99
