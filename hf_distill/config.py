@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from transformers import TrainingArguments
@@ -29,6 +29,8 @@ NONFINITE_POLICIES = ("skip", "raise")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HIDDEN_LOSSES = ("mse", "cosine")
 EMA_DECAY_DEFAULT = 0.999
+ADV_SETTINGS = ("adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm", "adv_init_scale",
+                "adv_weight", "adv_start_step", "adv_perturb_special_tokens")
 ENSEMBLE_METHODS = ("mean", "weighted", "confidence")
 SELF_DISTILLATION = ("none", "ema")
 
@@ -443,6 +445,13 @@ class DistillationArguments(TrainingArguments):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
         if self.adv_start_step < 0:
             raise ValueError(f"`adv_start_step` must be >= 0, got {self.adv_start_step}.")
+        if self.adversarial == "none":
+            self._refuse_unused(ADV_SETTINGS, "`adversarial` is 'none', so no attack runs",
+                                "Set `adversarial` to 'fgm', 'pgd' or 'freelb'")
+        if not self.uses_features:
+            self._refuse_unused(("hidden_distill_loss", "feature_layer_map"), "`hidden_distill_weight` and "
+                                "`attention_distill_weight` are both 0, so no hidden state or attention map is matched",
+                                "Turn one of the weights on")
         super().__post_init__()
         # Transformers 5 calls them activation_checkpointing(_kwargs) and keeps the gradient_checkpointing names in step.
         checkpointing = getattr(self, "activation_checkpointing", self.gradient_checkpointing)
@@ -466,6 +475,15 @@ class DistillationArguments(TrainingArguments):
                 "`gradient_checkpointing_kwargs={'use_reentrant': False}` (Transformers' default), or "
                 "`adversarial='freelb'`, which back-propagates every pass."
             )
+
+    def _refuse_unused(self, names: tuple[str, ...], why: str, fix: str) -> None:
+        """Refuse settings changed from their defaults that `why` says nothing would read."""
+        defaults = {f.name: f.default for f in fields(self) if f.name in names}
+        changed = [f"{name}={getattr(self, name)!r}" for name in names if getattr(self, name) != defaults[name]]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} set, but {why}: "
+                             f"{'it' if len(changed) == 1 else 'they'} would be ignored. {fix}, or drop "
+                             f"{'it' if len(changed) == 1 else 'them'}.")
 
     @property
     def uses_features(self) -> bool:

@@ -129,8 +129,8 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_field(name, value):
 def test_numpy_scalars_are_numbers_too():
     import numpy as np
 
-    args = DistillationArguments(output_dir="out", report_to="none", alpha=np.float32(0.25), adv_steps=np.int64(2),
-                                 adv_perturb_special_tokens=np.bool_(True))
+    args = DistillationArguments(output_dir="out", report_to="none", alpha=np.float32(0.25), adversarial="pgd",
+                                 adv_steps=np.int64(2), adv_perturb_special_tokens=np.bool_(True))
     assert args.alpha == 0.25 and args.adv_steps == 2 and type(args.adv_steps) is int
     assert '"alpha": 0.25' in args.to_json_string()
 
@@ -144,5 +144,6 @@ def test_a_text_field_given_another_type_says_how_yaml_read_it(tmp_path, field, 
 
 
 def test_a_layer_map_may_be_a_mapping(tmp_path):
-    args = DistillationArguments(output_dir=str(tmp_path), report_to="none", feature_layer_map={1: 2, 2: 4})
+    args = DistillationArguments(output_dir=str(tmp_path), report_to="none", hidden_distill_weight=1.0,
+                                 feature_layer_map={1: 2, 2: 4})
     assert args.feature_layer_map == {1: 2, 2: 4}

@@ -193,7 +193,8 @@ def test_load_best_model_at_end_restores_the_best_checkpoint_and_rotation_keeps_
 def test_nan_in_the_students_own_forward_is_skipped_and_changes_no_weight(tokenizer, tmp_path, method):
     # A NaN inside the student's forward reaches its gradients even through a zero-weighted loss (0 * NaN): the
     # skipped batch must still add nothing. On the first AdamW step, zero gradients leave every weight bit-identical.
-    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, adversarial=method, adv_steps=2, adv_init_scale=0.1)
+    attack = {} if method == "none" else {"adv_steps": 2, "adv_init_scale": 0.1}
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1, adversarial=method, **attack)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
     def poison(module, args, output):

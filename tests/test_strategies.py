@@ -786,7 +786,8 @@ def test_a_retry_of_auto_find_batch_size_starts_from_clean_gradients_and_logs(to
         assert retried[key] == pytest.approx(fresh[key], rel=1e-5), key
 
 
-@pytest.mark.parametrize("change", [{"hidden_distill_weight": 0.0}, {"feature_layer_map": "1:2"}])
+@pytest.mark.parametrize("change", [{"hidden_distill_weight": 0.0, "feature_layer_map": None},
+                                    {"feature_layer_map": "1:2"}])
 def test_resuming_with_other_feature_settings_names_the_projection(tokenizer, tmp_path, change):
     cut = _projector_trainer(tokenizer, tmp_path, "cut")
     cut.add_callback(StopAt(2))
@@ -808,3 +809,18 @@ def test_ema_decay_without_ema_self_distillation_is_refused(tmp_path):
     with pytest.raises(ValueError, match="ema_decay=0.99.*self_distillation='ema'"):
         make_args(tmp_path, ema_decay=0.99)
     assert make_args(tmp_path, ema_decay=0.99, self_distillation="ema").ema_decay == 0.99
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"adv_epsilon": 0.3, "adv_steps": 2}, r"adv_epsilon=0.3, adv_steps=2 are set, but `adversarial` is 'none'"),
+    ({"adv_start_step": 5}, r"adv_start_step=5 is set, but `adversarial` is 'none'"),
+    ({"feature_layer_map": "1:1"}, r"feature_layer_map='1:1' is set, but .*hidden_distill_weight"),
+    ({"hidden_distill_loss": "cosine"}, r"hidden_distill_loss='cosine' is set"),
+])
+def test_adversarial_and_feature_settings_without_their_method_are_refused(tmp_path, settings, match):
+    # A user who forgets `adversarial=...` must not get a plain student believing it robust.
+    with pytest.raises(ValueError, match=match):
+        make_args(tmp_path, **settings)
+    assert make_args(tmp_path, adversarial="pgd", adv_epsilon=0.3, adv_steps=2, adv_start_step=5).adv_steps == 2
+    assert make_args(tmp_path, hidden_distill_weight=1.0, feature_layer_map="1:1",
+                     hidden_distill_loss="cosine").feature_layer_map == "1:1"
