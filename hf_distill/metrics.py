@@ -284,9 +284,23 @@ def sequence_classification_metrics(num_labels: int = 2) -> Callable[[EvalPredic
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
         batches = _batches(eval_prediction)
+        widths = {batch.shape[-1] for batch, _ in batches if batch.ndim == 2}
+        if widths - {num_labels}:
+            raise ValueError(
+                f"The model gives logits over {max(widths - {num_labels})} classes, but these metrics were built for "
+                f"num_labels={num_labels} (its F1 would be {'class 1' if num_labels == 2 else 'a macro average'}'s "
+                f"alone). Build them with `sequence_classification_metrics(num_labels=model.config.num_labels)`."
+            )
         labels = np.concatenate([batch.reshape(-1) for _, batch in batches])
         predictions = np.concatenate([(batch.argmax(axis=-1) if batch.ndim == 2 else batch).reshape(-1)
                                       for batch, _ in batches])
+        for name, ids in (("label", labels[labels != IGNORE_INDEX]), ("predicted class", predictions)):
+            if ids.size and (ids.min() < 0 or ids.max() >= num_labels):
+                raise ValueError(
+                    f"A {name} id {ids.max() if ids.max() >= num_labels else ids.min()} is outside [0, {num_labels}): "
+                    f"these metrics were built for num_labels={num_labels}. Build them with "
+                    "`sequence_classification_metrics(num_labels=model.config.num_labels)`."
+                )
         if predictions.shape != labels.shape:
             raise ValueError(
                 f"Got {predictions.shape[0]} predictions for {labels.shape[0]} labels; expected logits (N, C) or "

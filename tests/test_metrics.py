@@ -180,6 +180,18 @@ def test_sequence_classification_metrics_leave_out_unlabelled_rows():
     assert binary == {"accuracy": 1.0, "f1": 1.0}
 
 
+def test_sequence_classification_metrics_refuse_another_number_of_classes():
+    # Built with the default num_labels=2 for a 3-class model, "f1" would silently be class 1's F1 alone.
+    logits = np.eye(3)[[0, 1, 2, 1]]
+    with pytest.raises(ValueError, match="logits over 3 classes.*num_labels=2.*num_labels=model.config.num_labels"):
+        sequence_classification_metrics()(EvalPrediction(predictions=logits, label_ids=np.array([0, 1, 2, 2])))
+    with pytest.raises(ValueError, match="label id 2 is outside \\[0, 2\\)"):  # ids instead of logits
+        sequence_classification_metrics()(EvalPrediction(predictions=np.array([0, 1, 1]),
+                                                          label_ids=np.array([0, 1, 2])))
+    with pytest.raises(ValueError, match="predicted class id 3 is outside \\[0, 3\\)"):
+        sequence_classification_metrics(3)(EvalPrediction(predictions=np.array([0, 3]), label_ids=np.array([0, 1])))
+
+
 def test_sequence_classification_rejects_one_label():
     with pytest.raises(ValueError, match="at least 2"):
         sequence_classification_metrics(1)
