@@ -155,8 +155,10 @@ def check_label_names(teacher_labels: list[str] | None, student: nn.Module, teac
         raise ValueError(
             f"{teacher} and student have the same labels in a different order (teacher id2label: "
             f"{teacher_labels}; student id2label: {s_labels}). Their logits would be compared class by class and "
-            f"scramble the labels. Load the student with `id2label={id2label}` (and the matching `label2id`), and "
-            "encode the dataset's labels with the same mapping."
+            f"scramble the labels. If the student's head is new, load it with `id2label={id2label}` (and the matching "
+            "`label2id`) and encode the dataset's labels with the same mapping; if its head was trained on these "
+            "labels, renaming would give its rows other labels: permute its classifier rows to the teacher's order "
+            "(or fine-tune it with the teacher's id2label) first."
         )
     raise ValueError(
         f"{teacher} and student have different label sets: teacher {teacher_labels}, student {s_labels}. "

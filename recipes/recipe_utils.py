@@ -122,13 +122,13 @@ def load_models(model_args: ModelArguments, task: str, *, attention_distillation
     tokenizer_name = model_args.tokenizer_name_or_path or model_args.teacher_model_name_or_path
     tokenizer = load_tokenizer(tokenizer_name, pre_split_words=task == "token_classification")
     if model_args.model_name_or_path:
-        overrides = {}
-        if attention_distillation:
-            try:
-                config = AutoConfig.from_pretrained(os.path.expanduser(model_args.model_name_or_path))
-            except (OSError, ValueError):
-                config = None  # load_model below explains what is wrong with the path
-            overrides = _no_attention_dropout(config) if config is not None else {}
+        try:
+            config = AutoConfig.from_pretrained(os.path.expanduser(model_args.model_name_or_path))
+        except (OSError, ValueError):
+            config = None  # load_model below explains what is wrong with the path
+        if config is not None:
+            _check_student_label_order(config, teacher.config, model_args.model_name_or_path)
+        overrides = _no_attention_dropout(config) if attention_distillation and config is not None else {}
         student = load_model(
             model_args.model_name_or_path, task, role="student", num_labels=teacher.config.num_labels,
             id2label=teacher.config.id2label, label2id=teacher.config.label2id, **overrides,
@@ -140,6 +140,21 @@ def load_models(model_args: ModelArguments, task: str, *, attention_distillation
         logger.info("Attention distillation: the student is built with %s (no attention dropout).",
                     ", ".join(f"{k}={v}" for k, v in overrides.items()))
     return teacher, tokenizer, student
+
+
+def _check_student_label_order(config, teacher_config, name) -> None:
+    """A student is loaded with the teacher's `id2label`; that is right for a base model or other labels (its head is
+    new) but would only rename the rows of a head trained on the teacher's labels in another order."""
+    names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
+    teacher_names = [teacher_config.id2label[i] for i in range(teacher_config.num_labels)]
+    if names != teacher_names and sorted(names) == sorted(teacher_names):
+        raise ValueError(
+            f"The student {name!r} has the same labels in another order than the teacher (student: {names}; teacher: "
+            f"{teacher_names}). Loading it with the teacher's label order would give its trained classifier rows "
+            "other labels (its row for one tag would be read as another's). Use a student whose classifier follows "
+            "the teacher's order (fine-tune it with the teacher's id2label, or permute its classifier rows and "
+            "id2label to match and save it), or start from a base model, whose new head takes the teacher's order."
+        )
 
 
 def load_splits(

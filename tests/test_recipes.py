@@ -675,3 +675,21 @@ def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_sp
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "on `train.tsv (local file)`" in card and "some-org/sst2-dev-only" not in card  # nor in its metadata
+
+
+def test_a_student_with_the_teachers_labels_in_another_order_is_refused(tokenizer, tmp_path, monkeypatch):
+    # Loading it with the teacher's id2label would only rename its trained head rows: B-PER's row would say B-LOC.
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import ModelArguments, load_models
+
+    teacher_dir, _ = _ner_teacher_and_data(tokenizer, tmp_path)
+    shuffled = NER_LABELS[::-1]
+    tiny_token_model(tokenizer, labels=shuffled, layers=1).save_pretrained(tmp_path / "student")
+    args = ModelArguments(teacher_model_name_or_path=str(teacher_dir), model_name_or_path=str(tmp_path / "student"))
+    with pytest.raises(ValueError, match="same labels in another order.*classifier"):
+        load_models(args, "token_classification")
+    # A student with other (or generic) labels gets the teacher's, with a new head, as before.
+    tiny_token_model(tokenizer, labels=["O", "B-X"], layers=1).save_pretrained(tmp_path / "other")
+    args = ModelArguments(teacher_model_name_or_path=str(teacher_dir), model_name_or_path=str(tmp_path / "other"))
+    _, _, student = load_models(args, "token_classification")
+    assert list(student.config.id2label.values()) == NER_LABELS
