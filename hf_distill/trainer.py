@@ -1254,7 +1254,8 @@ class DistillationTrainer(Trainer):
         `resume_from_checkpoint=True` picks the last *complete* checkpoint in `output_dir` (one cut short by a crash
         while saving is skipped with a warning); a path to an incomplete checkpoint is refused.
         """
-        self._skipped_before_resume = 0  # set again by a resume's checkpoint
+        # A new run counts its own skipped batches; a resume's checkpoint sets both again.
+        self.skipped_batches = self._skipped_before_resume = 0
         if resume_from_checkpoint is True:
             folder, incomplete = last_complete_checkpoint(self.args.output_dir)
             for skipped in incomplete:

@@ -1,5 +1,6 @@
 """Exact resume, a real SIGKILL mid-run, incomplete checkpoints, and NaN/inf that is caught and named."""
 
+import json
 import os
 import signal
 import subprocess
@@ -277,6 +278,18 @@ def test_the_count_of_skipped_batches_carries_on_after_a_resume(tokenizer, tmp_p
     assert resumed.skipped_batches == 1  # the batch skipped before the checkpoint still counts
     assert output.metrics["skipped_batches"] == 1  # in the run's final metrics too
     assert resumed.state.log_history[-1]["skipped_batches"] == 1
+
+
+def test_a_second_train_call_counts_only_its_own_skipped_batches(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2,
+                          output_dir=str(tmp_path / "out"))
+    _poison_teacher(trainer)  # the first forward only: run 1 skips one batch, run 2 none
+    trainer.train()
+    assert trainer.skipped_batches == 1
+    output = trainer.train()  # a new run from step 0, over the same output_dir
+    assert trainer.skipped_batches == 0 and "skipped_batches" not in output.metrics
+    with open(tmp_path / "out" / "checkpoint-2" / CHECKPOINT_MARKER) as handle:
+        assert json.load(handle)["skipped_batches"] == 0  # a run resumed from it would count run 1's batch
 
 
 def test_a_process_whose_whole_logging_window_was_skipped_reduces_like_the_others():
