@@ -107,6 +107,14 @@ PROJECTOR_FILE = "feature_projector.pt"
 EMA_TEACHER_FILE = "ema_teacher.pt"
 
 
+def _named_outputs(model: nn.Module) -> dict[str, bool]:
+    """`{"return_dict": True}` for a Transformers model built with `return_dict=False` (e.g. saved with
+    `torchscript=True`), which returns tuples unless asked; nothing for any other model. `model` is not wrapped for
+    DDP (the trainer's `model`, a teacher); a compiled or PEFT model reads its config through."""
+    config = getattr(model, "config", None)
+    return {"return_dict": True} if config is not None and getattr(config, "return_dict", True) is False else {}
+
+
 class DistillationTrainer(Trainer):
     """Train `model` (the student) to match `teacher_model` while also fitting the labels.
 
@@ -387,7 +395,8 @@ class DistillationTrainer(Trainer):
         flags = self._feature_flags() if features else {}
         inputs = teacher_view_inputs(inputs)
         accepted = self._teacher_inputs[index]
-        return self.teacher_models[index](**{k: v for k, v in inputs.items() if k in accepted}, **flags)
+        teacher = self.teacher_models[index]
+        return teacher(**{k: v for k, v in inputs.items() if k in accepted}, **flags, **_named_outputs(teacher))
 
     def _feature_flags(self) -> dict[str, bool]:
         flags = {}
@@ -461,8 +470,10 @@ class DistillationTrainer(Trainer):
 
     def _student_inputs(self, inputs: dict[str, Any], *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
         """The entries of a batch that go to the student: not the labels (the loss is computed here), nor the teacher's
-        side (its view, cached logits, inputs only a teacher takes), nor `drop`."""
-        return {k: v for k, v in inputs.items() if k not in self._teacher_keys and k != "labels" and k not in drop}
+        side (its view, cached logits, inputs only a teacher takes), nor `drop`; plus `return_dict=True` for a student
+        whose config asks for tuples, since its outputs are read by name."""
+        entries = {k: v for k, v in inputs.items() if k not in self._teacher_keys and k != "labels" and k not in drop}
+        return {**entries, **_named_outputs(self.model)}
 
     # ---- schedules and positions -------------------------------------------------------------------------------
 

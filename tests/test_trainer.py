@@ -499,3 +499,18 @@ def test_trainer_arguments_that_would_bypass_distillation_are_refused_with_the_w
     with pytest.raises(ValueError, match=match):
         DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=tiny_token_model(tokenizer),
                             args=make_args(tmp_path), train_dataset=ner_dataset(tokenizer), **{name: lambda *a: None})
+
+
+@pytest.mark.parametrize("settings", [{}, {"adversarial": "fgm"}, {"hidden_distill_weight": 1.0}])
+def test_models_that_return_tuples_train_as_those_that_return_outputs(tokenizer, tmp_path, settings):
+    # `return_dict=False` (a model saved with torchscript=True, say) gives tuples, which stock Trainer trains on.
+    def weights(return_dict):
+        student = tiny_token_model(tokenizer, layers=1, seed=1, return_dict=return_dict)
+        teacher = tiny_token_model(tokenizer, layers=2, seed=2, return_dict=return_dict)
+        trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, max_steps=2,
+                              output_dir=str(tmp_path / str(return_dict)), **settings)
+        trainer.train()
+        return student.state_dict()
+
+    as_tuples, as_outputs = weights(False), weights(True)
+    assert all(torch.equal(as_tuples[k], v) for k, v in as_outputs.items())
