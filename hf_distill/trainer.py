@@ -138,6 +138,10 @@ class DistillationTrainer(Trainer):
     mean `temperature` and `alpha` of its batches; Trainer's `loss` is the mean of the steps' losses, so under a
     schedule or uneven batches it is close to, not exactly, `alpha · kd_loss + (1 - alpha) · ce_loss`. A skipped
     batch (`nonfinite_policy="skip"`) is counted in `skipped_batches` and left out of `loss` and `train_loss`.
+
+    A subclass that overrides `compute_loss` to add a term gets `num_items_in_batch` as a tensor of three counts over
+    the whole accumulated batch, `[distilled positions, labelled positions, real tokens]` (`get_batch_samples`), not
+    Trainer's one count: divide a term summed over labelled positions by `num_items_in_batch[1]`.
     """
 
     # compute_loss divides by counts over the whole accumulated batch, so Trainer must not divide again.
@@ -168,7 +172,9 @@ class DistillationTrainer(Trainer):
         if compute_loss_func is not None:
             raise ValueError("`compute_loss_func` would replace the distillation loss that DistillationTrainer "
                              "computes. Choose the loss with `DistillationArguments` (`distill_loss`, `alpha`, "
-                             "`temperature`, ...), or subclass and override `compute_loss`.")
+                             "`temperature`, ...), or subclass and override `compute_loss` (its `num_items_in_batch` "
+                             "is `[distilled, labelled, tokens]`, counted over the accumulated batch; see the class "
+                             "docstring).")
         if args is None:
             args = DistillationArguments(output_dir="tmp_trainer")
         if not isinstance(args, DistillationArguments):

@@ -144,6 +144,29 @@ def test_trainers_own_label_count_is_not_computed(tokenizer, tmp_path, monkeypat
     assert trainer.state.global_step == 2
 
 
+def test_a_compute_loss_override_gets_the_documented_counts(tokenizer, tmp_path):
+    # The class docstring promises [distilled, labelled, tokens] over the whole accumulated batch.
+    seen = []
+
+    class Recording(DistillationTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            seen.append((num_items_in_batch.clone(), inputs["labels"].ne(-100).sum()))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    data = ner_dataset(tokenizer)
+    trainer = Recording(model=tiny_token_model(tokenizer, layers=1, seed=1),
+                        teacher_model=tiny_token_model(tokenizer, layers=2, seed=2),
+                        args=make_args(tmp_path, gradient_accumulation_steps=2, max_steps=1,
+                                       per_device_train_batch_size=2),
+                        train_dataset=data, data_collator=DataCollatorForTokenClassification(tokenizer),
+                        processing_class=tokenizer)
+    trainer.train()
+    assert len(seen) == 2 and seen[0][0].shape == (3,) and torch.equal(seen[0][0], seen[1][0])
+    labelled = int(seen[0][1] + seen[1][1])
+    assert int(seen[0][0][1]) == labelled  # first-subword distillation: the distilled positions are the labelled ones
+    assert int(seen[0][0][0]) == labelled and int(seen[0][0][2]) == 0  # no feature distillation: no token count
+
+
 def test_logs_components_and_schedules_per_window(tokenizer, tmp_path):
     trainer = ner_trainer(tokenizer, tmp_path, max_steps=4, logging_steps=2, temperature=4.0, final_temperature=1.0,
                           temperature_schedule="linear", alpha=0.2, final_alpha=0.6, alpha_schedule="linear")
