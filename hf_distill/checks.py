@@ -61,6 +61,11 @@ def infer_task(model: nn.Module, role: str = "student") -> str:
     )
 
 
+def is_placeholder_label(name: Any) -> bool:
+    """Whether `name` is a default class name such as `LABEL_0` (Transformers' id2label when none was given)."""
+    return isinstance(name, str) and _DEFAULT_LABEL.match(name) is not None
+
+
 def label_names(model: nn.Module) -> list[str] | None:
     """A model's label names in id order, or None for placeholder names (`LABEL_0`, ...)."""
     return _labels(_base(model).config)
@@ -69,7 +74,7 @@ def label_names(model: nn.Module) -> list[str] | None:
 def _labels(config: Any) -> list[str] | None:
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label[i]) for i in sorted(id2label, key=int)]
-    if not names or all(_DEFAULT_LABEL.match(n) for n in names):
+    if not names or all(is_placeholder_label(n) for n in names):
         return None  # placeholder names carry no information about the order
     return names
 

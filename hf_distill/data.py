@@ -30,6 +30,7 @@ from datasets.exceptions import DatasetGenerationError
 from tokenizers import pre_tokenizers
 from transformers.utils import logging
 
+from .checks import is_placeholder_label
 from .views import TEACHER_VIEW_KEYS, TEACHER_VIEW_PREFIX
 
 logger = logging.get_logger(__name__)
@@ -793,9 +794,16 @@ def _integer_labels(
         id_of = label_name_lookup(names)
         for row, value in enumerate(values):
             if id_of(value) is None:
+                advice = (
+                    "These are placeholders (`LABEL_<i>`, the id2label of a model saved without label names): write "
+                    "the labels as ids 0..num_labels-1, or name the classes (a teacher's `id2label` in its "
+                    "config.json, which the recipes read)." if all(is_placeholder_label(n) for n in names) else
+                    "Add it to `label_names` (in id order; the recipes take them from the teacher's `id2label`), or "
+                    "fix the row."
+                )
                 raise ValueError(
                     f"{path}: row {row} (`dataset[{row}]`) has the label {value!r}, which is not one of `label_names` "
-                    f"{names}. Add it to `label_names` (in id order), or fix the row."
+                    f"{names}. {advice}"
                 )
         return cast_label_names(dataset, label_column, names)
     # Report a value that is no number at all before a quoted number ("1"), which a mixed column also holds.

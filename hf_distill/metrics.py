@@ -11,7 +11,6 @@ References:
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ import seqeval.metrics
 import seqeval.scheme
 from transformers import EvalPrediction
 
+from .checks import is_placeholder_label
 from .data import IGNORE_INDEX
 
 _SCHEMES = ("IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU")
@@ -168,7 +168,7 @@ def _check_tag_prefixes(names: Sequence[str], scheme: str | None) -> None:
     for name in names:
         if name == "O":
             continue
-        if re.fullmatch(r"LABEL_\d+", name):
+        if is_placeholder_label(name):
             raise ValueError(
                 f"Tag {name!r} is a placeholder name: the model's `config.id2label` does not name its tags. Pass the "
                 "tag names in id order (e.g. from the training data's `ner_tags` feature), or set `id2label` on the "

@@ -366,6 +366,16 @@ def test_label_names_map_label_strings_to_ids(tmp_path):
         load_text_classification_file(path, label_names=["pos", "Pos"])
 
 
+def test_label_names_that_are_placeholders_say_to_write_ids_or_name_the_classes(tmp_path):
+    # A teacher saved without label names has id2label LABEL_0, LABEL_1: the recipes pass those as `label_names`.
+    path = tmp_path / "train.csv"
+    path.write_text("sentence,label\ngood film,positive\n")
+    with pytest.raises(ValueError, match=r"'positive', which is not one of `label_names` \['LABEL_0', 'LABEL_1'\]"
+                                         r".*placeholders.*write the labels as ids.*id2label") as raised:
+        load_text_classification_file(path, label_names=["LABEL_0", "LABEL_1"])
+    assert "Add it to" not in str(raised.value)
+
+
 def test_label_range_ignores_minus_100_and_filtered_rows():
     data = Dataset.from_dict({"labels": [[-100, 6, 0, -100], [-100, 9]]}).select([0])
     check_label_range(data, num_labels=len(NER_LABELS))
