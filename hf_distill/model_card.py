@@ -121,6 +121,15 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _adapter_text(base: str) -> str:
+    if base:
+        return (f"It is a PEFT adapter on `{base}`: load it with `peft.PeftModel.from_pretrained` on that base model (or "
+                "an `AutoPeftModelFor...` class).")
+    return ("It is a PEFT adapter on a base model with no name (a student cut from the teacher with `create_student`, "
+            "say), which is not saved with it: it loads only onto that same base, saved apart. To publish a model "
+            "that loads alone, merge the adapter (`merge_and_unload()`) and save the result.")
+
+
 def build_model_card(
     *,
     task: str,
@@ -196,8 +205,7 @@ def build_model_card(
         "",
         f"This model is a **student distilled** with [hf-distill](https://github.com/hf-distill/hf-distill) from the "
         f"teacher `{teacher}`" + (f" on `{dataset}`." if dataset else "."),
-        *(["", f"It is a PEFT adapter on `{adapter_of}`: load it with `peft.PeftModel.from_pretrained` on that base "
-               "model (or an `AutoPeftModelFor...` class)."] if adapter_of is not None else []),
+        *(["", _adapter_text(adapter_of)] if adapter_of is not None else []),
         "",
         "## Distillation method",
         "",

@@ -154,6 +154,8 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
     layers = _validate_layers(layers, num_layers)
 
     config = copy.deepcopy(teacher.config)
+    # A new model, not the teacher's checkpoint: PEFT would record the teacher as the base of an adapter on it.
+    config._name_or_path = ""
     setattr(config, attribute, len(layers))
     for name in _PER_LAYER_ATTRIBUTES:  # one entry per layer: keep the kept layers' own entries
         value = getattr(config, name, None)

@@ -293,6 +293,13 @@ class DistillationTrainer(Trainer):
         if self._keeps_teacher_view:
             self.data_collator = TeacherViewCollator(self.data_collator, processing_class)
         check_sharding(args, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
+        if _adapter_base(self._unwrap(self.model)) == "":
+            logger.warning(
+                "The student is a PEFT adapter whose base model has no name (a `create_student` cut, say): the saved "
+                "adapter loads only onto that base, which is not saved with it. Save the cut student before "
+                "`get_peft_model` (`student.save_pretrained(...)`), or merge the adapter after training "
+                "(`merge_and_unload()`) and save the result."
+            )
         if args.self_distillation == "ema":
             teachers = [ema_copy(self._unwrap(self.model))]
         self.teacher_models = [self._prepare_teacher(t) for t in teachers]

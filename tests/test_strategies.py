@@ -586,6 +586,28 @@ def test_lora_student_trains_its_adapters_and_saves_them(tokenizer, tmp_path):
         assert torch.allclose(reloaded(**batch).logits, student(**batch).logits, atol=1e-6)
 
 
+def test_a_lora_adapter_on_a_cut_student_is_not_said_to_go_on_the_teacher(tokenizer, tmp_path, caplog):
+    # create_student copied the teacher's config, name included, so PEFT recorded the teacher as the adapter's base:
+    # loading the adapter on it gave the full-depth teacher with the student's adapter, silently.
+    peft = pytest.importorskip("peft")
+    from hf_distill import create_student
+
+    tiny_token_model(tokenizer, layers=2, seed=2).save_pretrained(tmp_path / "teacher")
+    teacher = type(tiny_token_model(tokenizer)).from_pretrained(tmp_path / "teacher")
+    cut = create_student(teacher, [1])
+    assert teacher.name_or_path == str(tmp_path / "teacher") and cut.name_or_path == ""
+    config = peft.LoraConfig(task_type=peft.TaskType.TOKEN_CLS, r=4, lora_alpha=8, target_modules=["query", "value"])
+    with caplog.at_level("WARNING"):
+        trainer = ner_trainer(tokenizer, tmp_path, student=peft.get_peft_model(cut, config), teacher=teacher,
+                              max_steps=1)
+    assert "base model has no name" in caplog.text and "save_pretrained" in caplog.text
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert f"PEFT adapter on `{tmp_path / 'teacher'}`" not in card and "base_model:" not in card
+    assert "on a base model with no name" in card and "is not saved with it" in card
+
+
 def test_lora_on_the_word_embeddings_trains_adversarially(tokenizer, tmp_path):
     # PEFT's LoRA embedding layer has no `embedding_dim`; the attack must still perturb its output.
     peft = pytest.importorskip("peft")
