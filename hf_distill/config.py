@@ -28,7 +28,6 @@ ADV_NORMS = ("l2", "linf")
 NONFINITE_POLICIES = ("skip", "raise")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HIDDEN_LOSSES = ("mse", "cosine")
-EMA_DECAY_DEFAULT = 0.999
 ADV_SETTINGS = ("adv_objective", "adv_epsilon", "adv_step_size", "adv_steps", "adv_norm", "adv_init_scale",
                 "adv_weight", "adv_start_step", "adv_perturb_special_tokens")
 ENSEMBLE_METHODS = ("mean", "weighted", "confidence")
@@ -325,7 +324,7 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "'ema': the teacher is an exponential moving average of the student (no teacher_model).",
                   "choices": list(SELF_DISTILLATION)},
     )
-    ema_decay: float = field(default=EMA_DECAY_DEFAULT, metadata={"help": "Decay of the EMA teacher, in [0, 1)."})
+    ema_decay: float = field(default=0.999, metadata={"help": "Decay of the EMA teacher, in [0, 1)."})
     pseudo_label_threshold: float | None = field(
         default=None,
         metadata={"help": "Give unlabeled examples the teacher's argmax where its top probability >= this."},
@@ -407,12 +406,9 @@ class DistillationArguments(TrainingArguments):
         _choice("self_distillation", self.self_distillation, SELF_DISTILLATION)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
-        if self.ema_decay != EMA_DECAY_DEFAULT and self.self_distillation != "ema":
-            raise ValueError(
-                f"`ema_decay={self.ema_decay}` sets the decay of an EMA teacher, but `self_distillation` is "
-                f"{self.self_distillation!r}, so there is none and the value would be ignored. Set "
-                "`self_distillation='ema'` to distil from an EMA of the student, or drop `ema_decay`."
-            )
+        if self.self_distillation != "ema":
+            self._refuse_unused(("ema_decay",), f"`self_distillation` is {self.self_distillation!r}, so there is no "
+                                "EMA teacher", "Set `self_distillation='ema'` to distil from an EMA of the student")
         if self.pseudo_label_threshold is not None and not 0.0 < self.pseudo_label_threshold <= 1.0:
             raise ValueError(f"`pseudo_label_threshold` must be in (0, 1], got {self.pseudo_label_threshold}.")
         if self.pseudo_label_threshold is not None and not self._hard_label_loss_weighted:
