@@ -17,14 +17,17 @@ References:
 
 from __future__ import annotations
 
+import csv
 import difflib
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import datasets
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.exceptions import DatasetGenerationError
 from tokenizers import pre_tokenizers
@@ -579,9 +582,9 @@ def tokenize_and_align_labels(
 
     Raises:
         ValueError: The tokenizer is not fast, or drops word starts on pre-split words (see
-            [`keeps_word_starts`]); ``max_length`` is not positive; ``tokens_column`` is missing or holds
-            strings instead of word lists; tags are strings instead of ids; or a sentence has more or fewer tags
-            than words.
+            [`keeps_word_starts`]); ``max_length`` leaves no room beside the special tokens; ``tokens_column`` is
+            missing or holds strings instead of word lists; tags are strings instead of ids; or a sentence has more
+            or fewer tags than words.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
@@ -599,10 +602,11 @@ def tokenize_and_align_labels(
             "does; a tokenizer that ignores that argument (one loaded as `TokenizersBackend`, such as ModernBERT's) "
             "is switched in place by `hf_distill.add_prefix_space(tokenizer)`."
         )
-    if max_length is not None and max_length < 1:
+    special = tokenizer.num_special_tokens_to_add() if max_length is not None else 0
+    if max_length is not None and max_length <= special:  # below that the tokenizer would not truncate at all
         raise ValueError(
-            f"`max_length` must be a positive number of sub-words, got {max_length}. Pass a positive number, or None "
-            "for the tokenizer's `model_max_length`."
+            f"`max_length` must be at least {special + 1} sub-words (the tokenizer's {special} special tokens and one "
+            f"more), got {max_length}. Pass a larger number, or None for the tokenizer's `model_max_length`."
         )
     if tokens_column not in examples:
         raise ValueError(
@@ -707,6 +711,58 @@ def _unreadable_file_error(path: str, extension: str, error: Exception) -> Value
         f"{path} could not be parsed as {extension[1:]}: {detail}. Every row needs the header's number of fields; "
         f"{fix}."
     )
+
+
+def _check_first_row_width(path: str, first_lines: list[bytes], delimiter: str, quoting: int) -> None:
+    """Refuse a first data row with more fields than the header: pandas would take its first field for an index
+    column, silently shifting every text (or blame a later, correct row)."""
+    header, row = (next(csv.reader([line.decode("utf-8", errors="replace")], delimiter=delimiter, quoting=quoting))
+                   for line in first_lines)
+    if len(row) > len(header):
+        raise ValueError(
+            f"{path}: row 0 (line 2) has {len(row)} fields, but the header has {len(header)} ({header}): "
+            + ("a .tsv is split on tabs with no quoting, so a text containing a tab must have it replaced."
+               if delimiter == "\t" else 'quote a text that contains the delimiter, e.g. `"good, not great",1`.')
+        )
+
+
+def _column_typed_apart_error(path: str, options: dict[str, Any], label_column: str | None,
+                              text_columns: Sequence[str | None]) -> ValueError | None:
+    """The error for a csv column whose type, inferred from its first rows, a later row does not fit (a blank or a
+    name among integer labels): found by reading every column as text, with the row that breaks it."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=options.get("delimiter", ","),
+                        quoting=options.get("quoting", csv.QUOTE_MINIMAL))
+    for column in frame.columns:
+        if column in text_columns:
+            continue
+        values = frame[column].tolist()
+        fits = _fits_int if _fits_int(values[0]) else _fits_float if _fits_float(values[0]) else None
+        row = next((i for i, value in enumerate(values) if not fits(value)), None) if fits else None
+        if row is not None:
+            value = values[row]
+            shown = value if _fits_float(value) else repr(value)
+            kind = "integer" if fits is _fits_int else "number"
+            return ValueError(
+                f"{path}: the {'label ' if column == label_column else ''}column {column!r} holds {shown} in row {row} "
+                f"(`dataset[{row}]`), where the rows before it hold {kind}s (a csv column is typed from its first "
+                "rows). Write every value of the column alike: labels as integer class ids 0..num_labels-1, or all "
+                "as label names with `label_names=[...]`; fill in or drop a row without a label."
+            )
+    return None
+
+
+def _fits_int(value: str) -> bool:
+    return re.fullmatch(r"\s*[-+]?\d+\s*", value) is not None
+
+
+def _fits_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _header_hint(found: list[str], extension: str, delimiter: str | None) -> str:
@@ -898,10 +954,15 @@ def load_text_classification_file(
     elif delimiter is not None:
         raise ValueError(f"`delimiter` applies to csv/tsv files only, but {path!r} is read as json; drop it.")
 
+    if builder == "csv":
+        _check_first_row_width(path, first_lines, options.get("delimiter", ","), options.get("quoting", csv.QUOTE_MINIMAL))
     try:
         dataset = datasets.load_dataset(builder, data_files=path, split="train", **options)
     except (DatasetGenerationError, ValueError) as error:  # parser errors arrive wrapped, without the file's name
-        raise _unreadable_file_error(path, extension, error) from error
+        typed_apart = None
+        if builder == "csv" and any(isinstance(link, pa.ArrowInvalid) for link in _chain(error)):  # a failed cast
+            typed_apart = _column_typed_apart_error(path, options, label_column, (text_column, text_pair_column))
+        raise (typed_apart or _unreadable_file_error(path, extension, error)) from error
     found = dataset.column_names
     for column, flag in ((text_column, "text_column"), (text_pair_column, "text_pair_column")):
         if column is not None and column not in found:

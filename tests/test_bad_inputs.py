@@ -178,6 +178,11 @@ def zero_max_length(ctx):
     tokenize_and_align_labels({"tokens": [["john"]]}, ctx.tokenizer, max_length=0)
 
 
+def max_length_within_the_special_tokens(ctx):
+    # Below [CLS] + [SEP] the tokenizer does not truncate at all (and says nothing): ids longer than max_length.
+    tokenize_and_align_labels({"tokens": [["john", "lives", "in", "paris"]]}, ctx.tokenizer, max_length=1)
+
+
 def base_model_teacher(ctx):
     infer_task(BertModel(tiny_config(len(ctx.tokenizer), 2)), "teacher")
 
@@ -251,7 +256,9 @@ OBJECT_CASES = [
     (string_tag_dataset, ValueError, r"'ner_tags' holds tag strings \(e\.g\. 'B-PER'\)", r"`read_conll`.*label2id"),
     (fewer_tags_than_words, ValueError, r"Example 0 of the batch has 4 words but 3 tags", r"exactly one tag"),
     (unsplit_sentences, ValueError, r"'tokens' holds whole strings", r"Split the text into words"),
-    (zero_max_length, ValueError, r"`max_length` must be a positive number of sub-words, got 0", r"or None"),
+    (zero_max_length, ValueError, r"`max_length` must be at least 3 sub-words .*got 0", r"or None"),
+    (max_length_within_the_special_tokens, ValueError, r"`max_length` must be at least 3 sub-words \(the "
+     r"tokenizer's 2 special tokens and one more\), got 1", r"or None"),
     (base_model_teacher, ValueError, r"teacher is a BertModel, which has no .* head", r"AutoModelForSequenceClass"),
     (other_models_tokenizer, ValueError, r"has \d+ tokens but the teacher's vocab_size is 10", r"processing_class="),
     (tokenizer_without_vocabulary, ValueError, r"has no vocabulary, only its \d+ special tokens",
@@ -374,6 +381,30 @@ def test_label_names_that_are_placeholders_say_to_write_ids_or_name_the_classes(
                                          r".*placeholders.*write the labels as ids.*id2label") as raised:
         load_text_classification_file(path, label_names=["LABEL_0", "LABEL_1"])
     assert "Add it to" not in str(raised.value)
+
+
+@pytest.mark.parametrize("bad, shown", [("", "''"), ("positive", "'positive'"), ("1.5", "1.5")])
+@pytest.mark.parametrize("label_column", ["label", None])
+def test_a_bad_label_past_the_first_chunk_is_named_by_its_row(tmp_path, bad, shown, label_column):
+    # The csv reader infers a column's type from its first 10,000 rows; a bad label after them failed the cast with
+    # a message about the number of fields, and no row.
+    rows = [f"{i % 2}\tfilm {i}" for i in range(12_000)]
+    rows[11_000] = f"{bad}\tfilm 11000"
+    path = tmp_path / "train.tsv"
+    path.write_text("label\tsentence\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=rf"'label' holds {re.escape(shown)} in row 11000 \(`dataset\[11000\]`\)"):
+        load_text_classification_file(path, label_column=label_column)
+
+
+@pytest.mark.parametrize("name, text", [("train.csv", "sentence,label\ngood, really good,1\nbad, really bad,0\n"),
+                                        ("train.tsv", "label\tsentence\n1\tgood\tfilm\n0\tdull and slow\n")])
+def test_a_first_row_with_one_field_too_many_is_refused_by_its_row(tmp_path, name, text):
+    # pandas takes a first data row with one field more than the header as having an index column: the texts were
+    # silently cut (csv), or a later, correct row was blamed (tsv).
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"row 0 \(line 2\) has 3 fields, but the header has 2"):
+        load_text_classification_file(path)
 
 
 def test_label_range_ignores_minus_100_and_filtered_rows():
