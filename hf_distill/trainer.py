@@ -808,9 +808,12 @@ class DistillationTrainer(Trainer):
         self._projector_grads_averaged = True
         if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
             for param in self.feature_projector.parameters():
-                if param.grad is not None:
-                    dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-                    param.grad /= dist.get_world_size()
+                # A process whose batch was skipped has no gradient here (its zero-weighted loss does not reach the
+                # projection): it contributes zeros, and every process enters the same collectives.
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                param.grad /= dist.get_world_size()
 
     def _clips_projector(self, model) -> bool:
         """Whether the projection joins the student's gradient norm: on one device and under DDP. DeepSpeed and FSDP

@@ -846,3 +846,24 @@ def test_adversarial_and_feature_settings_without_their_method_are_refused(tmp_p
     assert make_args(tmp_path, adversarial="pgd", adv_epsilon=0.3, adv_steps=2, adv_start_step=5).adv_steps == 2
     assert make_args(tmp_path, hidden_distill_weight=1.0, feature_layer_map="1:1",
                      hidden_distill_loss="cosine").feature_layer_map == "1:1"
+
+
+def test_every_process_averages_every_projector_gradient_even_one_its_skipped_batch_left_unset(tokenizer, tmp_path,
+                                                                                               monkeypatch):
+    # A process that skipped its batch back-propagates a zero-weighted student loss, which never reaches the
+    # projection: its gradients stayed None and it entered no all_reduce while the others entered one per parameter,
+    # so a two-process run hung.
+    import torch.distributed as dist
+
+    trainer = _projector_trainer(tokenizer, tmp_path, "out")
+    reduced = []
+    monkeypatch.setattr(type(trainer.args), "world_size", property(lambda self: 2))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: reduced.append(tensor))
+    params = list(trainer.feature_projector.parameters())
+    assert params and all(p.grad is None for p in params)
+    trainer._projector_grads_averaged = False
+    trainer._average_projector_grads()
+    assert len(reduced) == len(params)  # the same collectives as a process whose gradients are set
+    assert all(p.grad is not None and not p.grad.any() for p in params)  # it contributes zeros
