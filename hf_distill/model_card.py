@@ -57,6 +57,11 @@ def _method_rows(args, task: str, steps_trained: int | None = None,
         rows = [("max_steps", args.max_steps) if name == "num_train_epochs" else (name, value) for name, value in rows]
     if getattr(args, "label_smoothing_factor", 0):
         rows.append(("label_smoothing_factor", args.label_smoothing_factor))
+    processes = getattr(args, "world_size", 1)
+    if processes > 1:  # the batch above is each process's
+        rows.append(("processes", processes))
+        rows.append(("total train batch size",
+                     args.per_device_train_batch_size * args.gradient_accumulation_steps * processes))
     if steps_trained is not None and planned_steps and steps_trained < planned_steps:
         # A checkpoint, the best one (`load_best_model_at_end`) or an early stop: the weights saw part of the plan.
         rows.append(("optimizer steps behind these weights", f"{steps_trained} of {planned_steps} planned"))

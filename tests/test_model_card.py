@@ -48,6 +48,16 @@ def test_a_run_bounded_by_max_steps_says_so_instead_of_its_epochs():
                                                                 args=by_epochs))
 
 
+def test_a_multi_process_runs_card_gives_its_processes_and_total_batch(monkeypatch):
+    # Without them a card from 2 processes read like a run with half the batch.
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, per_device_train_batch_size=8,
+                                 gradient_accumulation_steps=2)
+    assert "processes" not in str(build_model_card(task="token_classification", teacher="t", args=args))
+    monkeypatch.setattr(DistillationArguments, "world_size", property(lambda self: 4))
+    text = str(build_model_card(task="token_classification", teacher="t", args=args))
+    assert "| processes | 4 |" in text and "| total train batch size | 64 |" in text
+
+
 def test_local_paths_are_not_claimed_as_hub_ids():
     args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
     card = build_model_card(task="sequence_classification", teacher="/tmp/my-teacher", args=args,
