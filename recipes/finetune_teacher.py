@@ -82,10 +82,12 @@ def main():
     else:
         text_column = data_args.text_column_name or "sentence"
         label_column = data_args.label_column_name or "label"
+        pair_column = data_args.text_pair_column_name  # read as text too ("2004" is no number here)
         label_names, by_name = text_label_names(data_args, lambda path: load_text_classification_file(
-            path, text_column=text_column, label_column=None), label_column)
+            path, text_column=text_column, label_column=None, text_pair_column=pair_column), label_column)
         splits = load_splits(data_args, lambda path: load_text_classification_file(
-            path, text_column=text_column, label_column=label_column, label_names=label_names if by_name else None),
+            path, text_column=text_column, label_column=label_column, label_names=label_names if by_name else None,
+            text_pair_column=pair_column),
             columns=[text_column, data_args.text_pair_column_name], label_column=label_column,
             label_names=label_names if by_name else None)
         encode = text_encoder(tokenizer, data_args, text_column, label_column)

@@ -693,3 +693,22 @@ def test_a_student_with_the_teachers_labels_in_another_order_is_refused(tokenize
     args = ModelArguments(teacher_model_name_or_path=str(teacher_dir), model_name_or_path=str(tmp_path / "other"))
     _, _, student = load_models(args, "token_classification")
     assert list(student.config.id2label.values()) == NER_LABELS
+
+
+def test_finetune_teacher_reads_a_pair_column_of_digits_as_text(tokenizer, tmp_path, run_recipe):
+    # A second text such as "2004" was typed as a number (the pair column was not read as text), and the tokenizer
+    # refused the integers.
+    from conftest import tiny_config
+    from transformers import BertModel
+
+    BertModel(tiny_config(len(tokenizer), 2)).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    rows = ["label\tsentence1\tsentence2"] + [f"{i % 2}\ta good movie {i}\t{2000 + i}" for i in range(8)]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    result = run_recipe(
+        "finetune_teacher.py", "--task", "text-classification", "--model_name_or_path", tmp_path / "base",
+        "--train_file", tmp_path / "train.tsv", "--validation_file", tmp_path / "train.tsv",
+        "--text_column_name", "sentence1", "--text_pair_column_name", "sentence2", "--output_dir", tmp_path / "teacher",
+        "--max_steps", "1", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
