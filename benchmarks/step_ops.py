@@ -126,6 +126,8 @@ def count_method(trainer: Trainer, steps: int, skip: int) -> dict:
         forward = trainer._teacher_forward
 
         def teacher_forward(*args, **kwargs):  # nested inside the step's count: counted by both
+            if not callback.active:  # a warm-up step, which the step's count leaves out too
+                return forward(*args, **kwargs)
             with teacher_counter:
                 return forward(*args, **kwargs)
 
@@ -204,7 +206,11 @@ def main():
               "measured GPU ratios in throughput_gpu*.json, not a speed measurement. The GPU throughput files were measured before the "
               "loss path lost 7 operations per step (commit bd34e69; this script at commit b27df40, before it, counted "
               "cached 342 and online 435 with plain 289: launch-bound cached_vs_plain 0.845, next to the measured "
-              "GPU 0.842).",
+              "GPU 0.842). On 2026-12-03 the step lost 10 more (the loss log folds its sums every 32 micro-batches "
+              "instead of stacking them at each, a 2-operation finite check of the loss, no stack-and-sum of the "
+              "counts of a lone micro-batch, and no second masking of KL and MSE rows that are already exactly 0; "
+              "the loss and its gradient are bit-identical): cached 335 -> 325, online 428 -> 418. "
+              "teacher_forward_ops counted the warm-up steps' teacher forwards too before that day (138 for 92).",
     )
     # Each method's operations by name, kept in the json (RESULTS.md shows the totals).
     results["op_counts"] = {m: r.pop("op_counts") for m, r in results["runs"].items()}

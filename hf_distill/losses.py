@@ -146,7 +146,11 @@ def distillation_objective(
             distill_loss=distill_loss,
             teacher_labels=teacher_labels,
         )
-        kd_sum, kd_count = torch.where(mask, rows, 0.0).sum(), mask.sum()
+        if distill_loss not in ("kl", "mse") or teacher_labels == "hard":
+            # Zeroed rows give KL and MSE exactly 0 (and a zero gradient), but the entropy log C to soft_ce and
+            # hard-label CE: only those need their masked rows zeroed once more.
+            rows = torch.where(mask, rows, 0.0)
+        kd_sum, kd_count = rows.sum(), mask.sum()
     else:  # a term that is not computed is a zero sum over zero positions
         kd_sum, kd_count = _zero_term(flat_student)
 

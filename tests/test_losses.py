@@ -108,6 +108,26 @@ def test_all_masked_batch_gives_zero_not_nan():
     assert torch.equal(student.grad, torch.zeros_like(student))
 
 
+@pytest.mark.parametrize("kind,labels_kind", [("kl", "soft"), ("mse", "soft"), ("soft_ce", "soft"), ("kl", "hard")])
+def test_masked_positions_add_nothing_whatever_they_hold(kind, labels_kind):
+    # Masked rows, with a NaN teacher (fp16 padding) and large student logits, change neither the loss nor any
+    # gradient: the result is that of the kept rows alone, and the masked rows' gradient is exactly zero.
+    torch.manual_seed(0)
+    student = (torch.randn(6, 4) * 5).requires_grad_()
+    teacher = torch.randn(6, 4)
+    mask = torch.tensor([True, False, True, True, False, True])
+    teacher[~mask] = float("nan")
+    settings = dict(alpha=1.0, temperature=2.0, distill_loss=kind, teacher_labels=labels_kind)
+    out = distillation_objective(student, teacher, None, mask, **settings)
+    out.loss.backward()
+    kept = student.detach()[mask].clone().requires_grad_()
+    alone = distillation_objective(kept, teacher[mask], None, torch.ones(4, dtype=torch.bool), **settings)
+    alone.loss.backward()
+    assert out.loss.item() == pytest.approx(alone.loss.item(), rel=1e-6) and out.kd_count.item() == 4
+    assert torch.equal(student.grad[~mask], torch.zeros(2, 4))
+    assert torch.allclose(student.grad[mask], kept.grad, atol=1e-7)
+
+
 def test_normalizers_replace_local_counts():
     student, teacher = torch.randn(4, 3), torch.randn(4, 3)
     labels = torch.tensor([0, 1, 2, 0])

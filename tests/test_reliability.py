@@ -323,6 +323,28 @@ def test_a_process_whose_whole_logging_window_was_skipped_reduces_like_the_other
                     "hidden_loss": 0.5, "adv_loss": 2.0, "adv_delta_norm": 0.25}
 
 
+def test_a_long_logging_window_sums_every_loss_and_holds_a_bounded_number():
+    # The window stacks its losses a few dozen at a time (fewer device operations per step): a window of any length,
+    # logged or never logged, must give the exact sums and keep no more than a fold's worth of losses alive.
+    from types import SimpleNamespace
+
+    from hf_distill.losses import DistillationLoss
+    from hf_distill.trainer import _FOLD_EVERY, _LossWindow
+
+    window, t = _LossWindow(), torch.tensor
+    n = 2 * _FOLD_EVERY + 5
+    for i in range(n):
+        window.add(DistillationLoss(t(0.0), t(float(i)), t(i % 3 + 1), t(0.5, dtype=torch.bfloat16), t(2)),
+                   temperature=1.0 + i % 2, alpha=0.25)
+        assert len(window.pending) < _FOLD_EVERY
+    logs = window.averages(SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+    kd_count = sum(i % 3 + 1 for i in range(n))
+    assert logs["kd_loss"] == pytest.approx(sum(range(n)) / kd_count, rel=1e-6)
+    assert logs["ce_loss"] == pytest.approx(0.25)
+    assert logs["temperature"] == pytest.approx(sum(1.0 + i % 2 for i in range(n)) / n)
+    assert logs["alpha"] == 0.25 and window.reduced_batches == (n, 0)
+
+
 def test_a_nan_in_the_students_forward_keeps_the_earlier_micro_batches_gradient(tokenizer, tmp_path):
     # Gradient accumulation 2, one process: the second micro-batch's logits are NaN, so it is skipped. Its backward
     # must not run (0 · NaN would reach, and then wipe, what the first micro-batch accumulated).
