@@ -23,9 +23,10 @@ probabilities and the teacher's total tail mass (spread evenly over the tail). A
 of the reconstruction is an approximation of the teacher's (the tail is flattened before dividing by T); it is
 exact when k == C. A `top_k` of C or more stores every logit (k = C), so it is exact.
 
-The build is resumable: after each batch the arrays are flushed and `completed_rows` is updated in
-`metadata.json` (written atomically), and a later `build_teacher_cache` with the same fingerprint continues from
-there. The fingerprint ties the cache to the teacher's weights, the dataset's input ids, the tokenizer and the
+The build is resumable: after each `sort_window` of rows (4096 by default; the rows of a window are batched by
+length) the arrays are flushed and `completed_rows` is updated in `metadata.json` (written atomically), and a later
+`build_teacher_cache` with the same fingerprint continues from there, running the teacher again on the rows of the
+window that was interrupted. The fingerprint ties the cache to the teacher's weights, the dataset's input ids, the tokenizer and the
 tokenization `max_length`; `TeacherLogitCache.load` refuses a cache whose fingerprint differs from what it is given.
 
 Reference: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network" (the soft targets cached
@@ -424,7 +425,9 @@ class TeacherLogitCache:
                 defaults to the longest of these rows).
             attention_mask: (B, L), the batch's mask (token classification only). When given, each row must be
                 right-padded to exactly the length the cache stores for it, else the logits would land on other
-                tokens: a left-padded batch, or an index column that names other rows, is refused.
+                tokens: a left-padded batch, or an index that names a row of another length, is refused. (An index
+                naming another row of the same length cannot be seen here; `check_index`, which
+                `DistillationTrainer` runs on its training set, compares each row's input ids with the cache's.)
 
         Returns:
             Token classification: (B, L, C), each row's stored positions first and zeros after them (right

@@ -450,8 +450,9 @@ class DistillationTrainer(Trainer):
         if features:  # only the matched layers leave inference mode (attention maps are indexed from layer 1)
             for key, offset, layer_map in (("hidden_states", 0, self._layer_map),
                                            ("attentions", 1, self._attention_map)):
-                if outputs[matched].get(key) is not None:
-                    result[key] = {t - offset: outputs[matched][key][t - offset].clone() for t in layer_map.values()}
+                if f"output_{key}" in self._feature_flags():  # not maps that the teacher's config returns anyway
+                    maps = _feature_outputs(outputs[matched], key, "teacher")
+                    result[key] = {t - offset: maps[t - offset].clone() for t in layer_map.values()}
         all_logits = [o["logits"].clone() for o in outputs]
         if len(all_logits) == 1:
             result["logits"] = result["confidence_logits"] = all_logits[0]
@@ -713,6 +714,14 @@ class DistillationTrainer(Trainer):
             )
         student = self._unwrap(self.model).config
         teacher = self._unwrap(self.teacher_models[self.args.feature_teacher]).config
+        for role, config in (("student", student), ("teacher", teacher)):
+            if getattr(config, "is_encoder_decoder", False):
+                raise ValueError(
+                    f"Hidden-state and attention distillation match the layers of an encoder (its `hidden_states` and "
+                    f"`attentions`), but the {role} is an encoder-decoder model ({config.model_type}), whose outputs "
+                    "split them into encoder and decoder parts that hf-distill does not match. Distil its logits "
+                    "alone: set `hidden_distill_weight=0` and `attention_distill_weight=0`."
+                )
         self._layer_map = parse_layer_map(self.args.feature_layer_map, student.num_hidden_layers,
                                           teacher.num_hidden_layers)
         self._attention_map = self._layer_map
@@ -739,9 +748,10 @@ class DistillationTrainer(Trainer):
             if dropout > 0:
                 raise ValueError(
                     f"Attention distillation compares attention distributions, but the student drops attention "
-                    f"probabilities in training (`{name}={dropout}`), so its maps are not distributions. Build the "
-                    f"student with `{name}=0.0`, e.g. `create_student(teacher, layers, {name}=0.0)` or "
-                    f"`AutoModelForTokenClassification.from_pretrained(..., {name}=0.0)`."
+                    f"probabilities in training (`{name}={dropout}`), so its maps are not distributions. Load the "
+                    f"student with `{name}=0.0` (`{type(self._unwrap(self.model)).__name__}.from_pretrained(..., "
+                    f"{name}=0.0)`, or `create_student(teacher, layers, {name}=0.0)` for a student cut from the "
+                    "teacher)."
                 )
         if self.args.hidden_distill_weight > 0 and student.hidden_size != teacher.hidden_size:
             if self.is_deepspeed_enabled:
@@ -769,12 +779,14 @@ class DistillationTrainer(Trainer):
         loss, ratios = parts.loss, []
         a = self.args
         if a.hidden_distill_weight > 0:
-            total, count = hidden_state_loss(outputs["hidden_states"], teacher["hidden_states"], self._layer_map, mask,
+            total, count = hidden_state_loss(_feature_outputs(outputs, "hidden_states", "student"),
+                                             teacher["hidden_states"], self._layer_map, mask,
                                              kind=a.hidden_distill_loss, projector=self.feature_projector)
             loss = loss + a.hidden_distill_weight * total / (count.clamp_min(1) if normalizer is None else normalizer)
             ratios.append(("hidden_loss", total, count))
         if a.attention_distill_weight > 0:
-            total, count = attention_kl(outputs["attentions"], teacher["attentions"], self._attention_map, mask)
+            total, count = attention_kl(_feature_outputs(outputs, "attentions", "student"), teacher["attentions"],
+                                        self._attention_map, mask)
             loss = loss + a.attention_distill_weight * total / (
                 count.clamp_min(1) if normalizer is None else normalizer)
             ratios.append(("attention_loss", total, count))
@@ -1565,6 +1577,20 @@ class _ProjectorCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.feature_projector.zero_grad(set_to_none=True)
         self.trainer._projector_grads_averaged = False
+
+
+def _feature_outputs(outputs, key: str, role: str):
+    """`outputs[key]` (`hidden_states` or `attentions`, one tensor per layer), or an error naming the model that did not
+    return them."""
+    maps = outputs.get(key)
+    if not maps:
+        raise ValueError(
+            f"Feature distillation needs the {role}'s `{key}`, but its forward returned none when asked "
+            f"(`output_{key}=True`), e.g. a model that names its outputs otherwise or an attention implementation "
+            "that returns no maps. Distil this pair's logits alone (`hidden_distill_weight=0`, "
+            "`attention_distill_weight=0`)."
+        )
+    return maps
 
 
 def _is_finite(value: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,39 @@ def test_hidden_state_term_is_added_with_its_weight(tokenizer, tmp_path):
     assert all("hidden_loss" in h for h in trainer.state.log_history if "loss" in h)
 
 
+def test_hidden_state_distillation_ignores_attention_maps_the_teachers_config_asks_for(tokenizer, tmp_path):
+    # A teacher loaded with output_attentions=True (under SDPA, Transformers returns no maps): the hidden-state-only
+    # run indexed the empty attention tuple and crashed. Only the maps of the terms that are on are collected.
+    student = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP)
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2, output_attentions=True, **NO_DROP)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, alpha=0.5, hidden_distill_weight=1.0)
+    outputs = trainer.teacher_outputs(_batch(tokenizer), features=True)
+    assert set(outputs) == {"hidden_states", "logits", "confidence_logits"}
+    trainer.train()
+    assert all("hidden_loss" in h for h in trainer.state.log_history if "loss" in h)
+
+
+def test_feature_distillation_refuses_encoder_decoder_models_and_names_a_missing_output(tokenizer, tmp_path):
+    from transformers import BartConfig, BartForSequenceClassification
+
+    from hf_distill.trainer import _feature_outputs
+
+    def bart(layers):
+        torch.manual_seed(layers)
+        return BartForSequenceClassification(BartConfig(
+            vocab_size=len(tokenizer), d_model=16, encoder_layers=layers, decoder_layers=layers,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+            max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id))
+
+    for weights in ({"hidden_distill_weight": 1.0}, {"attention_distill_weight": 1.0}):
+        with pytest.raises(ValueError, match="the student is an encoder-decoder model \\(bart\\).*logits alone"):
+            DistillationTrainer(model=bart(1), teacher_model=bart(2), args=make_args(tmp_path, **weights),
+                                train_dataset=seq_dataset(tokenizer), data_collator=DataCollatorWithPadding(tokenizer),
+                                processing_class=tokenizer)
+    with pytest.raises(ValueError, match="the teacher's `attentions`, but its forward returned none"):
+        _feature_outputs({"logits": torch.zeros(1), "attentions": ()}, "attentions", "teacher")
+
+
 def _projector_trainer(tokenizer, tmp_path, out, **kwargs):
     student = tiny_token_model(tokenizer, layers=1, seed=1, hidden=16)
     return ner_trainer(tokenizer, tmp_path, student=student, output_dir=str(tmp_path / out), max_steps=4,
@@ -242,7 +275,9 @@ def test_attention_distillation_refuses_a_gpt2_style_student_that_drops_attentio
             pad_token_id=tokenizer.pad_token_id, num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
             label2id={name: i for i, name in enumerate(NER_LABELS)}))
 
-    with pytest.raises(ValueError, match=r"`attn_pdrop=0.1`"):
+    # The advice names the student's own class, and create_student only for a student cut from the teacher.
+    with pytest.raises(ValueError, match=r"`attn_pdrop=0.1`.*GPT2ForTokenClassification.from_pretrained\(\.\.\., "
+                                         r"attn_pdrop=0.0\)`, or `create_student.*for a student cut from the teacher"):
         ner_trainer(tokenizer, tmp_path, student=gpt2(1, 0.1), teacher=gpt2(2, 0.0), attention_distill_weight=1.0)
     ner_trainer(tokenizer, tmp_path, student=gpt2(1, 0.0), teacher=gpt2(2, 0.0), attention_distill_weight=1.0)
 
