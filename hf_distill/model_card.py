@@ -46,8 +46,8 @@ _STRATEGY_FIELDS = (
 )
 
 
-def _method_rows(args, task: str, steps_trained: int | None = None,
-                 planned_steps: int | None = None) -> list[tuple[str, object]]:
+def _method_rows(args, task: str, steps_trained: int | None = None, planned_steps: int | None = None,
+                 batch_size: int | None = None) -> list[tuple[str, object]]:
     # MSE on raw logits and the teacher's argmax use no temperature: a temperature row would describe nothing.
     no_temperature = getattr(args, "distill_loss", "kl") == "mse" or getattr(args, "teacher_labels", "soft") == "hard"
     rows = [(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None
@@ -55,13 +55,19 @@ def _method_rows(args, task: str, steps_trained: int | None = None,
             and not (no_temperature and "temperature" in name)]
     if getattr(args, "max_steps", -1) > 0:  # max_steps, not num_train_epochs, decided how long training ran
         rows = [("max_steps", args.max_steps) if name == "num_train_epochs" else (name, value) for name, value in rows]
+    per_device = getattr(args, "per_device_train_batch_size", None)
+    if batch_size is not None and per_device is not None and batch_size != per_device:
+        # auto_find_batch_size lowered it after running out of memory: the card gives the batch that trained.
+        rows = [("per_device_train_batch_size", f"{batch_size} (auto_find_batch_size, from {per_device})")
+                if name == "per_device_train_batch_size" else (name, value) for name, value in rows]
+        per_device = batch_size
     if getattr(args, "label_smoothing_factor", 0):
         rows.append(("label_smoothing_factor", args.label_smoothing_factor))
     processes = getattr(args, "world_size", 1)
     if processes > 1:  # the batch above is each process's
         rows.append(("processes", processes))
         rows.append(("total train batch size",
-                     args.per_device_train_batch_size * args.gradient_accumulation_steps * processes))
+                     per_device * args.gradient_accumulation_steps * processes))
     if steps_trained is not None and planned_steps and steps_trained < planned_steps:
         # A checkpoint, the best one (`load_best_model_at_end`) or an early stop: the weights saw part of the plan.
         rows.append(("optimizer steps behind these weights", f"{steps_trained} of {planned_steps} planned"))
@@ -142,6 +148,7 @@ def build_model_card(
     args: Any,
     model_name: str | None = None,
     dataset: str | None = None,
+    dataset_config: str | None = None,
     student_params: int | None = None,
     teacher_params: int | None = None,
     evaluation: dict[str, dict[str, float]] | None = None,
@@ -156,6 +163,7 @@ def build_model_card(
     cached_logits: str | None = None,
     steps_trained: int | None = None,
     planned_steps: int | None = None,
+    train_batch_size: int | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -165,6 +173,7 @@ def build_model_card(
         args: the run's `DistillationArguments`; the method section is read from it.
         model_name: the student's name (the title).
         dataset: the training data (Hub id or file name).
+        dataset_config: the configuration of a Hub dataset that has several (`"mrpc"` of `"glue"`).
         student_params, teacher_params: parameter counts, for the size ratio.
         evaluation: `{"student": {metric: value}, "teacher": {...}}`, plus optionally
             `{"speed": {"student_latency_ms": .., "teacher_latency_ms": ..}}`.
@@ -187,6 +196,8 @@ def build_model_card(
         planned_steps: the optimizer steps the run was set to take. When `steps_trained` is fewer (a checkpoint,
             the best one of `load_best_model_at_end`, an early stop), the method table says so and gives the
             scheduled temperature and alpha of the last step these weights trained on.
+        train_batch_size: the per-device batch size that trained, when it differs from the arguments'
+            (`auto_find_batch_size` lowers it after an out-of-memory error).
         adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.
@@ -209,14 +220,15 @@ def build_model_card(
         f"# {title}",
         "",
         f"This model is a **student distilled** with [hf-distill](https://github.com/hf-distill/hf-distill) from the "
-        f"teacher `{teacher}`" + (f" on `{dataset}`." if dataset else "."),
+        f"teacher `{teacher}`" + (f" on `{dataset}`" + (f" (configuration `{dataset_config}`)" if dataset_config
+                                                        else "") + "." if dataset else "."),
         *(["", _adapter_text(adapter_of)] if adapter_of is not None else []),
         "",
         "## Distillation method",
         "",
         _method_text(args),
         "",
-        _table(_method_rows(args, task, steps_trained, planned_steps)),
+        _table(_method_rows(args, task, steps_trained, planned_steps, train_batch_size)),
     ]
     adversarial = getattr(args, "adversarial", "none")
     if adversarial and adversarial != "none":

@@ -33,7 +33,7 @@ from accelerate.utils import DistributedType
 from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, TrainOutput, rotate_checkpoints
 
 from .adversarial import AttackSettings, EmbeddingPathCheck, adversarial_backward, embed_inputs, perturbation_mask
 from .augment import augment_input_ids
@@ -337,6 +337,7 @@ class DistillationTrainer(Trainer):
         self._projector_grads_averaged = False
         self._model_step: int | None = None  # the step of the weights in `self.model`, once the best were reloaded
         self._trainer_state_saved_in: tuple[str, int] | None = None
+        self._rotation_limit: int | None = None  # the run's save_total_limit while a checkpoint save holds it back
         self._augment_generator = None
         if args.augments:
             if processing_class is None or not hasattr(processing_class, "all_special_ids"):
@@ -364,6 +365,7 @@ class DistillationTrainer(Trainer):
             self._attack_generator = torch.Generator().manual_seed(args.seed)
         # Filled in by recipes (or users) to enrich the model card written with every save.
         self.dataset_name: str | None = None
+        self.dataset_config_name: str | None = None  # the configuration of a Hub dataset (`mrpc` of `glue`)
         self.evaluation_report: dict[str, dict[str, float]] | None = None
         self.noisy_view: dict[str, Any] | None = None  # how a teacher-view training set's noise was made
         # Born-again distillation (set by whoever chains the generations): the card names the first generation's
@@ -1112,8 +1114,8 @@ class DistillationTrainer(Trainer):
     ) -> None:
         """Write README.md, the distillation model card, into `output_dir` (default `args.output_dir`).
 
-        The arguments are those of `Trainer.create_model_card`; `tasks`, `dataset_tags` and `dataset_args` are
-        accepted for compatibility and not used. `finetuned_from` overrides the teacher's name on the card. No
+        The arguments are those of `Trainer.create_model_card`; `tasks` and `dataset_tags` are accepted for
+        compatibility and not used, and `dataset_args` is the dataset's configuration (`"mrpc"` of `"glue"`). `finetuned_from` overrides the teacher's name on the card. No
         `license` is declared unless one is given (`push_to_hub(license="...")` passes it here): a student's terms
         follow from its teacher's and its training data's.
         """
@@ -1139,6 +1141,8 @@ class DistillationTrainer(Trainer):
             args=self.args,
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
             dataset=(dataset[0] if isinstance(dataset, list) else dataset) or self.dataset_name,
+            dataset_config=(dataset_args[0] if isinstance(dataset_args, list) else dataset_args) or (
+                None if dataset else self.dataset_config_name),
             student_params=sum(p.numel() for p in self._unwrap(self.model).parameters()),
             teacher_params=self._teacher_params(teacher),
             evaluation=self.evaluation_report,
@@ -1153,9 +1157,17 @@ class DistillationTrainer(Trainer):
             cached_logits=self._cache_description(),
             steps_trained=self._model_step if self._model_step is not None else self.state.global_step,
             planned_steps=self.state.max_steps or None,
+            train_batch_size=self._ran_batch_size(),
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))
+
+    def _ran_batch_size(self) -> int | None:
+        """The per-device batch size that trained, where `auto_find_batch_size` lowered it; else None."""
+        ran = getattr(self.state, "train_batch_size", None)
+        if not self.args.auto_find_batch_size or not ran:
+            return None
+        return ran // max(1, self.args.n_gpu)  # Trainer's batch spans the GPUs of one process (DataParallel)
 
     # ---- checkpoints and exact resume ------------------------------------------------------------------------
 
@@ -1171,12 +1183,13 @@ class DistillationTrainer(Trainer):
             for name in (CHECKPOINT_MARKER, "trainer_state.json"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(folder, name))
-        limit = self.args.save_total_limit
+        limit = self._rotation_limit = self.args.save_total_limit
         self.args.save_total_limit = None  # Trainer would rotate before the trainer-owned state and the marker
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+            self._rotation_limit = None
         skipped = self._run_skipped_batches()  # every process takes part
         # Each process wrote its own files (its RNG state): the checkpoint is complete once all of them have.
         self.accelerator.wait_for_everyone()
@@ -1189,6 +1202,22 @@ class DistillationTrainer(Trainer):
                                   {"global_step": self.state.global_step, "skipped_batches": skipped})
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    @contextlib.contextmanager
+    def _arguments_as_given(self):
+        """The run's own `save_total_limit` back in `args` while Trainer writes them (`training_args.bin`) inside a
+        checkpoint's save, which holds back its rotation by unsetting the limit."""
+        held, limit = self.args.save_total_limit, self._rotation_limit
+        if limit is not None:
+            self.args.save_total_limit = limit
+        try:
+            yield
+        finally:
+            self.args.save_total_limit = held
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        with self._arguments_as_given():
+            super()._save(output_dir, state_dict)
 
     def _run_skipped_batches(self) -> int:
         """The batches skipped so far on every process, those of the checkpoint this run resumed from included
@@ -1223,7 +1252,13 @@ class DistillationTrainer(Trainer):
         `_save_checkpoint` returns: write the trainer-owned state first, so that the pushed copy can be resumed."""
         if self.args.should_save and os.path.isdir(checkpoint_folder):
             self._save_trainer_owned_state(checkpoint_folder)
-        super()._push_from_checkpoint(checkpoint_folder)
+            card = os.path.join(checkpoint_folder, "README.md")
+            if self.args.hub_strategy != HubStrategy.END and os.path.isfile(card):
+                # Trainer uploads the output folder with the checkpoint's weights copied in, but not its card: the
+                # repo would hold a student with no card (or an older one) until the end of training.
+                shutil.copy(card, os.path.join(self.args.output_dir, "README.md"))
+        with self._arguments_as_given():
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load the student as Trainer does, then the trainer-owned state: the feature projection and the EMA

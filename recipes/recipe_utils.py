@@ -307,6 +307,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
         # recipe knows).
         trainer.dataset_name = (f"{os.path.basename(data_args.train_file)} (local file)" if data_args.train_file
                                 else data_args.dataset_name)
+        trainer.dataset_config_name = None if data_args.train_file else data_args.dataset_config_name
         trainer.noisy_view = noisy_view
         trainer.generations, trainer.original_teacher = generation, teacher
         trainer.train(resume_from_checkpoint=resume)

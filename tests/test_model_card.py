@@ -58,6 +58,41 @@ def test_a_multi_process_runs_card_gives_its_processes_and_total_batch(monkeypat
     assert "| processes | 4 |" in text and "| total train batch size | 64 |" in text
 
 
+def test_push_to_hubs_dataset_args_name_the_datasets_configuration(tokenizer, tmp_path, monkeypatch):
+    # Trainer.push_to_hub(dataset=..., dataset_args=...) passes the configuration as `dataset_args`.
+    trainer, fake = _trained_for_the_hub(tokenizer, tmp_path, monkeypatch)
+    trainer.push_to_hub(dataset="glue", dataset_args="mrpc")
+    assert "on `glue` (configuration `mrpc`)." in fake.uploads[-1]["files"]["README.md"]
+    trainer.dataset_name, trainer.dataset_config_name = "glue", "sst2"  # as the recipes set them
+    trainer.push_to_hub()
+    assert "on `glue` (configuration `sst2`)." in fake.uploads[-1]["files"]["README.md"]
+    trainer.push_to_hub(dataset="conll2003")  # another dataset given here: the recipe's configuration is not its
+    assert "on `conll2003`." in fake.uploads[-1]["files"]["README.md"]
+
+
+def test_the_card_gives_the_batch_size_auto_find_batch_size_trained_with(tokenizer, tmp_path):
+    # The card read the requested per-device batch (8) although every step ran with the 2 that fitted.
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationTrainer
+
+    class FitsTwo(DistillationTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training and inputs["input_ids"].shape[0] > 2:
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory")  # an out-of-memory error
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    trainer = FitsTwo(model=tiny_token_model(tokenizer, layers=1, seed=1),
+                      teacher_model=tiny_token_model(tokenizer, layers=2, seed=2),
+                      args=make_args(tmp_path, per_device_train_batch_size=8, auto_find_batch_size=True),
+                      train_dataset=ner_dataset(tokenizer), data_collator=DataCollatorForTokenClassification(tokenizer),
+                      processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| per_device_train_batch_size | 2 (auto_find_batch_size, from 8) |" in card
+
+
 def test_local_paths_are_not_claimed_as_hub_ids():
     args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
     card = build_model_card(task="sequence_classification", teacher="/tmp/my-teacher", args=args,
@@ -181,6 +216,22 @@ def test_a_pushed_checkpoint_holds_the_state_a_resume_needs(tokenizer, tmp_path,
     trainer.train()
     pushed = [u for u in fake.uploads if u.get("path_in_repo") == "last-checkpoint"]
     assert pushed and PROJECTOR_FILE in pushed[0]["files"]  # written before Trainer's upload, not after
+
+
+def test_every_save_pushes_the_checkpoints_card_with_its_weights(tokenizer, tmp_path, monkeypatch):
+    # Trainer copies only the weights, config and tokenizer of a checkpoint into the folder it uploads: the repo held
+    # a student with no card until the end of training (and none at all if the run died first).
+    fake = FakeHubApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2, push_to_hub=True,
+                          hub_model_id="tiny-student", hub_strategy="every_save", temperature=4.0,
+                          final_temperature=1.0, temperature_schedule="linear")
+    trainer.train()
+    pushes = [u for u in fake.uploads if u.get("commit_message", "").startswith("Training in progress")]
+    assert len(pushes) == 2 and all("model.safetensors" in u["files"] for u in pushes)
+    first = pushes[0]["files"]["README.md"]
+    assert "| optimizer steps behind these weights | 2 of 4 planned |" in first
+    assert first == (tmp_path / "out" / "checkpoint-2" / "README.md").read_text()
 
 
 def test_a_cached_teachers_card_says_how_its_soft_targets_were_stored(tokenizer, tmp_path):

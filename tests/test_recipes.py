@@ -677,6 +677,36 @@ def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_sp
     assert "on `train.tsv (local file)`" in card and "some-org/sst2-dev-only" not in card  # nor in its metadata
 
 
+def test_the_card_names_the_hub_datasets_configuration(tokenizer, tmp_path, monkeypatch, run_recipe):
+    # `--dataset_name glue --dataset_config_name sst2` and `... mrpc` gave cards that both said "on `glue`".
+    import datasets
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import recipe_utils
+
+    _text_teacher_and_data(tokenizer, tmp_path)
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    split = datasets.Dataset.from_dict({"sentence": ["a good movie", "an awful plot"] * 2, "label": [1, 0] * 2},
+                                       features=features)
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append(args)
+        return datasets.DatasetDict(train=split, validation=split)
+
+    monkeypatch.setattr(recipe_utils.datasets, "load_dataset", load_dataset)
+    result = run_recipe(
+        "distill_text_classification.py", "--teacher_model_name_or_path", tmp_path / "teacher",
+        "--student_layers", "1", "--dataset_name", "glue", "--dataset_config_name", "sst2",
+        "--output_dir", tmp_path / "student", "--max_steps", "1", "--use_cpu", "true", "--report_to", "none",
+        "--save_strategy", "no", "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert calls == [("glue", "sst2")]
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "on `glue` (configuration `sst2`)." in card and "- glue" in card
+
+
 def test_a_student_with_the_teachers_labels_in_another_order_is_refused(tokenizer, tmp_path, monkeypatch):
     # Loading it with the teacher's id2label would only rename its trained head rows: B-PER's row would say B-LOC.
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))

@@ -431,6 +431,18 @@ def test_a_save_cut_short_before_its_marker_rotates_nothing_out(tokenizer, tmp_p
     assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-4"]
 
 
+def test_checkpoints_record_the_runs_own_save_total_limit(tokenizer, tmp_path):
+    # The limit is unset while Trainer saves a checkpoint (its rotation waits for the marker), and Trainer wrote
+    # training_args.bin in that window: every checkpoint said save_total_limit=None.
+    trainer = _ema_run(tokenizer, tmp_path, max_steps=6, save_total_limit=2)
+    trainer.train()
+    assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-4", "checkpoint-6"]
+    for step in (4, 6):
+        saved = torch.load(tmp_path / "out" / f"checkpoint-{step}" / "training_args.bin", weights_only=False)
+        assert saved.save_total_limit == 2
+    assert trainer.args.save_total_limit == 2
+
+
 def test_load_best_model_at_end_also_restores_the_best_checkpoints_ema_teacher(tokenizer, tmp_path):
     scores = iter([0.1, 0.9, 0.3])
     trainer = _ema_run(tokenizer, tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
