@@ -13,7 +13,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -171,12 +171,41 @@ def _unset_flags(parser: HfArgumentParser, argv: list[str]) -> tuple[list[str], 
     return kept, unset
 
 
-def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+def _switch_settings(argv: Sequence[str], name: str) -> list[bool]:
+    """Every value that the flags `argv` give the boolean field `name` (`--name`, `--name true`, `--name=no`, ...)."""
+    from transformers.hf_argparser import string_to_bool
+
+    values = []
+    for i, arg in enumerate(argv):
+        if _flag_field(arg) != name:
+            continue
+        if "=" in arg:
+            values.append(string_to_bool(arg.split("=", 1)[1]))
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            values.append(string_to_bool(argv[i + 1]))
+        else:
+            values.append(True)
+    return values
+
+
+def _refuse_switches(argv: Sequence[str], fixed: Mapping[str, tuple[bool, str]]) -> None:
+    for name, (value, reason) in fixed.items():
+        other = [v for v in _switch_settings(argv, name) if v != value]
+        if other:
+            raise ValueError(f"`--{name} {str(other[0]).lower()}` is not supported here: {reason}")
+
+
+def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, *,
+               fixed_switches: Mapping[str, tuple[bool, str]] | None = None) -> tuple[Any, ...]:
     """Parse `argv` (default `sys.argv[1:]`) into instances of `dataclass_types`.
 
     If the first argument ends in `.yaml`, `.yml` or `.json`, it is read as a config file whose keys are field
     names; the remaining command-line flags override it. `--field None` gives back a field's default of None (e.g.
     `--final_alpha None` when the file sets one).
+
+    `fixed_switches` maps a boolean field that the script does not read (`do_train`, `do_predict`, ...) to the
+    behaviour the script has instead, `(value, reason)`: a flag or config key that asks for the other value is an
+    error giving the reason, instead of being accepted and ignored.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(list(dataclass_types))
@@ -209,8 +238,10 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         given = {_flag_field(arg) for arg in argv[1:]} - {None}
         lists = {k: v for k, v in config.items() if k in _LIST_AFTER_PARSING and isinstance(v, list) and k not in given}
         argv = _to_flags(config, single_valued) + argv[1:]
+        _refuse_switches(argv, fixed_switches or {})
         parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
         # Built again with the list, so that the dataclass validates and normalises it as it would a value it was given.
         return tuple(dataclasses.replace(obj, **{k: v for k, v in lists.items() if hasattr(obj, k)})
                      if any(hasattr(obj, k) for k in lists) else obj for obj in parsed)
+    _refuse_switches(argv, fixed_switches or {})
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

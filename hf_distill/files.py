@@ -97,3 +97,16 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None,
             return folder, incomplete
         incomplete.append(folder)
     return None, incomplete
+
+
+def checkpoint_to_resume(output_dir: str | os.PathLike) -> tuple[str, list[str]]:
+    """`resume_from_checkpoint=True`: `(the last complete checkpoint in output_dir, the incomplete ones newer than it,
+    which are skipped)`, or an error saying that there is none."""
+    folder, incomplete = last_complete_checkpoint(output_dir)
+    if folder is None:
+        raise ValueError(
+            f"No complete checkpoint to resume from in {str(output_dir)!r}"
+            + (f" ({len(incomplete)} incomplete)" if incomplete else "")
+            + ". Start without `resume_from_checkpoint`, or point it at a checkpoint folder."
+        )
+    return folder, incomplete

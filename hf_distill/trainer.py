@@ -78,6 +78,7 @@ from .files import (
     CHECKPOINT_MARKER,
     atomic_write_json,
     atomic_write_text,
+    checkpoint_to_resume,
     is_complete_checkpoint,
     last_complete_checkpoint,
     move_into,
@@ -1333,16 +1334,9 @@ class DistillationTrainer(Trainer):
         # A new run counts its own skipped batches; a resume's checkpoint sets both again.
         self.skipped_batches = self._skipped_before_resume = 0
         if resume_from_checkpoint is True:
-            folder, incomplete = last_complete_checkpoint(self.args.output_dir)
+            resume_from_checkpoint, incomplete = checkpoint_to_resume(self.args.output_dir)
             for skipped in incomplete:
                 logger.warning("%s is incomplete (interrupted while saving) and is skipped.", skipped)
-            if folder is None:
-                raise ValueError(
-                    f"No complete checkpoint to resume from in {self.args.output_dir!r}"
-                    + (f" ({len(incomplete)} incomplete)" if incomplete else "")
-                    + ". Start without `resume_from_checkpoint`, or point it at a checkpoint folder."
-                )
-            resume_from_checkpoint = folder
         elif isinstance(resume_from_checkpoint, str) and os.path.isdir(resume_from_checkpoint):
             # A checkpoint from plain Trainer has no marker but does have its state file, written near the end.
             has_state = os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json"))

@@ -14,7 +14,15 @@ Any field of the config file can be overridden on the command line (`--num_train
 
 import logging
 
-from recipe_utils import DataArguments, ModelArguments, align_labels, distill, load_models, load_splits
+from recipe_utils import (
+    RUN_SWITCHES,
+    DataArguments,
+    ModelArguments,
+    align_labels,
+    distill,
+    load_models,
+    load_splits,
+)
 from transformers import DataCollatorForTokenClassification, set_seed
 
 from hf_distill import (
@@ -29,7 +37,8 @@ logger = logging.getLogger("recipes.distill_ner")
 
 
 def main():
-    model_args, data_args, args = parse_args([ModelArguments, DataArguments, DistillationArguments])
+    model_args, data_args, args = parse_args([ModelArguments, DataArguments, DistillationArguments],
+                                               fixed_switches=RUN_SWITCHES)
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
 

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from recipe_utils import (
+    RUN_SWITCHES,
     DataArguments,
     ModelArguments,
     align_labels,
@@ -70,7 +71,7 @@ class NoisyViewArguments:
 
 def main():
     model_args, data_args, noise_args, args = parse_args(
-        [ModelArguments, DataArguments, NoisyViewArguments, DistillationArguments])
+        [ModelArguments, DataArguments, NoisyViewArguments, DistillationArguments], fixed_switches=RUN_SWITCHES)
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
     teacher, tokenizer, student = load_models(model_args, "sequence_classification",

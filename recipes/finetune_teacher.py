@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from datasets import ClassLabel
 from recipe_utils import (
+    RUN_SWITCHES,
     DataArguments,
     align_labels,
     conll_tag_names,
     load_splits,
     resume_target,
+    save_results,
     text_encoder,
     text_label_names,
 )
@@ -36,6 +38,7 @@ from hf_distill import (
     tokenize_and_align_labels,
 )
 from hf_distill.cli import parse_args
+from hf_distill.files import checkpoint_to_resume
 from hf_distill.loading import load_model, load_tokenizer
 
 logger = logging.getLogger("recipes.finetune_teacher")
@@ -45,16 +48,20 @@ TASKS = {"ner": "token_classification", "text-classification": "sequence_classif
 @dataclass
 class TeacherArguments:
     model_name_or_path: str = field(default=None, metadata={"help": "The pretrained model to fine-tune."})
+    tokenizer_name_or_path: str = field(
+        default=None, metadata={"help": "The tokenizer, if not saved with --model_name_or_path."})
     task: str = field(default="ner", metadata={"help": "'ner' or 'text-classification'.", "choices": list(TASKS)})
 
 
 def main():
-    teacher_args, data_args, args = parse_args([TeacherArguments, DataArguments, TrainingArguments])
+    teacher_args, data_args, args = parse_args([TeacherArguments, DataArguments, TrainingArguments],
+                                               fixed_switches=RUN_SWITCHES)
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     if teacher_args.model_name_or_path is None:
         raise ValueError("Pass --model_name_or_path: the pretrained model to fine-tune (local directory or Hub id).")
     set_seed(args.seed)
-    tokenizer = load_tokenizer(teacher_args.model_name_or_path, pre_split_words=teacher_args.task == "ner")
+    tokenizer = load_tokenizer(teacher_args.tokenizer_name_or_path or teacher_args.model_name_or_path,
+                               pre_split_words=teacher_args.task == "ner")
     if teacher_args.task == "ner":
         columns = {"tokens_column": data_args.text_column_name or "tokens",
                    "tags_column": data_args.label_column_name or "ner_tags"}
@@ -102,11 +109,17 @@ def main():
     )
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                       data_collator=collator, processing_class=tokenizer, compute_metrics=metrics)
-    trainer.train(resume_from_checkpoint=resume_target(args.resume_from_checkpoint))
+    resume = resume_target(args.resume_from_checkpoint)
+    if resume is True:  # stock Trainer would take the newest checkpoint folder, even one a crash cut short
+        resume, incomplete = checkpoint_to_resume(args.output_dir)
+        for skipped in incomplete:
+            logger.warning("%s is incomplete (interrupted while saving) and is skipped.", skipped)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # before the evaluation, so that nothing after training can lose the teacher
     tokenizer.save_pretrained(args.output_dir)
-    result = trainer.evaluate()
-    logger.info("teacher validation %s: %.4f", metric, result[f"eval_{metric}"])
+    result = trainer.evaluate(metric_key_prefix="validation")
+    logger.info("teacher validation %s: %.4f", metric, result[f"validation_{metric}"])
+    save_results(trainer, train_output.metrics, {"teacher": result})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
 from hf_distill.data import cast_label_names, conll_label_names, label_name_lookup, read_conll
-from hf_distill.features import attention_dropout_field
+from hf_distill.features import attention_dropout_field, parse_layer_map
 from hf_distill.loading import load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
@@ -102,6 +102,20 @@ class DataArguments:
             raise ValueError(
                 "No data: pass --dataset_name (a Hub dataset) or --train_file/--validation_file (local files)."
             )
+
+
+RUN_SWITCHES = {
+    "do_train": (True, "a recipe always trains, and saves the result in --output_dir over what is there. To score a "
+                       "model you already have, load it and call `Trainer.evaluate` (or `hf_distill."
+                       "evaluate_robustness`)."),
+    "do_eval": (True, "a recipe always scores the model it trained on every labelled split other than train "
+                      "(validation, and test when it has labels)."),
+    "do_predict": (False, "a recipe writes no predictions file; it scores every labelled split (written to "
+                          "all_results.json in --output_dir). For predictions, load the model and call "
+                          "`Trainer.predict`."),
+}
+"""`TrainingArguments` switches that the recipes do not read (`cli.parse_args(fixed_switches=...)`): a run that asks
+for something else is refused, instead of silently training over the model in --output_dir."""
 
 
 def _no_attention_dropout(config) -> dict:
@@ -244,6 +258,9 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
         eval_args = TrainingArguments(
             output_dir=scratch, per_device_eval_batch_size=args.per_device_eval_batch_size, report_to="none",
             use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
+            # The stock loss under several processes is scaled for a token count summed across them, which
+            # evaluation never passes: the logged loss would be multiplied by the number of processes.
+            average_tokens_across_devices=False,
         )
         for role, model in (("teacher", teacher), ("student", student)):
             scorer = Trainer(model=model, args=eval_args, data_collator=collator, compute_metrics=compute_metrics)
@@ -287,6 +304,18 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             "--self_distillation ema teaches the student with its own average, and --generations > 1 with the previous "
             "generation: choose one."
         )
+    if generations > 1 and args.feature_layer_map and args.uses_features:
+        # From generation 2 on, the teacher is the previous generation: a student as deep as this one. Checked now,
+        # not after a whole generation has trained.
+        depth = student.config.num_hidden_layers
+        try:
+            parse_layer_map(args.feature_layer_map, depth, depth)
+        except ValueError as err:
+            raise ValueError(
+                f"--feature_layer_map {args.feature_layer_map!r} cannot serve every generation: from generation 2 "
+                f"on, the teacher is the previous generation's {depth}-layer student ({err}). Leave "
+                "--feature_layer_map out (each generation then maps its own layers), or use --generations 1."
+            ) from err
     initial = copy.deepcopy(student) if generations > 1 else None
     # The trainer casts the teacher it is given in place (--teacher_dtype): it gets a copy, so that the comparison
     # below scores and times the teacher as it was loaded, in the student's precision.
@@ -310,7 +339,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
         trainer.dataset_config_name = None if data_args.train_file else data_args.dataset_config_name
         trainer.noisy_view = noisy_view
         trainer.generations, trainer.original_teacher = generation, teacher
-        trainer.train(resume_from_checkpoint=resume)
+        train_output = trainer.train(resume_from_checkpoint=resume)
         if not last:
             trainer.save_model()
             logger.info("born-again generation %d of %d saved in %s", generation, generations, gen_args.output_dir)
@@ -323,10 +352,20 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
         tokenizer.save_pretrained(args.output_dir)
     # Every process scores (Trainer.evaluate gathers across processes); the card is written by the main one.
     trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)
+    save_results(trainer, train_output.metrics, trainer.evaluation_report)
     trainer.create_model_card()  # again, now with the teacher/student table
     if args.push_to_hub:
         trainer.push_to_hub()  # the card names `trainer.dataset_name`, the training data
     return trainer
+
+
+def save_results(trainer: Trainer, train_metrics: dict, scores: dict) -> None:
+    """`train_results.json`, `eval_results.json` and `all_results.json` in --output_dir, as the Transformers example
+    scripts write them: the training metrics, and each evaluation score as `<model>_<split>_<metric>` (`student_...`,
+    and `teacher_...` where the recipe scored a teacher too)."""
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_metrics("eval", {f"{role}_{name}": value for role in ("student", "teacher") if role in scores
+                                  for name, value in scores[role].items()})
 
 
 def text_encoder(tokenizer, data: DataArguments, text_column: str, label_column: str):
@@ -370,6 +409,14 @@ def text_label_names(data: DataArguments, read_local, label_column: str) -> tupl
         if isinstance(feature, datasets.ClassLabel):
             names = names or list(feature.names)
         column = {v for v in split[label_column] if v is not None}
+        negative = sorted(v for v in column if (_is_id(v) and v < 0) or (isinstance(v, str) and v.strip().startswith(
+            "-") and v.strip()[1:].isdigit()))
+        if negative and name != "test":
+            raise ValueError(
+                f"The {name} split has the label {negative[0]} in the {label_column!r} column: class ids are 0, 1, 2, "
+                "... (a negative id marks a hidden label, which only a test split may have). Renumber the classes "
+                "from 0 (e.g. -1/0/1 as 0/1/2), or write their names (negative, neutral, positive)."
+            )
         if any(isinstance(v, str) and not v.strip() for v in column):
             raise ValueError(f"The {name} split has an empty label in the {label_column!r} column: fill it in, or "
                              "drop those rows (a blank cell would otherwise become a class of its own and shift every "

@@ -146,3 +146,21 @@ def test_a_layer_map_written_as_a_yaml_mapping_means_the_pairs(tmp_path):
     config.write_text("output_dir: out\nreport_to: none\nhidden_distill_weight: 1.0\nfeature_layer_map: {1: 2, 2: 4}\n")
     (args,) = parse_args([DistillationArguments], [str(config)])
     assert args.feature_layer_map == "1:2,2:4"
+
+
+def test_fixed_switches_are_refused_in_every_spelling_and_from_a_config_file(tmp_path):
+    fixed = {"do_train": (True, "this script always trains."), "do_predict": (False, "it writes no predictions.")}
+    base = ["--output_dir", "out", "--report_to", "none", "--use_cpu", "true"]
+    for flags in (["--do_train", "false"], ["--do_train=no"], ["--do-train", "0"], ["--do_predict"],
+                  ["--do_predict", "true", "--seed", "1"]):
+        with pytest.raises(ValueError, match="is not supported here: (this script always|it writes no)"):
+            parse_args([TrainingArguments], base + flags, fixed_switches=fixed)
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: none\ndo_predict: true\n")
+    with pytest.raises(ValueError, match="`--do_predict true` is not supported here: it writes no predictions"):
+        parse_args([TrainingArguments], [str(config)], fixed_switches=fixed)
+    # The values the script has anyway are fine (`--do_train --do_eval`, the Transformers examples' habit).
+    (args,) = parse_args([TrainingArguments], base + ["--do_train", "--do_predict", "false"], fixed_switches=fixed)
+    assert args.do_train and not args.do_predict
+    (args,) = parse_args([TrainingArguments], base + ["--do_train", "false"])  # no fixed switches: as before
+    assert not args.do_train

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -86,10 +87,14 @@ def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path, run_recipe):
         "output_dir": str(tmp_path / "student"), "max_steps": 3, "per_device_train_batch_size": 4,
         "report_to": "none", "use_cpu": True, "save_strategy": "no", "disable_tqdm": True,
     }))
-    result = run_recipe("distill_ner.py", config, "--alpha", "0.7")
+    result = run_recipe("distill_ner.py", config, "--alpha", "0.7", "--do_train", "--do_eval")  # the examples' habit
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "student"
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    # As the Transformers example scripts write them: training metrics and every score, per model and split.
+    results = json.loads((out / "all_results.json").read_text())
+    assert {"train_loss", "student_validation_f1", "student_test_f1", "teacher_validation_f1"} <= set(results)
+    assert json.loads((out / "eval_results.json").read_text())["student_test_f1"] == results["student_test_f1"]
     saved = json.loads((out / "config.json").read_text())
     assert saved["num_hidden_layers"] == 1 and list(saved["id2label"].values()) == NER_LABELS
     card = (out / "README.md").read_text()
@@ -273,21 +278,72 @@ def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokeni
     from hf_distill.loading import load_model
 
     BertModel(tiny_config(len(tokenizer), 2)).save_pretrained(tmp_path / "base")  # no task head yet
-    tokenizer.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")  # saved apart: --tokenizer_name_or_path, as the advice says
     rows = ["label\tsentence"] + [f"{i % 2}\t{'a good movie' if i % 2 else 'an awful plot'} {i}" for i in range(16)]
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
     flags = ["--task", "text-classification", "--model_name_or_path", tmp_path / "base",
              "--train_file", tmp_path / "train.tsv", "--validation_file", tmp_path / "train.tsv",
              "--output_dir", tmp_path / "teacher", "--max_steps", "2", "--report_to", "none", "--use_cpu", "true",
              "--save_strategy", "steps", "--save_steps", "1"]
+    result = run_recipe("finetune_teacher.py", *flags)
+    assert result.returncode != 0 and "--tokenizer_name_or_path" in result.stderr, result.stderr[-3000:]
+    flags += ["--tokenizer_name_or_path", tmp_path / "tokenizer"]
     result = run_recipe("finetune_teacher.py", *flags, "--resume_from_checkpoint", "true")
-    # There is nothing to resume from: the flag reaches Trainer.train, which says so.
-    assert result.returncode != 0 and "No valid checkpoint found" in result.stderr, result.stderr[-3000:]
+    assert result.returncode != 0 and "No complete checkpoint to resume from" in result.stderr, result.stderr[-3000:]
     result = run_recipe("finetune_teacher.py", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     teacher = load_model(str(tmp_path / "teacher"), "sequence_classification", require_all_weights=True)
     assert teacher.config.id2label == {0: "0", 1: "1"}
     assert len(AutoTokenizer.from_pretrained(tmp_path / "teacher")) == len(tokenizer)
+    assert "teacher_validation_accuracy" in json.loads((tmp_path / "teacher" / "all_results.json").read_text())
+    # A save cut short (no trainer_state.json) is skipped, not resumed from: stock Trainer took the newest folder.
+    (tmp_path / "teacher" / "checkpoint-2" / "trainer_state.json").unlink()
+    result = run_recipe("finetune_teacher.py", *flags, "--resume_from_checkpoint", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint-2 is incomplete (interrupted while saving) and is skipped" in result.stdout + result.stderr
+
+
+def test_a_negative_class_id_outside_a_test_split_is_refused(tmp_path, monkeypatch):
+    # -1/0/1 sentiment labels: -1 was taken for a hidden test label in every split, so the teacher got 2 classes and
+    # training crashed on the first batch ("Target -1 is out of bounds").
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from datasets import Dataset
+    from recipe_utils import DataArguments, text_label_names
+
+    splits = {"train": Dataset.from_dict({"label": [-1, 0, 1]}), "test": Dataset.from_dict({"label": [-1, -1]})}
+    data = DataArguments(train_file="train.tsv", validation_file="dev.tsv")
+
+    def read(path):
+        return splits["train"] if path == "train.tsv" else Dataset.from_dict({"label": ["0", "1"]})
+
+    with pytest.raises(ValueError, match="train split has the label -1.*Renumber the classes from 0"):
+        text_label_names(data, read, "label")
+    hidden = DataArguments(train_file="dev.tsv", validation_file="dev.tsv", test_file="test.tsv")
+    names, _ = text_label_names(hidden, lambda p: splits["test"] if p == "test.tsv" else read(p), "label")
+    assert names == ["0", "1"]  # GLUE-style hidden test labels are still left out
+
+
+def test_recipes_refuse_the_run_switches_they_do_not_read(tokenizer, tmp_path, run_recipe):
+    # `--do_train false` trained anyway, over the model already in --output_dir; --do_predict wrote nothing.
+    _text_teacher_and_data(tokenizer, tmp_path)
+    for flags, said in ((["--do_train", "false"], "always trains"), (["--do_predict"], "writes no predictions"),
+                        (["--do_eval=false"], "always scores")):
+        result = _text_recipe(run_recipe, tmp_path, *flags)
+        assert result.returncode != 0 and "is not supported here" in result.stderr and said in result.stderr
+        assert not (tmp_path / "student").exists()
+
+
+def test_born_again_generations_check_a_layer_map_against_every_generation_first(tokenizer, tmp_path, run_recipe):
+    # From generation 2 on the teacher is the 1-layer generation-1 student, which has no layer 2: the run trained
+    # generation 1 whole, then failed and left --output_dir empty.
+    _text_teacher_and_data(tokenizer, tmp_path)
+    result = _text_recipe(run_recipe, tmp_path, "--generations", "2", "--hidden_distill_weight", "1",
+                          "--feature_layer_map", "1:2")
+    assert result.returncode != 0 and "cannot serve every generation" in result.stderr, result.stderr[-3000:]
+    assert not list(tmp_path.glob("student*"))  # refused before any training
+    result = _text_recipe(run_recipe, tmp_path, "--generations", "2", "--hidden_distill_weight", "1",
+                          "--feature_layer_map", "1:1")
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_a_new_teachers_classes_come_from_every_split_before_any_cut(tmp_path, monkeypatch):
@@ -430,22 +486,31 @@ def test_finetune_teacher_ner_reads_words_with_a_byte_level_tokenizer(byte_level
     assert keeps_word_starts(AutoTokenizer.from_pretrained(tmp_path / "teacher"))  # saved as it read the words
 
 
-def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(tokenizer, tmp_path):
+def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(tokenizer, tmp_path, run_recipe):
     _, data = _ner_teacher_and_data(tokenizer, tmp_path)
     out = tmp_path / "student"
+    flags = ["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "0",
+             "--train_file", str(data), "--validation_file", str(data), "--max_steps", "2",
+             "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+             "--disable_tqdm", "true"]
     # The torchrun-based launcher with `use_cpu` runs two MULTI_CPU processes over gloo (see tests/test_launch.py).
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-         "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "distill_ner.py"),
-         "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "0",
-         "--train_file", str(data), "--validation_file", str(data), "--output_dir", str(out), "--max_steps", "2",
-         "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
-         "--disable_tqdm", "true"],
+         "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(ROOT / "recipes" / "distill_ner.py"), *flags, "--output_dir", str(out)],
         capture_output=True, text=True, env=_env(), timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     card = (out / "README.md").read_text()
     assert "| validation_f1 |" in card and "speedup_batch8" in card
+    # The teacher's validation loss is the same however many processes score it (it was multiplied by 2 here).
+    single = run_recipe("distill_ner.py", *flags, "--output_dir", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    def teacher_loss(output):  # the comparison scores the teacher first
+        return float(re.findall(r"'validation_loss': '?([0-9.e+-]+)", output)[0])
+
+    assert teacher_loss(result.stdout) == pytest.approx(teacher_loss(single.stdout), rel=1e-3)
 
 
 def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_validation_file(tmp_path, monkeypatch):
