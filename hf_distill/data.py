@@ -42,6 +42,7 @@ IGNORE_INDEX = -100
 """Label id that losses (``CrossEntropyLoss(ignore_index=-100)``) and metrics skip."""
 
 _DOCSTART = "-DOCSTART-"
+_COLUMN_SEPARATOR = re.compile(r"[ \t\f\v]+")  # ASCII blanks: a CoNLL token may hold a no-break space
 _TEXT_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 _TAG_SCHEMES = ("iob2", "iob1")
 _IOBES_PREFIXES = ("S", "E", "L", "U")
@@ -205,7 +206,10 @@ def _split_conll_lines(path: str) -> tuple[list[list[str]], list[list[str]], lis
     try:
         with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of the first token
             for line_number, line in enumerate(handle, start=1):
-                columns = line.split()
+                # Columns are split on ASCII spaces and tabs only: a token may be or hold another space character
+                # (a no-break space, which spaCy exports as a token), which str.split() would cut.
+                columns = _COLUMN_SEPARATOR.split(line.strip(" \t\r\n\f\v"))
+                columns = [] if columns == [""] else columns
                 if not columns or columns[0] == _DOCSTART:  # a document start also ends the sentence before it
                     seen_content = seen_content or bool(columns)
                     if tokens:
@@ -422,8 +426,12 @@ def _vanished_words(tokenizer: Any, encoding: Any, batch_words: list[list[str]],
         # An example that fills the limit exactly may or may not have been cut: only its untruncated length says.
         truncated = limit is not None and len(encoding["input_ids"][batch_index]) >= limit and len(
             tokenizer(list(words), is_split_into_words=True, truncation=False)["input_ids"]) > limit
-        end = (max(seen) + 1 if seen else 0) if truncated else len(words)
-        missing = [index for index in range(end) if index not in seen]
+        start, end = 0, len(words)
+        if truncated and getattr(tokenizer, "truncation_side", "right") == "left":  # the opening words were cut
+            start = min(seen) if seen else len(words)
+        elif truncated:
+            end = max(seen) + 1 if seen else 0
+        missing = [index for index in range(start, end) if index not in seen]
         if missing:
             vanished[batch_index] = missing
     return vanished
@@ -446,14 +454,19 @@ def _stand_in_unknown(tokenizer: Any, batch_words: list[list[str]], vanished: di
             for b, words in enumerate(batch_words)]
 
 
-def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, from_tokenizer: bool) -> None:
-    """Warn if truncation to ``limit`` sub-words dropped whole words (which then get no label)."""
+def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, from_tokenizer: bool,
+                    left: bool = False) -> None:
+    """Warn if truncation to ``limit`` sub-words dropped whole words (which then get no label); `left` for a
+    tokenizer that cuts the opening words (`truncation_side="left"`)."""
     truncated = []
     for batch_index, words in enumerate(batch_words):
         if len(encoding["input_ids"][batch_index]) < limit:
             continue
         word_ids = [word for word in encoding.word_ids(batch_index=batch_index) if word is not None]
-        kept = word_ids[-1] + 1 if word_ids else 0
+        if left:
+            kept = len(words) - word_ids[0] if word_ids else 0
+        else:
+            kept = word_ids[-1] + 1 if word_ids else 0
         if kept < len(words):
             truncated.append((batch_index, kept, len(words)))
     if not truncated:
@@ -462,8 +475,8 @@ def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, fro
     opening = " ".join(batch_words[batch_index][:6]) + (" ..." if n_words > 6 else "")
     message = (
         f"{len(truncated)} of {len(batch_words)} sentences in this batch are longer than %s sub-words and were "
-        f"truncated (e.g. the sentence {opening!r} keeps {kept} of its {n_words} words): the words past the limit get "
-        "no label, so they are neither trained on nor evaluated. Split long sentences before tokenising, or raise "
+        f"truncated (e.g. the sentence {opening!r} keeps {kept} of its {n_words} words): the words "
+        f"{'before' if left else 'past'} the limit get no label, so they are neither trained on nor evaluated. Split long sentences before tokenising, or raise "
         "`max_length` if the model's position embeddings allow it."
     )
     if from_tokenizer:  # the limit came from the tokenizer, unasked: warn where the caller will see it
@@ -474,14 +487,19 @@ def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, fro
 
 def word_free_special_ids(tokenizer: Any) -> list[int] | None:
     """The ids of the special tokens that stand for no word of the text ([CLS], [SEP], [PAD], ...): the tokenizer's
-    `all_special_ids` without its unknown token, which stands for a word the vocabulary lacks, and its mask token,
+    `all_special_ids` and the other tokens its vocabulary marks special, without its unknown token, which stands for a word the vocabulary lacks, and its mask token,
     which augmentation writes in place of words. These positions are neither distilled (`all_subwords`) nor
     perturbed. `None` when the tokenizer does not list its special tokens."""
     ids = getattr(tokenizer, "all_special_ids", None)
     if ids is None:
         return None
+    # Special tokens that the tokenizer's file marks but no `*_token` attribute names (a `tokenizers` file whose
+    # post-processor adds `<s> ... </s>`, loaded with only `pad_token`): Transformers skips them too
+    # (`special_tokens_mask`, `decode(skip_special_tokens=True)`).
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    unnamed = [i for i, token in added.items() if getattr(token, "special", False) and i not in ids]
     words = {getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "mask_token_id", None)}
-    return [i for i in ids if i not in words]
+    return [i for i in [*ids, *sorted(unnamed)] if i not in words]
 
 
 def keeps_word_starts(tokenizer: Any) -> bool:
@@ -630,7 +648,8 @@ def tokenize_and_align_labels(
         batch_words = _stand_in_unknown(tokenizer, batch_words, vanished)
         encoding = tokenizer(batch_words, is_split_into_words=True, truncation=limit is not None, max_length=limit)
     if limit is not None:
-        _warn_truncated(encoding, batch_words, limit, from_tokenizer=max_length is None)
+        _warn_truncated(encoding, batch_words, limit, from_tokenizer=max_length is None,
+                        left=getattr(tokenizer, "truncation_side", "right") == "left")
     if tags_column not in examples:
         return encoding
 

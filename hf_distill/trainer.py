@@ -347,8 +347,9 @@ class DistillationTrainer(Trainer):
                     "token and the special tokens it must not touch: pass `processing_class=tokenizer`."
                 )
             self._augment_generator = torch.Generator().manual_seed(args.seed + 1)
-            # Random replacements are drawn from the vocabulary without its special tokens.
-            vocab = self._unwrap(self.model).config.vocab_size
+            # Random replacements are drawn from the vocabulary without its special tokens: the ids the tokenizer
+            # makes, not the rows an embedding matrix padded past them holds (ModernBERT, DeBERTa-v3), never trained.
+            vocab = min(self._unwrap(self.model).config.vocab_size, len(processing_class))
             keep = torch.ones(vocab, dtype=torch.bool)
             keep[self._special_ids[self._special_ids < vocab]] = False
             self._replacement_ids = keep.nonzero().squeeze(-1)

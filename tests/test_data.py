@@ -305,6 +305,55 @@ def test_read_conll_ignores_a_byte_order_mark(tmp_path):
     assert read_conll(path)["tokens"] == read_conll(write(tmp_path, CONLL_4_COLUMNS))["tokens"]
 
 
+def test_read_conll_keeps_a_token_that_is_or_holds_a_unicode_space(tmp_path):
+    # str.split() cut at no-break and ideographic spaces: valid files were refused, blaming the wrong line.
+    text = "Paris\u00a0Nord B-LOC\n\u00a0\tO\n\u3000 O\nLondon B-LOC\n"
+    data = read_conll(write(tmp_path, text), label_names=NER_LABELS)
+    assert data["tokens"] == [["Paris\u00a0Nord", "\u00a0", "\u3000", "London"]]
+    with pytest.raises(ValueError, match="line 2"):  # a line of one column is still named
+        read_conll(write(tmp_path, "Paris B-LOC\nLondon\n"), label_names=NER_LABELS)
+
+
+def test_left_truncation_warns_of_the_opening_words_and_invents_no_vanished_words(wordpiece_tokenizer, caplog):
+    # The checks assumed the tail was cut: with truncation_side="left" the cut opening words were "words with no
+    # sub-word" (and became [UNK]), and the truncation warning never came.
+    wordpiece_tokenizer.truncation_side = "left"
+    try:
+        words = ["Mary", "visited", "Paris", "and", "Berlin"]
+        tags = [LABEL_IDS[t] for t in ["B-PER", "O", "B-LOC", "O", "B-LOC"]]
+        with caplog.at_level("WARNING", logger="hf_distill.data"):
+            encoding = tokenize_and_align_labels({"tokens": [words], "ner_tags": [tags]}, wordpiece_tokenizer,
+                                                 max_length=5)
+    finally:
+        wordpiece_tokenizer.truncation_side = "right"
+    assert wordpiece_tokenizer.convert_ids_to_tokens(encoding["input_ids"][0]) == [
+        "[CLS]", "paris", "and", "berlin", "[SEP]"]
+    assert encoding["labels"] == [[-100, 5, 0, 5, -100]]
+    assert "no sub-word" not in caplog.text
+    assert "keeps 3 of its 5 words): the words before the limit get no label" in caplog.text
+
+
+def test_special_tokens_a_tokenizer_file_marks_but_does_not_name_are_never_words(tmp_path):
+    # A `tokenizers` file whose post-processor adds <s> ... </s>, loaded with only pad and mask named: all_subwords
+    # distilled <s> and </s>, and augmentation replaced them.
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_distill.data import word_free_special_ids
+
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", "mary", "works"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0),
+                                                                                                  ("</s>", 2)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), pad_token="<pad>",
+                                        mask_token="<mask>", unk_token="<unk>")
+    assert 0 not in tokenizer.all_special_ids  # the case: <s> is special in the file, named by no attribute
+    assert sorted(word_free_special_ids(tokenizer)) == [0, 1, 2]  # <s>, <pad>, </s>: not <unk>, not <mask>
+
+
 def test_pre_split_words_need_add_prefix_space_on_a_byte_level_tokenizer(byte_level_tokenizer_dir, tokenizer,
                                                                         vocab_file):
     from transformers import AutoTokenizer

@@ -369,9 +369,10 @@ def test_a_new_teachers_classes_come_from_every_split_before_any_cut(tmp_path, m
     # Names, which the recipe refused although the distillation recipe accepts them.
     assert text_label_names(files(["positive", "negative"], ["negative"]), read, "label") == (
         ["negative", "positive"], True)
-    # Names in train and hidden test labels (-1) elsewhere; ids written as whole floats.
-    assert text_label_names(files(["positive", "negative"], [-1, -1]), read, "label") == (
-        ["negative", "positive"], True)
+    # Hidden labels (-1) only in a test split (see test_a_negative_class_id_outside_a_test_split_is_refused): the
+    # validation split is always scored. Ids written as whole floats.
+    with pytest.raises(ValueError, match="validation split has the label -1"):
+        text_label_names(files(["positive", "negative"], [-1, -1]), read, "label")
     assert text_label_names(files([1.0, 0.0], [0.0]), read, "label") == (["0", "1"], False)
     # A blank cell turns the column into text: it must not become a class "" that shifts every id.
     with pytest.raises(ValueError, match=r"train split has an empty label"):

@@ -568,6 +568,19 @@ def test_teacher_labels_the_augmented_input(tokenizer, tmp_path):
                 (batch == tokenizer.sep_token_id) | (batch == tokenizer.cls_token_id)).all()
 
 
+def test_replacements_are_ids_the_tokenizer_makes_not_padded_embedding_rows(tokenizer, tmp_path):
+    # An embedding matrix padded past the tokenizer (ModernBERT, DeBERTa-v3) has rows no text ever reaches: they were
+    # drawn as "words" and fed to teacher and student alike.
+    student, teacher = tiny_token_model(tokenizer, layers=1, seed=1), tiny_token_model(tokenizer, layers=2, seed=2)
+    for model in (student, teacher):
+        model.resize_token_embeddings(len(tokenizer) + 40)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher, augment_replace_prob=1.0)
+    replaced = trainer.augment(_batch(tokenizer))["input_ids"]
+    assert int(trainer._replacement_ids.max()) < len(tokenizer) and int(replaced.max()) < len(tokenizer)
+    assert len(trainer._replacement_ids) == len(tokenizer) - len(set(tokenizer.all_special_ids) - {
+        tokenizer.unk_token_id, tokenizer.mask_token_id})
+
+
 def test_augmentation_is_seeded(tokenizer, tmp_path):
     def draws(seed):
         trainer = ner_trainer(tokenizer, tmp_path, augment_mask_prob=0.3, seed=seed)
