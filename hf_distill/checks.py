@@ -127,7 +127,8 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
         raise ValueError(
             f"The teacher predicts {t_num} labels but the student predicts {s_num}. Load the student with the "
             "teacher's labels: `from_pretrained(..., num_labels=teacher.config.num_labels, "
-            "id2label=teacher.config.id2label, label2id=teacher.config.label2id)`."
+            "id2label=teacher.config.id2label, label2id=teacher.config.label2id, ignore_mismatched_sizes=True)` "
+            "(its classifier is then new, to be trained)."
         )
     check_label_names(_labels(t_cfg), student)
     return student_task

@@ -107,9 +107,9 @@ def _flag_value(value: Any, key: str | None = None) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
-_LIST_AFTER_PARSING = {"report_to"}
-"""Fields that `TrainingArguments` takes as a list (`report_to: [tensorboard, trackio]`) but whose command-line flag
-takes one value: a list from a config file is set on the parsed arguments instead of going through the flag."""
+_LIST_AFTER_PARSING = {"report_to", "optim_target_modules"}
+"""Fields that `TrainingArguments` takes as a list (`report_to: [tensorboard, trackio]`, `optim_target_modules:
+[attn, mlp]`, where a comma-joined string would be read as one pattern) but whose command-line flag takes one value: a list from a config file is set on the parsed arguments instead of going through the flag."""
 
 
 def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
@@ -120,6 +120,8 @@ def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
     for key, value in config.items():
         if isinstance(value, list) and key in _LIST_AFTER_PARSING:
             continue
+        if isinstance(value, list) and not value:  # every field keeps its default (a bare flag would need values)
+            continue
         if isinstance(value, list) and key in single_valued:
             if len(value) > 1:
                 joined = ",".join(str(v) for v in value)
@@ -128,7 +130,7 @@ def _to_flags(config: dict[str, Any], single_valued: set[str]) -> list[str]:
                     f"comma-separated field such as student_layers or feature_layer_map takes one string: "
                     f"`{key}: \"{joined}\"`."
                 )
-            value = value[0] if value else None
+            value = value[0]
         if value is None:
             continue
         flags.append(f"--{key}")
@@ -208,7 +210,8 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     error giving the reason, instead of being accepted and ignored.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(dataclass_types))
+    # No abbreviated flags (`--do_pred` for `--do_predict`): the checks below read flags by their full names.
+    parser = HfArgumentParser(list(dataclass_types), allow_abbrev=False)
     config_file = argv.pop(0) if argv and _is_config_file(argv[0]) else None
     argv, unset = _unset_flags(parser, argv)
     if config_file is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -385,6 +385,15 @@ class DistillationArguments(TrainingArguments):
         _choice("hidden_distill_loss", self.hidden_distill_loss, HIDDEN_LOSSES)
         _choice("teacher_ensemble", self.teacher_ensemble, ENSEMBLE_METHODS)
         if self.teacher_weights is not None:
+            weights = self.teacher_weights
+            listed = isinstance(weights, Sequence | np.ndarray) and not isinstance(weights, str | bytes)
+            if not listed or any(isinstance(w, bool | np.bool_) or not isinstance(w, numbers.Real) for w in weights):
+                quoted = listed and any(isinstance(w, str) for w in weights)
+                raise ValueError(
+                    f"`teacher_weights` must be a list of numbers, one per teacher (e.g. [0.7, 0.3]), got {weights!r}"
+                    + (" (quoted numbers: write them unquoted)" if quoted else "") + "."
+                )
+            self.teacher_weights = [float(w) for w in weights]  # numpy scalars as Python ones: JSON-serialisable
             if any(not (math.isfinite(w) and w >= 0) for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
                 raise ValueError(f"`teacher_weights` must be >= 0 with a positive sum, got {self.teacher_weights}.")
             if self.teacher_ensemble != "weighted":

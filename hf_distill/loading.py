@@ -33,10 +33,21 @@ def _looks_local(name_or_path: str | os.PathLike) -> bool:
     return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.sep + os.sep in name_or_path
 
 
+def _offline_mode() -> str | None:
+    """The variable that turns huggingface_hub's offline mode on (`HF_HUB_OFFLINE=1`, or `TRANSFORMERS_OFFLINE`), read
+    as huggingface_hub reads it (1, ON, YES or TRUE, in any case), or None. Read now, not at import: a script may set
+    it after importing the libraries."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value:  # the first one set decides, as `HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE` does
+            return f"{name}={value}" if value.strip().upper() in ("1", "ON", "YES", "TRUE") else None
+    return None
+
+
 def _explain(name_or_path: str, what: str, err: Exception) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = _offline_mode()
     hint = (
-        "Offline mode is on (HF_HUB_OFFLINE=1), so only local directories and cached models can be loaded. "
+        f"Offline mode is on ({offline}), so only local directories and cached models can be loaded. "
         if offline else
         "If it is a Hub id, check its spelling and your network; for a private or gated model log in first "
         "(`hf auth login`, or pass a token). "

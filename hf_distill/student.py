@@ -106,7 +106,10 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
     The teacher is not modified and shares no tensor with the student. The student has a deep copy of the teacher's
     config (so ``id2label``/``label2id`` and ``num_labels`` carry over) with the depth set to ``len(layers)`` and
     per-layer lists (Longformer's ``attention_window``, ``layer_types``) cut to the kept layers' entries; it is
-    on the teacher's device and dtype, and in the mode a freshly constructed model has (training mode).
+    on the teacher's device and dtype, and in the mode a freshly constructed model has (training mode). A student cut
+    from a bf16/fp16 teacher is bf16/fp16: call ``student.float()`` before training it (mixed precision comes from
+    ``bf16=True``), unless you mean to train in pure half precision, where an optimizer step drops every update
+    smaller than the weights' resolution.
 
     Args:
         teacher: A model of a supported family (see below), e.g. ``BertForTokenClassification`` with 12 layers.

@@ -21,6 +21,7 @@ from recipe_utils import (
     save_results,
     text_encoder,
     text_label_names,
+    trainable_in_fp32,
 )
 from transformers import (
     DataCollatorForTokenClassification,
@@ -107,6 +108,7 @@ def main():
         teacher_args.model_name_or_path, TASKS[teacher_args.task], role="model to fine-tune",
         num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()},
     )
+    model = trainable_in_fp32(model, "model to fine-tune")
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                       data_collator=collator, processing_class=tokenizer, compute_metrics=metrics)
     resume = resume_target(args.resume_from_checkpoint)

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import datasets
+import torch
 from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_distill import DistillationTrainer, check_label_range, create_student
@@ -150,10 +151,23 @@ def load_models(model_args: ModelArguments, task: str, *, attention_distillation
     else:
         overrides = _no_attention_dropout(teacher.config) if attention_distillation else {}
         student = create_student(teacher, model_args.layers, **overrides)
+    student = trainable_in_fp32(student, "student")
     if overrides:
         logger.info("Attention distillation: the student is built with %s (no attention dropout).",
                     ", ".join(f"{k}={v}" for k, v in overrides.items()))
     return teacher, tokenizer, student
+
+
+def trainable_in_fp32(model, role: str):
+    """`model` in float32 if its weights are half precision (Transformers 5 loads a checkpoint in the dtype it was
+    saved in, and a student cut from a bf16 teacher is bf16): an optimizer step on bf16 weights drops every update
+    smaller than bf16's resolution. `--bf16` / `--fp16` still train in mixed precision, on float32 weights."""
+    dtype = next(model.parameters()).dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        logger.info("The %s's weights are %s: it is trained in float32 (mixed precision comes from --bf16/--fp16).",
+                    role, str(dtype).removeprefix("torch."))
+        model = model.float()
+    return model
 
 
 def _check_student_label_order(config, teacher_config, name) -> None:

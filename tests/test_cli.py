@@ -164,3 +164,25 @@ def test_fixed_switches_are_refused_in_every_spelling_and_from_a_config_file(tmp
     assert args.do_train and not args.do_predict
     (args,) = parse_args([TrainingArguments], base + ["--do_train", "false"])  # no fixed switches: as before
     assert not args.do_train
+
+
+def test_abbreviated_flags_are_refused(tmp_path):
+    # argparse took `--do_pred` for `--do_predict`, past the switch checks, which read flags by their full names.
+    fixed = {"do_predict": (False, "it writes no predictions.")}
+    with pytest.raises((ValueError, SystemExit)):
+        parse_args([TrainingArguments], ["--output_dir", "out", "--do_pred"], fixed_switches=fixed)
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nreport_to: [tensorboard]\n")
+    with pytest.raises((ValueError, SystemExit)):  # `--report_t none` was lost under the file's list
+        parse_args([TrainingArguments], [str(config), "--report_t", "none"])
+
+
+def test_config_lists_empty_or_for_list_fields_reach_the_arguments(tmp_path):
+    config = tmp_path / "run.yaml"
+    # An empty list keeps the default for every field (a multi-valued one made argparse exit); optim_target_modules
+    # takes a list, which a comma-joined string is not (Transformers reads that as one pattern).
+    config.write_text("output_dir: out\nreport_to: none\nlabel_names: []\nteacher_weights: []\n"
+                      "optim_target_modules: [attention, intermediate]\n")
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert args.label_names is None and args.teacher_weights is None
+    assert args.optim_target_modules == ["attention", "intermediate"]

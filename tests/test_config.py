@@ -147,3 +147,32 @@ def test_a_layer_map_may_be_a_mapping(tmp_path):
     args = DistillationArguments(output_dir=str(tmp_path), report_to="none", hidden_distill_weight=1.0,
                                  feature_layer_map={1: 2, 2: 4})
     assert args.feature_layer_map == {1: 2, 2: 4}
+
+
+def test_teacher_weights_are_checked_and_made_python_floats_like_the_scalar_fields():
+    import json
+
+    import numpy as np
+
+    base = dict(output_dir="out", report_to="none", use_cpu=True, teacher_ensemble="weighted")
+    args = DistillationArguments(**base, teacher_weights=[np.float32(0.7), np.float32(0.3)])
+    assert all(type(w) is float for w in args.teacher_weights)
+    json.dumps(args.to_dict())  # numpy float32 weights made the TensorBoard report fail to serialise them
+    for bad, said in ((["0.7", "0.3"], "quoted numbers: write them unquoted"), (0.5, "got 0.5"),
+                      ([True, 1.0], "got \\[True, 1.0\\]")):
+        with pytest.raises(ValueError, match=f"`teacher_weights` must be a list of numbers.*{said}"):
+            DistillationArguments(**base, teacher_weights=bad)
+
+
+def test_the_offline_hint_reads_offline_mode_as_huggingface_hub_does(monkeypatch):
+    from hf_distill.loading import _offline_mode
+
+    for hub, transformers_offline, expected in (("1", None, "HF_HUB_OFFLINE=1"), ("no", None, None),
+                                                (None, "1", "TRANSFORMERS_OFFLINE=1"), (None, "yes", "TRANSFORMERS_OFFLINE=yes"),
+                                                ("", "ON", "TRANSFORMERS_OFFLINE=ON"), (None, None, None)):
+        for name, value in (("HF_HUB_OFFLINE", hub), ("TRANSFORMERS_OFFLINE", transformers_offline)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        assert _offline_mode() == expected

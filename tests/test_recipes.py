@@ -773,6 +773,22 @@ def test_the_card_names_the_hub_datasets_configuration(tokenizer, tmp_path, monk
     assert "on `glue` (configuration `sst2`)." in card and "- glue" in card
 
 
+def test_a_bf16_checkpoint_gives_a_student_trained_on_float32_weights(tokenizer, tmp_path, monkeypatch):
+    # Transformers 5 loads a checkpoint in the dtype it was saved in, and a student cut from a bf16 teacher was bf16:
+    # AdamW steps smaller than bf16's resolution were dropped, silently.
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import ModelArguments, load_models
+
+    teacher_dir, _ = _ner_teacher_and_data(tokenizer, tmp_path)
+    tiny_token_model(tokenizer, layers=2, seed=3).to(torch.bfloat16).save_pretrained(teacher_dir)
+    tiny_token_model(tokenizer, layers=1, seed=4).to(torch.bfloat16).save_pretrained(tmp_path / "student")
+    for source in ({"student_layers": "0"}, {"model_name_or_path": str(tmp_path / "student")}):
+        teacher, _, student = load_models(ModelArguments(teacher_model_name_or_path=str(teacher_dir), **source),
+                                          "token_classification")
+        assert teacher.dtype == torch.bfloat16  # the frozen teacher may stay as it was saved
+        assert {p.dtype for p in student.parameters()} == {torch.float32}
+
+
 def test_a_student_with_the_teachers_labels_in_another_order_is_refused(tokenizer, tmp_path, monkeypatch):
     # Loading it with the teacher's id2label would only rename its trained head rows: B-PER's row would say B-LOC.
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))

@@ -305,8 +305,19 @@ def test_error_vocab_mismatch(tokenizer, tmp_path):
 
 
 def test_error_label_count_mismatch(tokenizer, tmp_path):
-    with pytest.raises(ValueError, match=r"teacher predicts 5 labels but the student predicts 7"):
-        _init(tokenizer, tmp_path, tiny_token_model(tokenizer), tiny_token_model(tokenizer, labels=NER_LABELS[:5]))
+    teacher, student = tiny_token_model(tokenizer), tiny_token_model(tokenizer, labels=NER_LABELS[:5])
+    with pytest.raises(ValueError, match=r"teacher predicts 7 labels but the student predicts 5") as refusal:
+        _init(tokenizer, tmp_path, student, teacher)
+    # The advice works as written (without ignore_mismatched_sizes, from_pretrained refuses the 5-row head).
+    student.save_pretrained(tmp_path / "student")
+    advice = str(refusal.value)
+    assert "ignore_mismatched_sizes=True" in advice
+    from transformers import BertForTokenClassification
+
+    student = BertForTokenClassification.from_pretrained(
+        tmp_path / "student", num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
+        label2id=teacher.config.label2id, ignore_mismatched_sizes=True)
+    _init(tokenizer, tmp_path, student, teacher)
 
 
 def test_error_label_order_mismatch(tokenizer, tmp_path):
