@@ -300,13 +300,17 @@ def candidate_epochs(method, student_epochs):
 def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_settings, setup, seed, quick):
     out = CACHE_DIR / task_name / f"adv_{method}"
     auto = AutoModelForTokenClassification if "ner" in task_name else AutoModelForSequenceClassification
+    # Everything that decides the candidate's training: a cached one trained otherwise (other adversarial settings,
+    # another --seed, other epochs, or before these were recorded) is not today's candidate.
+    trained_with = {"settings": {**METHODS[method], **COMMON_ADV}, "kd_settings": kd_settings, "seed": seed,
+                    "setup": {k: setup[k] for k in ("student_epochs", "learning_rate", "batch_size")}, "quick": quick}
     if (out / "config.json").exists():
         record = json.loads((out / "train_record.json").read_text())
-        if record.get("kd_settings") == kd_settings:
+        if all(record.get(key) == value for key, value in trained_with.items()):
             logger.info("reusing %s", out)
             return auto.from_pretrained(out), record
-        # A candidate trained under other student_kd settings (or before they were recorded) is not today's candidate.
-        logger.info("retraining %s: cached with kd settings %s, wanted %s", out, record.get("kd_settings"), kd_settings)
+        logger.info("retraining %s: cached with %s, wanted %s", out,
+                    {key: record.get(key) for key in trained_with}, trained_with)
     set_seed(seed)
     # The chosen student_kd settings may carry their own learning rate; they win over the suite's, as in the core run.
     args = DistillationArguments(**{
@@ -324,8 +328,7 @@ def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_s
     start = time.perf_counter()
     metrics = trainer.train().metrics
     record = {"train_seconds": round(time.perf_counter() - start, 1),
-              "train_samples_per_second": round(metrics["train_samples_per_second"], 2),
-              "settings": {**METHODS[method], **COMMON_ADV}, "kd_settings": kd_settings}
+              "train_samples_per_second": round(metrics["train_samples_per_second"], 2), **trained_with}
     trainer.save_model(str(out))
     (out / "train_record.json").write_text(json.dumps(record))
     return trainer.model, record

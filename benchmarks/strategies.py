@@ -325,7 +325,7 @@ def targets(name: str) -> dict:
         # The best by test mean, and the one a user would pick without the test set: the best by dev mean, also
         # among the runs designed without the test figures alone.
         test_free = {k: v for k, v in same_seeds.items() if k not in TEST_INFORMED}
-        for label, key, pool in (("", "test_f1_mean", same_seeds), ("_on_dev", "dev_f1_mean", same_seeds),
+        for label, key, pool in (("_on_test", "test_f1_mean", same_seeds), ("_on_dev", "dev_f1_mean", same_seeds),
                                  ("_on_dev_test_free", "dev_f1_mean", test_free if test_free != same_seeds else {})):
             if not pool:
                 continue

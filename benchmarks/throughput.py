@@ -677,7 +677,8 @@ def main():
             "length-grouped sampler (the longest batch first), so absolute samples/s are below an epoch's average "
             "and the ratios are the figures to compare. naive runs its teacher as the blog post does: moved to the "
             "device by hand and called inside compute_loss, which Transformers 5 does not autocast, so on a GPU its "
-            "teacher runs in fp32; online runs it in bf16 (teacher_dtype) and textbrewer under bf16 autocast. "
+            "teacher runs in fp32 while online runs it in bf16 (teacher_dtype) and textbrewer under bf16 autocast; "
+            "on a CPU every method trains in fp32 (see below for --teacher_dtype bfloat16). "
             "TextBrewer 0.2.1 ran unmodified under Transformers 5 with adaptors (logits + labelled-position mask, "
             "teacher batch without labels) and, where tensorboard is missing, a stand-in tensorboardX module."
             + ("" if gpu or args.teacher_dtype != "bfloat16" else
@@ -686,7 +687,8 @@ def main():
                "student trained in fp32 in every method; plain, naive and textbrewer ran as they are shipped (fp32 "
                "on a CPU: TextBrewer's own fp16 switch needs apex on CUDA), and textbrewer_bf16_teacher is "
                "TextBrewer with its teacher cast to bf16 by hand, the same-precision comparison "
-               "(online_vs_textbrewer_bf16_teacher).")
+               "(online_vs_textbrewer_bf16_teacher). The cache build (cache_build) and the latencies (latency_ms) "
+               "use the fp32 teacher on a CPU.")
         ),
     }
 
@@ -711,7 +713,8 @@ def main():
     results["settings"]["student_params"] = num_params(student)
     device = torch.device("cuda") if gpu else torch.device("cpu")
 
-    # Cache build vs one epoch of teacher inference (the teacher the online run uses: bf16 on a GPU).
+    # Cache build vs one epoch of teacher inference: bf16 on a GPU, as the online run's teacher; fp32 on a CPU, even
+    # with --teacher_dtype bfloat16 (the notes say so).
     cache_teacher = copy.deepcopy(teacher).to(device, dtype=torch.bfloat16 if gpu else torch.float32).eval()
     cache_record = cache_build_vs_epoch(cache_teacher, setup, builds=1 if args.quick else 2)
     results["cache_build"] = cache_record
