@@ -510,6 +510,11 @@ class CachedLogitsCollator:
         self.collator = collator
         self.cache = cache
 
+    @property
+    def tokenizer(self) -> Any:
+        """The wrapped collator's tokenizer, which Trainer saves with the model when it is given no other."""
+        return getattr(self.collator, "tokenizer", None)
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
         index = batch.get(CACHE_INDEX_COLUMN)

@@ -255,7 +255,9 @@ def evaluate_robustness(
     requires_grad = [p.requires_grad for p in model.parameters()]
     totals = {"clean": [0.0, 0], "attacked": [0.0, 0]}
     collected: dict[str, list[np.ndarray]] = {"clean": [], "attacked": [], "labels": []}
-    with eval_mode(model):
+    # The attack needs gradients: a caller's `torch.inference_mode()` (common around evaluation code) is lifted here,
+    # as `torch.no_grad()` is by the attack's own `enable_grad`.
+    with eval_mode(model), torch.inference_mode(False):
         try:
             model.requires_grad_(False)
             attack = _BatchAttack(model, special, epsilon=epsilon, steps=steps, step_size=step_size, norm=norm,

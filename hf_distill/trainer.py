@@ -476,6 +476,17 @@ class DistillationTrainer(Trainer):
         """The teacher's logits for a batch (see `teacher_outputs`)."""
         return self.teacher_outputs(inputs)["logits"]
 
+    def get_train_dataloader(self):
+        if not self._keeps_teacher_view and has_teacher_view(self.train_dataset):
+            # A training set with a teacher view given after init (`trainer.train_dataset = ...`): set up what init
+            # sets up for one, or its view columns would be dropped and the teacher would read the noisy text.
+            _check_teacher_view(self.task, self.args, self.teacher_cache, self.processing_class)
+            self.teacher_view = self._keeps_teacher_view = True
+            self.data_collator = TeacherViewCollator(self.data_collator, self.processing_class)
+            if self._signature_columns is not None:
+                self._signature_columns += [k for k in TEACHER_VIEW_KEYS if k not in self._signature_columns]
+        return super().get_train_dataloader()
+
     def _set_signature_columns_if_needed(self):
         # Trainer keeps the columns the student's forward takes; the teacher's side of a batch is kept too: the cache
         # index, a teacher view (which an iterable training set may carry unannounced), and what only a teacher takes.
@@ -1034,10 +1045,12 @@ class DistillationTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the student (never the teacher) with its model card, as `Trainer.save_model` does, but atomically:
-        everything is written to a staging folder next to `output_dir` and moved in only once complete, so an error
-        or a kill while saving never leaves a half-written model over a good one."""
+        everything is written to a staging folder inside `output_dir` and moved in only once complete, so an error
+        or a kill while saving never leaves a half-written model over a good one. (Inside, not beside: `output_dir`
+        may be a mount point or sit in a folder the run cannot write to. Its `_` name keeps it out of
+        `push_to_hub`'s upload.)"""
         output_dir = output_dir or self.args.output_dir
-        staging = f"{os.path.normpath(output_dir)}.saving"
+        staging = os.path.join(output_dir, STAGING_FOLDER)
         if self.args.should_save and os.path.isdir(staging):
             shutil.rmtree(staging)  # left by an earlier save that was killed
         try:
@@ -1607,6 +1620,9 @@ class _ProjectorCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.feature_projector.zero_grad(set_to_none=True)
         self.trainer._projector_grads_averaged = False
+
+
+STAGING_FOLDER = "_hf_distill_saving"  # inside the folder being saved; `_*` is left out of Trainer's Hub uploads
 
 
 def _feature_outputs(outputs, key: str, role: str):

@@ -148,7 +148,8 @@ class TeacherViewCollator:
 
     def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], tokenizer: Any):
         self.collator = collator
-        self.tokenizer = tokenizer
+        # (the wrapped collator's, if none is given: Trainer saves `data_collator.tokenizer` with the model)
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(collator, "tokenizer", None)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features or TEACHER_VIEW_KEYS[0] not in features[0]:

@@ -1,5 +1,7 @@
 """DistillationTrainer reading the teacher's logits from a TeacherLogitCache instead of running the teacher."""
 
+import os
+
 import pytest
 import torch
 from conftest import tiny_sequence_model, tiny_token_model
@@ -24,6 +26,26 @@ def _trainer(tokenizer, tmp_path, teacher, data, collator, cache=None, **kwargs)
         args=make_args(tmp_path, **kwargs), train_dataset=data, data_collator=collator, processing_class=tokenizer,
         teacher_cache=cache,
     )
+
+
+def test_the_collators_tokenizer_is_saved_with_the_model_as_stock_trainer_saves_it(tokenizer, tmp_path):
+    # Without processing_class, Trainer saves `data_collator.tokenizer`: the cache's and the teacher view's wrappers
+    # hid it, and the saved student had no tokenizer files.
+    import torch.utils.data
+
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+
+    class Rows(torch.utils.data.IterableDataset):  # an iterable set gets the teacher-view collator
+        def __iter__(self):
+            yield from data
+
+    for name, kwargs in (("cached", {"teacher_cache": cache, "train_dataset": data}),
+                         ("iterable", {"teacher_model": teacher, "train_dataset": Rows()})):
+        trainer = DistillationTrainer(model=tiny_token_model(tokenizer, layers=1, seed=1), data_collator=collator,
+                                      args=make_args(tmp_path / name, max_steps=1), **kwargs)
+        trainer.train()
+        trainer.save_model()
+        assert "tokenizer_config.json" in os.listdir(tmp_path / name / "out"), name
 
 
 def test_cached_loss_equals_online_loss_on_the_same_batch(tokenizer, tmp_path):

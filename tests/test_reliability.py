@@ -160,8 +160,29 @@ def test_a_failed_save_leaves_the_previous_model_intact(tokenizer, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         trainer.save_model(str(target))
     assert (target / "model.safetensors").read_bytes() == good
-    assert not Path(f"{target}.saving").exists()
+    from hf_distill.trainer import STAGING_FOLDER
+
+    assert not (target / STAGING_FOLDER).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["final", "out"]
     assert load_file(str(target / "model.safetensors"))  # still a readable model
+
+
+def test_a_save_stages_inside_its_folder_and_writes_nothing_beside_it(tokenizer, tmp_path, monkeypatch):
+    # The staging folder sat beside output_dir: a save into a mount point (a container volume) failed to move its
+    # files across devices, and a folder whose parent the run cannot write to could not be saved into at all.
+    import hf_distill.trainer as trainer_module
+
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1)
+    trainer.train()
+    target = tmp_path / "volume" / "student"
+    target.mkdir(parents=True)
+    moves = []
+    move_into = trainer_module.move_into
+    monkeypatch.setattr(trainer_module, "move_into", lambda source, destination: (
+        moves.append((Path(source), Path(destination))), move_into(source, destination))[1])
+    trainer.save_model(str(target))
+    assert moves == [(target / trainer_module.STAGING_FOLDER, target)]
+    assert os.listdir(target.parent) == ["student"] and (target / "model.safetensors").is_file()
+    assert trainer_module.STAGING_FOLDER not in os.listdir(target)
 
 
 

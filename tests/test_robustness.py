@@ -65,6 +65,17 @@ def test_clean_loss_is_the_mean_over_labelled_tokens(tokenizer):
     assert results["clean_loss"] == pytest.approx(total / count, rel=1e-5)
 
 
+def test_the_attack_runs_the_same_under_a_callers_inference_mode(tokenizer):
+    # Evaluation code is often wrapped in torch.inference_mode(), where the attack's gradient was refused
+    # ("element 0 of tensors does not require grad"); no_grad was already lifted.
+    model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT)
+    settings = dict(epsilon=1.0, steps=2, data_collator=DataCollatorForTokenClassification(tokenizer), batch_size=3)
+    plain = evaluate_robustness(model, ner_dataset(tokenizer), **settings)
+    with torch.inference_mode():
+        inside = evaluate_robustness(model, ner_dataset(tokenizer), **settings)
+    assert inside == plain and plain["attacked_loss"] > plain["clean_loss"]
+
+
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_attack_raises_the_token_classification_loss(tokenizer, norm):
     model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT)

@@ -190,6 +190,23 @@ def test_a_torch_subset_of_a_noisy_view_keeps_the_teacher_on_the_clean_text(toke
                         for ids in seen for row in ids.tolist())
 
 
+def test_a_noisy_view_given_after_init_keeps_the_teacher_on_the_clean_text(tokenizer, tmp_path):
+    # `trainer.train_dataset = ...` (a stock Trainer habit): the view was set up at init only, so its columns were
+    # dropped and the teacher read the student's noisy text, silently.
+    plain = raw_sentences().map(lambda batch: tokenizer(batch["sentence"]), batched=True, remove_columns=["sentence"])
+    trainer = view_trainer(tokenizer, tmp_path, data=plain, max_steps=2)
+    assert not trainer.teacher_view
+    trainer.train_dataset = noisy_dataset(tokenizer)
+    seen = []
+    trainer.teacher_model.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
+    trainer.train()
+    clean = {tuple(tokenizer(s)["input_ids"]) for s in SENTENCES}
+    assert seen and all(tuple(t for t in row if t != tokenizer.pad_token_id) in clean
+                        for ids in seen for row in ids.tolist())
+    assert trainer.teacher_view  # and the model card says the student read noisy text
+
+
 def test_add_noisy_view_names_the_split_a_dataset_dict_needs(tokenizer):
     from datasets import DatasetDict
 
