@@ -71,7 +71,7 @@ def test_push_to_hubs_dataset_args_name_the_datasets_configuration(tokenizer, tm
 
 
 def test_the_card_gives_the_batch_size_auto_find_batch_size_trained_with(tokenizer, tmp_path):
-    # The card read the requested per-device batch (8) although every step ran with the 2 that fitted.
+    # The card read the requested per-device batch (4) although every step ran with the 2 that fitted.
     from transformers import DataCollatorForTokenClassification
 
     from hf_distill import DistillationTrainer
@@ -84,13 +84,13 @@ def test_the_card_gives_the_batch_size_auto_find_batch_size_trained_with(tokeniz
 
     trainer = FitsTwo(model=tiny_token_model(tokenizer, layers=1, seed=1),
                       teacher_model=tiny_token_model(tokenizer, layers=2, seed=2),
-                      args=make_args(tmp_path, per_device_train_batch_size=8, auto_find_batch_size=True),
+                      args=make_args(tmp_path, per_device_train_batch_size=4, auto_find_batch_size=True, max_steps=1),
                       train_dataset=ner_dataset(tokenizer), data_collator=DataCollatorForTokenClassification(tokenizer),
                       processing_class=tokenizer)
     trainer.train()
     trainer.save_model()
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "| per_device_train_batch_size | 2 (auto_find_batch_size, from 8) |" in card
+    assert "| per_device_train_batch_size | 2 (auto_find_batch_size, from 4) |" in card
 
 
 def test_local_paths_are_not_claimed_as_hub_ids():
