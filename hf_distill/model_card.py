@@ -7,6 +7,7 @@ and checkpoints), and `push_to_hub` uploads it with the weights.
 from __future__ import annotations
 
 import importlib.metadata
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -306,7 +307,28 @@ def _method_text(args: Any) -> str:
     )
 
 
+_EVALUATION_PARTS = ("teacher", "student", "speed")
+
+
+def evaluation_by_model(evaluation: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`evaluation` as `{"student": {...}, "teacher": {...}, "speed": {...}}`; a flat `{metric: value}` (what
+    `trainer.evaluate()` returns) is the student's. Any other shape is refused: it would leave the card's table
+    empty."""
+    if any(part in evaluation for part in _EVALUATION_PARTS):
+        other = [key for key in evaluation if key not in _EVALUATION_PARTS]
+        if not other and all(isinstance(value, Mapping) for value in evaluation.values()):
+            return evaluation
+    elif all(isinstance(value, numbers.Real) and not isinstance(value, bool) for value in evaluation.values()):
+        return {"student": dict(evaluation)}
+    raise ValueError(
+        f"The evaluation report has keys {list(evaluation)[:6]}: give the student's metrics as returned by "
+        "`trainer.evaluate()` ({'eval_f1': ...}), or `{'student': {...}, 'teacher': {...}, 'speed': {...}}` with a "
+        "mapping of metric to value under each."
+    )
+
+
 def _evaluation_table(evaluation: dict[str, dict[str, float]]) -> str:
+    evaluation = evaluation_by_model(evaluation)
     models = [m for m in ("teacher", "student") if m in evaluation]
     metrics = sorted({k for m in models for k in evaluation[m]})
     lines = ["| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]

@@ -94,7 +94,7 @@ from .losses import (
     zero_parameter_loss,
     zero_weighted_loss,
 )
-from .model_card import build_model_card
+from .model_card import build_model_card, evaluation_by_model
 from .schedules import scheduled_value
 from .self_distillation import ema_copy, ema_update
 from .views import TEACHER_VIEW_KEYS, TeacherViewCollator, has_teacher_view, teacher_view_inputs
@@ -368,7 +368,7 @@ class DistillationTrainer(Trainer):
         # Filled in by recipes (or users) to enrich the model card written with every save.
         self.dataset_name: str | None = None
         self.dataset_config_name: str | None = None  # the configuration of a Hub dataset (`mrpc` of `glue`)
-        self.evaluation_report: dict[str, dict[str, float]] | None = None
+        self._evaluation_report: dict[str, dict[str, float]] | None = None
         self.noisy_view: dict[str, Any] | None = None  # how a teacher-view training set's noise was made
         # Born-again distillation (set by whoever chains the generations): the card names the first generation's
         # teacher, not the previous generation that taught this one.
@@ -1176,6 +1176,17 @@ class DistillationTrainer(Trainer):
         )
         directory = output_dir or self.args.output_dir
         atomic_write_text(os.path.join(directory, "README.md"), str(card))
+
+    @property
+    def evaluation_report(self) -> dict[str, Any] | None:
+        """What the model card's evaluation table shows: `{"student": {metric: value}, "teacher": {...}, "speed":
+        {...}}`, or the student's metrics alone as `trainer.evaluate()` returns them. Checked when set, so that a
+        report the card cannot show is refused here, not dropped at a save."""
+        return self._evaluation_report
+
+    @evaluation_report.setter
+    def evaluation_report(self, report: dict[str, Any] | None) -> None:
+        self._evaluation_report = None if report is None else evaluation_by_model(report)
 
     def _ran_batch_size(self) -> int | None:
         """The per-device batch size that trained, where `auto_find_batch_size` lowered it; else None."""

@@ -93,6 +93,21 @@ def test_the_card_gives_the_batch_size_auto_find_batch_size_trained_with(tokeniz
     assert "| per_device_train_batch_size | 2 (auto_find_batch_size, from 4) |" in card
 
 
+def test_an_evaluation_report_from_evaluate_is_the_students_and_another_shape_is_refused(tokenizer, tmp_path):
+    # `trainer.evaluation_report = trainer.evaluate()` gave an empty, malformed table: only the
+    # {"student", "teacher", "speed"} layout was read, and anything else was dropped without a word.
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=1)
+    trainer.train()
+    trainer.evaluation_report = trainer.evaluate(ner_dataset(tokenizer))
+    trainer.save_model()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| metric | student |" in card and "| eval_loss |" in card
+    for bad in ({"student": 0.9}, {"student": {"f1": 0.9}, "validation": {"f1": 0.8}}, {"notes": "good"}):
+        with pytest.raises(ValueError, match="evaluation report has keys"):
+            trainer.evaluation_report = bad
+    assert "eval_loss" in trainer.evaluation_report["student"]  # a refused report leaves the last good one
+
+
 def test_local_paths_are_not_claimed_as_hub_ids():
     args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
     card = build_model_card(task="sequence_classification", teacher="/tmp/my-teacher", args=args,
