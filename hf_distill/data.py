@@ -864,9 +864,17 @@ def _integer_labels(
     ):
         return dataset
     values = list(dataset[label_column])
-    if label_names is not None and all(isinstance(value, str) for value in values):
-        names = list(label_names)
-        id_of = label_name_lookup(names)
+    blank = next((row for row, value in enumerate(values) if isinstance(value, str) and not value.strip()), None)
+    if blank is not None:  # (one blank cell makes a column of ids text: it must not be blamed on an id)
+        raise ValueError(
+            f"{path}: row {blank} (`dataset[{blank}]`) has an empty label in {label_column!r}. Fill it in, drop the "
+            "row, or write -100 for a row without a label (which `pseudo_label_threshold` can label from the "
+            "teacher)."
+        )
+    names = list(label_names) if label_names is not None else []
+    id_of = label_name_lookup(names)
+    ids_as_text = all(_is_digits(value) for value in values) and not all(id_of(value) is not None for value in values)
+    if label_names is not None and all(isinstance(value, str) for value in values) and not ids_as_text:
         for row, value in enumerate(values):
             if id_of(value) is None:
                 advice = (

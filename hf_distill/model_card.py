@@ -43,7 +43,7 @@ _STRATEGY_FIELDS = (
     ("hidden_distill_weight", 0.0), ("hidden_distill_loss", None), ("attention_distill_weight", 0.0),
     ("feature_layer_map", None), ("feature_teacher", 0), ("teacher_ensemble", None), ("teacher_weights", None),
     ("self_distillation", "none"), ("ema_decay", None), ("pseudo_label_threshold", None), ("augment_mask_prob", 0.0),
-    ("augment_replace_prob", 0.0),
+    ("augment_replace_prob", 0.0), ("teacher_dtype", "auto"),
 )
 
 

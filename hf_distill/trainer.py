@@ -371,7 +371,8 @@ class DistillationTrainer(Trainer):
         self._evaluation_report: dict[str, dict[str, float]] | None = None
         self.noisy_view: dict[str, Any] | None = None  # how a teacher-view training set's noise was made
         # Born-again distillation (set by whoever chains the generations): the card names the first generation's
-        # teacher, not the previous generation that taught this one.
+        # teacher, not the previous generation that taught this one. Under EMA self-distillation: the model the
+        # student started from.
         self.generations: int = 1
         self.original_teacher: nn.Module | None = None
 
@@ -1145,6 +1146,11 @@ class DistillationTrainer(Trainer):
         if self.args.self_distillation == "ema":
             teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
             teacher = None
+            if self.original_teacher is not None:  # the model the student was cut from, which a report may score
+                teacher = self._unwrap(self.original_teacher)
+                start = getattr(teacher.config, "_name_or_path", "") or "an unnamed model"
+                teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; the student started from {start}, "
+                                "the teacher of the size and evaluation tables)")
         if not teacher_name and self.teacher_cache is not None:
             teacher_name = f"cached logits ({self.teacher_cache.path.name})"  # the folder, not a local path
         if self.generations > 1 and self.original_teacher is not None:

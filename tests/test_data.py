@@ -305,6 +305,19 @@ def test_read_conll_ignores_a_byte_order_mark(tmp_path):
     assert read_conll(path)["tokens"] == read_conll(write(tmp_path, CONLL_4_COLUMNS))["tokens"]
 
 
+def test_a_blank_label_is_named_by_its_row_when_label_names_are_given(tmp_path):
+    # The recipes always pass the teacher's label names: one blank cell made the column text, and the first valid
+    # id ('0') was blamed as an unknown name. Ids written as text in JSON were blamed the same way.
+    path = write(tmp_path, "label\tsentence\n0\tan awful plot\n1\ta good movie\n\tanother one\n", "blank.tsv")
+    with pytest.raises(ValueError, match=r"row 2 \(`dataset\[2\]`\) has an empty label.*-100"):
+        load_text_classification_file(path, label_names=["negative", "positive"])
+    quoted = write(tmp_path, '{"sentence": "good", "label": "1"}\n{"sentence": "bad", "label": "0"}\n', "ids.jsonl")
+    with pytest.raises(ValueError, match=r"holds '1' in row 0.*a quoted number: write 1"):
+        load_text_classification_file(quoted, label_names=["negative", "positive"])
+    named = write(tmp_path, '{"sentence": "good", "label": "1"}\n{"sentence": "bad", "label": "0"}\n', "names.jsonl")
+    assert load_text_classification_file(named, label_names=["0", "1"])["label"] == [1, 0]  # digits as names
+
+
 def test_read_conll_keeps_a_token_that_is_or_holds_a_unicode_space(tmp_path):
     # str.split() cut at no-break and ideographic spaces: valid files were refused, blaming the wrong line.
     text = "Paris\u00a0Nord B-LOC\n\u00a0\tO\n\u3000 O\nLondon B-LOC\n"

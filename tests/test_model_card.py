@@ -161,6 +161,23 @@ def test_ema_card_names_the_student_as_its_own_teacher(tokenizer, tmp_path):
     assert "EMA teacher, decay 0.99" in text and "| self_distillation | ema |" in text
     assert "moving average of the student, updated after every optimizer step" in text
     assert "frozen and never updated" not in text  # true of a separate teacher, not of an EMA one
+    # The recipes cut the student from a loaded model and score that model as "teacher": the card named the EMA
+    # teacher only, and gave the other model's figures under its name.
+    start = tiny_token_model(tokenizer, layers=2)
+    start.config._name_or_path = "my-org/ner-teacher"
+    trainer.original_teacher = start
+    trainer.evaluation_report = {"teacher": {"validation_f1": 0.9}, "student": {"validation_f1": 0.8}}
+    trainer.create_model_card(output_dir=str(tmp_path))
+    text = (tmp_path / "README.md").read_text()
+    assert "the student started from my-org/ner-teacher, the teacher of the size and evaluation tables" in text
+    assert f"| teacher parameters | {sum(p.numel() for p in start.parameters()):,} |" in text
+
+
+def test_the_card_records_a_teacher_run_in_another_precision():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, teacher_dtype="bfloat16")
+    assert "| teacher_dtype | bfloat16 |" in str(build_model_card(task="token_classification", teacher="t", args=args))
+    default = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    assert "teacher_dtype" not in str(build_model_card(task="token_classification", teacher="t", args=default))
 
 
 def test_every_save_writes_the_card(tokenizer, tmp_path):
