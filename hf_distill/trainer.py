@@ -349,7 +349,8 @@ class DistillationTrainer(Trainer):
             self._augment_generator = torch.Generator().manual_seed(args.seed + 1)
             # Random replacements are drawn from the vocabulary without its special tokens: the ids the tokenizer
             # makes, not the rows an embedding matrix padded past them holds (ModernBERT, DeBERTa-v3), never trained.
-            vocab = min(self._unwrap(self.model).config.vocab_size, len(processing_class))
+            vocab = self._unwrap(self.model).config.vocab_size
+            vocab = min(vocab, len(processing_class)) if hasattr(processing_class, "__len__") else vocab
             keep = torch.ones(vocab, dtype=torch.bool)
             keep[self._special_ids[self._special_ids < vocab]] = False
             self._replacement_ids = keep.nonzero().squeeze(-1)
@@ -1131,7 +1132,8 @@ class DistillationTrainer(Trainer):
         """Write README.md, the distillation model card, into `output_dir` (default `args.output_dir`).
 
         The arguments are those of `Trainer.create_model_card`; `tasks` and `dataset_tags` are accepted for
-        compatibility and not used, and `dataset_args` is the dataset's configuration (`"mrpc"` of `"glue"`). `finetuned_from` overrides the teacher's name on the card. No
+        compatibility and not used, and `dataset_args` is the dataset's configuration (`"mrpc"` of `"glue"`).
+        `finetuned_from` overrides the teacher's name on the card. No
         `license` is declared unless one is given (`push_to_hub(license="...")` passes it here): a student's terms
         follow from its teacher's and its training data's.
         """
