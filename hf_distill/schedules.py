@@ -19,11 +19,13 @@ def scheduled_value(start: float, end: float | None, progress: float, schedule: 
         progress: fraction of training done; clipped to [0, 1].
         schedule: `"constant"`, `"linear"` or `"cosine"` (half-cosine, flat at both ends).
     """
-    if schedule == "constant" or end is None:
+    if schedule not in ("constant", "linear", "cosine"):
+        raise ValueError(f"Unknown schedule {schedule!r}; expected 'constant', 'linear' or 'cosine'.")
+    if schedule == "constant":
         return float(start)
+    if end is None:
+        raise ValueError(f"A {schedule!r} schedule needs an end value to move towards; pass `end`, or use 'constant'.")
     p = min(max(float(progress), 0.0), 1.0)
     if schedule == "linear":
         return start + (end - start) * p
-    if schedule == "cosine":
-        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))
-    raise ValueError(f"Unknown schedule {schedule!r}; expected 'constant', 'linear' or 'cosine'.")
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))

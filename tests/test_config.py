@@ -91,6 +91,14 @@ def test_schedules():
         scheduled_value(1.0, 2.0, 0.5, "step")
 
 
+def test_scheduled_value_refuses_a_bad_name_or_a_missing_end_whatever_the_other_argument():
+    # the public helper used to return `start` for any schedule once `end` was None, typos included
+    with pytest.raises(ValueError, match="Unknown schedule 'cosin'"):
+        scheduled_value(4.0, None, 0.5, "cosin")
+    with pytest.raises(ValueError, match="needs an end value"):
+        scheduled_value(4.0, None, 0.5, "linear")
+
+
 def test_help_texts_are_documented():
     import dataclasses
 
