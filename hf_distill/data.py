@@ -1055,14 +1055,20 @@ def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: 
     the unlabelled rows with `distill_positions="all_subwords"`: `"first_subword"` distils labelled positions only.
 
     Args:
-        labeled: tokenized rows with `input_ids` and `labels`.
-        unlabeled: tokenized rows with `input_ids` (any `labels` column is ignored and replaced by -100).
+        labeled: tokenized rows with `input_ids` and `labels`, a `datasets.Dataset` (not a stream).
+        unlabeled: tokenized rows with `input_ids` (any `labels` column is ignored and replaced by -100), a
+            `datasets.Dataset` too.
         seed: shuffle the mixed rows with this seed (the Trainer shuffles anyway; this is for `select` users).
     """
     for name, split in (("labeled", labeled), ("unlabeled", unlabeled)):
         if isinstance(split, datasets.DatasetDict):
             raise ValueError(f"`{name}` is a DatasetDict with splits {list(split)}; pass one split, e.g. "
                              f"`{name}['train']`.")
+        if isinstance(split, datasets.IterableDataset):
+            raise ValueError(
+                f"`{name}` is a streamed IterableDataset, but mixing needs both sets' lengths and columns. Take the "
+                f"rows to mix in as a Dataset first, e.g. `datasets.Dataset.from_list(list({name}.take(50_000)))`."
+            )
         if "input_ids" not in split.column_names:
             raise ValueError(f"`{name}` has no `input_ids` column (columns: {split.column_names}); tokenize it first.")
     if "labels" not in labeled.column_names:

@@ -550,6 +550,16 @@ def test_mix_unlabeled_explains_a_dataset_dict(tokenizer):
         mix_unlabeled(seq_dataset(tokenizer), DatasetDict({"train": seq_dataset(tokenizer)}))
 
 
+@pytest.mark.parametrize("side", ["labeled", "unlabeled"])
+def test_mix_unlabeled_explains_a_streamed_split(tokenizer, side):
+    # a tokenized stream has no column names and no length: it failed with a bare TypeError
+    labeled, unlabeled = seq_dataset(tokenizer), seq_dataset(tokenizer).remove_columns("labels")
+    stream = (labeled if side == "labeled" else unlabeled).to_iterable_dataset().map(lambda row: row)
+    pair = (stream, unlabeled) if side == "labeled" else (labeled, stream)
+    with pytest.raises(ValueError, match=rf"`{side}` is a streamed IterableDataset.*\.take\("):
+        mix_unlabeled(*pair)
+
+
 # ---- augmentation ---------------------------------------------------------------------------------------------
 
 
