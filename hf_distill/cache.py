@@ -21,7 +21,8 @@ The top-k reconstruction puts the k stored logits at their classes and gives eac
 same logit c = tail_logsumexp - log(C - k). The softmax at temperature 1 then has exactly the teacher's top-k
 probabilities and the teacher's total tail mass (spread evenly over the tail). At another temperature T the softmax
 of the reconstruction is an approximation of the teacher's (the tail is flattened before dividing by T); it is
-exact when k == C. A `top_k` of C or more stores every logit (k = C), so it is exact.
+exact when k >= C - 1 (a lone tail class's log-sum-exp is its logit). A `top_k` of C or more stores every logit
+(k = C), so it is exact.
 
 The build is resumable: after each `sort_window` of rows (4096 by default; the rows of a window are batched by
 length) the arrays are flushed and `completed_rows` is updated in `metadata.json` (written atomically), and a later
@@ -338,6 +339,12 @@ class TeacherLogitCache:
     def top_k(self) -> int | None:
         """k when only the top-k logits are stored (k <= C), None for full logits."""
         return self._metadata["top_k"]
+
+    @property
+    def exact(self) -> bool:
+        """Whether the logits read back are the teacher's (to fp16): full logits, or a top-k of all classes but at
+        most one, whose lone tail class gets its own logit back from the tail's log-sum-exp."""
+        return self.top_k is None or self.top_k >= self.num_labels - 1
 
     @property
     def build_seconds(self) -> float:

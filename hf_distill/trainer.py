@@ -1095,7 +1095,7 @@ class DistillationTrainer(Trainer):
         cache = self.teacher_cache
         if cache is None:
             return None
-        stored = "every logit (fp16)" if cache.top_k is None or cache.top_k >= cache.num_labels else (
+        stored = "every logit (fp16)" if cache.exact else (
             f"the top {cache.top_k} of {cache.num_labels} logits and the tail mass (approximate soft targets)")
         return f"cached: {stored}"  # not where: a local path means nothing on the Hub
 
@@ -1484,7 +1484,13 @@ def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: T
             "Augmented inputs are new inputs, so the teacher must label them online, but only a `teacher_cache` "
             "(logits of the clean inputs) was given. Pass `teacher_model` too, or turn augmentation off."
         )
-    lossy = cache is not None and cache.top_k is not None and cache.top_k < cache.num_labels
+    if not teachers and args.teacher_dtype != "auto":
+        raise ValueError(
+            f"`teacher_dtype={args.teacher_dtype!r}` casts the teacher, but no teacher runs: the logits come from the "
+            "teacher cache, at the precision the teacher had when the cache was built. Leave `teacher_dtype='auto'` "
+            "(or pass `teacher_model` too, for the batches the cache cannot label)."
+        )
+    lossy = cache is not None and not cache.exact
     if lossy and args.distill_loss == "mse":  # (config refuses mse with hard teacher labels)
         raise ValueError(
             f"`distill_loss='mse'` matches the teacher's raw logits, but this cache keeps only the top {cache.top_k} "

@@ -171,6 +171,29 @@ def test_top_k_cache_is_refused_for_the_raw_logit_mse(tokenizer, tmp_path):
     _trainer(tokenizer, tmp_path, None, data, collator, cache=full, distill_loss="mse")
 
 
+def test_a_top_k_of_all_classes_but_one_is_exact_and_allowed_for_mse(tokenizer, tmp_path):
+    # one tail class: its log-sum-exp is its own logit, so the reconstruction is the teacher's logits
+    teacher, data, collator, full = _setup(tokenizer, tmp_path)
+    top6 = build_teacher_cache(teacher, data, collator, str(tmp_path / "top6"), tokenizer=tokenizer, top_k=6,
+                               progress_bar=False)
+    assert top6.exact and full.exact
+    rows = list(range(len(data)))
+    assert torch.allclose(top6.logits(rows), full.logits(rows), atol=2e-2)
+    trainer = _trainer(tokenizer, tmp_path, None, data, collator, cache=top6, distill_loss="mse")
+    assert trainer._cache_description() == "cached: every logit (fp16)"
+    top5 = build_teacher_cache(teacher, data, collator, str(tmp_path / "top5"), tokenizer=tokenizer, top_k=5,
+                               progress_bar=False)
+    assert not top5.exact
+
+
+def test_a_teacher_dtype_without_a_teacher_to_cast_is_refused(tokenizer, tmp_path):
+    # only the cache teaches: the dtype would be ignored, and the card would say the teacher ran in it
+    _, data, collator, cache = _setup(tokenizer, tmp_path)
+    with pytest.raises(ValueError, match=r"teacher_dtype='bfloat16'.*no teacher runs.*teacher_dtype='auto'"):
+        _trainer(tokenizer, tmp_path, None, data, collator, cache=cache, teacher_dtype="bfloat16")
+    _trainer(tokenizer, tmp_path, None, data, collator, cache=cache)
+
+
 def test_a_teacher_model_other_than_the_caches_is_refused(tokenizer, tmp_path):
     _, data, collator, cache = _setup(tokenizer, tmp_path)
     other = tiny_token_model(tokenizer, layers=2, seed=9, **NO_DROPOUT)
