@@ -370,7 +370,8 @@ def build(method: str, setup: Setup):
             model=student, teacher_model=setup.teacher(),
             args=setup.training_args(DistillationArguments, method, torch_compile=True, **kd),
             processing_class=setup.tokenizer, **common))
-    if method == "cached":
+    if method == "cached":  # no teacher runs, so none to cast (the trainer refuses a teacher_dtype)
+        kd.pop("teacher_dtype", None)
         return TrainerRun(DistillationTrainer(model=student, teacher_model=None, teacher_cache=setup.cache(),
                                               args=setup.training_args(DistillationArguments, method, **kd),
                                               processing_class=setup.tokenizer, **common))

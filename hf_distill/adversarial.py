@@ -428,7 +428,7 @@ class AdversarialStep(NamedTuple):
     loss: torch.Tensor  # the total that was back-propagated (detached)
     clean: Any  # the objective's parts on clean inputs (FreeLB: on its first, nearly clean, pass)
     adversarial: Any  # the adversarial objective's parts on the last perturbed pass that trained the student
-    delta_norm: torch.Tensor  # mean per-example norm of the final perturbation
+    delta_norms: torch.Tensor  # (B,) each example's norm of the final perturbation (0 where nothing is perturbed)
     skipped: bool = False  # a pass was non-finite: the attack stopped there (see `on_nonfinite`)
 
 
@@ -533,7 +533,7 @@ def adversarial_backward(
             if not last:
                 delta = project(ascent_step(delta.detach(), delta.grad, mask, step_size=s.step_size, norm=s.norm),
                                 mask, epsilon=s.epsilon, norm=s.norm)
-        return AdversarialStep(total, clean, parts, delta_norm(delta.detach(), s.norm).mean())
+        return AdversarialStep(total, clean, parts, delta_norm(delta.detach(), s.norm))
 
     # FGM and PGD: a clean pass trains the student and gives the first gradient w.r.t. the embeddings: of the
     # adversarial objective, which the clean one equals only when `same_objectives`.
@@ -567,7 +567,7 @@ def adversarial_backward(
         if not train_on(logits, adversarial, adv_weight, last=True):
             return _skipped_step(zero)
     total = clean.loss.detach() + adv_weight * adversarial.loss.detach()
-    return AdversarialStep(total, clean, adversarial, delta_norm(delta, s.norm).mean())
+    return AdversarialStep(total, clean, adversarial, delta_norm(delta, s.norm))
 
 
 def _skipped_step(zero: torch.Tensor) -> AdversarialStep:

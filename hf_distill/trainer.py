@@ -990,7 +990,8 @@ class DistillationTrainer(Trainer):
             # FreeLB has no clean pass: its logged parts, and so its alpha, are those of the adversarial objective.
             self._window.add(step.clean, temperature, adv_alpha if self._attack.method == "freelb" else alpha)
             self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
-            self._window.add_extra("adv_delta_norm", step.delta_norm)
+            norms = step.delta_norms  # a mean over examples, however the batch was split into micro-batches
+            self._window.add_ratio("adv_delta_norm", norms.sum(), norms.new_tensor(float(norms.numel())))
         empty_cache_every = self.args.torch_empty_cache_steps
         if empty_cache_every is not None and self.state.global_step % empty_cache_every == 0:
             clear_device_cache()  # as Trainer.training_step does
@@ -1017,9 +1018,9 @@ class DistillationTrainer(Trainer):
             ratios = [n for n, w in (("hidden_loss", a.hidden_distill_weight), ("attention_loss",
                                                                               a.attention_distill_weight)) if w > 0]
             adversarial = ["adv_loss"] if self._attack is not None else []
+            ratios += ["adv_delta_norm"] if adversarial else []
             window = self._window
-            logs.update(window.averages(self.accelerator, ratios, adversarial,
-                                        ["adv_delta_norm"] if adversarial else []))
+            logs.update(window.averages(self.accelerator, ratios, adversarial))
             trained, skipped = window.reduced_batches
             if skipped:  # Trainer counted each skipped batch as a loss of 0
                 logs["loss"] = logs["loss"] * (trained + skipped) / trained if trained else float("nan")
@@ -1702,7 +1703,6 @@ class _LossWindow:
         self.pending: list[DistillationLoss] = []
         self.temperature = 0.0
         self.alpha = 0.0
-        self.extras: dict[str, tuple[torch.Tensor, int]] = {}
         self.ratios: dict[str, torch.Tensor] = {}
         self.objectives: dict[str, tuple[torch.Tensor, float, int]] = {}
         self.skipped = 0
@@ -1727,11 +1727,6 @@ class _LossWindow:
             n = 1
         self.objectives[name] = (row, alpha, n)
 
-    def add_extra(self, name: str, value: torch.Tensor) -> None:
-        """A scalar averaged over the window's micro-steps on every process (e.g. the perturbation's norm)."""
-        total, n = self.extras.get(name, (0.0, 0))
-        self.extras[name] = (value.detach().float() + total, n + 1)  # running sums: the window never grows
-
     def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
         self.pending.append(parts)
         if len(self.pending) >= _FOLD_EVERY:
@@ -1746,11 +1741,9 @@ class _LossWindow:
             self.sums = row if self.sums is None else self.sums + row
             self.pending = []
 
-    def averages(self, accelerator, ratios: Sequence[str] = (), objectives: Sequence[str] = (),
-                 extras: Sequence[str] = ()) -> dict[str, float]:
-        """The window's logged values, summed over the processes in one all-reduce. `ratios`, `objectives` and
-        `extras` name every entry the run can record (the same on every process); one not recorded here counts as
-        zeros."""
+    def averages(self, accelerator, ratios: Sequence[str] = (), objectives: Sequence[str] = ()) -> dict[str, float]:
+        """The window's logged values, summed over the processes in one all-reduce. `ratios` and `objectives` name
+        every entry the run can record (the same on every process); one not recorded here counts as zeros."""
         device = accelerator.device
         self._fold()
 
@@ -1763,9 +1756,6 @@ class _LossWindow:
         for name in objectives:
             row, alpha_sum, n = self.objectives.get(name, (torch.zeros(4), 0.0, 0))
             pieces += [row.to(device), vector([alpha_sum, n])]
-        for name in extras:
-            total, n = self.extras.get(name, (0.0, 0))
-            pieces.append(vector([total, n]))
         flat = torch.cat(pieces)
         if accelerator.num_processes > 1:
             flat = accelerator.reduce(flat, reduction="sum")
@@ -1796,8 +1786,4 @@ class _LossWindow:
             if n > 0:
                 a = alpha_sum / n
                 logs[name] = a * kd_sum / max(kd_count, 1.0) + (1.0 - a) * ce_sum / max(ce_count, 1.0)
-        for name in extras:
-            total, n = take(2)
-            if n > 0:
-                logs[name] = total / n
         return logs

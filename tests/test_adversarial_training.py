@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_token_model
+from conftest import tiny_sequence_model, tiny_token_model
 from test_trainer import NO_DROPOUT, make_args, ner_dataset, ner_trainer
 from transformers import TrainerCallback
 
@@ -262,3 +262,27 @@ def test_freelb_logs_the_alpha_its_objective_trained_with(tokenizer, tmp_path):
                           distill_positions="first_subword")
     trainer.train()
     assert all(h["alpha"] == 1.0 for h in trainer.state.log_history if "loss" in h)
+
+
+def test_the_logged_delta_norm_is_the_mean_over_examples_whatever_the_micro_batches(tokenizer, tmp_path):
+    # The last of three rows holds only [CLS] [SEP]: nothing to perturb, so its δ is 0 and FGM's l2 δ of the other
+    # two is exactly ε. Three rows in one batch, or in micro-batches of 2 and 1, log the same mean, ε · 2/3 (the
+    # micro-batch means were averaged: (ε + 0) / 2).
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from hf_distill import DistillationTrainer
+
+    enc = tokenizer(["the cat sat", "a dog ran", ""])
+    data = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                              "labels": [0, 1, 0]})
+    logged = []
+    for batch, accumulation in ((3, 1), (2, 2)):
+        trainer = DistillationTrainer(
+            model=tiny_sequence_model(tokenizer, layers=1, seed=1), teacher_model=tiny_sequence_model(tokenizer, seed=2),
+            args=make_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                           max_steps=1, learning_rate=0.0, adversarial="fgm", adv_epsilon=0.3),
+            train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
+        trainer.train()
+        logged.append(trainer.state.log_history[0]["adv_delta_norm"])
+    assert logged == pytest.approx([0.2, 0.2], rel=1e-5)

@@ -328,7 +328,7 @@ def test_a_process_whose_whole_logging_window_was_skipped_reduces_like_the_other
     full.add(DistillationLoss(t(0.0), t(3.0), t(2), t(8.0), t(4)), temperature=2.0, alpha=0.5)
     full.add_ratio("hidden_loss", t(1.5), t(3))
     full.add_objective("adv_loss", DistillationLoss(t(0.0), t(4.0), t(2), t(0.0), t(0)), alpha=1.0)
-    full.add_extra("adv_delta_norm", t(0.25))
+    full.add_ratio("adv_delta_norm", t(0.75), t(3))
     skipped.skipped = 2
     flats = {}
 
@@ -338,7 +338,7 @@ def test_a_process_whose_whole_logging_window_was_skipped_reduces_like_the_other
             return tensor + flats[partner] if partner in flats else tensor
         return SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
 
-    names = (["hidden_loss"], ["adv_loss"], ["adv_delta_norm"])
+    names = (["hidden_loss", "adv_delta_norm"], ["adv_loss"])
     skipped.averages(accelerator("skipped", "full"), *names)  # records its zeros first
     logs = full.averages(accelerator("full", "skipped"), *names)
     assert flats["skipped"].shape == flats["full"].shape and flats["skipped"].abs().sum() == 2  # only the skip count
