@@ -425,7 +425,7 @@ def _vanished_words(tokenizer: Any, encoding: Any, batch_words: list[list[str]],
         seen = {word for word in encoding.word_ids(batch_index=batch_index) if word is not None}
         # An example that fills the limit exactly may or may not have been cut: only its untruncated length says.
         truncated = limit is not None and len(encoding["input_ids"][batch_index]) >= limit and len(
-            tokenizer(list(words), is_split_into_words=True, truncation=False)["input_ids"]) > limit
+            tokenizer(list(words), is_split_into_words=True, truncation=False, verbose=False)["input_ids"]) > limit
         start, end = 0, len(words)
         if truncated and getattr(tokenizer, "truncation_side", "right") == "left":  # the opening words were cut
             start = min(seen) if seen else len(words)
@@ -454,17 +454,33 @@ def _stand_in_unknown(tokenizer: Any, batch_words: list[list[str]], vanished: di
             for b, words in enumerate(batch_words)]
 
 
+def _opening_word_cut(tokenizer: Any, encoding: Any, batch_words: list[list[str]], limit: int) -> set[int]:
+    """The examples of a left-truncating tokenizer whose first kept word lost its opening sub-words to the cut: what
+    is left of it starts with a continuation piece (``##s``), which is no word start and must carry no label."""
+    cut = set()
+    for batch_index, words in enumerate(batch_words):
+        word_ids = encoding.word_ids(batch_index=batch_index)
+        first = next((word for word in word_ids if word is not None), None)
+        if first is None or len(encoding["input_ids"][batch_index]) < limit:
+            continue
+        whole = tokenizer([words[first]], is_split_into_words=True, add_special_tokens=False, verbose=False)
+        if sum(word == first for word in word_ids) < len(whole["input_ids"]):
+            cut.add(batch_index)
+    return cut
+
+
 def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, from_tokenizer: bool,
-                    left: bool = False) -> None:
+                    left: bool = False, opening_cut: set[int] = frozenset()) -> None:
     """Warn if truncation to ``limit`` sub-words dropped whole words (which then get no label); `left` for a
-    tokenizer that cuts the opening words (`truncation_side="left"`)."""
+    tokenizer that cuts the opening words (`truncation_side="left"`), `opening_cut` the examples whose first kept
+    word lost its start (see `_opening_word_cut`)."""
     truncated = []
     for batch_index, words in enumerate(batch_words):
         if len(encoding["input_ids"][batch_index]) < limit:
             continue
         word_ids = [word for word in encoding.word_ids(batch_index=batch_index) if word is not None]
         if left:
-            kept = len(words) - word_ids[0] if word_ids else 0
+            kept = len(words) - word_ids[0] - (batch_index in opening_cut) if word_ids else 0
         else:
             kept = word_ids[-1] + 1 if word_ids else 0
         if kept < len(words):
@@ -473,16 +489,17 @@ def _warn_truncated(encoding: Any, batch_words: list[list[str]], limit: int, fro
         return
     batch_index, kept, n_words = truncated[0]
     opening = " ".join(batch_words[batch_index][:6]) + (" ..." if n_words > 6 else "")
-    message = (
-        f"{len(truncated)} of {len(batch_words)} sentences in this batch are longer than %s sub-words and were "
+    where = f"the tokenizer's model_max_length={limit}" if from_tokenizer else f"max_length={limit}"
+    message = (  # the sentence is the user's text: it goes in as text, never into a %-format string
+        f"{len(truncated)} of {len(batch_words)} sentences in this batch are longer than {where} sub-words and were "
         f"truncated (e.g. the sentence {opening!r} keeps {kept} of its {n_words} words): the words "
         f"{'before' if left else 'past'} the limit get no label, so they are neither trained on nor evaluated. Split long sentences before tokenising, or raise "
         "`max_length` if the model's position embeddings allow it."
     )
     if from_tokenizer:  # the limit came from the tokenizer, unasked: warn where the caller will see it
-        warnings.warn(message % f"the tokenizer's model_max_length={limit}", UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=3)
     else:
-        logger.warning(message, f"max_length={limit}")
+        logger.warning("%s", message)
 
 
 def word_free_special_ids(tokenizer: Any) -> list[int] | None:
@@ -573,7 +590,8 @@ def tokenize_and_align_labels(
 
     A word's label goes to its first sub-word; its other sub-words and the special tokens get ``-100``. For the words
     ``["john", "londons"]`` tagged ``[B-PER, B-LOC]`` that split into ``[CLS] john london ##s [SEP]``, the labels
-    are ``[-100, B-PER, B-LOC, -100, -100]``. Nothing is padded: ``DataCollatorForTokenClassification`` pads each
+    are ``[-100, B-PER, B-LOC, -100, -100]``; a word that left truncation (``truncation_side="left"``) cut through
+    has lost its first sub-word and gets no label. Nothing is padded: ``DataCollatorForTokenClassification`` pads each
     batch (and pads ``labels`` with ``-100``).
 
     Sentences longer than the limit are truncated, never passed on at a length the model cannot embed. When words
@@ -647,18 +665,23 @@ def tokenize_and_align_labels(
     if vanished:
         batch_words = _stand_in_unknown(tokenizer, batch_words, vanished)
         encoding = tokenizer(batch_words, is_split_into_words=True, truncation=limit is not None, max_length=limit)
+    left = getattr(tokenizer, "truncation_side", "right") == "left"
+    opening_cut = _opening_word_cut(tokenizer, encoding, batch_words, limit) if left and limit is not None else set()
     if limit is not None:
-        _warn_truncated(encoding, batch_words, limit, from_tokenizer=max_length is None,
-                        left=getattr(tokenizer, "truncation_side", "right") == "left")
+        _warn_truncated(encoding, batch_words, limit, from_tokenizer=max_length is None, left=left,
+                        opening_cut=opening_cut)
     if tags_column not in examples:
         return encoding
 
     labels = []
     for batch_index, word_tags in enumerate(examples[tags_column]):
         example_labels = []
+        word_ids = encoding.word_ids(batch_index=batch_index)
+        # a first word cut through keeps only continuation pieces: none of them is its first sub-word
+        cut_word = next(word for word in word_ids if word is not None) if batch_index in opening_cut else None
         previous_word = None
-        for word_index in encoding.word_ids(batch_index=batch_index):
-            if word_index is None or word_index == previous_word:
+        for word_index in word_ids:
+            if word_index is None or word_index == previous_word or word_index == cut_word:
                 example_labels.append(IGNORE_INDEX)
             else:
                 example_labels.append(word_tags[word_index])

@@ -1,5 +1,7 @@
 """Tests for hf_distill.data: CoNLL reading, label alignment to sub-words, text classification files."""
 
+import logging
+import warnings
 from pathlib import Path
 
 import datasets
@@ -344,6 +346,45 @@ def test_left_truncation_warns_of_the_opening_words_and_invents_no_vanished_word
     assert encoding["labels"] == [[-100, 5, 0, 5, -100]]
     assert "no sub-word" not in caplog.text
     assert "keeps 3 of its 5 words): the words before the limit get no label" in caplog.text
+
+
+def test_left_truncation_through_a_word_labels_none_of_its_pieces(wordpiece_tokenizer, caplog):
+    # "Londons" lost its first piece to the cut: "##s" is no word start, so it must not carry B-LOC, and the sentence
+    # keeps 1 whole word, not 2.
+    wordpiece_tokenizer.truncation_side = "left"
+    try:
+        words, tags = ["Mary", "visited", "Londons", "."], [LABEL_IDS[t] for t in ["B-PER", "O", "B-LOC", "O"]]
+        with caplog.at_level("WARNING", logger="hf_distill.data"):
+            encoding = tokenize_and_align_labels({"tokens": [words], "ner_tags": [tags]}, wordpiece_tokenizer,
+                                                 max_length=4)
+    finally:
+        wordpiece_tokenizer.truncation_side = "right"
+    assert wordpiece_tokenizer.convert_ids_to_tokens(encoding["input_ids"][0]) == ["[CLS]", "##s", ".", "[SEP]"]
+    assert encoding["labels"] == [[-100, -100, 0, -100]]
+    assert "keeps 1 of its 4 words" in caplog.text
+
+
+@pytest.mark.parametrize("max_length", [None, 5])
+def test_a_percent_sign_in_a_truncated_sentence_is_quoted_in_the_warning(vocab_file, caplog, max_length):
+    # The sentence was put into a %-format string: "5 %" raised a TypeError (default limit) or broke the log record.
+    tokenizer = BertTokenizerFast.from_pretrained(str(Path(vocab_file).parent), model_max_length=5)  # not warned yet
+    transformers_messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: transformers_messages.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    words, tags = ["Mary", "%", "Paris", "and", "Berlin"], [LABEL_IDS[t] for t in ["B-PER", "O", "B-LOC", "O", "B-LOC"]]
+    try:
+        with caplog.at_level("WARNING", logger="hf_distill.data"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            encoding = tokenize_and_align_labels({"tokens": [words], "ner_tags": [tags]}, tokenizer,
+                                                 max_length=max_length)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert encoding["labels"] == [[-100, 1, 0, 5, -100]]
+    shown = caplog.text + " ".join(str(w.message) for w in caught)
+    assert "'Mary % Paris and Berlin'" in shown and "keeps 3 of its 5 words" in shown and "5 sub-words" in shown
+    # checking whether the sentence was cut does not set off Transformers' "indexing errors" warning
+    assert not any("indexing errors" in m for m in transformers_messages)
 
 
 def test_special_tokens_a_tokenizer_file_marks_but_does_not_name_are_never_words(tmp_path):
