@@ -308,43 +308,46 @@ def _max_length(model: nn.Module) -> int | None:
     return config.max_position_embeddings - offset
 
 
-def check_inputs_fit(dataset: Any, models: list[tuple[str, nn.Module]]) -> None:
+def check_inputs_fit(dataset: Any, models: list[tuple[str, nn.Module]], prefix: str = "") -> None:
     """Check a tokenized split against each model's embedding tables: token ids below `vocab_size`, segment ids below
     `type_vocab_size`, and (for learned absolute positions) no row longer than the positions the model has. Otherwise
     the forward fails mid-training with "index out of range in self" (a device-side assert on GPU). Checked on
-    Arrow-backed datasets; `models` are `(role, model)` pairs named in messages."""
-    if not isinstance(dataset, Dataset) or "input_ids" not in dataset.column_names or not models:
+    Arrow-backed datasets; `models` are `(role, model)` pairs named in messages. `prefix` checks the columns those
+    models read under another name (`"teacher_"`: a teacher view's `teacher_input_ids`, ...)."""
+    ids_column, types_column = f"{prefix}input_ids", f"{prefix}token_type_ids"
+    if not isinstance(dataset, Dataset) or ids_column not in dataset.column_names or not models:
         return
-    columns = [c for c in ("input_ids", "token_type_ids") if c in dataset.column_names]
+    columns = [c for c in (ids_column, types_column) if c in dataset.column_names]
     table = dataset.select_columns(columns).with_format("arrow")[:]
-    ids = table.column("input_ids")
+    ids = table.column(ids_column)
     if not (pa.types.is_list(ids.type) or pa.types.is_large_list(ids.type)) or len(ids) == 0:
         return
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(ids)
     top_id = pc.max(flat).as_py() if len(flat) else None
     top_type = None
-    if "token_type_ids" in columns and len(pc.list_flatten(table.column("token_type_ids"))):
-        top_type = pc.max(pc.list_flatten(table.column("token_type_ids"))).as_py()
+    if types_column in columns and len(pc.list_flatten(table.column(types_column))):
+        top_type = pc.max(pc.list_flatten(table.column(types_column))).as_py()
+    where = f" (column {ids_column!r})" if prefix else ""
     for role, model in models:
         config = _base(model).config
         vocab = getattr(config, "vocab_size", None)
         if top_id is not None and vocab is not None and top_id >= vocab:
             raise ValueError(
-                f"The data holds token id {top_id}, but the {role}'s vocab_size is {vocab}: it was tokenized with "
+                f"The data{where} holds token id {top_id}, but the {role}'s vocab_size is {vocab}: it was tokenized with "
                 "another tokenizer. Tokenize it with the teacher's tokenizer."
             )
         types = getattr(config, "type_vocab_size", None)
         if top_type is not None and types and top_type >= types:  # 0: the model has no segments (DeBERTa)
             raise ValueError(
-                f"The data holds token_type_id {top_type}, but the {role} has type_vocab_size {types}. Tokenize it "
+                f"The data{where} holds token_type_id {top_type}, but the {role} has type_vocab_size {types}. Tokenize it "
                 "with the teacher's tokenizer."
             )
         limit = _max_length(model)
         if limit is not None and int(lengths.max()) > limit:
             row = int(lengths.argmax())
             raise ValueError(
-                f"Row {row} of the data has {int(lengths[row])} tokens, but the {role} has positions for {limit} "
+                f"Row {row} of the data{where} has {int(lengths[row])} tokens, but the {role} has positions for {limit} "
                 f"(max_position_embeddings={config.max_position_embeddings}). Tokenize with `truncation=True, "
                 f"max_length={limit}` (or less)."
             )

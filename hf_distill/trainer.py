@@ -97,7 +97,7 @@ from .losses import (
 from .model_card import build_model_card, evaluation_by_model
 from .schedules import scheduled_value
 from .self_distillation import ema_copy, ema_update
-from .views import TEACHER_VIEW_KEYS, TeacherViewCollator, has_teacher_view, teacher_view_inputs
+from .views import TEACHER_VIEW_KEYS, TEACHER_VIEW_PREFIX, TeacherViewCollator, has_teacher_view, teacher_view_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,11 @@ class DistillationTrainer(Trainer):
         roles = [("student", model), *((f"teacher {i}" if len(teachers) > 1 else "teacher", t)
                                        for i, t in enumerate(teachers))]
         for split in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]:
-            check_inputs_fit(split, roles)
+            if has_teacher_view(split):  # the teachers read the clean view, under its own column names
+                check_inputs_fit(split, roles[:1])
+                check_inputs_fit(split, roles[1:], prefix=TEACHER_VIEW_PREFIX)
+            else:
+                check_inputs_fit(split, roles)
         if self.task == TOKEN_CLASSIFICATION and args.pseudo_label_threshold is not None and (
                 args.distill_positions == "first_subword"):
             raise ValueError(

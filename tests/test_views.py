@@ -134,6 +134,21 @@ def view_trainer(tokenizer, tmp_path, data=None, **kwargs):
     )
 
 
+def test_a_clean_view_longer_than_the_teachers_positions_is_refused_at_init(tokenizer, tmp_path):
+    # The noise shortens each text to its first word, so the student's view fits any model; the teacher reads the
+    # clean view, which it has no positions for. It crashed in the first forward.
+    data = add_noisy_view(raw_sentences(), tokenizer, text_column="sentence", noise=lambda text, rng: text.split()[0],
+                          probability=1.0, seed=3)
+    longest = max(len(row) for row in data["teacher_input_ids"])
+    assert max(len(row) for row in data["input_ids"]) < 4 < longest
+    teacher = tiny_sequence_model(tokenizer, seed=2)
+    teacher.config.max_position_embeddings = 4  # as a checkpoint saved with 4 positions would say
+    with pytest.raises(ValueError, match=rf"teacher_input_ids.*{longest} tokens, but the teacher has positions for 4"):
+        DistillationTrainer(model=tiny_sequence_model(tokenizer, seed=1), teacher_model=teacher,
+                            args=make_args(tmp_path), train_dataset=data,
+                            data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+
+
 def test_loss_compares_student_on_noise_with_teacher_on_clean_text(tokenizer, tmp_path):
     trainer = view_trainer(tokenizer, tmp_path)
     data = noisy_dataset(tokenizer)
