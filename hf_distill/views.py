@@ -26,6 +26,8 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import datasets
+
 from .checks import _reject_dataset_dict, dataset_columns
 from .text_attacks import TYPO_KINDS, perturb_characters
 
@@ -79,7 +81,9 @@ def add_noisy_view(
 
     Row i gets noise with probability `probability`, drawn from `random.Random(f"{seed}:{i}")`: its `input_ids`
     (and mask, type ids) come from `noise(text, rng)`, its `teacher_*` columns from the clean text. Other rows get the
-    clean text in both views. The text columns are removed; the rest (the labels) is kept.
+    clean text in both views. The text columns are removed; the rest (the labels) is kept. A stream's rows are
+    seeded by their text instead of their position (which a stream's DataLoader workers each count from 0), so the
+    views do not depend on `dataloader_num_workers`; rows with the same text get the same view.
 
     Args:
         dataset: a `datasets.Dataset` with the raw text in `text_column` (and `text_pair_column`, for pairs), or a
@@ -105,6 +109,7 @@ def add_noisy_view(
     columns = getattr(dataset, "column_names", None)
     if columns is not None:
         _check_raw_text_columns(columns, text_columns, text_column)
+    streamed = isinstance(dataset, datasets.IterableDataset)
 
     def encode(texts: list[list[str]]) -> dict[str, list]:
         return dict(tokenizer(*texts, truncation=True, max_length=max_length))
@@ -121,7 +126,9 @@ def add_noisy_view(
         clean = [batch[c] for c in text_columns]
         noisy = [list(column) for column in clean]
         for j, i in enumerate(indices):
-            rng = random.Random(f"{seed}:{i}")
+            # A stream's `map` numbers rows per DataLoader worker: its rows are seeded by their text instead
+            key = "\x1f".join(column[j] for column in clean) if streamed else i
+            rng = random.Random(f"{seed}:{key}")
             if rng.random() < probability:
                 for column in noisy:
                     column[j] = noise(column[j], rng)

@@ -358,7 +358,7 @@ def test_add_noisy_view_on_a_stream_reads_no_row_until_iterated(tokenizer):
     assert pulled == []  # a large (or endless) stream is not read through before training
     first = next(iter(data))
     assert first["teacher_input_ids"] == tokenizer(SENTENCES[0])["input_ids"] and first["label"] == 0
-    rng = random.Random("3:0")
+    rng = random.Random(f"3:{SENTENCES[0]}")  # a stream's row is seeded by its text
     rng.random()
     assert first["input_ids"] == tokenizer(prefix_noise(SENTENCES[0], rng))["input_ids"]
     with pytest.raises(ValueError, match="Row 3 of `sentence` is None, not a text"):  # checked as it is read
@@ -381,3 +381,21 @@ def test_mixing_unlabeled_rows_into_a_noisy_view_keeps_the_teacher_on_clean_text
     plain = Dataset.from_dict(dict(tokenizer(SENTENCES[:2])))
     mixed = mix_unlabeled(noisy_dataset(tokenizer).rename_column("label", "labels"), plain)
     assert mixed[-1]["teacher_input_ids"] == mixed[-1]["input_ids"] == tokenizer(SENTENCES[1])["input_ids"]
+
+
+def test_a_streamed_noisy_view_is_the_same_whatever_the_number_of_dataloader_workers(tokenizer):
+    # A stream's `map` numbers rows per worker, so row seeds restarted at 0 in each worker: the k-th row of every
+    # worker drew the same noise, and the worker count changed which rows were noisy.
+    from torch.utils.data import DataLoader
+
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} {' '.join(['good'] * (i // len(SENTENCES)))}" for i in range(24)]
+    stream = Dataset.from_dict({"sentence": texts, "label": [0] * 24}).to_iterable_dataset(num_shards=2)
+    view = add_noisy_view(stream, tokenizer, text_column="sentence", noise=prefix_noise, probability=0.5, seed=3)
+
+    def student_rows(workers):
+        rows = DataLoader(view, batch_size=None, num_workers=workers)
+        return {tuple(row["teacher_input_ids"]): tuple(row["input_ids"]) for row in rows}
+
+    alone = student_rows(0)
+    assert len(alone) == 24 and 0 < sum(k != v for k, v in alone.items()) < 24
+    assert student_rows(2) == alone
