@@ -1222,6 +1222,10 @@ class DistillationTrainer(Trainer):
             for name in (CHECKPOINT_MARKER, "trainer_state.json"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(folder, name))
+            # Before Trainer's files: its trainer_state.json, written near the end of its save, then vouches for
+            # ours too where a path to a checkpoint without a marker is resumed (a stock Trainer checkpoint's rule).
+            os.makedirs(folder, exist_ok=True)
+            self._save_trainer_owned_state(folder)
         limit = self._rotation_limit = self.args.save_total_limit
         self.args.save_total_limit = None  # Trainer would rotate before the trainer-owned state and the marker
         try:
@@ -1236,7 +1240,6 @@ class DistillationTrainer(Trainer):
             run_dir = self._get_output_dir(trial=trial)
             folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
             if os.path.isdir(folder):
-                self._save_trainer_owned_state(folder)
                 atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
                                   {"global_step": self.state.global_step, "skipped_batches": skipped})
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
@@ -1363,7 +1366,8 @@ class DistillationTrainer(Trainer):
             logger.warning("%s has no adversarial RNG state: random starts of δ will differ from the first run.",
                            checkpoint)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+    def train(self, resume_from_checkpoint: str | os.PathLike | bool | None = None, trial=None,
+              ignore_keys_for_eval=None):
         """`Trainer.train`, resuming only from checkpoints that were completely written.
 
         `resume_from_checkpoint=True` picks the last *complete* checkpoint in `output_dir` (one cut short by a crash
@@ -1375,7 +1379,9 @@ class DistillationTrainer(Trainer):
             resume_from_checkpoint, incomplete = checkpoint_to_resume(self.args.output_dir)
             for skipped in incomplete:
                 logger.warning("%s is incomplete (interrupted while saving) and is skipped.", skipped)
-        elif isinstance(resume_from_checkpoint, str) and os.path.isdir(resume_from_checkpoint):
+        if isinstance(resume_from_checkpoint, os.PathLike):
+            resume_from_checkpoint = os.fspath(resume_from_checkpoint)  # (Trainer's own checks take a str)
+        if isinstance(resume_from_checkpoint, str) and os.path.isdir(resume_from_checkpoint):
             # A checkpoint from plain Trainer has no marker but does have its state file, written near the end.
             has_state = os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json"))
             if not is_complete_checkpoint(resume_from_checkpoint) and not has_state:

@@ -454,6 +454,33 @@ def test_a_save_cut_short_before_its_marker_rotates_nothing_out(tokenizer, tmp_p
     assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-4"]
 
 
+@pytest.mark.parametrize("as_path", [str, Path])
+def test_a_checkpoint_cut_short_while_writing_the_ema_teacher_is_refused_by_path(tokenizer, tmp_path, monkeypatch,
+                                                                                  as_path):
+    # The EMA teacher was written after Trainer's trainer_state.json, which vouches for a checkpoint without a marker
+    # (the stock Trainer's): a kill in between was resumed and failed on the half-written file. A pathlib.Path skipped
+    # every check.
+    from hf_distill import DistillationTrainer
+
+    original = DistillationTrainer._save_trainer_owned_state
+
+    def killed_at_step_4(self, folder):
+        if self.state.global_step == 4:  # half of the file written
+            (Path(folder) / "ema_teacher.pt").write_bytes(b"PK\x03\x04 half")
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, folder)
+
+    monkeypatch.setattr(DistillationTrainer, "_save_trainer_owned_state", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        _ema_run(tokenizer, tmp_path, max_steps=4).train()
+    monkeypatch.setattr(DistillationTrainer, "_save_trainer_owned_state", original)
+    with pytest.raises(ValueError, match=r"incomplete checkpoint .*Resume from .*checkpoint-2"):
+        _ema_run(tokenizer, tmp_path, max_steps=4).train(resume_from_checkpoint=as_path(tmp_path / "out" / "checkpoint-4"))
+    resumed = _ema_run(tokenizer, tmp_path, max_steps=4)
+    resumed.train(resume_from_checkpoint=as_path(tmp_path / "out" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+
+
 def test_checkpoints_record_the_runs_own_save_total_limit(tokenizer, tmp_path):
     # The limit is unset while Trainer saves a checkpoint (its rotation waits for the marker), and Trainer wrote
     # training_args.bin in that window: every checkpoint said save_total_limit=None.
