@@ -351,8 +351,9 @@ class DistillationTrainer(Trainer):
                     "token and the special tokens it must not touch: pass `processing_class=tokenizer`."
                 )
             self._augment_generator = torch.Generator().manual_seed(args.seed + 1)
-            # Random replacements are drawn from the vocabulary without its special tokens: the ids the tokenizer
-            # makes, not the rows an embedding matrix padded past them holds (ModernBERT, DeBERTa-v3), never trained.
+            # Random replacements are drawn from the vocabulary without the special tokens that stand for no word
+            # ([CLS], [SEP], [PAD]; [UNK] and [MASK] may be drawn, as in BERT's own random replacements): the ids the
+            # tokenizer makes, not the rows an embedding matrix padded past them holds (ModernBERT, DeBERTa-v3).
             vocab = self._unwrap(self.model).config.vocab_size
             vocab = min(vocab, len(processing_class)) if hasattr(processing_class, "__len__") else vocab
             keep = torch.ones(vocab, dtype=torch.bool)
