@@ -353,7 +353,8 @@ def check_inputs_fit(dataset: Any, models: list[tuple[str, nn.Module]], prefix: 
             )
 
 
-def check_label_range(dataset: Any, num_labels: int, label_column: str | None = None) -> None:
+def check_label_range(dataset: Any, num_labels: int, label_column: str | None = None, *,
+                      per_token: bool | None = None) -> None:
     """Check that every class id in `label_column` is in `[0, num_labels)`, ignoring `-100`.
 
     Works for one label per row (sequence classification, ints) and for a list of labels per row (token
@@ -368,10 +369,12 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str | None = 
         num_labels: The number of classes the models predict (`model.config.num_labels`).
         label_column: The column holding the labels; by default each of the columns the Trainer takes as labels
             (`labels`, `label`, `label_ids`) that the dataset has.
+        per_token: True for token classification (a list of labels per row), False for sequence classification
+            (one label per row: a list is refused), None when not known.
 
     Raises:
-        ValueError: `dataset` is a `DatasetDict`; the column holds strings or floats instead of ids; or a label is
-            negative (other than -100) or at least `num_labels`.
+        ValueError: `dataset` is a `DatasetDict`; the column holds strings, floats or booleans instead of ids, or
+            lists for a sequence classifier; or a label is negative (other than -100) or at least `num_labels`.
     """
     if dataset is None:
         return
@@ -380,7 +383,7 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str | None = 
         return
     if label_column is None:
         for column in _LABEL_COLUMNS:
-            check_label_range(dataset, num_labels, column)
+            check_label_range(dataset, num_labels, column, per_token=per_token)
         return
     if label_column not in dataset.column_names:
         return
@@ -388,8 +391,21 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str | None = 
     values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = None
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        if per_token is False:
+            raise ValueError(
+                f"Column {label_column!r} holds a list per row (e.g. {values[0].as_py()!r}), but a sequence classifier "
+                "takes one class id per row. Several classes per text (multi-label) and multi-hot rows are not "
+                "supported: keep one class per row (or, for labels per token, use a token-classification teacher "
+                "and student)."
+            )
         rows = pc.list_parent_indices(values)
         values = pc.list_flatten(values)
+    if pa.types.is_boolean(values.type):
+        raise ValueError(
+            f"Column {label_column!r} holds booleans (e.g. {values[0].as_py()!r}), but the loss needs integer class "
+            f"ids. Cast them, `dataset.cast_column({label_column!r}, datasets.Value('int64'))` (False is 0, True is "
+            "1), and check that the teacher's `config.label2id` gives those ids the classes you mean."
+        )
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         raise ValueError(
             f"Column {label_column!r} holds strings (e.g. {values[0].as_py()!r}), but the loss needs class ids. Map "

@@ -239,10 +239,11 @@ class DistillationTrainer(Trainer):
         # An iterable training set (streaming) names no columns before training: a teacher view is looked for in its
         # batches instead (`training_step`), and the view collator, which passes batches without one through, is put in.
         columns_unknown = train_dataset is not None and not dataset_columns(train_dataset)
-        check_label_range(train_dataset, num_labels)
+        per_token = self.task == TOKEN_CLASSIFICATION
+        check_label_range(train_dataset, num_labels, per_token=per_token)
         for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
             if split is not None:
-                check_label_range(split, num_labels)
+                check_label_range(split, num_labels, per_token=per_token)
                 if self.task == TOKEN_CLASSIFICATION:
                     check_token_labels(split)
         if self.task == TOKEN_CLASSIFICATION:

@@ -236,6 +236,14 @@ def float_labels(ctx):
     check_label_range(Dataset.from_dict({"labels": [1.0, 0.0, 0.5]}), num_labels=2)
 
 
+def boolean_labels(ctx):
+    check_label_range(Dataset.from_dict({"labels": [True, False, True]}), num_labels=2)
+
+
+def class_lists_for_a_sequence_classifier(ctx):  # go_emotions' shape: several classes per text
+    check_label_range(Dataset.from_dict({"labels": [[0, 2], [1], [2]]}), num_labels=3, per_token=False)
+
+
 def missing_labels(ctx):
     check_label_range(Dataset.from_dict({"labels": [[-100, 1, -100], [-100, None, 0]]}), num_labels=2)
 
@@ -273,6 +281,10 @@ OBJECT_CASES = [
     (label_names_instead_of_ids, ValueError, r"'labels' holds strings \(e\.g\. 'positive'\)", r"label_names=\.\.\."),
     (missing_labels, ValueError, r"'labels' has 1 missing \(None\) label, the first in row 1", r"with -100.*mix_unlabeled"),
     (float_labels, ValueError, r"'labels' holds floats \(e\.g\. 1\.0\).*regression", r"cast_column\('labels'"),
+    (boolean_labels, ValueError, r"'labels' holds booleans \(e\.g\. True\)", r"cast_column\('labels', datasets\.Value"
+     r"\('int64'\)\).*label2id"),
+    (class_lists_for_a_sequence_classifier, ValueError, r"'labels' holds a list per row \(e\.g\. \[0, 2\]\).*one class "
+     r"id per row", r"multi-label.*not supported"),
     (regression_student, ValueError, r"teacher is configured for regression \(num_labels=1\)", r"`num_labels` >= 2"),
     (multi_label_teacher, ValueError, r"teacher is configured for multi-label classification", r"problem_type"),
 ]

@@ -153,3 +153,12 @@ def test_a_model_without_segments_takes_the_tokenizers_zero_type_ids(tokenizer):
         type_vocab_size=0, num_labels=len(NER_LABELS)))
     rows = ner_dataset(tokenizer).map(lambda row: {"token_type_ids": [0] * len(row["input_ids"])})
     check_inputs_fit(rows, [("student", model)])
+
+
+def test_a_list_of_labels_per_row_for_a_sequence_classifier_is_refused_at_init(tokenizer, tmp_path):
+    # Multi-hot rows passed the range check (it flattened every list) and failed in the loss on a batch-size mismatch.
+    enc = tokenizer(["the cat sat", "a dog ran"])
+    data = Dataset.from_dict({**enc, "labels": [[1, 0], [0, 1]]})
+    with pytest.raises(ValueError, match=r"'labels' holds a list per row"):
+        DistillationTrainer(model=tiny_sequence_model(tokenizer), teacher_model=tiny_sequence_model(tokenizer, seed=2),
+                            args=make_args(tmp_path), train_dataset=data, processing_class=tokenizer)
