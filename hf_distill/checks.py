@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 from torch import nn
 
 TOKEN_CLASSIFICATION = "token_classification"
@@ -132,6 +132,30 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
         )
     check_label_names(_labels(t_cfg), student)
     return student_task
+
+
+def check_dataset_label_names(dataset: Any, model_labels: list[str] | None, source: str = "the teacher") -> None:
+    """Refuse a split whose label column is a `ClassLabel` (or a list of them, for token labels) naming the models'
+    classes in another order, ignoring case: its ids would train each class as another (GLUE/MNLI's [entailment,
+    neutral, contradiction] against an MNLI checkpoint's [CONTRADICTION, NEUTRAL, ENTAILMENT]). Other names, or
+    placeholder model labels (`model_labels` None), say nothing about the order and pass."""
+    if model_labels is None or not isinstance(dataset, Dataset):
+        return
+    wanted = [str(name).casefold() for name in model_labels]
+    for column in _LABEL_COLUMNS:
+        feature = dataset.features.get(column)
+        feature = getattr(feature, "feature", feature)  # Sequence/List of ClassLabel: token labels
+        if not isinstance(feature, ClassLabel):
+            continue
+        names = list(feature.names)
+        folded = [name.casefold() for name in names]
+        if folded == wanted or sorted(folded) != sorted(wanted):
+            continue
+        raise ValueError(
+            f"Column {column!r} is a ClassLabel with the names {names}: the classes of {source} ({model_labels}) in "
+            f"another order, so id 0 would train {names[0]!r} as {model_labels[0]!r}. Re-encode the labels in the "
+            f"models' order: `dataset = dataset.align_labels_with_mapping(teacher.config.label2id, {column!r})`."
+        )
 
 
 def check_single_label(model: nn.Module, role: str) -> None:

@@ -46,6 +46,7 @@ from .cache import (
 )
 from .checks import (
     TOKEN_CLASSIFICATION,
+    check_dataset_label_names,
     check_inputs_fit,
     check_label_names,
     check_label_range,
@@ -59,6 +60,7 @@ from .checks import (
     dataset_columns,
     forward_inputs,
     infer_task,
+    label_names,
     model_name,
     unlabeled_token_rows,
 )
@@ -240,10 +242,14 @@ class DistillationTrainer(Trainer):
         # batches instead (`training_step`), and the view collator, which passes batches without one through, is put in.
         columns_unknown = train_dataset is not None and not dataset_columns(train_dataset)
         per_token = self.task == TOKEN_CLASSIFICATION
-        check_label_range(train_dataset, num_labels, per_token=per_token)
-        for split in eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]:
+        named = next(((labels, source) for labels, source in (
+            (label_names(teachers[0]) if teachers else None, "the teacher"),
+            (teacher_cache.label_names if teacher_cache is not None else None, "the cached teacher"),
+            (label_names(model), "the student")) if labels is not None), (None, ""))
+        for split in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]:
             if split is not None:
                 check_label_range(split, num_labels, per_token=per_token)
+                check_dataset_label_names(split, *named)
                 if self.task == TOKEN_CLASSIFICATION:
                     check_token_labels(split)
         if self.task == TOKEN_CLASSIFICATION:

@@ -162,3 +162,29 @@ def test_a_list_of_labels_per_row_for_a_sequence_classifier_is_refused_at_init(t
     with pytest.raises(ValueError, match=r"'labels' holds a list per row"):
         DistillationTrainer(model=tiny_sequence_model(tokenizer), teacher_model=tiny_sequence_model(tokenizer, seed=2),
                             args=make_args(tmp_path), train_dataset=data, processing_class=tokenizer)
+
+
+def test_a_class_label_column_in_another_order_than_the_models_is_refused_with_the_fix(tokenizer, tmp_path):
+    # GLUE/MNLI's ClassLabel is [entailment, neutral, contradiction]; roberta-large-mnli's id2label is
+    # [CONTRADICTION, NEUTRAL, ENTAILMENT]: ids 0 and 2 trained each class as the other, with no warning.
+    from datasets import ClassLabel, Features, Sequence, Value
+
+    names = ["CONTRADICTION", "NEUTRAL", "ENTAILMENT"]
+    config = dict(num_labels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    enc = tokenizer(["the cat sat", "a dog ran", "the dog sat"])
+    features = Features({"input_ids": Sequence(Value("int32")), "token_type_ids": Sequence(Value("int8")),
+                         "attention_mask": Sequence(Value("int8")),
+                         "label": ClassLabel(names=["entailment", "neutral", "contradiction"])})
+    data = Dataset.from_dict({**enc, "label": [0, 1, 2]}, features=features)
+
+    def trainer(train):
+        return DistillationTrainer(model=tiny_sequence_model(tokenizer, **config),
+                                   teacher_model=tiny_sequence_model(tokenizer, seed=2, **config),
+                                   args=make_args(tmp_path), train_dataset=train, processing_class=tokenizer)
+
+    with pytest.raises(ValueError, match=r"'label' is a ClassLabel .*\['entailment', 'neutral', 'contradiction'\].*"
+                                         r"another order.*align_labels_with_mapping\(teacher\.config\.label2id, 'label'\)"):
+        trainer(data)
+    aligned = data.align_labels_with_mapping(config["label2id"], "label")  # the fix the message gives
+    assert aligned["label"] == [2, 1, 0]
+    trainer(aligned)
