@@ -134,7 +134,7 @@ class DistillationTrainer(Trainer):
             only ever sees clean inputs), but a batch without the index column needs an online `teacher_model`.
         args: a [`DistillationArguments`].
         Other arguments are those of `transformers.Trainer`, except `model_init` and `compute_loss_func`, which are
-        refused with the way to do without them.
+        refused with the way to do without them (and so is `hyperparameter_search`, which needs `model_init`).
 
     The loss is `alpha · distill + (1 - alpha) · CE(labels)` (see `DistillationArguments`); its components are
     logged as `kd_loss` and `ce_loss`, each pooled over the logging window's positions (sum over count), with the
@@ -368,6 +368,7 @@ class DistillationTrainer(Trainer):
             self._replacement_ids = keep.nonzero().squeeze(-1)
         self._window = _LossWindow()
         self._run_batches = [0, 0]
+        self._closing_run = False  # set while Trainer logs the run's closing metrics
         self.skipped_batches = 0
         self._skipped_before_resume = 0  # the count a resumed checkpoint carried, for the final metrics
         self._attack = None
@@ -1039,7 +1040,7 @@ class DistillationTrainer(Trainer):
             self._run_batches[0] += trained  # over every process, as Trainer's loss is
             self._run_batches[1] += skipped
             self._window = _LossWindow()
-        if "train_loss" in logs:  # the run's closing metrics (every process logs them), after the last window
+        if self._closing_run and "train_loss" in logs:  # the run's closing metrics (every process logs them)
             tail = torch.tensor([self._window.steps, self._window.skipped], device=self.accelerator.device)
             if self.accelerator.num_processes > 1:
                 tail = self.accelerator.reduce(tail, reduction="sum")
@@ -1050,9 +1051,23 @@ class DistillationTrainer(Trainer):
                 logs["train_loss"] = logs["train_loss"] * (trained + skipped) / trained if trained else float("nan")
         super().log(logs, start_time)
 
+    def hyperparameter_search(self, *args, **kwargs):
+        """Not supported: Trainer's search re-creates the model from `model_init` for each trial, and the teacher is
+        checked against one student at init."""
+        raise NotImplementedError(
+            "`hyperparameter_search` is not supported by DistillationTrainer: it needs `model_init`, and the teacher is "
+            "checked against one student at init. Run the search yourself, with a new DistillationTrainer (and a new "
+            "student) per trial, e.g. inside an Optuna objective that returns `trainer.evaluate()[...]`."
+        )
+
     def _finalize_training(self, trial, num_train_samples, start_time):
-        # Trainer logs the run's metrics (corrected in `log` for skipped batches) and returns its own train_loss.
-        output = super()._finalize_training(trial, num_train_samples, start_time)
+        # Trainer logs the run's metrics (corrected in `log` for skipped batches) and returns its own train_loss. Only
+        # that log is corrected: an `evaluate(metric_key_prefix="train")` logs a `train_loss` of its own.
+        self._closing_run = True
+        try:
+            output = super()._finalize_training(trial, num_train_samples, start_time)
+        finally:
+            self._closing_run = False
         return TrainOutput(output.global_step, output.metrics.get("train_loss", output.training_loss), output.metrics)
 
 

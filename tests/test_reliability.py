@@ -133,6 +133,18 @@ def test_nan_teacher_logits_skip_the_batch_and_are_counted(tokenizer, tmp_path, 
     assert all(torch.isfinite(torch.tensor(h["kd_loss"])) for h in logs[1:])
 
 
+def test_an_evaluation_under_the_train_prefix_after_skipped_batches_is_left_alone(tokenizer, tmp_path):
+    # `log` took any `train_loss` for the run's closing metrics and scaled it by (trained + skipped) / trained:
+    # `evaluate(train_set, metric_key_prefix="train")` returned 4/3 of the loss, and a stray skipped_batches.
+    trainer = ner_trainer(tokenizer, tmp_path, max_steps=3, logging_steps=1)
+    _poison_teacher(trainer)
+    trainer.train()
+    assert trainer.skipped_batches == 1
+    as_train = trainer.evaluate(trainer.train_dataset, metric_key_prefix="train")
+    as_eval = trainer.evaluate(trainer.train_dataset)
+    assert as_train["train_loss"] == pytest.approx(as_eval["eval_loss"]) and "skipped_batches" not in as_train
+
+
 def test_nan_with_raise_policy_names_step_and_component(tokenizer, tmp_path):
     trainer = ner_trainer(tokenizer, tmp_path, max_steps=3, nonfinite_policy="raise")
     _poison_teacher(trainer, calls=(1,))

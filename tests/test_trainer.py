@@ -535,6 +535,14 @@ def test_trainer_arguments_that_would_bypass_distillation_are_refused_with_the_w
                             args=make_args(tmp_path), train_dataset=ner_dataset(tokenizer), **{name: lambda *a: None})
 
 
+def test_hyperparameter_search_says_at_once_how_to_search_without_it(tokenizer, tmp_path):
+    # Trainer's own check asked for the `model_init` that DistillationTrainer refuses: two failures to the advice.
+    trainer = ner_trainer(tokenizer, tmp_path)
+    with pytest.raises(NotImplementedError, match=r"not supported by DistillationTrainer.*new DistillationTrainer.*"
+                                                  r"per trial"):
+        trainer.hyperparameter_search(n_trials=2)
+
+
 @pytest.mark.parametrize("settings", [{}, {"adversarial": "fgm"}, {"hidden_distill_weight": 1.0}])
 def test_models_that_return_tuples_train_as_those_that_return_outputs(tokenizer, tmp_path, settings):
     # `return_dict=False` (a model saved with torchscript=True, say) gives tuples, which stock Trainer trains on.
