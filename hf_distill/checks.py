@@ -158,6 +158,31 @@ def check_dataset_label_names(dataset: Any, model_labels: list[str] | None, sour
         )
 
 
+def missing_segments(dataset: Any, teachers: list[nn.Module], sep_token_id: int | None, rows: int = 64) -> str | None:
+    """What goes wrong when `dataset` holds sentence pairs (two separator tokens in a row) without `token_type_ids`
+    while a teacher takes them and was built with two or more segments (a BERT teacher, pairs tokenized by a
+    DistilBERT student's tokenizer): the teacher reads every token as the first sentence, unlike in its fine-tuning.
+    None when nothing is wrong or the first `rows` rows hold no pair."""
+    columns = dataset_columns(dataset) if dataset is not None else []
+    if sep_token_id is None or "input_ids" not in columns or {"token_type_ids", "teacher_token_type_ids"} & set(columns):
+        return None
+    takers = [t for t in teachers if "token_type_ids" in forward_inputs(t)
+              and (getattr(_base(t).config, "type_vocab_size", 0) or 0) >= 2]
+    if not takers:
+        return None
+    sample = dataset.select(range(min(rows, len(dataset)))) if isinstance(dataset, Dataset) else None
+    if sample is None or not any(list(ids).count(sep_token_id) >= 2 for ids in sample["input_ids"]):
+        return None
+    teacher = _base(takers[0])
+    return (
+        f"The training set holds sentence pairs (two separator tokens in a row) but no token_type_ids, and the "
+        f"teacher ({type(teacher).__name__}, type_vocab_size={teacher.config.type_vocab_size}) takes them: it would "
+        "read the second sentence as the first one's segment, unlike in its fine-tuning, and teach from there. "
+        "Tokenize with the teacher's tokenizer, or pass `return_token_type_ids=True` to the tokenizer call (the "
+        "student, if it takes none, is not given them)."
+    )
+
+
 def check_single_label(model: nn.Module, role: str) -> None:
     """Refuse a regression or multi-label head: hf-distill distils softmax distributions over two or more classes."""
     cfg = _base(model).config

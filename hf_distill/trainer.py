@@ -61,6 +61,7 @@ from .checks import (
     forward_inputs,
     infer_task,
     label_names,
+    missing_segments,
     model_name,
     unlabeled_token_rows,
 )
@@ -323,6 +324,10 @@ class DistillationTrainer(Trainer):
         self._teacher_only_inputs: tuple[str, ...] = tuple(sorted(
             set().union(*self._teacher_inputs) - forward_inputs(self._unwrap(self.model))))
         self._teacher_keys = frozenset({*_TEACHER_SIDE, *self._teacher_only_inputs})  # never given to the student
+        problem = missing_segments(train_dataset, [self._unwrap(t) for t in self.teacher_models],
+                                   getattr(processing_class, "sep_token_id", None))
+        if problem is not None:
+            logger.warning(problem)
         # [CLS], [SEP], [PAD]...: not [UNK] (a word the vocabulary lacks) nor [MASK] (written into words by augmentation).
         special = word_free_special_ids(processing_class) or []
         # The attack leaves special tokens alone by default; without processing_class, the collator's tokenizer

@@ -1,6 +1,7 @@
 """DistillationTrainer behaviour on tiny offline models: what it trains, what it leaves alone, what it refuses."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -533,6 +534,32 @@ def test_trainer_arguments_that_would_bypass_distillation_are_refused_with_the_w
     with pytest.raises(ValueError, match=match):
         DistillationTrainer(model=tiny_token_model(tokenizer), teacher_model=tiny_token_model(tokenizer),
                             args=make_args(tmp_path), train_dataset=ner_dataset(tokenizer), **{name: lambda *a: None})
+
+
+def test_pairs_without_the_segment_ids_the_teacher_takes_are_warned_of(tokenizer, tmp_path, caplog):
+    # Pairs tokenized with a DistilBERT student's tokenizer carry no token_type_ids: the BERT teacher, fine-tuned with
+    # them, read every token as the first sentence, silently.
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    def trainer(pairs):
+        student = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64))
+        return DistillationTrainer(model=student, teacher_model=tiny_sequence_model(tokenizer, seed=2),
+                                   args=make_args(tmp_path), train_dataset=pairs, processing_class=tokenizer)
+
+    raw = Dataset.from_dict({"a": SENTENCES[:4], "b": SENTENCES[1:5], "label": [0, 1, 0, 1]})
+    without = raw.map(lambda batch: tokenizer(batch["a"], batch["b"], return_token_type_ids=False), batched=True,
+                      remove_columns=["a", "b"])
+    with caplog.at_level("WARNING", logger="hf_distill.trainer"):
+        trainer(without)
+    assert re.search(r"sentence pairs .* but no token_type_ids.*teacher .*type_vocab_size=2.*return_token_type_ids=True",
+                     caplog.text)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_distill.trainer"):  # with the segments, or single sentences: nothing
+        trainer(raw.map(lambda batch: tokenizer(batch["a"], batch["b"]), batched=True, remove_columns=["a", "b"]))
+        trainer(raw.map(lambda batch: tokenizer(batch["a"], return_token_type_ids=False), batched=True,
+                        remove_columns=["a", "b"]))
+    assert "token_type_ids" not in caplog.text
 
 
 def test_hyperparameter_search_says_at_once_how_to_search_without_it(tokenizer, tmp_path):
