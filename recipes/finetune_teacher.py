@@ -19,6 +19,7 @@ from recipe_utils import (
     load_splits,
     resume_target,
     save_results,
+    scorable_splits,
     text_encoder,
     text_label_names,
     trainable_in_fp32,
@@ -109,6 +110,7 @@ def main():
         num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()},
     )
     model = trainable_in_fp32(model, "model to fine-tune")
+    evaluation = scorable_splits(tokenized, len(label_names))  # checked now, scored after training
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                       data_collator=collator, processing_class=tokenizer, compute_metrics=metrics)
     resume = resume_target(args.resume_from_checkpoint)
@@ -119,8 +121,10 @@ def main():
     train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # before the evaluation, so that nothing after training can lose the teacher
     tokenizer.save_pretrained(args.output_dir)
-    result = trainer.evaluate(metric_key_prefix="validation")
-    logger.info("teacher validation %s: %.4f", metric, result[f"validation_{metric}"])
+    result = {}
+    for name, split in evaluation.items():  # every labelled split but train, as the distillation recipes score
+        result.update(trainer.evaluate(split, metric_key_prefix=name))
+        logger.info("teacher %s %s: %.4f", name, metric, result[f"{name}_{metric}"])
     save_results(trainer, train_output.metrics, {"teacher": result})
 
 
