@@ -1181,11 +1181,16 @@ class DistillationTrainer(Trainer):
         if self.args.self_distillation == "ema":
             teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
             teacher = None
-            if self.original_teacher is not None:  # the model the student was cut from, which a report may score
+            if self.original_teacher is not None:  # a model a report scores as the teacher (the recipes cut from it)
                 teacher = self._unwrap(self.original_teacher)
                 start = getattr(teacher.config, "_name_or_path", "") or "an unnamed model"
-                teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; the student started from {start}, "
-                                "the teacher of the size and evaluation tables)")
+                depth = getattr(teacher.config, "num_hidden_layers", None)  # `create_student` records its cut
+                cut_from_it = depth is not None and getattr(self._unwrap(self.model).config, "cut_from_teacher_depth",
+                                                            None) == depth
+                relation = (f"the student started from {start}, the teacher of" if cut_from_it
+                            else f"{start} is the teacher of")
+                teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; {relation} the size and "
+                                "evaluation tables)")
         if not teacher_name and self.teacher_cache is not None:
             teacher_name = f"cached logits ({self.teacher_cache.path.name})"  # the folder, not a local path
         if self.generations > 1 and self.original_teacher is not None:
