@@ -134,13 +134,14 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
     return student_task
 
 
-def check_dataset_label_names(dataset: Any, model_labels: list[str] | None, source: str = "the teacher") -> None:
-    """Refuse a split whose label column is a `ClassLabel` (or a list of them, for token labels) naming the models'
-    classes in another order, ignoring case: its ids would train each class as another (GLUE/MNLI's [entailment,
-    neutral, contradiction] against an MNLI checkpoint's [CONTRADICTION, NEUTRAL, ENTAILMENT]). Other names, or
-    placeholder model labels (`model_labels` None), say nothing about the order and pass."""
+def label_order_mismatch(dataset: Any, model_labels: list[str] | None, source: str = "the teacher") -> str | None:
+    """A warning for a split whose label column is a `ClassLabel` (or a list of them, for token labels) naming the
+    models' classes in another order, ignoring case (GLUE/MNLI's [entailment, neutral, contradiction] against an MNLI
+    checkpoint's [CONTRADICTION, NEUTRAL, ENTAILMENT]), else None. A warning, not an error: `Dataset.map` keeps a
+    column's ClassLabel when it re-encodes the ids (as run_glue.py does), so the names may be stale and the ids
+    right. Other names, or placeholder model labels (`model_labels` None), say nothing about the order."""
     if model_labels is None or not isinstance(dataset, Dataset):
-        return
+        return None
     wanted = [str(name).casefold() for name in model_labels]
     for column in _LABEL_COLUMNS:
         feature = dataset.features.get(column)
@@ -151,11 +152,15 @@ def check_dataset_label_names(dataset: Any, model_labels: list[str] | None, sour
         folded = [name.casefold() for name in names]
         if folded == wanted or sorted(folded) != sorted(wanted):
             continue
-        raise ValueError(
+        return (
             f"Column {column!r} is a ClassLabel with the names {names}: the classes of {source} ({model_labels}) in "
-            f"another order, so id 0 would train {names[0]!r} as {model_labels[0]!r}. Re-encode the labels in the "
-            f"models' order: `dataset = dataset.align_labels_with_mapping(teacher.config.label2id, {column!r})`."
+            f"another order. If its ids follow those names, id 0 trains {names[0]!r} as {model_labels[0]!r}: "
+            f"re-encode them, `dataset = dataset.align_labels_with_mapping(teacher.config.label2id, {column!r})`. If "
+            "the ids already follow the models' order (mapped after loading, as run_glue.py does), only the names are "
+            f"stale: `dataset = dataset.cast_column({column!r}, datasets.ClassLabel(names={model_labels}))` records "
+            "that, and this warning goes."
         )
+    return None
 
 
 def missing_segments(dataset: Any, teachers: list[nn.Module], sep_token_id: int | None, rows: int = 64) -> str | None:
@@ -175,11 +180,11 @@ def missing_segments(dataset: Any, teachers: list[nn.Module], sep_token_id: int 
         return None
     teacher = _base(takers[0])
     return (
-        f"The training set holds sentence pairs (two separator tokens in a row) but no token_type_ids, and the "
-        f"teacher ({type(teacher).__name__}, type_vocab_size={teacher.config.type_vocab_size}) takes them: it would "
-        "read the second sentence as the first one's segment, unlike in its fine-tuning, and teach from there. "
-        "Tokenize with the teacher's tokenizer, or pass `return_token_type_ids=True` to the tokenizer call (the "
-        "student, if it takes none, is not given them)."
+        f"The training set's rows hold two separator tokens, as sentence pairs do, but no token_type_ids, and the "
+        f"teacher ({type(teacher).__name__}, type_vocab_size={teacher.config.type_vocab_size}) takes them. If these "
+        "are pairs, it reads the second sentence as the first one's segment, unlike in its fine-tuning, and teaches "
+        "from there: tokenize with the teacher's tokenizer, or pass `return_token_type_ids=True` to the tokenizer call "
+        "(the student, if it takes none, is not given them). Single texts that contain a separator need nothing."
     )
 
 

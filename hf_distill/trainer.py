@@ -46,7 +46,6 @@ from .cache import (
 )
 from .checks import (
     TOKEN_CLASSIFICATION,
-    check_dataset_label_names,
     check_inputs_fit,
     check_label_names,
     check_label_range,
@@ -61,6 +60,7 @@ from .checks import (
     forward_inputs,
     infer_task,
     label_names,
+    label_order_mismatch,
     missing_segments,
     model_name,
     unlabeled_token_rows,
@@ -250,7 +250,9 @@ class DistillationTrainer(Trainer):
         for split in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]:
             if split is not None:
                 check_label_range(split, num_labels, per_token=per_token)
-                check_dataset_label_names(split, *named)
+                problem = label_order_mismatch(split, *named)
+                if problem is not None:
+                    logger.warning(problem)
                 if self.task == TOKEN_CLASSIFICATION:
                     check_token_labels(split)
         if self.task == TOKEN_CLASSIFICATION:
@@ -1181,16 +1183,13 @@ class DistillationTrainer(Trainer):
         if self.args.self_distillation == "ema":
             teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
             teacher = None
-            if self.original_teacher is not None:  # a model a report scores as the teacher (the recipes cut from it)
+            if self.original_teacher is not None:  # a model a report scores as the teacher (the recipes' start)
+                # Not "the student started from it": the card cannot tell (a student cut from a pretrained base of
+                # the same depth looks the same), and the recipes also start the student from --model_name_or_path.
                 teacher = self._unwrap(self.original_teacher)
                 start = getattr(teacher.config, "_name_or_path", "") or "an unnamed model"
-                depth = getattr(teacher.config, "num_hidden_layers", None)  # `create_student` records its cut
-                cut_from_it = depth is not None and getattr(self._unwrap(self.model).config, "cut_from_teacher_depth",
-                                                            None) == depth
-                relation = (f"the student started from {start}, the teacher of" if cut_from_it
-                            else f"{start} is the teacher of")
-                teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; {relation} the size and "
-                                "evaluation tables)")
+                teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; {start} is the teacher of the size "
+                                "and evaluation tables)")
         if not teacher_name and self.teacher_cache is not None:
             teacher_name = f"cached logits ({self.teacher_cache.path.name})"  # the folder, not a local path
         if self.generations > 1 and self.original_teacher is not None:

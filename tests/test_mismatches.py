@@ -2,6 +2,7 @@
 training on scrambled labels, overwriting a checkpoint or failing deep inside torch."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -164,27 +165,36 @@ def test_a_list_of_labels_per_row_for_a_sequence_classifier_is_refused_at_init(t
                             args=make_args(tmp_path), train_dataset=data, processing_class=tokenizer)
 
 
-def test_a_class_label_column_in_another_order_than_the_models_is_refused_with_the_fix(tokenizer, tmp_path):
+def test_a_class_label_column_in_another_order_than_the_models_is_warned_of_with_both_fixes(tokenizer, tmp_path,
+                                                                                           caplog):
     # GLUE/MNLI's ClassLabel is [entailment, neutral, contradiction]; roberta-large-mnli's id2label is
-    # [CONTRADICTION, NEUTRAL, ENTAILMENT]: ids 0 and 2 trained each class as the other, with no warning.
-    from datasets import ClassLabel, Features, Sequence, Value
+    # [CONTRADICTION, NEUTRAL, ENTAILMENT]: ids 0 and 2 trained each class as the other, with no warning. Not an
+    # error: run_glue.py re-encodes the ids with `map`, which keeps the column's (then stale) ClassLabel.
+    import datasets
 
     names = ["CONTRADICTION", "NEUTRAL", "ENTAILMENT"]
     config = dict(num_labels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     enc = tokenizer(["the cat sat", "a dog ran", "the dog sat"])
-    features = Features({"input_ids": Sequence(Value("int32")), "token_type_ids": Sequence(Value("int8")),
-                         "attention_mask": Sequence(Value("int8")),
-                         "label": ClassLabel(names=["entailment", "neutral", "contradiction"])})
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "token_type_ids": datasets.Sequence(datasets.Value("int8")),
+                                  "attention_mask": datasets.Sequence(datasets.Value("int8")),
+                                  "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])})
     data = Dataset.from_dict({**enc, "label": [0, 1, 2]}, features=features)
 
-    def trainer(train):
-        return DistillationTrainer(model=tiny_sequence_model(tokenizer, **config),
-                                   teacher_model=tiny_sequence_model(tokenizer, seed=2, **config),
-                                   args=make_args(tmp_path), train_dataset=train, processing_class=tokenizer)
+    def warning(train):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hf_distill.trainer"):
+            DistillationTrainer(model=tiny_sequence_model(tokenizer, **config),
+                                teacher_model=tiny_sequence_model(tokenizer, seed=2, **config),
+                                args=make_args(tmp_path), train_dataset=train, processing_class=tokenizer)
+        return caplog.text
 
-    with pytest.raises(ValueError, match=r"'label' is a ClassLabel .*\['entailment', 'neutral', 'contradiction'\].*"
-                                         r"another order.*align_labels_with_mapping\(teacher\.config\.label2id, 'label'\)"):
-        trainer(data)
-    aligned = data.align_labels_with_mapping(config["label2id"], "label")  # the fix the message gives
-    assert aligned["label"] == [2, 1, 0]
-    trainer(aligned)
+    assert re.search(r"'label' is a ClassLabel .*\['entailment', 'neutral', 'contradiction'\].*another order.*"
+                     r"align_labels_with_mapping\(teacher\.config\.label2id, 'label'\).*cast_column", warning(data))
+    aligned = data.align_labels_with_mapping(config["label2id"], "label")  # the first fix: ids re-encoded
+    assert aligned["label"] == [2, 1, 0] and "ClassLabel" not in warning(aligned)
+    # run_glue's way: ids mapped by hand, names left stale; the second fix records the names and keeps the ids
+    remapped = data.map(lambda row: {"label": 2 - row["label"]})
+    assert remapped.features["label"].names[0] == "entailment" and "ClassLabel" in warning(remapped)
+    renamed = remapped.cast_column("label", datasets.ClassLabel(names=names))
+    assert renamed["label"] == [2, 1, 0] and "ClassLabel" not in warning(renamed)

@@ -169,20 +169,11 @@ def test_ema_card_names_the_student_as_its_own_teacher(tokenizer, tmp_path):
     trainer.evaluation_report = {"teacher": {"validation_f1": 0.9}, "student": {"validation_f1": 0.8}}
     trainer.create_model_card(output_dir=str(tmp_path))
     text = (tmp_path / "README.md").read_text()
-    # This student was not cut from that model (a recipe's --model_name_or_path): the card must not say it was.
+    # The student may not have started from that model (a recipe's --model_name_or_path, or a cut from a pretrained
+    # base of the same depth), which the card cannot tell: it must not say it did.
     assert "started from" not in text
     assert "my-org/ner-teacher is the teacher of the size and evaluation tables" in text
     assert f"| teacher parameters | {sum(p.numel() for p in start.parameters()):,} |" in text
-    from hf_distill import create_student
-
-    cut = DistillationTrainer(model=create_student(start, layers=[0]), processing_class=tokenizer,
-                              args=make_args(tmp_path, self_distillation="ema", ema_decay=0.99),
-                              train_dataset=ner_dataset(tokenizer),
-                              data_collator=DataCollatorForTokenClassification(tokenizer))
-    cut.original_teacher = start
-    cut.create_model_card(output_dir=str(tmp_path))
-    text = (tmp_path / "README.md").read_text()
-    assert "the student started from my-org/ner-teacher, the teacher of the size and evaluation tables" in text
 
 
 def test_the_card_records_a_teacher_run_in_another_precision():

@@ -552,8 +552,8 @@ def test_pairs_without_the_segment_ids_the_teacher_takes_are_warned_of(tokenizer
                       remove_columns=["a", "b"])
     with caplog.at_level("WARNING", logger="hf_distill.trainer"):
         trainer(without)
-    assert re.search(r"sentence pairs .* but no token_type_ids.*teacher .*type_vocab_size=2.*return_token_type_ids=True",
-                     caplog.text)
+    assert re.search(r"two separator tokens, as sentence pairs do, but no token_type_ids.*teacher .*type_vocab_size=2"
+                     r".*return_token_type_ids=True", caplog.text)
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_distill.trainer"):  # with the segments, or single sentences: nothing
         trainer(raw.map(lambda batch: tokenizer(batch["a"], batch["b"]), batched=True, remove_columns=["a", "b"]))
