@@ -427,6 +427,11 @@ class DistillationTrainer(Trainer):
         # student (mixed-precision autocast, compile, FSDP) only while that list is empty: an evaluate() before
         # train() would otherwise run the student unprepared. The teacher has no training state to track there.
         self.accelerator._models = [m for m in self.accelerator._models if m is not prepared and m is not teacher]
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+        own = next(prepared.parameters(), torch.empty(0)).dtype
+        if amp is not None and own in (torch.float16, torch.bfloat16) and own != amp and hasattr(
+                prepared, "_original_forward"):
+            prepared.forward = prepared._original_forward  # Accelerate's autocast wrapper off: see `_own_precision`
         return prepared
 
     @torch.inference_mode()
@@ -435,7 +440,8 @@ class DistillationTrainer(Trainer):
         inputs = teacher_view_inputs(inputs)
         accepted = self._teacher_inputs[index]
         teacher = self.teacher_models[index]
-        return teacher(**{k: v for k, v in inputs.items() if k in accepted}, **flags, **_named_outputs(teacher))
+        with _own_precision(teacher, self.accelerator.device.type):
+            return teacher(**{k: v for k, v in inputs.items() if k in accepted}, **flags, **_named_outputs(teacher))
 
     def _feature_flags(self) -> dict[str, bool]:
         flags = {}
@@ -1463,6 +1469,17 @@ def _real_tokens(inputs: dict[str, Any], skip_ids: torch.Tensor) -> torch.Tensor
     input_ids = inputs["input_ids"]
     mask = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
     return mask & ~torch.isin(input_ids, skip_ids.to(input_ids.device))
+
+
+def _own_precision(teacher: nn.Module, device_type: str):
+    """A teacher in a half precision other than the student's autocast runs in its own (fp16 under a bf16 autocast
+    mixed fp16 weights with bf16 activations, which a CPU refuses, and on a GPU overrode `teacher_dtype`); an fp32
+    teacher, or one in the autocast's own precision, runs under the autocast as before."""
+    dtype = next(teacher.parameters()).dtype
+    if dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device_type) and (
+            torch.get_autocast_dtype(device_type) != dtype):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: TeacherLogitCache | None) -> None:

@@ -1,6 +1,7 @@
 """DistillationTrainer behaviour on tiny offline models: what it trains, what it leaves alone, what it refuses."""
 
 import copy
+import math
 import re
 from pathlib import Path
 
@@ -418,6 +419,21 @@ def test_teacher_dtype_casts_the_teacher_and_keeps_the_loss_in_fp32(tokenizer, t
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(fp32_loss.item(), rel=0.05)  # bf16 teacher: close, not identical
     assert loss.item() != fp32_loss.item()
+
+
+@pytest.mark.parametrize("adversarial", ["none", "fgm"])
+def test_a_float16_teacher_runs_in_float16_under_the_students_bfloat16_autocast(tokenizer, tmp_path, adversarial):
+    # bf16=True on a CPU ran the fp16 teacher inside the student's bf16 autocast: its LayerNorm got bf16 activations
+    # and fp16 weights ("mixed dtype (CPU)") at the first step. teacher_dtype says the precision the teacher runs in.
+    seen = []
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT)
+    teacher.register_forward_hook(lambda module, args, out: seen.append(out.logits.dtype))
+    trainer = ner_trainer(tokenizer, tmp_path, teacher=teacher, teacher_dtype="float16", bf16=True, max_steps=2,
+                          adversarial=adversarial)
+    trainer.train()
+    assert seen and set(seen) == {torch.float16}
+    logs = [h for h in trainer.state.log_history if "kd_loss" in h]
+    assert logs and all(math.isfinite(h["kd_loss"]) for h in logs)
 
 
 def test_error_unknown_teacher_dtype(tmp_path):
