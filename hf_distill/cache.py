@@ -15,7 +15,8 @@ Layout of a cache directory:
 
 P is the number of positions: the number of examples for sequence classification, the sum of the examples' token
 counts for token classification (no padding is stored). Logits are clamped to the fp16 range and stored in fp16;
-they are read back as fp32.
+they are read back as fp32. A build refuses logits that fp16 cannot hold (infinite ones, or ones so large that
+fp16 rounds away the differences their softmax depends on).
 
 The top-k reconstruction puts the k stored logits at their classes and gives each of the other C - k classes the
 same logit c = tail_logsumexp - log(C - k). The softmax at temperature 1 then has exactly the teacher's top-k
@@ -831,7 +832,30 @@ def _positions(
             f"The teacher produced NaN logits for rows {sorted(int(i) for i in indices)[:8]}. Check the teacher on "
             "these rows (e.g. an fp16 overflow) before caching its logits."
         )
+    if np.isinf(flat).any():
+        raise ValueError(
+            f"The teacher produced infinite logits for rows {sorted(int(i) for i in indices)[:8]} (an fp16 overflow?), "
+            "which online training would skip as non-finite. Check the teacher on these rows (run it in float32) "
+            "before caching its logits, or train with the online teacher (no teacher_cache)."
+        )
+    _check_fp16_holds(flat, indices)
     return np.clip(flat, -_FP16_MAX, _FP16_MAX)
+
+
+def _check_fp16_holds(flat: np.ndarray, indices: np.ndarray, tolerance: float = 0.01) -> None:
+    """Refuse logits whose softmax (at temperature 1) moves by more than `tolerance` once stored in fp16: large logits
+    lose their differences there (10000 and 10003 are both 10000: fp16's step is 8), which would cache a confident
+    teacher as a uniform one, with a tie for its argmax."""
+    logits = torch.from_numpy(flat).float()
+    stored = logits.clamp(-_FP16_MAX, _FP16_MAX).half().float()
+    shift = (stored.softmax(-1) - logits.softmax(-1)).abs().amax()
+    if shift > tolerance:
+        raise ValueError(
+            f"fp16, in which the cache stores logits, cannot hold the teacher's logits for rows "
+            f"{sorted(int(i) for i in indices)[:8]}: they reach {float(logits.abs().max()):.4g}, where fp16 rounds away "
+            f"their differences, and their softmax would move by up to {float(shift):.3f}. Train with the online "
+            "teacher (no teacher_cache)."
+        )
 
 
 def _check_right_padded(

@@ -313,3 +313,17 @@ def test_build_time_is_recorded(tokenizer, tmp_path):
     assert cache.build_seconds > 0
     assert metadata["build_seconds"] == cache.build_seconds
     assert metadata["completed_rows"] == metadata["num_rows"] == 6
+
+
+@pytest.mark.parametrize("offset, problem", [(1e4, r"fp16, in which the cache stores logits, cannot hold"),
+                                             (float("inf"), r"infinite logits")])
+def test_logits_that_fp16_cannot_hold_are_refused_not_flattened(tokenizer, tmp_path, offset, problem):
+    # Logits 10000 and 10003 both became 10000 in fp16 (its step there is 8): a confident teacher was cached as a
+    # uniform one, and its argmax became a tie. An inf (an fp16 teacher's overflow) was clipped to 65504 silently.
+    teacher = tiny_token_model(tokenizer, layers=1)
+    with torch.no_grad():
+        teacher.classifier.weight.zero_()
+        teacher.classifier.bias.copy_(torch.arange(teacher.config.num_labels) * 3.0 + offset)
+    with pytest.raises(ValueError, match=problem + r".*teacher_cache"):
+        build_teacher_cache(teacher, ner_dataset(tokenizer), DataCollatorForTokenClassification(tokenizer),
+                            str(tmp_path / "cache"), progress_bar=False)
