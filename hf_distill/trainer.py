@@ -1067,7 +1067,7 @@ class DistillationTrainer(Trainer):
     def hyperparameter_search(self, *args, **kwargs):
         """Not supported: Trainer's search re-creates the model from `model_init` for each trial, and the teacher is
         checked against one student at init."""
-        raise NotImplementedError(
+        raise RuntimeError(  # the error Trainer's own search gives without `model_init`
             "`hyperparameter_search` is not supported by DistillationTrainer: it needs `model_init`, and the teacher is "
             "checked against one student at init. Run the search yourself, with a new DistillationTrainer (and a new "
             "student) per trial, e.g. inside an Optuna objective that returns `trainer.evaluate()[...]`."
