@@ -145,20 +145,28 @@ def label_order_mismatch(dataset: Any, model_labels: list[str] | None, source: s
     wanted = [str(name).casefold() for name in model_labels]
     for column in _LABEL_COLUMNS:
         feature = dataset.features.get(column)
-        feature = getattr(feature, "feature", feature)  # Sequence/List of ClassLabel: token labels
+        per_token = hasattr(feature, "feature")  # Sequence/List of ClassLabel: token labels
+        feature = getattr(feature, "feature", feature)
         if not isinstance(feature, ClassLabel):
             continue
         names = list(feature.names)
         folded = [name.casefold() for name in names]
         if folded == wanted or sorted(folded) != sorted(wanted):
             continue
+        moved = next(i for i, (a, b) in enumerate(zip(folded, wanted, strict=True)) if a != b)
+        renamed = f"datasets.ClassLabel(names={model_labels})"
+        if per_token:  # (datasets' align_labels_with_mapping handles single labels only)
+            reencode = (f"map each id through `teacher.config.label2id[{names}[id]]` (the recipes' `align_labels` "
+                        "does this)")
+            renamed = f"datasets.Sequence({renamed})"
+        else:
+            reencode = f"`dataset = dataset.align_labels_with_mapping(teacher.config.label2id, {column!r})`"
         return (
             f"Column {column!r} is a ClassLabel with the names {names}: the classes of {source} ({model_labels}) in "
-            f"another order. If its ids follow those names, id 0 trains {names[0]!r} as {model_labels[0]!r}: "
-            f"re-encode them, `dataset = dataset.align_labels_with_mapping(teacher.config.label2id, {column!r})`. If "
-            "the ids already follow the models' order (mapped after loading, as run_glue.py does), only the names are "
-            f"stale: `dataset = dataset.cast_column({column!r}, datasets.ClassLabel(names={model_labels}))` records "
-            "that, and this warning goes."
+            f"another order. If its ids follow those names, id {moved} trains {names[moved]!r} as "
+            f"{model_labels[moved]!r}: re-encode them, {reencode}. If the ids already follow the models' order "
+            "(mapped after loading, as run_glue.py does), only the names are stale: "
+            f"`dataset = dataset.cast_column({column!r}, {renamed})` records that, and this warning goes."
         )
     return None
 

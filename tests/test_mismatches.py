@@ -198,3 +198,19 @@ def test_a_class_label_column_in_another_order_than_the_models_is_warned_of_with
     assert remapped.features["label"].names[0] == "entailment" and "ClassLabel" in warning(remapped)
     renamed = remapped.cast_column("label", datasets.ClassLabel(names=names))
     assert renamed["label"] == [2, 1, 0] and "ClassLabel" not in warning(renamed)
+
+
+def test_the_label_order_warning_for_token_labels_names_a_moved_class_and_a_cast_that_works(tokenizer):
+    # Its advice was written for one label per row: the ClassLabel cast failed on a list column, and its example
+    # ("id 0 trains 'O' as 'O'") named a class that had not moved.
+    import datasets
+
+    from hf_distill.checks import label_order_mismatch
+
+    model_labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    data = Dataset.from_dict({"labels": [[0, 1, 2], [3, 0]]}, features=datasets.Features(
+        {"labels": datasets.Sequence(datasets.ClassLabel(names=["O", "B-LOC", "B-PER", "I-PER"]))}))
+    message = label_order_mismatch(data, model_labels)
+    assert "id 1 trains 'B-LOC' as 'B-PER'" in message and "datasets.Sequence(datasets.ClassLabel(" in message
+    renamed = data.cast_column("labels", datasets.Sequence(datasets.ClassLabel(names=model_labels)))  # the advice
+    assert renamed["labels"] == data["labels"] and label_order_mismatch(renamed, model_labels) is None
