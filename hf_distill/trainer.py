@@ -429,9 +429,13 @@ class DistillationTrainer(Trainer):
         self.accelerator._models = [m for m in self.accelerator._models if m is not prepared and m is not teacher]
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
         own = next(prepared.parameters(), torch.empty(0)).dtype
-        if amp is not None and own in (torch.float16, torch.bfloat16) and own != amp and hasattr(
-                prepared, "_original_forward"):
-            prepared.forward = prepared._original_forward  # Accelerate's autocast wrapper off: see `_own_precision`
+        if amp is not None and own in (torch.float16, torch.bfloat16) and own != amp:
+            # Accelerate's autocast wrapper off (see `_own_precision`), on the module it wraps: the model itself, or
+            # the one a compiled wrapper holds (whose own forward, the compiled one, stays).
+            for module in (prepared, getattr(prepared, "_orig_mod", None)):
+                if module is not None and "_original_forward" in vars(module):
+                    module.forward = vars(module)["_original_forward"]
+                    break
         return prepared
 
     @torch.inference_mode()

@@ -66,7 +66,7 @@ def make_args(tmp_path, **kwargs):
 def ner_trainer(tokenizer, tmp_path, student=None, teacher=None, dataset=None, **kwargs):
     return DistillationTrainer(
         model=student or tiny_token_model(tokenizer, layers=1, seed=1),
-        teacher_model=teacher or tiny_token_model(tokenizer, layers=2, seed=2),
+        teacher_model=teacher if teacher is not None else tiny_token_model(tokenizer, layers=2, seed=2),
         args=make_args(tmp_path, **kwargs),
         train_dataset=dataset if dataset is not None else ner_dataset(tokenizer),
         data_collator=DataCollatorForTokenClassification(tokenizer),
@@ -434,6 +434,17 @@ def test_a_float16_teacher_runs_in_float16_under_the_students_bfloat16_autocast(
     assert seen and set(seen) == {torch.float16}
     logs = [h for h in trainer.state.log_history if "kd_loss" in h]
     assert logs and all(math.isfinite(h["kd_loss"]) for h in logs)
+
+
+def test_a_compiled_half_precision_teacher_keeps_its_compiled_forward(tokenizer, tmp_path):
+    # Taking Accelerate's autocast wrapper off an fp16 teacher under bf16 replaced a compiled wrapper's forward with
+    # the eager one (hasattr saw the inner model's `_original_forward` through the wrapper): nothing was compiled.
+    trainer = ner_trainer(tokenizer, tmp_path, teacher_dtype="float16", bf16=True, torch_compile=True)
+    prepared = trainer.teacher_model  # compiled lazily: nothing compiles at init
+    assert hasattr(prepared, "_orig_mod")
+    inner = prepared._orig_mod
+    assert vars(inner)["forward"] == vars(inner)["_original_forward"]  # the autocast wrapper is off the inner model
+    assert vars(prepared)["forward"] != vars(inner)["_original_forward"]  # and the wrapper's compiled forward stays
 
 
 def test_error_unknown_teacher_dtype(tmp_path):
