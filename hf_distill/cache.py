@@ -838,21 +838,29 @@ def _positions(
             "which online training would skip as non-finite. Check the teacher on these rows (run it in float32) "
             "before caching its logits, or train with the online teacher (no teacher_cache)."
         )
-    _check_fp16_holds(flat, indices)
+    _check_fp16_holds(flat, indices, metadata["top_k"])
     return np.clip(flat, -_FP16_MAX, _FP16_MAX)
 
 
-def _check_fp16_holds(flat: np.ndarray, indices: np.ndarray, tolerance: float = 0.01) -> None:
+def _check_fp16_holds(flat: np.ndarray, indices: np.ndarray, top_k: int | None = None,
+                      tolerance: float = 0.01) -> None:
     """Refuse logits whose softmax (at temperature 1) moves by more than `tolerance` once stored in fp16: large logits
     lose their differences there (10000 and 10003 are both 10000: fp16's step is 8), which would cache a confident
-    teacher as a uniform one, with a tie for its argmax."""
+    teacher as a uniform one, with a tie for its argmax. With `top_k`, what is compared is what the cache keeps: the
+    top-k probabilities and the tail's mass, the top logits in fp16 beside the tail's fp32 log-sum-exp."""
     # Below 32, fp16 rounds a logit by at most 32 * 2**-11 = 0.016, which moves a softmax by at most half that
     # (< 0.01): the usual fine-tuned teacher is cleared by one pass over the batch, not two softmaxes.
     if flat.size == 0 or float(np.abs(flat).max()) <= 32.0:
         return
     logits = torch.from_numpy(flat).float()
-    stored = logits.clamp(-_FP16_MAX, _FP16_MAX).half().float()
-    shift = (stored.softmax(-1) - logits.softmax(-1)).abs().amax()
+    if top_k is not None and top_k < logits.shape[-1]:
+        top = logits.topk(top_k, dim=-1)
+        tail = torch.logsumexp(logits.scatter(-1, top.indices, float("-inf")), dim=-1, keepdim=True)
+        exact = torch.cat([top.values, tail], dim=-1).softmax(-1)
+        kept = torch.cat([top.values.clamp(-_FP16_MAX, _FP16_MAX).half().float(), tail], dim=-1).softmax(-1)
+    else:
+        exact, kept = logits.softmax(-1), logits.clamp(-_FP16_MAX, _FP16_MAX).half().float().softmax(-1)
+    shift = (kept - exact).abs().amax()
     if shift > tolerance:
         raise ValueError(
             f"fp16, in which the cache stores logits, cannot hold the teacher's logits for rows "

@@ -315,15 +315,18 @@ def test_build_time_is_recorded(tokenizer, tmp_path):
     assert metadata["completed_rows"] == metadata["num_rows"] == 6
 
 
-@pytest.mark.parametrize("offset, problem", [(1e4, r"fp16, in which the cache stores logits, cannot hold"),
-                                             (float("inf"), r"infinite logits")])
-def test_logits_that_fp16_cannot_hold_are_refused_not_flattened(tokenizer, tmp_path, offset, problem):
+@pytest.mark.parametrize("offset, problem, top_k", [(1e4, r"fp16, in which the cache stores logits, cannot hold", None),
+                                                    (float("inf"), r"infinite logits", None),
+                                                    (1e4, r"fp16, in which the cache stores logits, cannot hold", 3)])
+def test_logits_that_fp16_cannot_hold_are_refused_not_flattened(tokenizer, tmp_path, offset, problem, top_k):
     # Logits 10000 and 10003 both became 10000 in fp16 (its step there is 8): a confident teacher was cached as a
     # uniform one, and its argmax became a tie. An inf (an fp16 teacher's overflow) was clipped to 65504 silently.
     teacher = tiny_token_model(tokenizer, layers=1)
     with torch.no_grad():
         teacher.classifier.weight.zero_()
         teacher.classifier.bias.copy_(torch.arange(teacher.config.num_labels) * 3.0 + offset)
+        if top_k is not None:  # equal logits: the top ones rounded in fp16 (to 10000) beside the tail's exact fp32
+            teacher.classifier.bias.fill_(10002.0)  # log-sum-exp (the whole-row check passed: all round alike)
     with pytest.raises(ValueError, match=problem + r".*teacher_cache"):
         build_teacher_cache(teacher, ner_dataset(tokenizer), DataCollatorForTokenClassification(tokenizer),
-                            str(tmp_path / "cache"), progress_bar=False)
+                            str(tmp_path / "cache"), progress_bar=False, top_k=top_k)
