@@ -51,9 +51,10 @@ def _method_rows(args, task: str, steps_trained: int | None = None, planned_step
                  batch_size: int | None = None) -> list[tuple[str, object]]:
     # MSE on raw logits and the teacher's argmax use no temperature: a temperature row would describe nothing.
     no_temperature = getattr(args, "distill_loss", "kl") == "mse" or getattr(args, "teacher_labels", "soft") == "hard"
+    hard = getattr(args, "teacher_labels", "soft") == "hard"  # a cross-entropy on the argmax, whatever distill_loss
     rows = [(name, getattr(args, name)) for name in _METHOD_FIELDS if getattr(args, name, None) is not None
             and (name != "distill_positions" or task == "token_classification")
-            and not (no_temperature and "temperature" in name)]
+            and not (no_temperature and "temperature" in name) and not (hard and name == "distill_loss")]
     if getattr(args, "max_steps", -1) > 0:  # max_steps, not num_train_epochs, decided how long training ran
         rows = [("max_steps", args.max_steps) if name == "num_train_epochs" else (name, value) for name, value in rows]
     per_device = getattr(args, "per_device_train_batch_size", None)

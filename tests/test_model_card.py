@@ -402,3 +402,12 @@ def test_a_method_without_a_temperature_lists_none():
         card = _card(temperature=4.0, **settings)
         assert "temperature" not in card, settings
     assert "| temperature | 4.0 |" in _card(temperature=4.0)
+
+
+def test_hard_teacher_labels_list_no_distill_loss_that_never_ran():
+    # teacher_labels="hard" trains a cross-entropy on the teacher's argmax whatever distill_loss says: the card's
+    # "| distill_loss | kl |" row named a loss that never ran, under a sentence saying which one did.
+    for loss in ("kl", "soft_ce"):
+        card = _card(teacher_labels="hard", distill_loss=loss)
+        assert "| distill_loss |" not in card and "| teacher_labels | hard |" in card
+    assert "| distill_loss | soft_ce |" in _card(distill_loss="soft_ce")
