@@ -318,6 +318,8 @@ class DistillationTrainer(Trainer):
         if args.self_distillation == "ema":
             teachers = [ema_copy(self._unwrap(self.model))]
         self.teacher_models = [self._prepare_teacher(t) for t in teachers]
+        # Decided once: the teachers' dtypes and the run's mixed precision are fixed from here on.
+        self._teacher_apart = [_in_own_precision(t, self.accelerator.mixed_precision) for t in self.teacher_models]
         self.teacher_model = self.teacher_models[0] if self.teacher_models else None
         # Each teacher gets the batch keys its own forward takes (an ensemble may mix BERT and DistilBERT).
         self._teacher_inputs: list[set[str]] = [forward_inputs(self._unwrap(t)) for t in self.teacher_models]
@@ -427,11 +429,9 @@ class DistillationTrainer(Trainer):
         # student (mixed-precision autocast, compile, FSDP) only while that list is empty: an evaluate() before
         # train() would otherwise run the student unprepared. The teacher has no training state to track there.
         self.accelerator._models = [m for m in self.accelerator._models if m is not prepared and m is not teacher]
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
-        own = next(prepared.parameters(), torch.empty(0)).dtype
-        if amp is not None and own in (torch.float16, torch.bfloat16) and own != amp:
-            # Accelerate's autocast wrapper off (see `_own_precision`), on the module it wraps: the model itself, or
-            # the one a compiled wrapper holds (whose own forward, the compiled one, stays).
+        if _in_own_precision(prepared, self.accelerator.mixed_precision):
+            # Accelerate's autocast wrapper off, on the module it wraps: the model itself, or the one a compiled
+            # wrapper holds (whose own forward, the compiled one, stays).
             for module in (prepared, getattr(prepared, "_orig_mod", None)):
                 if module is not None and "_original_forward" in vars(module):
                     module.forward = vars(module)["_original_forward"]
@@ -444,7 +444,8 @@ class DistillationTrainer(Trainer):
         inputs = teacher_view_inputs(inputs)
         accepted = self._teacher_inputs[index]
         teacher = self.teacher_models[index]
-        with _own_precision(teacher, self.accelerator.device.type):
+        apart = self._teacher_apart[index]  # the step's autocast off around a teacher in its own half precision
+        with torch.autocast(self.accelerator.device.type, enabled=False) if apart else contextlib.nullcontext():
             return teacher(**{k: v for k, v in inputs.items() if k in accepted}, **flags, **_named_outputs(teacher))
 
     def _feature_flags(self) -> dict[str, bool]:
@@ -1475,15 +1476,13 @@ def _real_tokens(inputs: dict[str, Any], skip_ids: torch.Tensor) -> torch.Tensor
     return mask & ~torch.isin(input_ids, skip_ids.to(input_ids.device))
 
 
-def _own_precision(teacher: nn.Module, device_type: str):
-    """A teacher in a half precision other than the student's autocast runs in its own (fp16 under a bf16 autocast
-    mixed fp16 weights with bf16 activations, which a CPU refuses, and on a GPU overrode `teacher_dtype`); an fp32
-    teacher, or one in the autocast's own precision, runs under the autocast as before."""
-    dtype = next(teacher.parameters()).dtype
-    if dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device_type) and (
-            torch.get_autocast_dtype(device_type) != dtype):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+def _in_own_precision(teacher: nn.Module, mixed_precision: Any) -> bool:
+    """Whether a teacher runs outside the run's autocast, in its own precision: a half precision other than the mixed
+    one (fp16 under a bf16 autocast mixed fp16 weights with bf16 activations, which a CPU refuses, and on a GPU
+    overrode `teacher_dtype`). An fp32 teacher, or one in the autocast's own precision, runs under the autocast."""
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(mixed_precision))
+    own = next(teacher.parameters(), torch.empty(0)).dtype
+    return amp is not None and own in (torch.float16, torch.bfloat16) and own != amp
 
 
 def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: TeacherLogitCache | None) -> None:
