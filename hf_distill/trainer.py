@@ -247,7 +247,8 @@ class DistillationTrainer(Trainer):
             (label_names(teachers[0]) if teachers else None, "the teacher"),
             (teacher_cache.label_names if teacher_cache is not None else None, "the cached teacher"),
             (label_names(model), "the student")) if labels is not None), (None, ""))
-        for split in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]:
+        splits = [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
+        for split in splits:
             if split is not None:
                 check_label_range(split, num_labels, per_token=per_token)
                 problem = label_order_mismatch(split, *named)
@@ -266,7 +267,7 @@ class DistillationTrainer(Trainer):
                     unlabeled, len(train_dataset))
         roles = [("student", model), *((f"teacher {i}" if len(teachers) > 1 else "teacher", t)
                                        for i, t in enumerate(teachers))]
-        for split in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]:
+        for split in splits:
             if has_teacher_view(split):  # the teachers read the clean view, under its own column names
                 check_inputs_fit(split, roles[:1])
                 check_inputs_fit(split, roles[1:], prefix=TEACHER_VIEW_PREFIX)
