@@ -377,7 +377,8 @@ class DistillationTrainer(Trainer):
             keep[self._special_ids[self._special_ids < vocab]] = False
             self._replacement_ids = keep.nonzero().squeeze(-1)
         self._window = _LossWindow()
-        self._run_batches = [0, 0]
+        self._run_skipped = 0  # batches skipped in this run, over every process
+        self._run_shares = [0.0, 0.0]  # optimizer steps' shares trained on and skipped in this run, for its train_loss
         self._closing_run = False  # set while Trainer logs the run's closing metrics
         self.skipped_batches = 0
         self._skipped_before_resume = 0  # the count a resumed checkpoint carried, for the final metrics
@@ -666,7 +667,7 @@ class DistillationTrainer(Trainer):
             self._handle_nonfinite(parts, teacher_logits, distilled if hard else self.distill_mask(inputs))
             loss = self._skipped_batch_loss(model, outputs["logits"])
             return (loss, outputs) if return_outputs else loss
-        self._window.add(parts, temperature, alpha)
+        self._window.add(parts, temperature, alpha, self._step_share())
         for name, total, count in ratios:
             self._window.add_ratio(name, total, count)
         loss = parts.loss * scale if scale != 1.0 else parts.loss  # one device operation fewer per step
@@ -700,12 +701,18 @@ class DistillationTrainer(Trainer):
             "Check the teacher (fp16 overflow? a corrupted checkpoint?) and the learning rate",
         )
 
+    def _step_share(self) -> float:
+        """This micro-batch's share of its optimizer step (1 / the step's micro-batches): Trainer's logged loss is a
+        mean over steps, and an epoch's last step may hold fewer micro-batches than the others."""
+        return 1.0 / max(getattr(self, "current_gradient_accumulation_steps", 1) or 1, 1)
+
     def _report_nonfinite(self, message: str, hint: str) -> None:
         """Raise (`nonfinite_policy="raise"`) or count the skipped batch and warn."""
         if self.args.nonfinite_policy == "raise":
             raise FloatingPointError(f"{message}. {hint}, or set `nonfinite_policy='skip'` to skip such batches.")
         self.skipped_batches += 1
         self._window.skipped += 1
+        self._window.skipped_share += self._step_share()
         logger.warning("%s: skipped (%d skipped so far).", message, self.skipped_batches)
 
     def _objective(self, inputs, teacher, alpha, temperature, num_items_in_batch):
@@ -1020,7 +1027,8 @@ class DistillationTrainer(Trainer):
             self.accelerator.backward(zero_parameter_loss(model))
         if not step.skipped:  # a skipped step was counted by on_nonfinite and has nothing to log
             # FreeLB has no clean pass: its logged parts, and so its alpha, are those of the adversarial objective.
-            self._window.add(step.clean, temperature, adv_alpha if self._attack.method == "freelb" else alpha)
+            self._window.add(step.clean, temperature, adv_alpha if self._attack.method == "freelb" else alpha,
+                             self._step_share())
             self._window.add_objective("adv_loss", step.adversarial, adv_alpha)
             norms = step.delta_norms  # a mean over examples, however the batch was split into micro-batches
             self._window.add_ratio("adv_delta_norm", norms.sum(), norms.new_tensor(float(norms.numel())))
@@ -1053,21 +1061,26 @@ class DistillationTrainer(Trainer):
             ratios += ["adv_delta_norm"] if adversarial else []
             window = self._window
             logs.update(window.averages(self.accelerator, ratios, adversarial))
-            trained, skipped = window.reduced_batches
-            if skipped:  # Trainer counted each skipped batch as a loss of 0
+            trained, skipped = window.reduced_shares
+            if skipped:  # Trainer counted each skipped batch as a loss of 0, in a mean over optimizer steps
                 logs["loss"] = logs["loss"] * (trained + skipped) / trained if trained else float("nan")
-            self._run_batches[0] += trained  # over every process, as Trainer's loss is
-            self._run_batches[1] += skipped
+            self._run_shares[0] += trained  # over every process, as Trainer's loss is
+            self._run_shares[1] += skipped
+            self._run_skipped += window.reduced_skipped
             self._window = _LossWindow()
         if self._closing_run and "train_loss" in logs:  # the run's closing metrics (every process logs them)
-            tail = torch.tensor([self._window.steps, self._window.skipped], device=self.accelerator.device)
+            window = self._window
+            tail = torch.tensor([window.skipped, window.trained_share, window.skipped_share], dtype=torch.float64,
+                                device=self.accelerator.device)
             if self.accelerator.num_processes > 1:
                 tail = self.accelerator.reduce(tail, reduction="sum")
-            trained, skipped = self._run_batches[0] + int(tail[0]), self._run_batches[1] + int(tail[1])
+            skipped = self._run_skipped + round(float(tail[0]))
+            trained_share, skipped_share = self._run_shares[0] + float(tail[1]), self._run_shares[1] + float(tail[2])
             if skipped + self._skipped_before_resume:  # the whole run's count, as `skipped_batches` carries it
                 logs["skipped_batches"] = skipped + self._skipped_before_resume
             if skipped:  # Trainer's train_loss covers this train() call only
-                logs["train_loss"] = logs["train_loss"] * (trained + skipped) / trained if trained else float("nan")
+                logs["train_loss"] = (logs["train_loss"] * (trained_share + skipped_share) / trained_share
+                                      if trained_share else float("nan"))
         super().log(logs, start_time)
 
     def hyperparameter_search(self, *args, **kwargs):
@@ -1688,7 +1701,8 @@ class _FreshStartCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         trainer = self.trainer
         trainer._window = _LossWindow()
-        trainer._run_batches = [0, 0]  # batches trained on and skipped in this run, for its train_loss
+        trainer._run_skipped = 0
+        trainer._run_shares = [0.0, 0.0]
         if trainer.feature_projector is not None:
             trainer.feature_projector.zero_grad(set_to_none=True)
         trainer._projector_grads_averaged = False
@@ -1769,7 +1783,11 @@ class _LossWindow:
         self.ratios: dict[str, torch.Tensor] = {}
         self.objectives: dict[str, tuple[torch.Tensor, float, int]] = {}
         self.skipped = 0
-        self.reduced_batches = (0, 0)  # (trained, skipped) over every process, once `averages` has run
+        # Each batch's share of its optimizer step, trained on and skipped: Trainer's loss is a mean over steps.
+        self.trained_share = 0.0
+        self.skipped_share = 0.0
+        self.reduced_skipped = 0  # the skipped batches over every process, once `averages` has run
+        self.reduced_shares = (0.0, 0.0)  # (trained_share, skipped_share) over every process, likewise
 
 
     def add_ratio(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
@@ -1790,8 +1808,9 @@ class _LossWindow:
             n = 1
         self.objectives[name] = (row, alpha, n)
 
-    def add(self, parts: DistillationLoss, temperature: float, alpha: float) -> None:
+    def add(self, parts: DistillationLoss, temperature: float, alpha: float, share: float = 1.0) -> None:
         self.pending.append(parts)
+        self.trained_share += share
         if len(self.pending) >= _FOLD_EVERY:
             self._fold()
         self.temperature += temperature
@@ -1814,7 +1833,8 @@ class _LossWindow:
             return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in values])
 
         pieces = [self.sums.to(device) if self.sums is not None else torch.zeros(4, device=device),
-                  vector([self.temperature, self.alpha, self.steps, self.skipped])]
+                  vector([self.temperature, self.alpha, self.steps, self.skipped, self.trained_share,
+                          self.skipped_share])]
         pieces += [self.ratios[n].to(device) if n in self.ratios else torch.zeros(2, device=device) for n in ratios]
         for name in objectives:
             row, alpha_sum, n = self.objectives.get(name, (torch.zeros(4), 0.0, 0))
@@ -1828,8 +1848,9 @@ class _LossWindow:
             return [next(values) for _ in range(n)]
 
         kd_sum, kd_count, ce_sum, ce_count = take(4)
-        temperature, alpha, steps, skipped = take(4)
-        self.reduced_batches = (int(steps), int(skipped))
+        temperature, alpha, steps, skipped, trained_share, skipped_share = take(6)
+        self.reduced_skipped = round(skipped)
+        self.reduced_shares = (trained_share, skipped_share)
         logs = {}
         if steps > 0:
             logs.update(temperature=temperature / steps, alpha=alpha / steps)

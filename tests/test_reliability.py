@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_token_model
 from safetensors.torch import load_file
-from test_trainer import ner_trainer
+from test_trainer import ner_dataset, ner_trainer
 from transformers import TrainerCallback
 
 from hf_distill.files import CHECKPOINT_MARKER
@@ -377,7 +377,7 @@ def test_a_long_logging_window_sums_every_loss_and_holds_a_bounded_number():
     assert logs["kd_loss"] == pytest.approx(sum(range(n)) / kd_count, rel=1e-6)
     assert logs["ce_loss"] == pytest.approx(0.25)
     assert logs["temperature"] == pytest.approx(sum(1.0 + i % 2 for i in range(n)) / n)
-    assert logs["alpha"] == 0.25 and window.reduced_batches == (n, 0)
+    assert logs["alpha"] == 0.25 and window.reduced_skipped == 0 and window.reduced_shares == (n, 0)
 
 
 def test_a_nan_in_the_students_forward_keeps_the_earlier_micro_batches_gradient(tokenizer, tmp_path):
@@ -568,6 +568,31 @@ def test_a_skipped_step_is_left_out_of_the_logged_and_returned_loss(tokenizer, t
     trainer, output = run("tail", (2,), max_steps=3, logging_steps=2)
     assert output.metrics["skipped_batches"] == 1 and trainer.state.log_history[-1]["skipped_batches"] == 1
     assert output.training_loss == pytest.approx(sum(losses) / 2, rel=1e-4)
+
+
+def test_a_skipped_short_step_is_left_out_as_a_step_not_as_its_batches(tokenizer, tmp_path):
+    # Trainer's loss is a mean over optimizer steps: an epoch's last step may hold fewer micro-batches than the others,
+    # and skipping it whole (or a whole full step) must leave the mean of the trained steps, whatever their sizes.
+    rows = ner_dataset(tokenizer).select(range(5))  # batch 1, accumulation 2: steps of 2, 2 and 1 micro-batches
+
+    def run(out, poison, logging_steps):
+        trainer = ner_trainer(tokenizer, tmp_path, output_dir=str(tmp_path / out), learning_rate=0.0, dataset=rows,
+                              per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=-1,
+                              num_train_epochs=1, logging_steps=logging_steps)
+        if poison:
+            _poison_teacher(trainer, calls=poison)
+        return trainer, trainer.train()
+
+    reference, _ = run("reference", (), 1)
+    steps = [h["loss"] for h in reference.state.log_history if "loss" in h]
+    assert len(steps) == 3
+    for poison, kept in (((4,), (0, 1)), ((0, 1), (1, 2))):
+        trainer, output = run(f"skip{poison}", poison, 3)
+        window = next(h for h in trainer.state.log_history if "loss" in h)
+        expected = sum(steps[i] for i in kept) / len(kept)
+        assert window["skipped_batches"] == len(poison)
+        assert window["loss"] == pytest.approx(expected, rel=1e-4)
+        assert output.training_loss == pytest.approx(expected, rel=1e-4)
 
 
 def test_a_skip_warning_names_the_step_log_history_uses(tokenizer, tmp_path, caplog):
