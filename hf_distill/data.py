@@ -871,6 +871,31 @@ def _is_digits(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lstrip("-").isdigit()
 
 
+def _is_unlabelled(value: Any) -> bool:
+    """-100, the id of a row without a label, written as a number or as text."""
+    return (_is_class_id(value) and value == IGNORE_INDEX) or (_is_digits(value) and int(value) == IGNORE_INDEX)
+
+
+def _digit_names_as_ids(values: Sequence[int], names: Sequence[str], path: str) -> dict[int, int] | None:
+    """Integer labels that are the teacher's label names ("1", "2", "3" for star ratings) rather than ids: `{value:
+    id}` when every value (but -100) is one of `names` and some are not their own id, else None. A value that can only
+    be an id (one that names no class) keeps the column ids; where both readings are possible the names are taken,
+    as a JSON file's `"1"` is, with a warning."""
+    if not names or not all(_is_digits(name) for name in names):
+        return None
+    index = {int(name): i for i, name in enumerate(names)}
+    used = {int(v) for v in values if v != IGNORE_INDEX}
+    if not used <= index.keys() or all(index[v] == v for v in used):
+        return None
+    if all(0 <= v < len(names) for v in used):
+        logger.warning(
+            "%s: the labels %s are read as the label names %s (in id order), not as the ids 0..%d, as a JSON file's "
+            "\"1\" would be. If they are ids, load the file without `label_names`.",
+            path, sorted(used), list(names), len(names) - 1,
+        )
+    return index
+
+
 def _integer_labels(
     dataset: datasets.Dataset, path: str, label_column: str, label_names: Sequence[str] | None
 ) -> datasets.Dataset:
@@ -882,10 +907,14 @@ def _integer_labels(
             "row needs a class id: fill it in or drop the row, or load unlabeled text with `label_column=None`."
         )
     feature = dataset.features[label_column]
-    if isinstance(feature, datasets.ClassLabel) or (
-        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
-    ):
+    if isinstance(feature, datasets.ClassLabel):
         return dataset
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        by_name = _digit_names_as_ids(dataset.unique(label_column), label_names or [], path)
+        if by_name is None:
+            return dataset
+        by_name[IGNORE_INDEX] = IGNORE_INDEX
+        return dataset.map(lambda batch: {label_column: [by_name[v] for v in batch[label_column]]}, batched=True)
     values = list(dataset[label_column])
     blank = next((row for row, value in enumerate(values) if isinstance(value, str) and not value.strip()), None)
     if blank is not None:  # (one blank cell makes a column of ids text: it must not be blamed on an id)
@@ -896,10 +925,13 @@ def _integer_labels(
         )
     names = list(label_names) if label_names is not None else []
     id_of = label_name_lookup(names)
-    ids_as_text = all(_is_digits(value) for value in values) and not all(id_of(value) is not None for value in values)
-    if label_names is not None and all(isinstance(value, str) for value in values) and not ids_as_text:
+    ids_as_text = all(_is_digits(value) for value in values) and not all(
+        id_of(value) is not None or _is_unlabelled(value) for value in values)
+    named = all(isinstance(value, str) for value in values) or any(
+        isinstance(value, str) and id_of(value) is not None for value in values)  # (a number among names: named)
+    if label_names is not None and named and not ids_as_text:
         for row, value in enumerate(values):
-            if id_of(value) is None:
+            if id_of(value) is None and not _is_unlabelled(value):
                 advice = (
                     "These are placeholders (`LABEL_<i>`, the id2label of a model saved without label names): write "
                     "the labels as ids 0..num_labels-1, or name the classes (a teacher's `id2label` in its "
@@ -911,6 +943,11 @@ def _integer_labels(
                     f"{path}: row {row} (`dataset[{row}]`) has the label {value!r}, which is not one of `label_names` "
                     f"{names}. {advice}"
                 )
+        if any(_is_unlabelled(value) for value in values):  # a ClassLabel holds no -100: ids, as a file of ids gives
+            return dataset.map(
+                lambda batch: {label_column: [IGNORE_INDEX if _is_unlabelled(v) else id_of(v) for v in batch[label_column]]},
+                batched=True, features=datasets.Features({**dataset.features, label_column: datasets.Value("int64")}),
+            )
         return cast_label_names(dataset, label_column, names)
     # Report a value that is no number at all before a quoted number ("1"), which a mixed column also holds.
     bad = [(row, value) for row, value in enumerate(values) if not _is_class_id(value)]

@@ -348,6 +348,40 @@ def test_left_truncation_warns_of_the_opening_words_and_invents_no_vanished_word
     assert "keeps 3 of its 5 words): the words before the limit get no label" in caplog.text
 
 
+def test_a_row_without_a_label_is_minus_100_in_a_file_of_label_names_too(tmp_path):
+    # The blank-label error advises -100 for an unlabelled row: a file of class names (as the recipes read them, with
+    # the teacher's names) must take it as a file of ids does, written as text or as a JSON number.
+    names = ["negative", "positive"]
+    tsv = write(tmp_path, "sentence\tlabel\na great movie\tPOSITIVE\nan awful plot\t-100\nbad\tnegative\n", "u.tsv")
+    assert load_text_classification_file(tsv, label_names=names)["label"] == [1, -100, 0]
+    jsonl = write(tmp_path, '{"sentence": "good", "label": "positive"}\n{"sentence": "meh", "label": -100}\n', "u.jsonl")
+    assert load_text_classification_file(jsonl, label_names=names)["label"] == [1, -100]
+
+
+def test_a_number_among_label_names_is_named_as_not_one_of_them(tmp_path):
+    # A JSON number among names: the error named a valid name ('negative') and asked for the label_names given.
+    path = write(tmp_path, '{"sentence": "a", "label": "negative"}\n{"sentence": "b", "label": 1}\n', "mixed.jsonl")
+    with pytest.raises(ValueError, match=r"row 1 \(`dataset\[1\]`\) has the label 1, which is not one of `label_names`"):
+        load_text_classification_file(path, label_names=["negative", "positive"])
+
+
+def test_digit_label_names_map_the_same_whatever_the_format(tmp_path, caplog):
+    # A teacher whose classes are named "1", "2", "3" (star ratings): "1" in a jsonl maps by name to id 0, and so must
+    # 1 in a tsv (read as an integer), not stay id 1 silently. Values that can only be ids (a 0) stay ids.
+    names = ["1", "2", "3"]
+    tsv = write(tmp_path, "sentence\tlabel\ngood\t3\nbad\t1\n", "stars.tsv")
+    jsonl = write(tmp_path, '{"sentence": "good", "label": "3"}\n{"sentence": "bad", "label": "1"}\n', "stars.jsonl")
+    assert load_text_classification_file(tsv, label_names=names)["label"] == [2, 0]
+    assert load_text_classification_file(jsonl, label_names=names)["label"] == [2, 0]
+    ids = write(tmp_path, "sentence\tlabel\ngood\t2\nbad\t0\n", "ids.tsv")
+    assert load_text_classification_file(ids, label_names=names)["label"] == [2, 0]
+    # Both readings possible (no 0, no 3): the names are taken, as in a jsonl, and the log says so.
+    both = write(tmp_path, "sentence\tlabel\ngood\t2\nbad\t1\n", "both.tsv")
+    with caplog.at_level("WARNING"):
+        assert load_text_classification_file(both, label_names=names)["label"] == [1, 0]
+    assert "read as the label names" in caplog.text and "ids 0..2" in caplog.text
+
+
 def test_left_truncation_through_a_word_labels_none_of_its_pieces(wordpiece_tokenizer, caplog):
     # "Londons" lost its first piece to the cut: "##s" is no word start, so it must not carry B-LOC, and the sentence
     # keeps 1 whole word, not 2.
