@@ -987,8 +987,9 @@ def load_text_classification_file(
         delimiter: Field separator for csv/tsv files; ``None`` means ``","`` for csv and ``"\\t"`` for tsv.
         label_names: The class names in id order (e.g. the teacher's ``config.id2label`` values) when the label
             column holds names such as ``"positive"``: they are mapped to ids (in any case, ``"POSITIVE"``, unless
-            two names differ only in case) and the column becomes a ``ClassLabel`` of these names. Ignored when the
-            column already holds ids.
+            two names differ only in case) and the column becomes a ``ClassLabel`` of these names (or ids, where
+            some rows are ``-100``, unlabelled). Ignored when the column already holds ids, unless the names are
+            numbers (``"1"``, ``"2"``, ``"3"``) and every label is one of them: the labels are then read as names.
         text_pair_column: The second text of a sentence-pair task (GLUE's MRPC: ``sentence2``), read and checked
             as the first one is.
 
