@@ -354,9 +354,11 @@ def unlabeled_token_rows(dataset: Any) -> int:
 
 
 # Model families whose learned absolute positions bound the length, and how many position ids they reserve
-# (RoBERTa-style models count positions from pad_token_id + 1).
-_ABSOLUTE_POSITIONS = {"bert": 0, "distilbert": 0, "electra": 0, "roberta": None, "xlm-roberta": None,
-                       "camembert": None}
+# (RoBERTa-style models, MPNet among them, count positions from pad_token_id + 1; None stands for that).
+_ABSOLUTE_POSITIONS = {"bert": 0, "distilbert": 0, "electra": 0, "albert": 0, "mobilebert": 0, "megatron-bert": 0,
+                       "ernie": 0, "deberta": 0, "deberta-v2": 0, "roberta": None, "xlm-roberta": None,
+                       "camembert": None, "mpnet": None, "data2vec-text": None, "xlm-roberta-xl": None,
+                       "roberta-prelayernorm": None}
 
 
 def _max_length(model: nn.Module) -> int | None:
@@ -364,6 +366,8 @@ def _max_length(model: nn.Module) -> int | None:
     if getattr(config, "model_type", None) not in _ABSOLUTE_POSITIONS or not hasattr(config, "max_position_embeddings"):
         return None
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if not getattr(config, "position_biased_input", True):  # DeBERTa's relative positions only: any length
         return None
     offset = _ABSOLUTE_POSITIONS[config.model_type]
     offset = (getattr(config, "pad_token_id", 0) or 0) + 1 if offset is None else offset

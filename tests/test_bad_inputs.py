@@ -423,3 +423,29 @@ def test_label_range_ignores_minus_100_and_filtered_rows():
     data = Dataset.from_dict({"labels": [[-100, 6, 0, -100], [-100, 9]]}).select([0])
     check_label_range(data, num_labels=len(NER_LABELS))
     check_train_dataset(data, needs_labels=True)
+
+
+@pytest.mark.parametrize("family, limit", [("albert", 16), ("mpnet", 14), ("deberta-v2", 16), ("deberta-v2-relative",
+                                                                                                  None)])
+def test_rows_past_the_positions_are_refused_for_every_family_with_learned_positions(family, limit):
+    # ALBERT, MPNet (positions from pad_token_id + 1) and DeBERTa with position_biased_input passed init and failed in
+    # the first long batch: the check must know their limit, which a forward at that length reaches and one past fails.
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from hf_distill.checks import check_inputs_fit
+
+    extra = {"deberta-v2": {"position_biased_input": True}, "deberta-v2-relative": {"position_biased_input": False,
+                                                                                     "relative_attention": True}}
+    config = AutoConfig.for_model(family.removesuffix("-relative"), vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=37, max_position_embeddings=16,
+                                  pad_token_id=1, **extra.get(family, {}))
+    model = AutoModel.from_config(config).eval()
+    longest = limit or 20
+    with torch.no_grad():
+        model(input_ids=torch.full((1, longest), 5))  # the longest row the check lets through runs
+    check_inputs_fit(Dataset.from_dict({"input_ids": [[5] * longest]}), [("student", model)])
+    if limit is not None:
+        with pytest.raises(ValueError, match=rf"Row 0 of the data has {limit + 1} tokens, but the student has "
+                                             rf"positions for {limit}"):
+            check_inputs_fit(Dataset.from_dict({"input_ids": [[5] * (limit + 1)]}), [("student", model)])
