@@ -7,6 +7,7 @@ wrong thing when the two models disagree on the vocabulary or on the order of th
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from typing import Any
 
@@ -21,6 +22,7 @@ SEQUENCE_CLASSIFICATION = "sequence_classification"
 _HEADS = {"ForTokenClassification": TOKEN_CLASSIFICATION, "ForSequenceClassification": SEQUENCE_CLASSIFICATION}
 _LABEL_COLUMNS = ("labels", "label", "label_ids")
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+logger = logging.getLogger(__name__)
 _IGNORE_INDEX = -100
 
 
@@ -117,10 +119,14 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:
     check_single_label(student, "student")
     t_vocab, s_vocab = getattr(t_cfg, "vocab_size", None), getattr(s_cfg, "vocab_size", None)
     if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
-        raise ValueError(
-            f"Teacher vocab_size is {t_vocab} but student vocab_size is {s_vocab}. Logit distillation feeds the same "
-            "input_ids to both models, so they must share a tokenizer: build the student from the teacher "
-            "(`hf_distill.create_student(teacher, layers=...)`) or pick a student with the teacher's vocabulary."
+        # Not refused: a shared tokenizer under tables of other sizes works (an XLM-R teacher and a multilingual
+        # MiniLM student; a table padded by `resize_token_embeddings`). The ids are checked against both tables.
+        logger.warning(
+            "The teacher's vocab_size is %d but the student's is %d. Both models read the same input_ids, so they "
+            "must share a tokenizer (one table padded past it is fine); a student pre-trained with another tokenizer "
+            "would read each id as another word. If so, build the student from the teacher "
+            "(`hf_distill.create_student(teacher, layers=...)`) or pick one with the teacher's tokenizer.",
+            t_vocab, s_vocab,
         )
     t_num, s_num = t_cfg.num_labels, s_cfg.num_labels
     if t_num != s_num:
@@ -242,8 +248,9 @@ def has_no_vocabulary(tokenizer: Any) -> bool:
     return special is not None and hasattr(tokenizer, "__len__") and len(tokenizer) <= len(set(special))
 
 
-def check_tokenizer(tokenizer: Any, teacher: nn.Module) -> None:
-    """Check that the tokenizer has a vocabulary and that its ids fit the teacher's embedding table."""
+def check_tokenizer(tokenizer: Any, teacher: nn.Module, student: nn.Module | None = None) -> None:
+    """Check that the tokenizer has a vocabulary and that its ids fit the teacher's (and the student's) embedding
+    table."""
     if tokenizer is None or not hasattr(tokenizer, "__len__"):
         return
     if has_no_vocabulary(tokenizer):
@@ -259,6 +266,14 @@ def check_tokenizer(tokenizer: Any, teacher: nn.Module) -> None:
         raise ValueError(
             f"The tokenizer has {len(tokenizer)} tokens but the teacher's vocab_size is {vocab}: it is not the "
             "teacher's tokenizer. Pass `processing_class=AutoTokenizer.from_pretrained(<teacher path>)`."
+        )
+    vocab = getattr(_base(student).config, "vocab_size", None) if student is not None else None
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the student's vocab_size is {vocab}: the student cannot "
+            "embed all of the teacher's token ids. Pick a student with the teacher's tokenizer, build it from the "
+            "teacher (`hf_distill.create_student`), or grow its table with `student.resize_token_embeddings("
+            "len(tokenizer))`."
         )
 
 

@@ -198,7 +198,7 @@ class DistillationTrainer(Trainer):
         for index, teacher in enumerate(teachers):
             try:
                 check_teacher_student(teacher, model)
-                check_tokenizer(processing_class, teacher)
+                check_tokenizer(processing_class, teacher, model)
             except ValueError as error:
                 if len(teachers) == 1:
                     raise
