@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -72,6 +72,19 @@ def _layer_stack(teacher: PreTrainedModel, state_keys: Sequence[str], num_layers
 
 def _validate_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     """Check that ``layers`` is a non-empty, strictly increasing list of indices in ``[0, num_layers)``."""
+    if isinstance(layers, str | bytes) or not isinstance(layers, Iterable):
+        raise ValueError(
+            f"`layers` is a list of the teacher's layer indices, e.g. [0, 2]; got {layers!r}. The teacher has "
+            f"{num_layers} layers, [0, {num_layers - 1}]."
+        )
+    layers = list(layers)
+    for layer in layers:
+        try:
+            operator.index(layer)
+        except TypeError:
+            raise ValueError(
+                f"`layers` holds {layer!r}, which is not a layer index (an int in [0, {num_layers}))."
+            ) from None
     layers = [operator.index(layer) for layer in layers]
     if not layers:
         raise ValueError(f"`layers` is empty; choose at least one teacher layer in [0, {num_layers}), e.g. [0].")

@@ -152,6 +152,9 @@ def test_per_layer_config_lists_keep_the_kept_layers_entries():
         ([-1], r"contains -1, .* valid indices are \[0, 3\]"),
         ([1, 1], r"repeats \[1\]"),
         ([2, 0], r"strictly increasing .* got \[2, 0\]; did you mean \[0, 2\]"),
+        (3, r"`layers` is a list of the teacher's layer indices, e.g. \[0, 2\]; got 3"),
+        ("0,2", r"`layers` is a list of the teacher's layer indices, e.g. \[0, 2\]; got '0,2'"),
+        ([0, 1.0], r"`layers` holds 1.0, which is not a layer index"),
     ],
 )
 def test_bad_layers_raise(teacher, layers, message):
