@@ -208,7 +208,8 @@ class DistillationArguments(TrainingArguments):
         teacher_dtype (`str`, defaults to `"auto"`):
             Dtype the frozen teacher runs in: `"auto"` keeps the dtype it was loaded in; `"bfloat16"` or `"float16"`
             halve its memory and speed up its forward on GPU (the loss is still computed in fp32); `"float32"` forces
-            full precision. On CPU, `"bfloat16"` pays off only where the CPU has bf16 matrix instructions (Intel AMX or
+            full precision, weights and forward (outside the run's bf16/fp16 autocast: for a teacher whose logits
+            overflow fp16). On CPU, `"bfloat16"` pays off only where the CPU has bf16 matrix instructions (Intel AMX or
             AVX512-BF16; `torch.backends.cpu.get_cpu_capability()` and `lscpu` tell) and is usually slower elsewhere.
             The teacher module you pass is cast in place, as the Trainer moves a model to its device in place: pass a
             copy if you still need it in its own precision.

@@ -320,7 +320,8 @@ class DistillationTrainer(Trainer):
             teachers = [ema_copy(self._unwrap(self.model))]
         self.teacher_models = [self._prepare_teacher(t) for t in teachers]
         # Decided once: the teachers' dtypes and the run's mixed precision are fixed from here on.
-        self._teacher_apart = [_in_own_precision(t, self.accelerator.mixed_precision) for t in self.teacher_models]
+        self._teacher_apart = [_in_own_precision(t, self.accelerator.mixed_precision, self.args.teacher_dtype)
+                               for t in self.teacher_models]
         self.teacher_model = self.teacher_models[0] if self.teacher_models else None
         # Each teacher gets the batch keys its own forward takes (an ensemble may mix BERT and DistilBERT).
         self._teacher_inputs: list[set[str]] = [forward_inputs(self._unwrap(t)) for t in self.teacher_models]
@@ -431,7 +432,7 @@ class DistillationTrainer(Trainer):
         # student (mixed-precision autocast, compile, FSDP) only while that list is empty: an evaluate() before
         # train() would otherwise run the student unprepared. The teacher has no training state to track there.
         self.accelerator._models = [m for m in self.accelerator._models if m is not prepared and m is not teacher]
-        if _in_own_precision(prepared, self.accelerator.mixed_precision):
+        if _in_own_precision(prepared, self.accelerator.mixed_precision, self.args.teacher_dtype):
             # Accelerate's autocast wrapper off, on the module it wraps: the model itself, or the one a compiled
             # wrapper holds (whose own forward, the compiled one, stays).
             for module in (prepared, getattr(prepared, "_orig_mod", None)):
@@ -1490,13 +1491,19 @@ def _real_tokens(inputs: dict[str, Any], skip_ids: torch.Tensor) -> torch.Tensor
     return mask & ~torch.isin(input_ids, skip_ids.to(input_ids.device))
 
 
-def _in_own_precision(teacher: nn.Module, mixed_precision: Any) -> bool:
+def _in_own_precision(teacher: nn.Module, mixed_precision: Any, teacher_dtype: str = "auto") -> bool:
     """Whether a teacher runs outside the run's autocast, in its own precision: a half precision other than the mixed
     one (fp16 under a bf16 autocast mixed fp16 weights with bf16 activations, which a CPU refuses, and on a GPU
-    overrode `teacher_dtype`). An fp32 teacher, or one in the autocast's own precision, runs under the autocast."""
+    overrode `teacher_dtype`), or full precision that `teacher_dtype="float32"` asks for (a teacher whose logits
+    overflow fp16). An fp32 teacher left at `"auto"`, or one in the autocast's own precision, runs under the
+    autocast."""
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(mixed_precision))
+    if amp is None:
+        return False
+    if teacher_dtype == "float32":
+        return True
     own = next(teacher.parameters(), torch.empty(0)).dtype
-    return amp is not None and own in (torch.float16, torch.bfloat16) and own != amp
+    return own in (torch.float16, torch.bfloat16) and own != amp
 
 
 def _check_teacher_sources(args: DistillationArguments, teachers: list, cache: TeacherLogitCache | None) -> None:

@@ -442,6 +442,20 @@ def test_a_float16_teacher_runs_in_float16_under_the_students_bfloat16_autocast(
     assert logs and all(math.isfinite(h["kd_loss"]) for h in logs)
 
 
+def test_teacher_dtype_float32_runs_the_teacher_in_full_precision_under_the_students_autocast(tokenizer, tmp_path):
+    # teacher_dtype="float32" forces full precision (a teacher whose logits would overflow fp16): its weights were fp32
+    # but it still ran inside the run's bf16 autocast, its matmuls in bf16. "auto" keeps the stock behaviour.
+    def logits_dtypes(teacher_dtype):
+        seen = []
+        teacher = tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROPOUT)
+        teacher.classifier.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        ner_trainer(tokenizer, tmp_path, teacher=teacher, teacher_dtype=teacher_dtype, bf16=True, max_steps=1).train()
+        return set(seen)
+
+    assert logits_dtypes("float32") == {torch.float32}
+    assert logits_dtypes("auto") == {torch.bfloat16}
+
+
 def test_a_compiled_half_precision_teacher_keeps_its_compiled_forward(tokenizer, tmp_path):
     # Taking Accelerate's autocast wrapper off an fp16 teacher under bf16 replaced a compiled wrapper's forward with
     # the eager one (hasattr saw the inner model's `_original_forward` through the wrapper): nothing was compiled.
