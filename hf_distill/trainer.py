@@ -634,6 +634,15 @@ class DistillationTrainer(Trainer):
         finally:
             self.data_collator = collator
 
+    def _prepare_inputs(self, inputs):
+        # Under DeepSpeed, Trainer casts every floating tensor of a batch to the engine's dtype: cached teacher logits
+        # (exact to fp16, in fp32 here) keep their precision, as an online teacher's fp32 logits do.
+        logits = inputs.get(TEACHER_LOGITS_KEY) if self.is_deepspeed_enabled and hasattr(inputs, "get") else None
+        prepared = super()._prepare_inputs(inputs)
+        if logits is not None:
+            prepared[TEACHER_LOGITS_KEY] = logits.to(self.args.device)
+        return prepared
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Evaluation and prediction score the student alone, exactly as the stock Trainer does. The teacher's side of
         # a batch goes first: without labels the stock step calls the model directly, and a forward that takes

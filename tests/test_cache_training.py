@@ -78,6 +78,23 @@ def test_the_collator_reads_the_cache_and_the_loss_uses_it(tokenizer, tmp_path):
     assert "teacher_logits" not in cached.data_collator([{k: v for k, v in data[0].items()}])
 
 
+def test_cached_logits_keep_their_precision_where_deepspeed_casts_the_batch(tokenizer, tmp_path, monkeypatch):
+    # Under DeepSpeed Trainer casts every floating tensor of a batch to the engine's dtype (bf16): the cached logits,
+    # exact to fp16, reached the loss rounded to bf16. DeepSpeed is stood in for by what `_prepare_input` reads.
+    from types import SimpleNamespace
+
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    cached = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache)
+    batch = next(iter(cached.get_train_dataloader()))
+    logits = batch["teacher_logits"].clone()
+    cached.is_deepspeed_enabled = True
+    engine = SimpleNamespace(hf_ds_config=SimpleNamespace(dtype=lambda: torch.bfloat16))
+    monkeypatch.setattr(type(cached.accelerator.state), "deepspeed_plugin", engine, raising=False)
+    prepared = cached._prepare_inputs(dict(batch))
+    assert prepared["teacher_logits"].dtype == torch.float32 and torch.equal(prepared["teacher_logits"], logits)
+    assert prepared["input_ids"].dtype == torch.long
+
+
 def test_a_batch_whose_tokens_are_not_where_the_cache_put_them_is_refused(tokenizer, tmp_path):
     # The cache places each row's logits from position 0: a left-padded batch would silently shift them onto other
     # tokens (and padding), and so would an index column that names other rows.
