@@ -21,6 +21,7 @@ How the pieces fit:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -413,7 +414,9 @@ class DistillationTrainer(Trainer):
         teacher.requires_grad_(False)
         teacher.eval()
         if self.args.teacher_dtype != "auto":
-            teacher.to(getattr(torch, self.args.teacher_dtype))
+            dtype = getattr(torch, self.args.teacher_dtype)
+            teacher.to(dtype)
+            _keep_float32_modules(teacher, dtype)
         if self.is_deepspeed_enabled:
             stage = self.accelerator.state.deepspeed_plugin.zero_stage
             if stage == 3:
@@ -1498,6 +1501,20 @@ def _real_tokens(inputs: dict[str, Any], skip_ids: torch.Tensor) -> torch.Tensor
     input_ids = inputs["input_ids"]
     mask = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
     return mask & ~torch.isin(input_ids, skip_ids.to(input_ids.device))
+
+
+def _keep_float32_modules(model: nn.Module, dtype: torch.dtype) -> None:
+    """Return to fp32 the weights that `from_pretrained(dtype=dtype)` keeps in fp32 (`_keep_in_fp32_modules`: T5's
+    feed-forward output, which overflows in fp16)."""
+    plan = model._get_dtype_plan(dtype) if hasattr(model, "_get_dtype_plan") else {}
+    if not plan:
+        return
+    from transformers.core_model_loading import build_glob_alternation
+
+    kept, _, _ = build_glob_alternation(list(plan))
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if kept.search(name) and tensor.is_floating_point():
+            tensor.data = tensor.data.float()
 
 
 def _in_own_precision(teacher: nn.Module, mixed_precision: Any, teacher_dtype: str = "auto") -> bool:

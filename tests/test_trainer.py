@@ -456,6 +456,24 @@ def test_teacher_dtype_float32_runs_the_teacher_in_full_precision_under_the_stud
     assert logits_dtypes("auto") == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("teacher_dtype, kept", [("float16", True), ("bfloat16", False)])
+def test_teacher_dtype_keeps_the_modules_transformers_keeps_in_float32(tokenizer, tmp_path, teacher_dtype, kept):
+    # T5 keeps its feed-forward output (`wo`, `_keep_in_fp32_modules`) in fp32 under fp16, where it overflows:
+    # teacher_dtype="float16" cast it anyway, as from_pretrained(dtype=torch.float16) does not.
+    from transformers import T5Config, T5ForSequenceClassification
+
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
+                      num_heads=2, num_labels=2, decoder_start_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    teacher, student = T5ForSequenceClassification(config), T5ForSequenceClassification(config)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, train_dataset=seq_dataset(tokenizer),
+                                  args=make_args(tmp_path, teacher_dtype=teacher_dtype), processing_class=tokenizer)
+    dtypes = {name: p.dtype for name, p in trainer._unwrap(trainer.teacher_model).named_parameters()}
+    wo = {dtype for name, dtype in dtypes.items() if ".wo." in name}
+    assert wo == ({torch.float32} if kept else {getattr(torch, teacher_dtype)})
+    assert {dtype for name, dtype in dtypes.items() if ".wi." in name} == {getattr(torch, teacher_dtype)}
+
+
 def test_a_compiled_half_precision_teacher_keeps_its_compiled_forward(tokenizer, tmp_path):
     # Taking Accelerate's autocast wrapper off an fp16 teacher under bf16 replaced a compiled wrapper's forward with
     # the eager one (hasattr saw the inner model's `_original_forward` through the wrapper): nothing was compiled.
