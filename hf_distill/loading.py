@@ -21,6 +21,10 @@ from .data import add_prefix_space, keeps_word_starts
 
 logger = logging.getLogger(__name__)
 
+LOADED_FROM = "_hf_distill_loaded_from"
+"""The attribute where `load_model` records the local folder it read: an adapter folder's model names only its base
+model in `config._name_or_path`, and the folder must still be kept out of the way of saves and checkpoint rotation."""
+
 AUTO_CLASSES = {
     "token_classification": AutoModelForTokenClassification,
     "sequence_classification": AutoModelForSequenceClassification,
@@ -112,6 +116,9 @@ def load_model(
             "fine-tuned on the task (recipes/finetune_teacher.py makes one from a base model such as "
             "'bert-base-cased')."
         )
+    folder = os.path.expanduser(name_or_path)
+    if os.path.isdir(folder):
+        setattr(model, LOADED_FROM, os.path.realpath(folder))
     return model
 
 

@@ -88,7 +88,7 @@ from .files import (
     move_into,
     remove_stale_weights,
 )
-from .loading import load_model
+from .loading import LOADED_FROM, load_model
 from .losses import (
     IGNORE_INDEX,
     DistillationLoss,
@@ -1635,11 +1635,10 @@ def _refuse_teacher_in_output_dir(teachers: list[nn.Module], output_dir: str, pu
     `checkpoint-*` folder in it deleted by checkpoint rotation, and anything inside it uploaded by `push_to_hub`
     (`pushing`). Other subfolders are left alone."""
     out = os.path.realpath(output_dir)
-    for teacher in teachers:
-        source = getattr(getattr(teacher, "config", None), "_name_or_path", "") or ""
-        if not source or not os.path.isdir(source):
-            continue
-        source = os.path.realpath(source)
+    # The folder the config names, and the one `load_model` read (an adapter folder names only its base model).
+    sources = [s for t in teachers for s in (getattr(getattr(t, "config", None), "_name_or_path", ""),
+                                             getattr(t, LOADED_FROM, ""))]
+    for source in dict.fromkeys(os.path.realpath(s) for s in sources if s and os.path.isdir(s)):
         if not _inside(source, out):
             continue
         inside = os.path.relpath(source, out).split(os.sep)

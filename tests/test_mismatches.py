@@ -50,6 +50,22 @@ def test_an_output_dir_that_holds_the_teacher_is_refused(tokenizer, tmp_path):
                                       hub_model_id="tiny-student"))
 
 
+def test_an_output_dir_that_holds_a_peft_adapter_teacher_is_refused(tokenizer, tmp_path):
+    # A teacher loaded from a LoRA adapter folder names its base model in `_name_or_path`: the guard looked only there,
+    # and the student's save replaced the adapter (or rotation deleted the checkpoint-N that held it).
+    peft = pytest.importorskip("peft")
+    tiny_token_model(tokenizer, layers=2, seed=2).save_pretrained(tmp_path / "base")
+    for where in ("run", "run/checkpoint-4"):
+        base = load_model(str(tmp_path / "base"), "token_classification")
+        lora = peft.LoraConfig(task_type=peft.TaskType.TOKEN_CLS, r=2, target_modules=["query", "value"])
+        peft.get_peft_model(base, lora).save_pretrained(tmp_path / where)
+        teacher = load_model(str(tmp_path / where), "token_classification", require_all_weights=True)
+        assert (tmp_path / where / "adapter_config.json").is_file()
+        with pytest.raises(ValueError, match=rf"output_dir.*holds the teacher loaded from .*{where}"):
+            _token_trainer(tokenizer, tmp_path, teacher_model=teacher,
+                           args=make_args(tmp_path, output_dir=str(tmp_path / "run")))
+
+
 def test_a_teacher_that_shares_weights_with_the_student_is_refused(tokenizer, tmp_path):
     student = tiny_token_model(tokenizer, layers=1, seed=1)
     teacher = tiny_token_model(tokenizer, layers=2, seed=2)
