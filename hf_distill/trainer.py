@@ -1289,7 +1289,9 @@ class DistillationTrainer(Trainer):
             # A folder saved again is complete only once rewritten: an earlier save's marker and state file would
             # otherwise vouch for it while its files are half this save's, half the earlier one's.
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            for name in (CHECKPOINT_MARKER, "trainer_state.json"):
+            # The trainer-owned state too: this run writes its own, and one it has none of (a projection, an EMA
+            # teacher) left from the earlier run would refuse this run's resume as another run's settings.
+            for name in (CHECKPOINT_MARKER, "trainer_state.json", PROJECTOR_FILE, EMA_TEACHER_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(folder, name))
             # Before Trainer's files: its trainer_state.json, written near the end of its save, then vouches for

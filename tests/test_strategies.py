@@ -877,6 +877,19 @@ def test_resuming_with_other_feature_settings_names_the_projection(tokenizer, tm
         resumed.train(resume_from_checkpoint=True)
 
 
+def test_a_checkpoint_saved_again_without_a_projection_holds_none_and_resumes(tokenizer, tmp_path):
+    # A second run in the same output_dir, without hidden-state distillation, saved checkpoint-2 again over the first
+    # run's: the first run's feature_projector.pt stayed, and resuming the second run was refused as other settings.
+    _projector_trainer(tokenizer, tmp_path, "out").train()
+    again = _projector_trainer(tokenizer, tmp_path, "out", hidden_distill_weight=0.0, feature_layer_map=None)
+    again.add_callback(StopAt(2))
+    again.train()
+    assert not (tmp_path / "out" / "checkpoint-2" / PROJECTOR_FILE).exists()
+    resumed = _projector_trainer(tokenizer, tmp_path, "out", hidden_distill_weight=0.0, feature_layer_map=None)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+
+
 @pytest.mark.parametrize("settings", [{"teacher_ensemble": "confidence"},
                                       {"teacher_ensemble": "weighted", "teacher_weights": [5.0]}])
 def test_ensemble_settings_with_one_teacher_are_refused(tokenizer, tmp_path, settings):
