@@ -427,6 +427,13 @@ class DistillationArguments(TrainingArguments):
                 f"1 - alpha = 0 throughout (alpha={self.alpha}, final_alpha={self.final_alpha}), so they would change "
                 "nothing. Set `alpha` (or `final_alpha`) below 1, or drop `pseudo_label_threshold`."
             )
+        if self.pseudo_label_threshold is not None and self._freelb_on_distillation_alone:
+            raise ValueError(
+                "`pseudo_label_threshold` is set, but pseudo-labels feed only the hard-label loss, and FreeLB with "
+                "adv_objective='kd' (from adv_start_step=0) trains on the distillation term alone, so they would change "
+                "nothing. Use adv_objective='both' (or 'ce'), start the attack later (`adv_start_step`), or drop "
+                "`pseudo_label_threshold`."
+            )
         for name in ("augment_mask_prob", "augment_replace_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -511,15 +518,19 @@ class DistillationArguments(TrainingArguments):
         """What needs the labels column, and how to do without it (None when nothing does)."""
         if self.pseudo_label_threshold is not None:
             return None
-        # FreeLB attacking the distillation term trains on that term alone, from the first step on: no hard labels.
-        freelb_kd_only = self.adversarial == "freelb" and self.adv_objective == "kd" and self.adv_start_step == 0
-        if self._hard_label_loss_weighted and not freelb_kd_only:
+        if self._hard_label_loss_weighted and not self._freelb_on_distillation_alone:
             return ("alpha < 1 gives weight to the hard-label loss. Add a `labels` column, or set `alpha=1.0` (and no "
                     "`final_alpha` below 1) to train on the teacher's outputs alone.")
         if self.adversarial != "none" and self.adv_objective == "ce":
             return ("adv_objective='ce' attacks the hard-label loss. Add a `labels` column, or let the attack raise "
                     "the distillation loss with adv_objective='kd'.")
         return None
+
+    @property
+    def _freelb_on_distillation_alone(self) -> bool:
+        """FreeLB attacking the distillation term trains on that term alone, from the first step on: the hard-label
+        loss never has weight."""
+        return self.adversarial == "freelb" and self.adv_objective == "kd" and self.adv_start_step == 0
 
     @property
     def _hard_label_loss_weighted(self) -> bool:

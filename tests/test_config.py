@@ -42,6 +42,8 @@ def test_defaults():
         ({"teacher_labels": "hard", "final_temperature": 1.0, "temperature_schedule": "cosine"},
          r"`teacher_labels='hard'` trains on the teacher's argmax.*schedule would do nothing"),
         ({"alpha": 1.0, "pseudo_label_threshold": 0.9}, r"pseudo-labels feed only the hard-label loss.*would change"),
+        ({"alpha": 0.5, "pseudo_label_threshold": 0.9, "adversarial": "freelb", "adv_objective": "kd"},
+         r"pseudo-labels feed only the hard-label loss.*FreeLB.*adv_objective='kd'.*distillation term alone"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, message):
