@@ -17,7 +17,7 @@ from transformers import AutoConfig, Trainer, TrainingArguments
 from hf_distill import DistillationTrainer, check_label_range, create_student
 from hf_distill.data import cast_label_names, conll_label_names, label_name_lookup, read_conll
 from hf_distill.features import attention_dropout_field, parse_layer_map
-from hf_distill.loading import load_model, load_tokenizer
+from hf_distill.loading import LOADED_FROM, load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
 
 logger = logging.getLogger("recipes")
@@ -358,6 +358,10 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
             trainer.save_model()
             logger.info("born-again generation %d of %d saved in %s", generation, generations, gen_args.output_dir)
             generation_teacher = trainer.accelerator.unwrap_model(trainer.model).eval()
+            # It lives in the generation's folder now, not where its start was loaded from (which may be the output
+            # directory itself, for a student refined in place): the teacher-folder guard looks at both records.
+            generation_teacher.config._name_or_path = gen_args.output_dir
+            setattr(generation_teacher, LOADED_FROM, os.path.realpath(gen_args.output_dir))
             student = copy.deepcopy(initial)
     # Saved before anything else can fail: the trained student is never lost. Locally only (an internal call, which
     # Trainer does not push): the push below comes once the card has the evaluation.

@@ -427,9 +427,13 @@ def test_text_recipe_typo_arguments_are_checked(monkeypatch):
 
 def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path, run_recipe):
     _, data = _ner_teacher_and_data(tokenizer, tmp_path)
+    # The student refined in place (an earlier student in the output directory): generation 2's teacher is generation
+    # 1's student, saved next to it, and was refused as "the teacher loaded from" the output directory.
+    tiny_token_model(tokenizer, layers=1, seed=5).save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
     result = run_recipe(
-        "distill_ner.py", "--teacher_model_name_or_path", tmp_path / "teacher", "--student_layers", "0",
-        "--train_file", data, "--validation_file", data, "--output_dir", tmp_path / "student", "--max_steps", "2",
+        "distill_ner.py", "--teacher_model_name_or_path", tmp_path / "teacher", "--model_name_or_path",
+        tmp_path / "student", "--train_file", data, "--validation_file", data, "--output_dir", tmp_path / "student", "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
         "--disable_tqdm", "true", "--generations", "3",
     )
