@@ -146,7 +146,9 @@ class DistillationTrainer(Trainer):
 
     A subclass that overrides `compute_loss` to add a term gets `num_items_in_batch` as a tensor of three counts over
     the whole accumulated batch, `[distilled positions, labelled positions, real tokens]` (`get_batch_samples`), not
-    Trainer's one count: divide a term summed over labelled positions by `num_items_in_batch[1]`.
+    Trainer's one count: divide a term summed over labelled positions by `num_items_in_batch[1]`. Real tokens are
+    counted only where hidden-state or attention distillation is on (they divide those terms), else the slot is 0: a
+    per-token term of your own needs its own count then.
     """
 
     # compute_loss divides by counts over the whole accumulated batch, so Trainer must not divide again.
@@ -178,8 +180,8 @@ class DistillationTrainer(Trainer):
             raise ValueError("`compute_loss_func` would replace the distillation loss that DistillationTrainer "
                              "computes. Choose the loss with `DistillationArguments` (`distill_loss`, `alpha`, "
                              "`temperature`, ...), or subclass and override `compute_loss` (its `num_items_in_batch` "
-                             "is `[distilled, labelled, tokens]`, counted over the accumulated batch; see the class "
-                             "docstring).")
+                             "is `[distilled, labelled, tokens]`, counted over the accumulated batch, tokens only with "
+                             "feature distillation; see the class docstring).")
         if args is None:
             args = DistillationArguments(output_dir="tmp_trainer")
         if not isinstance(args, DistillationArguments):
