@@ -332,6 +332,7 @@ def read_conll(
     path = os.fspath(path)
     _require_file(path, "CoNLL file")
     all_tokens, all_tags, tag_lines = _split_conll_lines(path)
+    written = all_tags  # as in the file, for messages
 
     if tag_scheme == "iob1":
         _check_tag_shapes(path, all_tags, tag_lines)
@@ -355,8 +356,13 @@ def read_conll(
         for tag in sentence_tags:
             tag_id = label_to_id.get(tag)
             if tag_id is None:
+                as_written = written[len(all_ids)][len(ids)]
+                if as_written != tag:
+                    tag = f"{as_written!r} ({tag} once converted from IOB1)"
+                else:
+                    tag = repr(tag)
                 raise ValueError(
-                    f"{path}, line {tag_lines[line_index]}: tag {tag!r} is not one of the known labels {label_names}. "
+                    f"{path}, line {tag_lines[line_index]}: tag {tag} is not one of the known labels {label_names}. "
                     "Pass `label_names` that include it (for a fine-tuned teacher, its `config.id2label` values), or "
                     "leave `label_names=None` to derive the labels from the file."
                 )

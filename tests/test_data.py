@@ -130,6 +130,13 @@ def test_read_conll_non_iob2_tag_names_the_line(tmp_path):
         read_conll(path)
 
 
+def test_an_unknown_iob1_tag_is_named_as_written_in_the_file(tmp_path):
+    # With tag_scheme="iob1" the error named the converted tag ('B-MISC'), which a search of the file cannot find.
+    path = write(tmp_path, "Paris I-LOC\nberlin I-MISC\n")
+    with pytest.raises(ValueError, match=r"line 2: tag 'I-MISC' \(B-MISC once converted from IOB1\) is not one of"):
+        read_conll(path, label_names=NER_LABELS, tag_scheme="iob1")
+
+
 def test_read_conll_rejects_duplicate_label_names(tmp_path):
     with pytest.raises(ValueError, match=r"lists \['O'\] more than once"):
         read_conll(write(tmp_path, CONLL_2_COLUMNS), label_names=["O", *NER_LABELS])
