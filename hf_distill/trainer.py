@@ -1085,8 +1085,10 @@ class DistillationTrainer(Trainer):
             self._window = _LossWindow()
         if self._closing_run and "train_loss" in logs:  # the run's closing metrics (every process logs them)
             window = self._window
-            tail = torch.tensor([window.skipped, window.trained_share, window.skipped_share], dtype=torch.float64,
-                                device=self.accelerator.device)
+            # The steps since the last log: Trainer adds this process's own loss for them, never gathered.
+            own_tail = float(getattr(self, "_tr_loss", 0.0))
+            tail = torch.tensor([window.skipped, window.trained_share, window.skipped_share, own_tail],
+                                dtype=torch.float32, device=self.accelerator.device)
             if self.accelerator.num_processes > 1:
                 tail = self.accelerator.reduce(tail, reduction="sum")
             skipped = self._run_skipped + round(float(tail[0]))
@@ -1094,8 +1096,13 @@ class DistillationTrainer(Trainer):
             if skipped + self._skipped_before_resume:  # the whole run's count, as `skipped_batches` carries it
                 logs["skipped_batches"] = skipped + self._skipped_before_resume
             if skipped:  # Trainer's train_loss covers this train() call only
-                logs["train_loss"] = (logs["train_loss"] * (trained_share + skipped_share) / trained_share
-                                      if trained_share else float("nan"))
+                # Trainer's total, its logged windows (gathered means) plus this process's tail, made the sum over
+                # every (process, step) and divided by the steps trained: a skip on another process in the tail
+                # must not rescale this process's loss.
+                processes = self.accelerator.num_processes
+                total = logs["train_loss"] * (trained_share + skipped_share) / processes
+                total = processes * (total - own_tail) + float(tail[3])
+                logs["train_loss"] = total / trained_share if trained_share else float("nan")
         super().log(logs, start_time)
 
     def hyperparameter_search(self, *args, **kwargs):

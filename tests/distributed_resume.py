@@ -47,10 +47,10 @@ class Pad:
 
 
 def arguments(output_dir, **settings):
-    return DistillationArguments(
-        output_dir=output_dir, per_device_train_batch_size=2, max_steps=4, optim="sgd", learning_rate=0.5,
-        train_sampling_strategy="sequential", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
-        save_strategy="steps", save_steps=2, logging_steps=1, **settings)
+    return DistillationArguments(**{
+        "output_dir": output_dir, "per_device_train_batch_size": 2, "max_steps": 4, "optim": "sgd",
+        "learning_rate": 0.5, "train_sampling_strategy": "sequential", "report_to": "none", "use_cpu": True,
+        "disable_tqdm": True, "seed": 0, "save_strategy": "steps", "save_steps": 2, "logging_steps": 1, **settings})
 
 
 def weights(trainer):
@@ -106,9 +106,9 @@ def marker(output_dir):
 
 def skipped(output_dir):
     """Row 2 (process 1's half of the first batch) gets NaN teacher logits."""
-    def make(folder, seed):
+    def make(folder, seed, **settings):
         trainer = DistillationTrainer(model=tiny(1, seed), teacher_model=tiny(2, 2), train_dataset=data(nan_row=2),
-                                      data_collator=Pad(), args=arguments(folder, nonfinite_policy="skip"))
+                                      data_collator=Pad(), args=arguments(folder, nonfinite_policy="skip", **settings))
         teacher = trainer.teacher_models[0]
         forward = teacher.forward
 
@@ -124,8 +124,11 @@ def skipped(output_dir):
     with open(f"{output_dir}/skipped/checkpoint-2/{CHECKPOINT_MARKER}", encoding="utf-8") as handle:
         saved = json.load(handle)
     resumed = make(f"{output_dir}/skipped-resumed", 9).train(resume_from_checkpoint=f"{output_dir}/skipped/checkpoint-2")
+    # The same run with no loss logged before its end: the skip lies in the steps Trainer never gathered.
+    tail = make(f"{output_dir}/skipped-tail", 1, logging_steps=500, save_strategy="no").train()
     return {"straight": straight.metrics.get("skipped_batches"), "marker": saved.get("skipped_batches"),
-            "resumed": resumed.metrics.get("skipped_batches")}
+            "resumed": resumed.metrics.get("skipped_batches"),
+            "train_loss": [straight.metrics["train_loss"], tail.metrics["train_loss"]]}
 
 
 if __name__ == "__main__":
