@@ -52,6 +52,13 @@ def forward_inputs(model: nn.Module) -> set[str]:
 
 def infer_task(model: nn.Module, role: str = "student") -> str:
     """`"token_classification"` or `"sequence_classification"`, from the model's head class."""
+    if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        advice = ("hf-distill places the teacher on the device itself and never wraps it" if role.startswith("teacher")
+                  else "Trainer wraps the student itself")
+        raise ValueError(
+            f"The {role} is wrapped in {type(model).__name__}: pass the model itself (`{role.split()[0]}.module`); "
+            f"{advice}."
+        )
     for cls in type(_base(model)).__mro__:
         for suffix, task in _HEADS.items():
             if cls.__name__.endswith(suffix):

@@ -156,21 +156,22 @@ class DistillationTrainer(Trainer):
 
     def __init__(
         self,
-        model: PreTrainedModel | nn.Module,
-        teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
+        model: PreTrainedModel | nn.Module | None = None,
         args: DistillationArguments | None = None,
         data_collator: Callable | None = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
         processing_class: Any = None,
+        model_init: Callable | None = None,
+        compute_loss_func: Callable | None = None,
         compute_metrics: Callable | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
         preprocess_logits_for_metrics: Callable | None = None,
+        *,
+        teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
         teacher_cache: TeacherLogitCache | None = None,
-        model_init: Callable | None = None,
-        compute_loss_func: Callable | None = None,
     ):
         if model_init is not None:
             raise ValueError("`model_init` is not supported by DistillationTrainer: the teacher is checked against one "
@@ -184,6 +185,12 @@ class DistillationTrainer(Trainer):
                              "feature distillation; see the class docstring).")
         if args is None:
             args = DistillationArguments(output_dir="tmp_trainer")
+        if isinstance(args, nn.Module | str | os.PathLike):
+            raise ValueError(
+                f"`args` is a {type(args).__name__}, a model or a path: the arguments come second, as in Trainer "
+                "(`DistillationTrainer(student, args, ...)`), and the teacher is passed by keyword, "
+                "`teacher_model=teacher`."
+            )
         if not isinstance(args, DistillationArguments):
             raise ValueError(
                 f"`args` is a {type(args).__name__}; DistillationTrainer needs `hf_distill.DistillationArguments`, "

@@ -298,6 +298,19 @@ def _init(tokenizer, tmp_path, student, teacher, dataset=None, args=None, **kwar
     )
 
 
+def test_the_trainer_takes_trainers_positional_order_and_names_a_teacher_passed_in_args_place(tokenizer, tmp_path):
+    # Stock Trainer's order is (model, args, data_collator, train_dataset, ...), as blog posts call it: the teacher
+    # in args' place failed as "got multiple values for argument 'teacher_model'" or as a teacher with no head.
+    student, teacher = tiny_token_model(tokenizer, layers=1, seed=1), tiny_token_model(tokenizer, layers=2, seed=2)
+    args, collator = make_args(tmp_path), DataCollatorForTokenClassification(tokenizer)
+    trainer = DistillationTrainer(student, args, collator, ner_dataset(tokenizer), teacher_model=teacher)
+    assert trainer.args is args and trainer.data_collator is collator and trainer.teacher_models == [teacher]
+    with pytest.raises(ValueError, match=r"`args` is a BertForTokenClassification.*teacher_model="):
+        DistillationTrainer(student, teacher, args)
+    with pytest.raises(ValueError, match=r"teacher is wrapped in DataParallel.*`teacher.module`"):
+        DistillationTrainer(student, args, teacher_model=torch.nn.DataParallel(teacher))
+
+
 def test_vocab_sizes_that_differ_are_accepted_with_a_warning_while_the_tokenizer_fits_both(tokenizer, tmp_path, caplog):
     # A shared tokenizer under tables of different sizes (XLM-R teacher, multilingual MiniLM student; a table padded by
     # resize_token_embeddings) is a pair that works: every id fits both. A tokenizer past either table is refused.
