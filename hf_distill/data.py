@@ -916,11 +916,7 @@ def _integer_labels(
     if isinstance(feature, datasets.ClassLabel):
         return dataset
     if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
-        by_name = _digit_names_as_ids(dataset.unique(label_column), label_names or [], path)
-        if by_name is None:
-            return dataset
-        by_name[IGNORE_INDEX] = IGNORE_INDEX
-        return dataset.map(lambda batch: {label_column: [by_name[v] for v in batch[label_column]]}, batched=True)
+        return _digit_names_mapped(dataset, path, label_column, label_names)
     values = list(dataset[label_column])
     blank = next((row for row, value in enumerate(values) if isinstance(value, str) and not value.strip()), None)
     if blank is not None:  # (one blank cell makes a column of ids text: it must not be blamed on an id)
@@ -966,8 +962,21 @@ def _integer_labels(
             "`label_names=[...]` (in id order, e.g. the teacher's `config.id2label` values) to map label names "
             "to ids."
         )
-    logger.info("Casting the float labels of %s (all whole numbers) to int64", path)
-    return dataset.cast_column(label_column, datasets.Value("int64"))
+    logger.info("Casting the labels of %s (all whole numbers) to int64", path)
+    return _digit_names_mapped(dataset.cast_column(label_column, datasets.Value("int64")), path, label_column,
+                               label_names)
+
+
+def _digit_names_mapped(
+    dataset: datasets.Dataset, path: str, label_column: str, label_names: Sequence[str] | None
+) -> datasets.Dataset:
+    """An int64 label column, its values mapped to ids by name where they are the teacher's digit label names
+    ([`_digit_names_as_ids`]), however the file wrote them (`3`, `3.0`, or a JSON number among quoted ones)."""
+    by_name = _digit_names_as_ids(dataset.unique(label_column), label_names or [], path)
+    if by_name is None:
+        return dataset
+    by_name[IGNORE_INDEX] = IGNORE_INDEX
+    return dataset.map(lambda batch: {label_column: [by_name[v] for v in batch[label_column]]}, batched=True)
 
 
 def load_text_classification_file(

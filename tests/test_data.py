@@ -380,6 +380,10 @@ def test_digit_label_names_map_the_same_whatever_the_format(tmp_path, caplog):
     jsonl = write(tmp_path, '{"sentence": "good", "label": "3"}\n{"sentence": "bad", "label": "1"}\n', "stars.jsonl")
     assert load_text_classification_file(tsv, label_names=names)["label"] == [2, 0]
     assert load_text_classification_file(jsonl, label_names=names)["label"] == [2, 0]
+    floats = write(tmp_path, "sentence,label\ngood,3.0\nbad,1.0\n", "stars.csv")  # as pandas writes a float column
+    assert load_text_classification_file(floats, label_names=names)["label"] == [2, 0]
+    mixed = write(tmp_path, '{"sentence": "good", "label": 3}\n{"sentence": "bad", "label": "1"}\n', "mixed.jsonl")
+    assert load_text_classification_file(mixed, label_names=names)["label"] == [2, 0]
     ids = write(tmp_path, "sentence\tlabel\ngood\t2\nbad\t0\n", "ids.tsv")
     assert load_text_classification_file(ids, label_names=names)["label"] == [2, 0]
     # Both readings possible (no 0, no 3): the names are taken, as in a jsonl, and the log says so.
