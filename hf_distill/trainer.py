@@ -33,7 +33,7 @@ import torch
 from accelerate.utils import DistributedType
 from accelerate.utils.memory import clear_device_cache
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, TrainOutput, rotate_checkpoints
 
 from .adversarial import AttackSettings, EmbeddingPathCheck, adversarial_backward, embed_inputs, perturbation_mask
@@ -183,6 +183,14 @@ class DistillationTrainer(Trainer):
                              "`temperature`, ...), or subclass and override `compute_loss` (its `num_items_in_batch` "
                              "is `[distilled, labelled, tokens]`, counted over the accumulated batch, tokens only with "
                              "feature distillation; see the class docstring).")
+        given = {"data_collator": data_collator, "train_dataset": train_dataset, "eval_dataset": eval_dataset}
+        misplaced = next((name for name, value in given.items() if isinstance(value, TrainingArguments)), None)
+        if misplaced is not None:  # an (model, teacher_model, args) order, or a slip
+            raise ValueError(
+                f"`{misplaced}` is a {type(given[misplaced]).__name__}: the arguments come second, as in Trainer "
+                "(`DistillationTrainer(student, args, ...)`), and the teacher is passed by keyword, "
+                "`teacher_model=teacher` (or `teacher_cache=`)."
+            )
         if args is None:
             args = DistillationArguments(output_dir="tmp_trainer")
         if isinstance(args, nn.Module | str | os.PathLike):

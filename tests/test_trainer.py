@@ -306,7 +306,11 @@ def test_the_trainer_takes_trainers_positional_order_and_names_a_teacher_passed_
     trainer = DistillationTrainer(student, args, collator, ner_dataset(tokenizer), teacher_model=teacher)
     assert trainer.args is args and trainer.data_collator is collator and trainer.teacher_models == [teacher]
     with pytest.raises(ValueError, match=r"`args` is a BertForTokenClassification.*teacher_model="):
+        DistillationTrainer(student, teacher, train_dataset=ner_dataset(tokenizer))
+    with pytest.raises(ValueError, match=r"`data_collator` is a DistillationArguments.*teacher_model="):
         DistillationTrainer(student, teacher, args)
+    with pytest.raises(ValueError, match=r"`data_collator` is a DistillationArguments.*teacher_model="):
+        DistillationTrainer(student, None, args)  # no online teacher (a cache, EMA) in the old order
     with pytest.raises(ValueError, match=r"teacher is wrapped in DataParallel.*`teacher.module`"):
         DistillationTrainer(student, args, teacher_model=torch.nn.DataParallel(teacher))
 
