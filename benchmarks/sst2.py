@@ -58,7 +58,8 @@ def main():
         tokenized["test"], data["collator"], data["metrics"], "accuracy",
         {**KD_SETTINGS, **json.loads(args.kd)},
     )
-    results["setup"]["max_train_samples"] = n_train
+    if "setup" in results:  # a seed replica keeps the suite's setup, which already records the subsample
+        results["setup"]["max_train_samples"] = n_train
     path = write_results(name, results)
     promote_best_kd(name, "accuracy")
     write_seed_means(name, "accuracy")
