@@ -319,7 +319,7 @@ class TextBrewerRun:
 
     def _train(self, total_steps: int, **how) -> None:
         warmup = math.ceil(0.1 * total_steps)
-        set_seed(self.setup.args.seed)  # Trainer.train() seeds the sampler the same way
+        set_seed(self.setup.args.seed)  # the same batches every round, as the Trainer runs re-seed for theirs
         with self.distiller:
             self.distiller.train(
                 self.optimizer, self.loader, scheduler_class=get_linear_schedule_with_warmup,
