@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import datasets
+import huggingface_hub
 import torch
 from transformers import AutoConfig, Trainer, TrainingArguments
 
@@ -330,6 +331,11 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
                 f"on, the teacher is the previous generation's {depth}-layer student ({err}). Leave "
                 "--feature_layer_map out (each generation then maps its own layers), or use --generations 1."
             ) from err
+    if generations > 1 and args.push_to_hub and args.process_index == 0:
+        # Only the last generation's trainer pushes, and Trainer creates (or checks) the repository when it is built:
+        # done now, so that an unreachable Hub or a repository the token cannot write fails before any training.
+        huggingface_hub.create_repo(args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
+                                    token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
     initial = copy.deepcopy(student) if generations > 1 else None
     # The trainer casts the teacher it is given in place (--teacher_dtype): it gets a copy, so that the comparison
     # below scores and times the teacher as it was loaded, in the student's precision.

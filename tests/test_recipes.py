@@ -685,6 +685,34 @@ def test_a_recipe_pushes_once_with_the_evaluation_on_the_card(tokenizer, tmp_pat
     assert "model.safetensors" in fake.uploads[0]["files"] and "validation_f1" in fake.uploads[0]["files"]["README.md"]
 
 
+def test_born_again_generations_check_the_hub_repository_before_training(tokenizer, tmp_path, monkeypatch):
+    # Only the last generation pushes, and Trainer reaches the Hub when that trainer is built: an unreachable Hub
+    # failed after generation 1 had trained. The repository is created (or checked) before the first generation.
+    import huggingface_hub
+    from test_trainer import ner_dataset
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import DataArguments, distill
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationArguments, token_classification_metrics
+
+    def offline(repo_id, **kwargs):
+        raise OSError(f"cannot reach the Hub to create {repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", offline)
+    data = ner_dataset(tokenizer)
+    args = DistillationArguments(output_dir=str(tmp_path / "student"), max_steps=1, per_device_train_batch_size=2,
+                                 report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+                                 push_to_hub=True, hub_model_id="me/tiny-student")
+    with pytest.raises(OSError, match="create me/tiny-student"):
+        distill(tiny_token_model(tokenizer, layers=2, seed=3), tiny_token_model(tokenizer, layers=1, seed=1),
+                tokenizer, {"train": data, "validation": data}, DataCollatorForTokenClassification(tokenizer),
+                token_classification_metrics(NER_LABELS), "f1", args, DataArguments(train_file="train.txt"),
+                generations=2)
+    assert not (tmp_path / "student-generation-1").exists()
+
+
 def test_finetune_teacher_ner_reads_a_local_file_beside_a_hub_dataset_in_the_hubs_tag_order(tokenizer, tmp_path,
                                                                                           monkeypatch, run_recipe):
     import datasets
