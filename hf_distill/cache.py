@@ -149,11 +149,34 @@ def _input_ids(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     return lengths, ids
 
 
-def _content_digest(lengths: np.ndarray, ids: np.ndarray) -> str:
-    """A sha256 of the lengths and all the ids in row order: the dataset's content part of the fingerprint."""
+def _segments(dataset: Any) -> np.ndarray | None:
+    """All the `token_type_ids` in row order, flat int64, where some are not 0 (sentence pairs); else None. The
+    teacher reads them, so they are part of the data a cache was built from; all-zero segments (single sentences)
+    are the same data as none, which keeps every single-sentence cache's fingerprint as it was."""
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(dataset, Dataset):
+        if "token_type_ids" not in columns:
+            return None
+        column = dataset.select_columns(["token_type_ids"]).with_format("arrow")[:].column("token_type_ids")
+        segments = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        rows = [dataset[i].get("token_type_ids") for i in range(len(dataset))]
+        if any(row is None for row in rows):
+            return None
+        segments = (np.concatenate([np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]) if rows
+                    else np.zeros(0, dtype=np.int64))
+    return segments if segments.any() else None
+
+
+def _content_digest(lengths: np.ndarray, ids: np.ndarray, segments: np.ndarray | None = None) -> str:
+    """A sha256 of the lengths, all the ids in row order and any non-zero segment ids: the dataset's content part of
+    the fingerprint."""
     hasher = hashlib.sha256()
     hasher.update(np.ascontiguousarray(lengths))
     hasher.update(np.ascontiguousarray(ids))
+    if segments is not None:
+        hasher.update(b"token_type_ids")
+        hasher.update(np.ascontiguousarray(segments))
     return hasher.hexdigest()
 
 
@@ -178,15 +201,15 @@ def _dataset_matches(fingerprint: dict[str, Any], dataset: Any) -> bool:
     """Whether `dataset` holds the rows the cache was built from (same input ids, same order).
 
     The `datasets` fingerprint is compared first (no data read). It changes with any transform, including
-    `attach`, and is random when a transform cannot be hashed, so when it differs the input ids are hashed and
-    compared instead: the teacher's logits depend on nothing else.
+    `attach`, and is random when a transform cannot be hashed, so when it differs the input ids (and a sentence
+    pair's segment ids) are hashed and compared instead: the teacher's logits depend on nothing else.
     """
     _require_indexable(dataset)
     if len(dataset) != fingerprint["num_rows"]:
         return False
     if getattr(dataset, "_fingerprint", None) == fingerprint["dataset"]:
         return True
-    return _content_digest(*_input_ids(dataset)) == fingerprint["dataset_content"]
+    return _content_digest(*_input_ids(dataset), _segments(dataset)) == fingerprint["dataset_content"]
 
 
 def _changed_parts(
@@ -648,7 +671,7 @@ def build_teacher_cache(
         raise ValueError(f"The cache path {path} is a file; pass a directory (it is created if missing).")
     lengths, ids = _input_ids(dataset)
     check_inputs_fit(dataset, [("teacher", teacher)])
-    content, row_hashes = _content_digest(lengths, ids), _row_hashes(lengths, ids)
+    content, row_hashes = _content_digest(lengths, ids, _segments(dataset)), _row_hashes(lengths, ids)
     num_rows = len(lengths)
     if num_rows == 0:
         raise ValueError("The dataset is empty: there are no rows to run the teacher on.")

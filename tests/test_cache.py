@@ -220,6 +220,28 @@ def test_load_names_the_part_that_changed(tokenizer, other_tokenizer, tmp_path, 
     assert not any(text in str(error.value) for name, text in others.items() if name != part)
 
 
+def test_sentence_pairs_with_other_segment_ids_are_another_dataset(tokenizer, tmp_path):
+    # The teacher's logits depend on token_type_ids too: pairs cached without them (DistilBERT-style tokenization),
+    # then re-tokenized with them, were reused as the same data, and the student learnt the segment-less logits.
+    from datasets import Dataset
+
+    pairs = tokenizer(["john lives in paris", "mary is here"], ["he is here", "she lives in paris"])
+    with_segments = Dataset.from_dict({k: pairs[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    without = with_segments.remove_columns("token_type_ids")
+    assert any(any(row) for row in with_segments["token_type_ids"])
+    teacher, collator = tiny_sequence_model(tokenizer, layers=1, seed=2), DataCollatorWithPadding(tokenizer)
+    build_teacher_cache(teacher, without, collator, tmp_path / "cache", progress_bar=False)
+    with pytest.raises(ValueError, match="built for another dataset"):
+        build_teacher_cache(teacher, with_segments, collator, tmp_path / "cache", progress_bar=False)
+    # Single sentences carry all-zero segments: with or without the column, the same data (and the same caches).
+    single = seq_dataset(tokenizer)
+    build_teacher_cache(teacher, single.remove_columns("token_type_ids") if "token_type_ids" in single.column_names
+                        else single, collator, tmp_path / "single", progress_bar=False)
+    zeros = single if "token_type_ids" in single.column_names else single.add_column(
+        "token_type_ids", [[0] * len(ids) for ids in single["input_ids"]])
+    TeacherLogitCache.load(tmp_path / "single", dataset=zeros)
+
+
 def test_build_on_a_different_cache_asks_for_a_new_path_or_overwrite(tokenizer, tmp_path):
     first = build_ner(tokenizer, tmp_path / "cache")
     other = ner_teacher(tokenizer, seed=3)
