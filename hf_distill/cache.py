@@ -61,6 +61,8 @@ from .checks import (
     check_inputs_fit,
     forward_inputs,
     label_names,
+    missing_segments,
+    separator_id,
 )
 from .files import atomic_write_json
 
@@ -671,6 +673,9 @@ def build_teacher_cache(
         raise ValueError(f"The cache path {path} is a file; pass a directory (it is created if missing).")
     lengths, ids = _input_ids(dataset)
     check_inputs_fit(dataset, [("teacher", teacher)])
+    problem = missing_segments(dataset, [teacher], separator_id(tokenizer, data_collator))
+    if problem is not None:  # the cache would keep what the teacher read: the one place that sees the teacher
+        logger.warning(problem)
     content, row_hashes = _content_digest(lengths, ids, _segments(dataset)), _row_hashes(lengths, ids)
     num_rows = len(lengths)
     if num_rows == 0:

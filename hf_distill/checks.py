@@ -184,6 +184,15 @@ def label_order_mismatch(dataset: Any, model_labels: list[str] | None, source: s
     return None
 
 
+def separator_id(tokenizer: Any, data_collator: Any = None) -> int | None:
+    """The separator token's id, from the tokenizer or, without one, from the collator's."""
+    for source in (tokenizer, getattr(data_collator, "tokenizer", None)):
+        sep = getattr(source, "sep_token_id", None)
+        if sep is not None:
+            return sep
+    return None
+
+
 def missing_segments(dataset: Any, teachers: list[nn.Module], sep_token_id: int | None, rows: int = 64) -> str | None:
     """What goes wrong when `dataset` holds sentence pairs (two separator tokens in a row) without `token_type_ids`
     while a teacher takes them and was built with two or more segments (a BERT teacher, pairs tokenized by a

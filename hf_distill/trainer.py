@@ -64,6 +64,7 @@ from .checks import (
     label_order_mismatch,
     missing_segments,
     model_name,
+    separator_id,
     unlabeled_token_rows,
 )
 from .config import DistillationArguments
@@ -349,7 +350,7 @@ class DistillationTrainer(Trainer):
             set().union(*self._teacher_inputs) - forward_inputs(self._unwrap(self.model))))
         self._teacher_keys = frozenset({*_TEACHER_SIDE, *self._teacher_only_inputs})  # never given to the student
         problem = missing_segments(train_dataset, [self._unwrap(t) for t in self.teacher_models],
-                                   getattr(processing_class, "sep_token_id", None))
+                                   separator_id(processing_class, data_collator))
         if problem is not None:
             logger.warning(problem)
         # [CLS], [SEP], [PAD]...: not [UNK] (a word the vocabulary lacks) nor [MASK] (written into words by augmentation).

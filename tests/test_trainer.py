@@ -17,7 +17,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_distill import DistillationArguments, DistillationTrainer, soft_kl
+from hf_distill import DistillationArguments, DistillationTrainer, build_teacher_cache, soft_kl
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 SENTENCES = [
@@ -636,6 +636,16 @@ def test_pairs_without_the_segment_ids_the_teacher_takes_are_warned_of(tokenizer
         trainer(without)
     assert re.search(r"two separator tokens, as sentence pairs do, but no token_type_ids.*teacher .*type_vocab_size=2"
                      r".*return_token_type_ids=True", caplog.text)
+    caplog.clear()
+    # The tokenizer given only in the collator names the separator too; and a cache built from such pairs is warned
+    # of where it is built, the one place that sees the teacher (a trainer on the cache alone has none to ask).
+    with caplog.at_level("WARNING"):
+        DistillationTrainer(model=tiny_sequence_model(tokenizer, seed=1), teacher_model=tiny_sequence_model(
+            tokenizer, seed=2), args=make_args(tmp_path), train_dataset=without,
+            data_collator=DataCollatorWithPadding(tokenizer))
+        build_teacher_cache(tiny_sequence_model(tokenizer, seed=2), without, DataCollatorWithPadding(tokenizer),
+                            tmp_path / "cache", tokenizer=tokenizer, progress_bar=False)
+    assert caplog.text.count("two separator tokens, as sentence pairs do") == 2, caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_distill.trainer"):  # with the segments, or single sentences: nothing
         trainer(raw.map(lambda batch: tokenizer(batch["a"], batch["b"]), batched=True, remove_columns=["a", "b"]))
