@@ -159,15 +159,25 @@ class TeacherViewCollator:
         self.tokenizer = tokenizer if tokenizer is not None else getattr(collator, "tokenizer", None)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        if not features or TEACHER_VIEW_KEYS[0] not in features[0]:
+        if not features or not any(TEACHER_VIEW_KEYS[0] in f for f in features):
             return self.collator(features)
+        student = [{k: v for k, v in f.items() if k not in TEACHER_VIEW_KEYS} for f in features]
+        if all(f.get(TEACHER_VIEW_KEYS[0]) is None for f in features):
+            return self.collator(student)  # (rows of a plain set interleaved with a noisy-view one: None columns)
         if self.tokenizer is None or not hasattr(self.tokenizer, "pad"):
             raise ValueError("The training set has a teacher view (`teacher_input_ids`), which the trainer pads with the "
                              "tokenizer: pass `processing_class=tokenizer`.")
-        student = [{k: v for k, v in f.items() if k not in TEACHER_VIEW_KEYS} for f in features]
-        teacher = [{k[len(TEACHER_VIEW_PREFIX):]: f[k] for k in TEACHER_VIEW_KEYS if k in f} for f in features]
+        teacher = [_teacher_view(f) for f in features]
         batch = self.collator(student)
         padded = self.tokenizer.pad(teacher, return_tensors="pt")
         for key, value in padded.items():
             batch[TEACHER_VIEW_PREFIX + key] = value
         return batch
+
+
+def _teacher_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's teacher view without the prefix; a row without one (a plain set's row mixed into a noisy-view one, as
+    `interleave_datasets` fills it with None) is read by the teacher as its student does, its own clean text."""
+    if row.get(TEACHER_VIEW_KEYS[0]) is None:
+        return {k: row[k] for k in (k[len(TEACHER_VIEW_PREFIX):] for k in TEACHER_VIEW_KEYS) if row.get(k) is not None}
+    return {k[len(TEACHER_VIEW_PREFIX):]: row[k] for k in TEACHER_VIEW_KEYS if row.get(k) is not None}

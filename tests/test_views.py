@@ -111,6 +111,23 @@ def test_collator_pads_each_view_on_its_own(tokenizer):
     assert set(plain) == {"input_ids", "token_type_ids", "attention_mask"}
 
 
+def test_rows_without_a_view_among_rows_with_one_give_the_teacher_their_own_text(tokenizer):
+    # interleave_datasets of a noisy-view stream and a plain one fills the plain rows' teacher columns with None:
+    # the collator padded None ("object of type 'NoneType' has no len()"). Such a row is its own clean text.
+    data = noisy_dataset(tokenizer)
+    plain = {**tokenizer(SENTENCES[1]), "label": 0}
+    mixed = {**plain, **{key: None for key in ("teacher_input_ids", "teacher_attention_mask", "teacher_token_type_ids")}}
+    collator = TeacherViewCollator(DataCollatorWithPadding(tokenizer), tokenizer)
+    batch = collator([data[0], mixed])
+    length = len(plain["input_ids"])
+    assert batch["teacher_input_ids"][1, :length].tolist() == plain["input_ids"]
+    assert batch["teacher_attention_mask"][1].sum() == length
+    assert batch["teacher_input_ids"][0, : len(data[0]["teacher_input_ids"])].tolist() == data[0]["teacher_input_ids"]
+    # A batch of such rows only has no view to pad: the wrapped collator's batch, without the None columns.
+    alone = collator([mixed, mixed])
+    assert set(alone) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+
+
 def test_teacher_view_inputs_renames_the_view_and_keeps_the_rest():
     ids, view = torch.tensor([[1]]), torch.tensor([[2]])
     out = teacher_view_inputs({"input_ids": ids, "attention_mask": ids, "teacher_input_ids": view,
