@@ -1145,6 +1145,11 @@ def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: 
                 f"`{name}` is a streamed IterableDataset, but mixing needs both sets' lengths and columns. Take the "
                 f"rows to mix in as a Dataset first, e.g. `datasets.Dataset.from_list(list({name}.take(50_000)))`."
             )
+        if not isinstance(split, datasets.Dataset):
+            raise ValueError(
+                f"`{name}` is a {type(split).__name__}; mixing needs a `datasets.Dataset` (its columns and features). "
+                f"Make one first, e.g. `datasets.Dataset.from_list(list({name}))` (a list of rows, a torch Subset)."
+            )
         if "input_ids" not in split.column_names:
             raise ValueError(f"`{name}` has no `input_ids` column (columns: {split.column_names}); tokenize it first.")
     if "labels" not in labeled.column_names:

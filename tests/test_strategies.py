@@ -558,6 +558,11 @@ def test_mix_unlabeled_explains_a_streamed_split(tokenizer, side):
     pair = (stream, unlabeled) if side == "labeled" else (labeled, stream)
     with pytest.raises(ValueError, match=rf"`{side}` is a streamed IterableDataset.*\.take\("):
         mix_unlabeled(*pair)
+    # A list of rows or a torch Subset, which the trainer takes as a training set, failed on `column_names`.
+    rows = list(labeled if side == "labeled" else unlabeled)
+    pair = (rows, unlabeled) if side == "labeled" else (labeled, rows)
+    with pytest.raises(ValueError, match=rf"`{side}` is a list; mixing needs a `datasets.Dataset`.*from_list"):
+        mix_unlabeled(*pair)
 
 
 # ---- augmentation ---------------------------------------------------------------------------------------------
