@@ -124,12 +124,15 @@ def _named_outputs(model: nn.Module) -> dict[str, bool]:
 class DistillationTrainer(Trainer):
     """Train `model` (the student) to match `teacher_model` while also fitting the labels.
 
+    Takes Trainer's arguments in Trainer's order (`DistillationTrainer(student, args, ...)`); `teacher_model` and
+    `teacher_cache` are keyword-only.
+
     Args:
         model: the student, a sequence- or token-classification model.
         teacher_model: the fine-tuned teacher, a model or a local path / Hub id loaded with the student's Auto
             class (a checkpoint without that task head, a base model, is refused), or a list of them (an ensemble,
-            combined as `args.teacher_ensemble` says). Every teacher must share the student's vocabulary and labels
-            (checked at init). May be `None` when `teacher_cache` holds its logits for every training example, or
+            combined as `args.teacher_ensemble` says). Every teacher must share the student's tokenizer and labels
+            (checked at init; embedding tables of other sizes are warned of). May be `None` when `teacher_cache` holds its logits for every training example, or
             with `args.self_distillation="ema"`.
         teacher_cache: a `TeacherLogitCache` built over `train_dataset` (`build_teacher_cache`). Batches read the
             teacher's logits from it instead of running the teacher; the training set gets the cache's index
