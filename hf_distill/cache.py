@@ -170,16 +170,19 @@ def _segments(dataset: Any) -> np.ndarray | None:
     return segments if segments.any() else None
 
 
-def _content_digest(lengths: np.ndarray, ids: np.ndarray, segments: np.ndarray | None = None) -> str:
-    """A sha256 of the lengths, all the ids in row order and any non-zero segment ids: the dataset's content part of
-    the fingerprint."""
+def _content_digest(lengths: np.ndarray, ids: np.ndarray) -> str:
+    """A sha256 of the lengths and all the ids in row order: the dataset's content part of the fingerprint."""
     hasher = hashlib.sha256()
     hasher.update(np.ascontiguousarray(lengths))
     hasher.update(np.ascontiguousarray(ids))
-    if segments is not None:
-        hasher.update(b"token_type_ids")
-        hasher.update(np.ascontiguousarray(segments))
     return hasher.hexdigest()
+
+
+def _segments_digest(dataset: Any) -> str | None:
+    """A sha256 of a sentence pair's segment ids ([`_segments`]), None for single sentences: the fingerprint's
+    `dataset_segments` (which caches built before it was recorded lack, and are compared without)."""
+    segments = _segments(dataset)
+    return None if segments is None else hashlib.sha256(np.ascontiguousarray(segments)).hexdigest()
 
 
 def _row_hashes(lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -211,7 +214,9 @@ def _dataset_matches(fingerprint: dict[str, Any], dataset: Any) -> bool:
         return False
     if getattr(dataset, "_fingerprint", None) == fingerprint["dataset"]:
         return True
-    return _content_digest(*_input_ids(dataset), _segments(dataset)) == fingerprint["dataset_content"]
+    if "dataset_segments" in fingerprint and fingerprint["dataset_segments"] != _segments_digest(dataset):
+        return False
+    return _content_digest(*_input_ids(dataset)) == fingerprint["dataset_content"]
 
 
 def _changed_parts(
@@ -238,7 +243,8 @@ def _mismatch_message(path: Path, stored: dict[str, Any], changed: list[str], da
         "teacher": "for another teacher (its weights differ)",
         "dataset": (
             f"for another dataset ({stored['num_rows']} rows then, {len(dataset) if dataset is not None else '?'} "
-            "rows now, or the same number of rows with other input ids or in another order)"
+            "rows now, or the same number of rows with other input ids, in another order, or with other "
+            "token_type_ids: a sentence pair's segments)"
         ),
         "tokenizer": "with another tokenizer (its vocabulary or settings differ)",
         "max_length": f"with max_length={stored.get('max_length')}, not max_length={max_length}",
@@ -256,8 +262,8 @@ class TeacherLogitCache:
 
     Attributes:
         path: the cache directory.
-        fingerprint: dict of the parts the cache was built for: `dataset`, `dataset_content`, `teacher`,
-            `tokenizer`, `max_length`, `num_labels`, `top_k`, `task`, `num_rows`.
+        fingerprint: dict of the parts the cache was built for: `dataset`, `dataset_content`, `dataset_segments`,
+            `teacher`, `tokenizer`, `max_length`, `num_labels`, `top_k`, `task`, `num_rows`.
         num_rows, num_labels, task, top_k, build_seconds: see the properties.
     """
 
@@ -676,13 +682,14 @@ def build_teacher_cache(
     problem = missing_segments(dataset, [teacher], separator_id(tokenizer, data_collator))
     if problem is not None:  # the cache would keep what the teacher read: the one place that sees the teacher
         logger.warning(problem)
-    content, row_hashes = _content_digest(lengths, ids, _segments(dataset)), _row_hashes(lengths, ids)
+    content, row_hashes = _content_digest(lengths, ids), _row_hashes(lengths, ids)
     num_rows = len(lengths)
     if num_rows == 0:
         raise ValueError("The dataset is empty: there are no rows to run the teacher on.")
     parts = {
         "dataset": _dataset_id(dataset, content),
         "dataset_content": content,
+        "dataset_segments": _segments_digest(dataset),
         "teacher": teacher_fingerprint(teacher),
         "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
         "max_length": max_length,

@@ -231,8 +231,14 @@ def test_sentence_pairs_with_other_segment_ids_are_another_dataset(tokenizer, tm
     assert any(any(row) for row in with_segments["token_type_ids"])
     teacher, collator = tiny_sequence_model(tokenizer, layers=1, seed=2), DataCollatorWithPadding(tokenizer)
     build_teacher_cache(teacher, without, collator, tmp_path / "cache", progress_bar=False)
-    with pytest.raises(ValueError, match="built for another dataset"):
+    with pytest.raises(ValueError, match="built for another dataset.*other token_type_ids"):
         build_teacher_cache(teacher, with_segments, collator, tmp_path / "cache", progress_bar=False)
+    # A pair cache built before segments were fingerprinted (no `dataset_segments`) is still the same data.
+    build_teacher_cache(teacher, with_segments, collator, tmp_path / "pairs", progress_bar=False)
+    metadata = json.loads((tmp_path / "pairs" / "metadata.json").read_text())
+    del metadata["fingerprint"]["dataset_segments"]
+    (tmp_path / "pairs" / "metadata.json").write_text(json.dumps(metadata))
+    TeacherLogitCache.load(tmp_path / "pairs", dataset=with_segments.map(lambda row: row))
     # Single sentences carry all-zero segments: with or without the column, the same data (and the same caches).
     single = seq_dataset(tokenizer)
     build_teacher_cache(teacher, single.remove_columns("token_type_ids") if "token_type_ids" in single.column_names
