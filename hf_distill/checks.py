@@ -419,7 +419,8 @@ def check_inputs_fit(dataset: Any, models: list[tuple[str, nn.Module]], prefix: 
     ids = table.column(ids_column)
     if not (pa.types.is_list(ids.type) or pa.types.is_large_list(ids.type)) or len(ids) == 0:
         return
-    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+    # (a row without a teacher view, as interleave_datasets leaves it, is None: no length to check)
+    lengths = pc.fill_null(pc.list_value_length(ids), 0).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(ids)
     top_id = pc.max(flat).as_py() if len(flat) else None
     top_type = None

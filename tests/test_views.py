@@ -128,6 +128,19 @@ def test_rows_without_a_view_among_rows_with_one_give_the_teacher_their_own_text
     assert set(alone) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
 
 
+def test_a_noisy_view_set_interleaved_with_a_plain_one_trains(tokenizer, tmp_path):
+    # The init checks of the teacher view measured the null views' lengths as NaN ("cannot convert float NaN").
+    from datasets import interleave_datasets
+
+    plain = raw_sentences().map(lambda batch: tokenizer(batch["sentence"]), batched=True, remove_columns=["sentence"])
+    mixed = interleave_datasets([plain, noisy_dataset(tokenizer)], seed=0)
+    assert mixed[0]["teacher_input_ids"] is None
+    trainer = DistillationTrainer(model=tiny_sequence_model(tokenizer, seed=1), teacher_model=tiny_sequence_model(
+        tokenizer, seed=2), args=make_args(tmp_path, max_steps=2), train_dataset=mixed, processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
 def test_teacher_view_inputs_renames_the_view_and_keeps_the_rest():
     ids, view = torch.tensor([[1]]), torch.tensor([[2]])
     out = teacher_view_inputs({"input_ids": ids, "attention_mask": ids, "teacher_input_ids": view,
