@@ -132,8 +132,8 @@ class DistillationTrainer(Trainer):
         teacher_model: the fine-tuned teacher, a model or a local path / Hub id loaded with the student's Auto
             class (a checkpoint without that task head, a base model, is refused), or a list of them (an ensemble,
             combined as `args.teacher_ensemble` says). Every teacher must share the student's tokenizer and labels
-            (checked at init; embedding tables of other sizes are warned of). May be `None` when `teacher_cache` holds its logits for every training example, or
-            with `args.self_distillation="ema"`.
+            (checked at init; embedding tables of other sizes are warned of). May be `None` when `teacher_cache`
+            holds its logits for every training example, or with `args.self_distillation="ema"`.
         teacher_cache: a `TeacherLogitCache` built over `train_dataset` (`build_teacher_cache`). Batches read the
             teacher's logits from it instead of running the teacher; the training set gets the cache's index
             column automatically. The cache covers clean inputs only: adversarial training still works (the teacher
