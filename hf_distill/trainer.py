@@ -89,7 +89,7 @@ from .files import (
     move_into,
     remove_stale_weights,
 )
-from .loading import LOADED_FROM, load_model
+from .loading import LOADED_FROM, load_model, loaded_name
 from .losses import (
     IGNORE_INDEX,
     DistillationLoss,
@@ -1241,10 +1241,9 @@ class DistillationTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         teacher = self._unwrap(self.teacher_model) if self.teacher_model is not None else None
-        teacher_name = getattr(teacher.config, "_name_or_path", "") if teacher is not None else ""
+        teacher_name = loaded_name(teacher) if teacher is not None else ""
         if len(self.teacher_models) > 1:
-            names = [getattr(self._unwrap(t).config, "_name_or_path", "") or "unnamed"
-                     for t in self.teacher_models]
+            names = [loaded_name(self._unwrap(t)) or "unnamed" for t in self.teacher_models]
             teacher_name = f"an ensemble ({self.args.teacher_ensemble}) of " + ", ".join(names)
         if self.args.self_distillation == "ema":
             teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
@@ -1253,7 +1252,7 @@ class DistillationTrainer(Trainer):
                 # Not "the student started from it": the card cannot tell (a student cut from a pretrained base of
                 # the same depth looks the same), and the recipes also start the student from --model_name_or_path.
                 teacher = self._unwrap(self.original_teacher)
-                start = getattr(teacher.config, "_name_or_path", "") or "an unnamed model"
+                start = loaded_name(teacher) or "an unnamed model"
                 teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; {start} is the teacher of the size "
                                 "and evaluation tables)")
         if not teacher_name and self.teacher_cache is not None:

@@ -411,3 +411,20 @@ def test_hard_teacher_labels_list_no_distill_loss_that_never_ran():
         card = _card(teacher_labels="hard", distill_loss=loss)
         assert "| distill_loss |" not in card and "| teacher_labels | hard |" in card
     assert "| distill_loss | soft_ce |" in _card(distill_loss="soft_ce")
+
+
+def test_a_teacher_loaded_from_an_adapter_folder_is_named_by_that_folder(tokenizer, tmp_path):
+    # A LoRA teacher's config names only its base model: the card called the untuned base "the teacher" (and, for a
+    # Hub base, published it as base_model). The folder load_model read is what taught.
+    peft = pytest.importorskip("peft")
+    from hf_distill.loading import load_model
+
+    tiny_token_model(tokenizer, layers=2, seed=2).save_pretrained(tmp_path / "base")
+    base = load_model(str(tmp_path / "base"), "token_classification")
+    lora = peft.LoraConfig(task_type=peft.TaskType.TOKEN_CLS, r=2, target_modules=["query", "value"])
+    peft.get_peft_model(base, lora).save_pretrained(tmp_path / "lora-teacher")
+    teacher = load_model(str(tmp_path / "lora-teacher"), "token_classification", require_all_weights=True)
+    trainer = ner_trainer(tokenizer, tmp_path, teacher=teacher, output_dir=str(tmp_path / "out"))
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"teacher `{os.path.realpath(tmp_path / 'lora-teacher')}`" in card and "`" + str(tmp_path / "base") not in card
