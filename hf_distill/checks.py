@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 from typing import Any
 
@@ -106,9 +107,19 @@ def check_teachers_agree(teachers: list[nn.Module]) -> None:
             )
 
 
-def model_name(model: nn.Module) -> str:
-    """A model's Hub id or path, as its config records it, or "unnamed"."""
-    return getattr(_base(model).config, "_name_or_path", "") or "unnamed"
+LOADED_FROM = "_hf_distill_loaded_from"
+"""The attribute where `loading.load_model` records the local folder it read: an adapter folder's model names only its
+base model in `config._name_or_path`, and the folder must still be named on cards and kept out of the way of saves."""
+
+
+def model_name(model: nn.Module, default: str = "unnamed") -> str:
+    """A model's name: the Hub id or path its config records, or, where `load_model` read another folder (an adapter
+    folder, whose config names only its base model), that folder; `default` when it has neither."""
+    name = getattr(getattr(_base(model), "config", None), "_name_or_path", "") or ""
+    folder = getattr(model, LOADED_FROM, "") or ""
+    if folder and not (name and os.path.isdir(name) and os.path.realpath(name) == folder):
+        return folder
+    return name or default
 
 
 def check_teacher_student(teacher: nn.Module, student: nn.Module) -> str:

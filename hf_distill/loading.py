@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from transformers import (
     AutoModelForSequenceClassification,
@@ -17,26 +16,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .checks import has_no_vocabulary
+from .checks import LOADED_FROM, has_no_vocabulary
 from .data import add_prefix_space, keeps_word_starts
 
 logger = logging.getLogger(__name__)
-
-LOADED_FROM = "_hf_distill_loaded_from"
-"""The attribute where `load_model` records the local folder it read: an adapter folder's model names only its base
-model in `config._name_or_path`, and the folder must still be kept out of the way of saves and checkpoint rotation."""
-
-
-
-def loaded_name(model: Any) -> str:
-    """The name a model card gives a model: the path or Hub id its config records, or, where `load_model` read
-    another folder (an adapter folder, whose config names only its base model), that folder."""
-    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    folder = getattr(model, LOADED_FROM, "") or ""
-    if folder and not (name and os.path.isdir(name) and os.path.realpath(name) == folder):
-        return folder
-    return name
-
 
 AUTO_CLASSES = {
     "token_classification": AutoModelForTokenClassification,

@@ -63,9 +63,11 @@ from .checks import (
     label_names,
     label_order_mismatch,
     missing_segments,
-    model_name,
     separator_id,
     unlabeled_token_rows,
+)
+from .checks import (
+    model_name as name_of,
 )
 from .config import DistillationArguments
 from .data import word_free_special_ids
@@ -89,7 +91,7 @@ from .files import (
     move_into,
     remove_stale_weights,
 )
-from .loading import LOADED_FROM, load_model, loaded_name
+from .loading import LOADED_FROM, load_model
 from .losses import (
     IGNORE_INDEX,
     DistillationLoss,
@@ -187,9 +189,13 @@ class DistillationTrainer(Trainer):
                              "`temperature`, ...), or subclass and override `compute_loss` (its `num_items_in_batch` "
                              "is `[distilled, labelled, tokens]`, counted over the accumulated batch, tokens only with "
                              "feature distillation; see the class docstring).")
+        # An (model, teacher_model, args) order, or a slip: arguments where a collator or dataset belongs, or a model
+        # or path where the arguments do.
         given = {"data_collator": data_collator, "train_dataset": train_dataset, "eval_dataset": eval_dataset}
         misplaced = next((name for name, value in given.items() if isinstance(value, TrainingArguments)), None)
-        if misplaced is not None:  # an (model, teacher_model, args) order, or a slip
+        if misplaced is None and isinstance(args, nn.Module | str | os.PathLike):
+            misplaced, given["args"] = "args", args
+        if misplaced is not None:
             raise ValueError(
                 f"`{misplaced}` is a {type(given[misplaced]).__name__}: the arguments come second, as in Trainer "
                 "(`DistillationTrainer(student, args, ...)`), and the teacher is passed by keyword, "
@@ -197,12 +203,6 @@ class DistillationTrainer(Trainer):
             )
         if args is None:
             args = DistillationArguments(output_dir="tmp_trainer")
-        if isinstance(args, nn.Module | str | os.PathLike):
-            raise ValueError(
-                f"`args` is a {type(args).__name__}, a model or a path: the arguments come second, as in Trainer "
-                "(`DistillationTrainer(student, args, ...)`), and the teacher is passed by keyword, "
-                "`teacher_model=teacher`."
-            )
         if not isinstance(args, DistillationArguments):
             raise ValueError(
                 f"`args` is a {type(args).__name__}; DistillationTrainer needs `hf_distill.DistillationArguments`, "
@@ -224,7 +224,7 @@ class DistillationTrainer(Trainer):
             except ValueError as error:
                 if len(teachers) == 1:
                     raise
-                raise ValueError(f"Teacher {index} of {len(teachers)} ({model_name(teacher)}): {error}") from error
+                raise ValueError(f"Teacher {index} of {len(teachers)} ({name_of(teacher)}): {error}") from error
         check_teachers_agree(teachers)
         _refuse_shared_weights(teachers, model, cast=args.teacher_dtype != "auto")
         _refuse_teacher_in_output_dir(teachers, args.output_dir, pushing=args.push_to_hub)
@@ -1241,9 +1241,9 @@ class DistillationTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         teacher = self._unwrap(self.teacher_model) if self.teacher_model is not None else None
-        teacher_name = loaded_name(teacher) if teacher is not None else ""
+        teacher_name = name_of(teacher, default="") if teacher is not None else ""
         if len(self.teacher_models) > 1:
-            names = [loaded_name(self._unwrap(t)) or "unnamed" for t in self.teacher_models]
+            names = [name_of(self._unwrap(t)) for t in self.teacher_models]  # (`model_name` is the card argument)
             teacher_name = f"an ensemble ({self.args.teacher_ensemble}) of " + ", ".join(names)
         if self.args.self_distillation == "ema":
             teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
@@ -1252,7 +1252,7 @@ class DistillationTrainer(Trainer):
                 # Not "the student started from it": the card cannot tell (a student cut from a pretrained base of
                 # the same depth looks the same), and the recipes also start the student from --model_name_or_path.
                 teacher = self._unwrap(self.original_teacher)
-                start = loaded_name(teacher) or "an unnamed model"
+                start = name_of(teacher, default="an unnamed model")
                 teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; {start} is the teacher of the size "
                                 "and evaluation tables)")
         if not teacher_name and self.teacher_cache is not None:

@@ -178,6 +178,6 @@ class TeacherViewCollator:
 def _teacher_view(row: dict[str, Any]) -> dict[str, Any]:
     """A row's teacher view without the prefix; a row without one (a plain set's row mixed into a noisy-view one, as
     `interleave_datasets` fills it with None) is read by the teacher as its student does, its own clean text."""
-    if row.get(TEACHER_VIEW_KEYS[0]) is None:
-        return {k: row[k] for k in (k[len(TEACHER_VIEW_PREFIX):] for k in TEACHER_VIEW_KEYS) if row.get(k) is not None}
-    return {k[len(TEACHER_VIEW_PREFIX):]: row[k] for k in TEACHER_VIEW_KEYS if row.get(k) is not None}
+    prefix = "" if row.get(TEACHER_VIEW_KEYS[0]) is None else TEACHER_VIEW_PREFIX
+    names = (key[len(TEACHER_VIEW_PREFIX):] for key in TEACHER_VIEW_KEYS)
+    return {name: row[prefix + name] for name in names if row.get(prefix + name) is not None}
