@@ -321,20 +321,31 @@ def test_two_teachers_distil_their_mixture(tokenizer, tmp_path):
 
 
 def test_ensemble_pseudo_labels_come_from_the_mixture_at_temperature_one(tokenizer, tmp_path):
-    t1, t2 = tiny_sequence_model(tokenizer, seed=2, **NO_DROP), tiny_sequence_model(tokenizer, seed=3, **NO_DROP)
+    # Which rows pass the threshold, and with which class, is read from the mixture at T = 1 whatever the distillation
+    # temperature (the mixture at T = 4 is more confident on some rows and less on others).
+    t1, t2 = (tiny_sequence_model(tokenizer, num_labels=3, seed=s, **NO_DROP) for s in (2, 3))
+    with torch.no_grad():  # confident teachers that disagree
+        t1.classifier.weight.mul_(60)
+        t2.classifier.weight.mul_(60)
     data = seq_dataset(tokenizer, labels=False)
+    batch = dict(DataCollatorWithPadding(tokenizer)(list(data)))
+    with torch.no_grad():
+        mixture = (t1(**batch).logits.softmax(-1) + t2(**batch).logits.softmax(-1)) / 2
+    confidence = mixture.max(-1).values
+    threshold = confidence.median().item()
+    keep = confidence >= threshold
+    assert 0 < keep.sum() < len(keep)  # the threshold does choose
     trainer = DistillationTrainer(
-        model=tiny_sequence_model(tokenizer, layers=1, seed=1, **NO_DROP), teacher_model=[t1, t2],
-        args=make_args(tmp_path, alpha=0.0, pseudo_label_threshold=0.5), train_dataset=data,
+        model=tiny_sequence_model(tokenizer, num_labels=3, layers=1, seed=1, **NO_DROP), teacher_model=[t1, t2],
+        args=make_args(tmp_path, alpha=0.0, temperature=4.0, pseudo_label_threshold=threshold), train_dataset=data,
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
     )
-    batch = dict(DataCollatorWithPadding(tokenizer)(list(data)))
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, dict(batch))
     with torch.no_grad():
         s = trainer.model(**batch).logits
-        mixture = (t1(**batch).logits.softmax(-1) + t2(**batch).logits.softmax(-1)) / 2
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(s, mixture.argmax(-1)).item(), rel=1e-5)
+    expected = torch.nn.functional.cross_entropy(s[keep], mixture.argmax(-1)[keep], reduction="sum") / len(keep)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 8.0])
