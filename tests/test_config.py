@@ -30,6 +30,9 @@ def test_defaults():
         ({"temperature_schedule": "linear"}, r"`final_temperature` is not set"),
         ({"final_temperature": 1.0}, r"would be ignored"),
         ({"alpha": 1.3}, r"`alpha` must be in \[0, 1\], got 1.3"),
+        # decay 1 would leave the EMA teacher on its starting weights for the whole run
+        ({"self_distillation": "ema", "ema_decay": 1.0}, r"`ema_decay` must be in \[0, 1\), got 1.0"),
+        ({"self_distillation": "ema", "ema_decay": -0.1}, r"`ema_decay` must be in \[0, 1\), got -0.1"),
         ({"alpha": -0.1}, r"`alpha` must be in \[0, 1\], got -0.1"),
         ({"final_alpha": 2.0, "alpha_schedule": "cosine"}, r"`final_alpha` must be in \[0, 1\], got 2.0"),
         ({"alpha_schedule": "cosine"}, r"`final_alpha` is not set"),

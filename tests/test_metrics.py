@@ -167,6 +167,11 @@ def test_sequence_classification_macro_f1():
 
     assert results["accuracy"] == pytest.approx(0.5)
     assert results["f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+    # A class that is predicted but never the label is a class of the macro mean too (F1 0), as in sklearn.
+    # Class 0: TP 1, FP 0, FN 1 -> 2/3. Class 1: 1. Class 2: TP 0, FP 1 -> 0.
+    results = sequence_classification_metrics(3)(EvalPrediction(predictions=np.eye(3)[[0, 2, 1, 1]],
+                                                                label_ids=np.array([0, 0, 1, 1])))
+    assert results["f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
 
 
 def test_sequence_classification_metrics_leave_out_unlabelled_rows():

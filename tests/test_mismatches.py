@@ -142,9 +142,12 @@ def test_small_tools_refuse_inputs_they_cannot_use(tokenizer):
 
 def test_data_that_does_not_fit_the_embedding_tables_is_refused(tokenizer, tmp_path):
     rows = ner_dataset(tokenizer)
-    too_big = rows.map(lambda row: {"input_ids": [*row["input_ids"][:-1], len(tokenizer) + 5]})
-    with pytest.raises(ValueError, match=r"token id \d+, but the student's vocab_size is \d+"):
+    vocab = len(tokenizer)  # the tiny models' vocab_size
+    too_big = rows.map(lambda row: {"input_ids": [*row["input_ids"][:-1], vocab]})  # one past the last row
+    with pytest.raises(ValueError, match=rf"token id {vocab}, but the student's vocab_size is {vocab}"):
         _token_trainer(tokenizer, tmp_path, train_dataset=too_big)
+    _token_trainer(tokenizer, tmp_path, train_dataset=rows.map(
+        lambda row: {"input_ids": [*row["input_ids"][:-1], vocab - 1]}))  # the last row fits
     # A teacher with fewer positions than the data's longest row (the student has enough).
     short = tiny_token_model(tokenizer, layers=2, seed=2)
     short.config.max_position_embeddings = 8  # as a checkpoint saved with 8 positions would say

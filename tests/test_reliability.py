@@ -535,6 +535,16 @@ def test_resume_true_finds_a_stock_trainer_checkpoint_but_never_an_unmarked_one_
     assert last_complete_checkpoint(ours) == (str(ours / "checkpoint-2"), [str(ours / "checkpoint-4")])
 
 
+def test_resume_true_orders_checkpoints_by_step_not_by_name(tmp_path):
+    from hf_distill.files import last_complete_checkpoint
+
+    for step in (5, 9, 10, 100):  # by name, checkpoint-9 sorts after checkpoint-10 and checkpoint-100
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if step != 100:  # checkpoint-100 was cut short
+            (tmp_path / f"checkpoint-{step}" / CHECKPOINT_MARKER).write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-10"), [str(tmp_path / "checkpoint-100")])
+
+
 @pytest.mark.parametrize("method", ["none", "fgm"])
 def test_a_step_whose_every_batch_was_skipped_still_steps_the_fp16_grad_scaler(tokenizer, tmp_path, method):
     # The grad scaler refuses to step when no parameter has a gradient ("No inf checks were recorded"): a skipped batch

@@ -532,6 +532,17 @@ def test_unlabeled_token_rows_with_first_subword_positions_are_pointed_out(token
     assert "have no label" not in caplog.text
 
 
+def test_mix_unlabeled_with_a_seed_shuffles_the_two_sets_together(tokenizer):
+    labeled, unlabeled = seq_dataset(tokenizer), seq_dataset(tokenizer, labels=False)
+    plain = mix_unlabeled(labeled, unlabeled)
+    assert list(plain["labels"]) == list(labeled["labels"]) + [-100] * len(unlabeled)  # without a seed: labelled rows first
+    mixed = mix_unlabeled(labeled, unlabeled, seed=0)
+    assert list(mixed["input_ids"]) == list(plain.shuffle(seed=0)["input_ids"])
+    assert list(mixed["labels"]) == list(plain.shuffle(seed=0)["labels"]) != list(plain["labels"])
+    head = list(mixed["labels"])[: len(labeled)]  # what `select(range(n))` would take holds rows of both kinds
+    assert -100 in head and any(label != -100 for label in head)
+
+
 def test_mix_unlabeled_fills_large_list_token_labels(tokenizer):
     # Arrow large lists (a parquet file written with them) train like lists; mixing failed on a cast error.
     from datasets import LargeList, Value

@@ -60,6 +60,14 @@ def test_student_keeps_labels_device_dtype_and_fresh_mode(teacher):
     assert teacher.config.num_hidden_layers == 4
 
 
+def test_student_of_a_bfloat16_teacher_is_bfloat16(teacher):
+    # A model built from a config is float32 whatever its source; the cut must follow the teacher.
+    teacher.to(torch.bfloat16)
+    student = create_student(teacher, [1, 3])
+    assert student.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in student.parameters())
+
+
 def test_teacher_is_unchanged_and_shares_no_tensors(teacher):
     before = {key: value.clone() for key, value in teacher.state_dict().items()}
 
@@ -74,6 +82,10 @@ def test_teacher_is_unchanged_and_shares_no_tensors(teacher):
         assert torch.equal(after[key], value), key
     teacher_pointers = {p.data_ptr() for p in teacher.parameters()}
     assert not teacher_pointers & {p.data_ptr() for p in student.parameters()}
+    # Nor its config: renaming a student label in place leaves the teacher's labels alone.
+    student.config.id2label[2] = "renamed"
+    student.config.label2id["renamed"] = 2
+    assert teacher.config.id2label[2] == NER_LABELS[2] and "renamed" not in teacher.config.label2id
 
 
 def test_student_logits_differ_from_a_random_model(teacher, tokenizer):
