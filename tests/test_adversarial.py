@@ -318,6 +318,66 @@ def test_fgm_ascends_the_adversarial_objective_not_the_clean_mixture(same):
     assert torch.allclose(used[-1], expected, atol=1e-6)
 
 
+def _linear_step(settings, adv_weight=1.0):
+    """adversarial_backward on logits linear in δ, with a squared-logit objective that numbers its calls.
+
+    Returns the step, the δ of every forward pass, and the loss that each backward received."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from hf_distill.adversarial import adversarial_backward
+
+    torch.manual_seed(0)
+    weight, embeds = torch.randn(8, 3, requires_grad=True), torch.randn(2, 4, 8)  # the weight trains
+    deltas, backwards, calls = [], [], []
+
+    def forward(delta):
+        deltas.append(delta.detach().clone())
+        return ((embeds + delta) @ weight).mean(1)
+
+    def objective(logits):
+        calls.append(len(calls))
+        return SimpleNamespace(loss=logits.pow(2).sum(), call=calls[-1])
+
+    def backward(loss):
+        backwards.append(loss.item())
+        loss.backward()
+
+    step = adversarial_backward(
+        settings, shape=(2, 4, 8), device=torch.device("cpu"), mask=_ones_mask(2, 4), forward=forward,
+        clean_objective=objective, adversarial_objective=objective, backward=backward,
+        sync=lambda last: contextlib.nullcontext(), on_nonfinite=lambda: None, same_objectives=True,
+        adv_weight=adv_weight,
+    )
+    clean_loss = (((embeds @ weight.detach()).mean(1)) ** 2).sum().item()
+    return step, deltas, backwards, clean_loss
+
+
+@pytest.mark.parametrize("method, adv_weight, shares", [
+    ("freelb", 1.0, [1 / 3, 1 / 3, 1 / 3]),  # each of K = 3 passes trains on loss / K
+    ("fgm", 0.5, [1.0, 0.5]),  # the clean pass, then adv_weight x the perturbed one
+    ("pgd", 0.5, [1.0, 0.5]),  # the K - 1 attack-only passes back-propagate nothing into the weights
+])
+def test_each_pass_back_propagates_its_share_of_the_step(method, adv_weight, shares):
+    # At epsilon = 0 every pass sees the clean input, so every pass's loss is the clean loss L.
+    step, _, backwards, clean_loss = _linear_step(AttackSettings(method, 0.0, 0.0, 3), adv_weight=adv_weight)
+    assert backwards == pytest.approx([share * clean_loss for share in shares], rel=1e-6)
+    assert step.loss.item() == pytest.approx(sum(shares) * clean_loss, rel=1e-6)  # the logged total
+    if method == "freelb":  # the clean parts are the first pass's, the adversarial ones the last's
+        assert (step.clean.call, step.adversarial.call) == (0, 2)
+
+
+@pytest.mark.parametrize("method", ["pgd", "freelb"])
+@pytest.mark.parametrize("norm, epsilon", [("l2", 0.1), ("linf", 0.01)])
+def test_training_perturbations_stay_in_the_epsilon_ball(method, norm, epsilon):
+    # A step size far larger than epsilon: only the projection keeps δ inside the ball, and the attack reaches its edge.
+    step, deltas, _, _ = _linear_step(AttackSettings(method, epsilon, 1.0, 3, init_scale=epsilon / 2, norm=norm))
+    for delta in deltas:
+        sizes = delta.flatten(1).norm(dim=1) if norm == "l2" else delta.flatten(1).abs().amax(dim=1)
+        assert (sizes <= epsilon * (1 + 1e-5)).all(), sizes
+    assert step.delta_norms == pytest.approx([epsilon, epsilon], rel=1e-5)
+
+
 @pytest.mark.parametrize("method", ["fgm", "pgd"])
 def test_attack_gradients_are_taken_at_the_amp_loss_scale(method):
     # Under fp16 autocast a small input gradient underflows to zero in half precision unless the loss is scaled, as

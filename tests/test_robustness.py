@@ -130,6 +130,35 @@ def test_model_is_left_exactly_as_it_was(tokenizer):
     assert all(p.grad is None for p in model.parameters())
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     assert model.training
+    # Dropout is off during the evaluation: a model handed over in train mode scores as in eval mode.
+    settings = dict(epsilon=1.0, steps=2, data_collator=DataCollatorForTokenClassification(tokenizer))
+    in_train_mode = evaluate_robustness(model, ner_dataset(tokenizer), **settings)
+    assert in_train_mode == evaluate_robustness(model.eval(), ner_dataset(tokenizer), **settings)
+
+
+def test_the_attack_stays_inside_epsilon_and_takes_the_documented_default_step(tokenizer):
+    model = tiny_sequence_model(tokenizer, layers=1, **NO_DROPOUT)
+    rows = sequence_rows(tokenizer)
+    seen = []
+
+    def record(module, args, kwargs):
+        if kwargs.get("inputs_embeds") is not None:
+            delta = kwargs["inputs_embeds"] - module.get_input_embeddings()(kwargs["inputs_embeds"].new_zeros(
+                kwargs["inputs_embeds"].shape[:2], dtype=torch.long) + torch.tensor([r["input_ids"] for r in rows]))
+            seen.append(delta.detach().flatten(1).norm(dim=1))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:  # a step of 1.0 per iteration against epsilon 0.1: only the projection holds the attack to its budget
+        evaluate_robustness(model, rows, epsilon=0.1, steps=3, step_size=1.0, batch_size=len(rows),
+                            special_token_ids=[])
+    finally:
+        handle.remove()
+    assert len(seen) == 6 and all((norms <= 0.1 * (1 + 1e-5)).all() for norms in seen), seen
+    assert seen[-1] == pytest.approx([0.1] * len(rows), rel=1e-4)  # and it reaches the edge
+    # Without step_size: 2.5 * epsilon / steps.
+    default = evaluate_robustness(model, rows, epsilon=0.5, steps=2)
+    assert default == evaluate_robustness(model, rows, epsilon=0.5, steps=2, step_size=0.625)
+    assert default != evaluate_robustness(model, rows, epsilon=0.5, steps=2, step_size=0.25)
 
 
 def test_results_are_seeded(tokenizer):

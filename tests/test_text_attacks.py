@@ -248,11 +248,32 @@ def test_attack_is_deterministic_for_a_seed():
 
 
 def test_attack_accuracy_counts_flips_over_correct_examples():
-    examples = [WORDS, WORDS, "the plot was bad".split(), "good good".split()]
-    results = attack_accuracy(keyed_on_good, examples, [0, 0, 1, 0], budget=0.3, seed=0)
-    # All four are right. Both copies of WORDS flip once "good" is misspelt; no typo can add a "good" to the third,
-    # and the fourth may lose only one of its two "good"s (a budget of one word), which does not change its score.
-    assert results == {"clean_accuracy": 1.0, "attacked_accuracy": 0.5, "attack_success_rate": 0.5}
+    examples = [WORDS, WORDS, "the plot was bad".split(), "good good".split(), "a dull plot".split()]
+    results = attack_accuracy(keyed_on_good, examples, [0, 0, 1, 0, 0], budget=0.3, seed=0)
+    # The first four are right, the fifth wrong (it has no "good"). Both copies of WORDS flip once "good" is misspelt;
+    # no typo can add a "good" to the third, and the fourth may lose only one of its two "good"s (a budget of one
+    # word), which does not change its score. Successes count over the four that were right.
+    assert results == {"clean_accuracy": 0.8, "attacked_accuracy": 0.4, "attack_success_rate": 0.5}
+
+
+def test_attack_keeps_a_typo_only_if_it_lowers_the_true_class_below_the_last_kept_one():
+    words = ["alpha", "beta", "gamma"]
+
+    def predict_proba(texts):
+        out = []
+        for text in texts:
+            if len(text) == 2:  # deletions rank alpha, then beta, then gamma
+                p = {"alpha": 0.5, "beta": 0.8, "gamma": 0.85}[next(w for w in words if w not in text)]
+            elif "alpha" in text:
+                p = 0.9  # the clean text, or a typo elsewhere that changes nothing
+            else:  # alpha's typo lowers the true class to 0.6; beta's on top raises it back to 0.7 (< 0.9, > 0.6)
+                p = 0.6 if "beta" in text else 0.7
+            out.append([p, 1 - p])
+        return np.array(out)
+
+    outcome = greedy_word_attack(predict_proba, words, 0, budget=1.0, rng=0)
+    assert outcome["perturbed"] == 1 and outcome["words"][0] != "alpha" and outcome["words"][1:] == ["beta", "gamma"]
+    assert not outcome["success"]
 
 
 def test_model_predict_proba_wraps_a_classifier(tokenizer):
