@@ -64,7 +64,9 @@ def test_token_cache_matches_online_logits_and_pads_with_zeros(tokenizer, tmp_pa
 def test_sequence_cache_matches_online_logits(tokenizer, tmp_path):
     teacher, data = tiny_sequence_model(tokenizer, num_labels=3, layers=1, seed=2), seq_dataset(tokenizer)
     collator = DataCollatorWithPadding(tokenizer)
+    teacher.train()
     cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", batch_size=4, progress_bar=False)
+    assert teacher.training  # the build ran it in eval mode and gave it back in the mode it came in
     expected, _ = online_logits(teacher, list(data), collator)
     got = cache.logits(torch.arange(len(data)))
     assert cache.task == "sequence_classification" and got.shape == (6, 3)

@@ -148,6 +148,9 @@ def test_teacher_view_inputs_renames_the_view_and_keeps_the_rest():
     assert out["input_ids"] is view and out["attention_mask"] is view and out["labels"] is ids
     plain = {"input_ids": ids}
     assert teacher_view_inputs(plain) is plain
+    # The student's mask and segments never stand in for a view that has none of its own.
+    out = teacher_view_inputs({"input_ids": ids, "attention_mask": ids, "token_type_ids": ids, "teacher_input_ids": view})
+    assert "attention_mask" not in out and "token_type_ids" not in out and out["input_ids"] is view
 
 
 # ---- the trainer ----------------------------------------------------------------------------------------------
