@@ -1,5 +1,5 @@
-"""Run by tests/test_launch.py under `accelerate launch` with two CPU processes: checkpoints and resumes of a
-multi-process run. Writes `<output_dir>/facts.json` (process 0) with what each scenario found:
+"""Run by tests/test_launch.py under `accelerate launch` with two CPU processes (through distributed_run.py, in the
+same launch): checkpoints and resumes of a multi-process run. Writes `<output_dir>/facts.json` (process 0) with what each scenario found:
 
 - `resume`: runs with trainer-owned state (a feature projection; an EMA teacher) resume from a checkpoint and end
   where the uninterrupted run ends;
@@ -131,8 +131,7 @@ def skipped(output_dir):
             "train_loss": [straight.metrics["train_loss"], tail.metrics["train_loss"]]}
 
 
-if __name__ == "__main__":
-    out = sys.argv[1]
+def main(out):
     facts = {"world_size": int(os.environ.get("WORLD_SIZE", 1))}
     for scenario in (resume, marker, skipped):
         facts[scenario.__name__] = scenario(out)
@@ -140,6 +139,10 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", 0)) == 0:
         with open(f"{out}/facts.json", "w") as handle:
             json.dump(facts, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     sys.stdout.flush()

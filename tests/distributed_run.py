@@ -1,4 +1,9 @@
-"""Run by tests/test_launch.py, once as `python` and once under `accelerate launch --cpu --num_processes 2`.
+"""Run by tests/test_launch.py, once in the test's own process and once under `accelerate launch` with two processes:
+
+    python distributed_run.py OUTPUT_DIR PER_DEVICE_BATCH [RESUME_OUTPUT_DIR]
+
+(with RESUME_OUTPUT_DIR, the same launch then runs distributed_resume.py's scenarios into it: a launch costs seconds
+of imports per process).
 
 Trains a tiny student against a tiny teacher with the same *global* batch either way, twice: with hidden-state
 distillation (into `<output_dir>/hidden`) and with FGM adversarial distillation (into `<output_dir>/fgm`). Each run
@@ -92,6 +97,11 @@ def run(output_dir, per_device_batch, settings, width):
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    if len(sys.argv) > 3:
+        import distributed_resume
+
+        torch.distributed.barrier()
+        distributed_resume.main(sys.argv[3])
     if torch.distributed.is_initialized():
         # Leave together, then skip the interpreter's teardown: on a loaded machine a rank sometimes aborted there
         # ("terminate called without an active exception", exit code -6) after every result was written and the

@@ -21,13 +21,25 @@ def _run(cmd, cwd):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_two_process_launch_matches_single_process(tmp_path):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    _run([sys.executable, str(SCRIPT), str(single), "4"], tmp_path)
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One two-process launch for the module (each process spends seconds importing): distributed_run.py into
+    `multi`, then distributed_resume.py's scenarios into `resume`."""
+    root = tmp_path_factory.mktemp("launch")
+    (root / "resume").mkdir()
     # `accelerate launch --cpu` starts a single process unless MPI is set up; the torchrun-based launcher starts two,
     # and the script's `use_cpu=True` makes Accelerate run them as MULTI_CPU over gloo.
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(multi), "2"], tmp_path)
+          "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+          str(root / "multi"), "2", str(root / "resume")], root)
+    return root
+
+
+def test_two_process_launch_matches_single_process(tmp_path, launched):
+    import distributed_run
+
+    single, multi = tmp_path / "single", launched / "multi"
+    distributed_run.main(str(single), 4)  # the same global batch in one process (this one)
     _compare(single / "hidden", multi / "hidden", ("kd_loss", "ce_loss", "hidden_loss"))
     _compare(single / "fgm", multi / "fgm", ("kd_loss", "ce_loss", "adv_loss", "adv_delta_norm"))
     assert json.loads((single / "hidden" / "facts.json").read_text())["projector"]  # the hidden run has one to compare
@@ -53,13 +65,10 @@ def _compare(single, multi, logged):
         assert torch.allclose(torch.tensor(one["projector"][key]), torch.tensor(two["projector"][key]), atol=1e-5), key
 
 
-def test_two_process_checkpoints_resume_completely(tmp_path):
+def test_two_process_checkpoints_resume_completely(launched):
     """Under two processes: trainer-owned state loads onto the process's device, a checkpoint is marked complete only
     once every process wrote its files, and batches skipped on any process are counted across a resume."""
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-          str(SCRIPT.with_name("distributed_resume.py")), str(tmp_path)], tmp_path)
-    facts = json.loads((tmp_path / "facts.json").read_text())
+    facts = json.loads((launched / "resume" / "facts.json").read_text())
     assert facts["world_size"] == 2
     assert facts["resume"]["hidden"] < 1e-6 and facts["resume"]["ema"] < 1e-6, facts["resume"]
     assert [seen["checkpoint"] for seen in facts["marker"]] == ["checkpoint-2", "checkpoint-4"]
