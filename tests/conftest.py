@@ -20,6 +20,15 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def skip_gc_collect(monkeypatch):
+    """`auto_find_batch_size`'s retry loop (accelerate's `find_executable_batch_size`) calls `gc.collect()` several
+    times to free device memory: seconds each in this process's large heap, with nothing to free on CPU."""
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda generation=2: 0)
+
+
 @pytest.fixture(scope="session")
 def vocab_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("vocab") / "vocab.txt"

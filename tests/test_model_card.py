@@ -70,6 +70,7 @@ def test_push_to_hubs_dataset_args_name_the_datasets_configuration(tokenizer, tm
     assert "on `conll2003`." in fake.uploads[-1]["files"]["README.md"]
 
 
+@pytest.mark.usefixtures("skip_gc_collect")
 def test_the_card_gives_the_batch_size_auto_find_batch_size_trained_with(tokenizer, tmp_path):
     # The card read the requested per-device batch (4) although every step ran with the 2 that fitted.
     from transformers import DataCollatorForTokenClassification

@@ -858,6 +858,7 @@ def test_a_save_over_another_kind_of_save_leaves_no_stale_weights(tokenizer, tmp
     assert "README.md" in files and "config.json" in files
 
 
+@pytest.mark.usefixtures("skip_gc_collect")
 def test_a_retry_of_auto_find_batch_size_starts_from_clean_gradients_and_logs(tokenizer, tmp_path):
     # Trainer reruns its loop with half the batch after an out-of-memory error: what the aborted attempt left in the
     # projection's gradients and in the loss window must not reach the retry's first step.
