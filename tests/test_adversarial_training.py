@@ -199,6 +199,60 @@ def test_special_tokens_stay_clean_without_processing_class(tokenizer, tmp_path,
         build(default_data_collator)
 
 
+def _one_step_update(tokenizer, tmp_path, **settings):
+    """The change one plain SGD step (lr 1) makes to every student weight."""
+    trainer = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROPOUT),
+                          max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, lr_scheduler_type="constant",
+                          weight_decay=0.0, **settings)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    return trainer, {k: v - before[k] for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["fgm", "pgd"])
+def test_adv_weight_scales_the_adversarial_term_of_the_update(tokenizer, tmp_path, method):
+    # The step's gradient is clean + adv_weight x adversarial: the update is linear in adv_weight.
+    updates = [_one_step_update(tokenizer, tmp_path, adversarial=method, adv_epsilon=0.5, adv_weight=w)[1]
+               for w in (0.0, 1.0, 2.0)]
+    assert not torch.allclose(updates[0]["classifier.weight"], updates[1]["classifier.weight"])
+    for key in updates[0]:
+        assert torch.allclose(updates[2][key] - updates[1][key], updates[1][key] - updates[0][key], atol=1e-6), key
+
+
+def test_fgm_attacks_the_distillation_term_when_adv_objective_is_kd(tokenizer, tmp_path, monkeypatch):
+    # With alpha < 1 the clean pass trains on alpha·KD + (1 - alpha)·CE, but adv_objective="kd" attacks KD alone:
+    # FGM's direction is that of KD's gradient (the one a pure-KD run takes), not the mixture's.
+    import hf_distill.adversarial as adversarial
+
+    fgm, grads = adversarial.fgm_delta, []
+
+    def spy(grad, *args, **kwargs):
+        grads.append(grad.detach().flatten())
+        return fgm(grad, *args, **kwargs)
+
+    monkeypatch.setattr(adversarial, "fgm_delta", spy)
+    for alpha, objective in ((0.5, "kd"), (1.0, "kd"), (0.5, "both")):
+        _one_step_update(tokenizer, tmp_path, adversarial="fgm", alpha=alpha, adv_objective=objective)
+    kd_at_half, kd_alone, mixture = grads
+
+    def cosine(a, b):
+        return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+    assert cosine(kd_at_half, kd_alone) == pytest.approx(1.0, abs=1e-5)
+    assert cosine(kd_at_half, mixture) < 0.99
+
+
+@pytest.mark.parametrize("objective, logged", [("kd", "kd_loss"), ("ce", "ce_loss")])
+def test_logged_adv_loss_is_the_attacked_objective(tokenizer, tmp_path, objective, logged):
+    # At a vanishing epsilon the perturbed loss is the clean one: adv_loss must then read as the term attacked (KD or
+    # CE), not as the clean alpha-mixture of both.
+    trainer, _ = _one_step_update(tokenizer, tmp_path, adversarial="fgm", adv_epsilon=1e-6, alpha=0.5,
+                                  adv_objective=objective, logging_steps=1)
+    log = next(h for h in trainer.state.log_history if "adv_loss" in h)
+    assert abs(log["kd_loss"] - log["ce_loss"]) > 1e-3  # the two terms differ, so the reading tells them apart
+    assert log["adv_loss"] == pytest.approx(log[logged], rel=1e-4)
+
+
 def test_attack_gradients_use_the_grad_scalers_scale(tokenizer, tmp_path, monkeypatch):
     # Under fp16 the accelerator's grad scaler scales the training backward; the attack's own input gradients must be
     # taken at the same scale (see test_attack_gradients_are_taken_at_the_amp_loss_scale), and at 1 without a scaler.

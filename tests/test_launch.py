@@ -40,8 +40,8 @@ def test_two_process_launch_matches_single_process(tmp_path, launched):
 
     single, multi = tmp_path / "single", launched / "multi"
     distributed_run.main(str(single), 4)  # the same global batch in one process (this one)
-    _compare(single / "hidden", multi / "hidden", ("kd_loss", "ce_loss", "hidden_loss"))
-    _compare(single / "fgm", multi / "fgm", ("kd_loss", "ce_loss", "adv_loss", "adv_delta_norm"))
+    _compare(single / "hidden", multi / "hidden", ("loss", "kd_loss", "ce_loss", "hidden_loss"))
+    _compare(single / "fgm", multi / "fgm", ("loss", "kd_loss", "ce_loss", "adv_loss", "adv_delta_norm"))
     assert json.loads((single / "hidden" / "facts.json").read_text())["projector"]  # the hidden run has one to compare
 
 

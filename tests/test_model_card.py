@@ -177,6 +177,18 @@ def test_ema_card_names_the_student_as_its_own_teacher(tokenizer, tmp_path):
     assert f"| teacher parameters | {sum(p.numel() for p in start.parameters()):,} |" in text
 
 
+def test_finetuned_from_names_the_teacher_over_the_teachers_own_path(tokenizer, tmp_path):
+    # Trainer.create_model_card(finetuned_from=...) is the caller's word on where the model came from.
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    teacher.config._name_or_path = "org/teacher"
+    trainer = ner_trainer(tokenizer, tmp_path, teacher=teacher)
+    trainer.create_model_card(output_dir=str(tmp_path))
+    assert "org/teacher" in (tmp_path / "README.md").read_text()
+    trainer.create_model_card(finetuned_from="my-org/override", output_dir=str(tmp_path))
+    text = (tmp_path / "README.md").read_text()
+    assert "my-org/override" in text and "org/teacher" not in text
+
+
 def test_the_card_records_a_teacher_run_in_another_precision():
     args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, teacher_dtype="bfloat16")
     assert "| teacher_dtype | bfloat16 |" in str(build_model_card(task="token_classification", teacher="t", args=args))

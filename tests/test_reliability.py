@@ -30,11 +30,12 @@ class StopAt(TrainerCallback):
 
 
 def _resumable(tokenizer, tmp_path, out, callbacks=None):
+    # Everything random a resume must restore: the sampler, dropout, PGD's random start, the token augmentation.
     trainer = ner_trainer(
         tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1), output_dir=str(tmp_path / out),
         max_steps=6, save_steps=3, save_strategy="steps", logging_steps=1, train_sampling_strategy="random",
         temperature=4.0, final_temperature=1.0, temperature_schedule="cosine", adversarial="pgd", adv_steps=2,
-        adv_init_scale=0.3,
+        adv_init_scale=0.3, augment_mask_prob=0.3,
     )
     for callback in callbacks or []:
         trainer.add_callback(callback)
@@ -378,24 +379,37 @@ def test_a_long_logging_window_sums_every_loss_and_holds_a_bounded_number():
     assert logs["alpha"] == 0.25 and window.reduced_skipped == 0 and window.reduced_shares == (n, 0)
 
 
-def test_a_nan_in_the_students_forward_keeps_the_earlier_micro_batches_gradient(tokenizer, tmp_path):
-    # Gradient accumulation 2, one process: the second micro-batch's logits are NaN, so it is skipped. Its backward
-    # must not run (0 · NaN would reach, and then wipe, what the first micro-batch accumulated).
+@pytest.mark.parametrize("method", ["none", "fgm"])
+def test_a_nan_in_the_students_forward_keeps_the_earlier_micro_batches_gradient(tokenizer, tmp_path, monkeypatch,
+                                                                                  method):
+    # Gradient accumulation 2, one process: the second micro-batch's logits are NaN (without an attack), or its
+    # perturbed pass overflows after its clean pass was back-propagated (FGM), so it is skipped. What the first
+    # micro-batch accumulated must survive: no 0 · NaN backward, and FGM's discard restores it rather than zeroing.
     from test_trainer import ner_dataset
 
+    import hf_distill.adversarial as adversarial
+
     data = ner_dataset(tokenizer, n=4)
+    fgm = adversarial.fgm_delta
 
     def update(rows, accumulation, poison):
         trainer = ner_trainer(tokenizer, tmp_path, dataset=data.select(rows), max_steps=1, optim="sgd",
                               learning_rate=1.0, max_grad_norm=0.0, lr_scheduler_type="constant",
-                              gradient_accumulation_steps=accumulation)
+                              gradient_accumulation_steps=accumulation, adversarial=method)
         calls = []
 
         def hook(module, args, output):
             calls.append(1)
             return output * float("nan") if poison and len(calls) == 2 else output
 
-        trainer.model.classifier.register_forward_hook(hook)
+        def fgm_delta(*args, **kwargs):
+            calls.append(1)
+            return fgm(*args, **kwargs) * (float("inf") if poison and len(calls) == 2 else 1.0)
+
+        if method == "fgm":
+            monkeypatch.setattr(adversarial, "fgm_delta", fgm_delta)
+        else:
+            trainer.model.classifier.register_forward_hook(hook)
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trainer.train()
         return trainer, {k: v - before[k] for k, v in trainer.model.state_dict().items()}
