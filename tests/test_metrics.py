@@ -144,6 +144,9 @@ def test_token_classification_metrics_too_few_label_names():
     compute_metrics = token_classification_metrics(["O", "B-PER"])
     with pytest.raises(ValueError, match="has only 2 entries"):
         compute_metrics(EvalPrediction(predictions=one_hot_logits([["B-LOC"]]), label_ids=np.array([[0]])))
+    # One name short, the common slip: id 2 for two names.
+    with pytest.raises(ValueError, match="A predicted id is 2, but `label_names` has only 2 entries"):
+        compute_metrics(EvalPrediction(predictions=np.array([[2]]), label_ids=np.array([[0]])))
 
 
 def test_sequence_classification_binary_f1_of_class_one():

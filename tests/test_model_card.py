@@ -360,6 +360,15 @@ def test_the_card_shows_the_attack_settings_its_method_reads_and_the_loss_it_tra
 def test_the_card_says_when_the_attack_never_started():
     card = _card(adversarial="fgm", adv_start_step=50, steps_trained=20)
     assert "saved at step 20, no step had been attacked" in card and "| adv_epsilon |" not in card
+    at_start = _card(adversarial="fgm", adv_start_step=20, steps_trained=20)  # step 21 would be the first attacked
+    assert "no step had been attacked" in at_start and "| adv_epsilon |" not in at_start
+    after = _card(adversarial="fgm", adv_start_step=20, steps_trained=21)
+    assert "no step had been attacked" not in after and "| adv_epsilon |" in after
+
+
+def test_the_card_gives_the_layer_map_of_an_attention_only_run():
+    card = _card(attention_distill_weight=0.5, feature_layer_map="1:2")
+    assert "| feature_layer_map | 1:2 |" in card and "hidden_distill_loss" not in card
 
 
 def test_the_card_of_the_best_checkpoint_describes_that_checkpoints_training(tokenizer, tmp_path):

@@ -94,6 +94,8 @@ def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path, run_recipe):
     # As the Transformers example scripts write them: training metrics and every score, per model and split.
     results = json.loads((out / "all_results.json").read_text())
     assert {"train_loss", "student_validation_f1", "student_test_f1", "teacher_validation_f1"} <= set(results)
+    teacher_size = sum(p.numel() for p in tiny_token_model(tokenizer, layers=2).parameters())
+    assert results["teacher_parameters"] == teacher_size > results["student_parameters"]
     assert json.loads((out / "eval_results.json").read_text())["student_test_f1"] == results["student_test_f1"]
     saved = json.loads((out / "config.json").read_text())
     assert saved["num_hidden_layers"] == 1 and list(saved["id2label"].values()) == NER_LABELS
@@ -181,14 +183,27 @@ def test_text_recipes_encode_sentence_pairs_as_two_segments(tokenizer, tmp_path,
     assert "| noise | typo_noise(rate=0.3) |" in (tmp_path / "student" / "README.md").read_text()
 
 
-def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_card(tokenizer, tmp_path, run_recipe):
+def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_card(tokenizer, tmp_path, run_recipe,
+                                                                                    monkeypatch):
     _text_teacher_and_data(tokenizer, tmp_path)
-    result = _text_recipe(run_recipe, tmp_path, "--typo_rate", "0.3", "--typo_probability", "1.0",
+    from hf_distill import DistillationTrainer
+
+    trained, train = [], DistillationTrainer.train
+
+    def recording_train(self, *args, **kwargs):
+        trained.append(self.train_dataset)
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "train", recording_train)
+    result = _text_recipe(run_recipe, tmp_path, "--typo_rate", "1.0", "--typo_probability", "1.0",
                               "--adversarial", "fgm", "--adv_start_step", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "noisy view of the training text" in card and "Adversarial training" in card
-    assert "| noise | typo_noise(rate=0.3) |" in card and "| probability | 1.0 |" in card and "| seed | 42 |" in card
+    assert "| noise | typo_noise(rate=1.0) |" in card and "| probability | 1.0 |" in card and "| seed | 42 |" in card
+    # --typo_probability 1.0: every row's student text has typos (every word of it, at rate 1), the teacher's none.
+    rows = trained[0]
+    assert all(row["input_ids"] != row["teacher_input_ids"] for row in rows)
 
 
 def test_teacher_saved_without_its_tokenizer_needs_tokenizer_name_or_path(tokenizer, tmp_path, run_recipe):
@@ -293,7 +308,7 @@ def test_finetune_teacher_makes_a_teacher_the_distillation_recipe_accepts(tokeni
     result = run_recipe("finetune_teacher.py", *flags, "--test_file", tmp_path / "train.tsv")
     assert result.returncode == 0, result.stderr[-3000:]
     teacher = load_model(str(tmp_path / "teacher"), "sequence_classification", require_all_weights=True)
-    assert teacher.config.id2label == {0: "0", 1: "1"}
+    assert teacher.config.id2label == {0: "0", 1: "1"} and teacher.config.label2id == {"0": 0, "1": 1}
     assert len(AutoTokenizer.from_pretrained(tmp_path / "teacher")) == len(tokenizer)
     scores = json.loads((tmp_path / "teacher" / "all_results.json").read_text())
     # the test file is scored too (it was read and tokenized, then never scored), on the same rows here
@@ -425,12 +440,22 @@ def test_text_recipe_typo_arguments_are_checked(monkeypatch):
         NoisyViewArguments(typo_rate=0.2, typo_probability=-0.1)
 
 
-def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path, run_recipe):
+def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_path, run_recipe, monkeypatch):
+    from hf_distill import DistillationTrainer
+
     _, data = _ner_teacher_and_data(tokenizer, tmp_path)
     # The student refined in place (an earlier student in the output directory): generation 2's teacher is generation
     # 1's student, saved next to it, and was refused as "the teacher loaded from" the output directory.
-    tiny_token_model(tokenizer, layers=1, seed=5).save_pretrained(tmp_path / "student")
+    initial = tiny_token_model(tokenizer, layers=1, seed=5)
+    initial.save_pretrained(tmp_path / "student")
     tokenizer.save_pretrained(tmp_path / "student")
+    starts, train = [], DistillationTrainer.train
+
+    def recording_train(self, *args, **kwargs):  # each generation's student weights when its training starts
+        starts.append(self.model.classifier.weight.detach().clone())
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "train", recording_train)
     result = run_recipe(
         "distill_ner.py", "--teacher_model_name_or_path", tmp_path / "teacher", "--model_name_or_path",
         tmp_path / "student", "--train_file", data, "--validation_file", data, "--output_dir", tmp_path / "student", "--max_steps", "2",
@@ -448,6 +473,8 @@ def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_
     key = "classifier.weight"
     assert not any(torch.equal(a[key], b[key]) for a, b in ((weights[0], weights[1]), (weights[1], weights[2])))
     assert result.stdout.count("born-again generation") + result.stderr.count("born-again generation") == 2
+    # Every generation starts again from the initial student (Furlanello et al.), not from the previous generation.
+    assert len(starts) == 3 and all(torch.equal(start, initial.classifier.weight) for start in starts)
     # The card names the first teacher and its size (not generation 2's), and says how the student was made.
     card = (tmp_path / "student" / "README.md").read_text()
     teacher_params = sum(p.numel() for p in tiny_token_model(tokenizer).parameters())
@@ -520,6 +547,25 @@ def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(toke
     assert teacher_loss(result.stdout) == pytest.approx(teacher_loss(single.stdout), rel=1e-3)
 
 
+def test_the_speedup_is_the_teachers_time_over_the_students(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import recipe_utils
+    from transformers import DataCollatorForTokenClassification
+
+    from hf_distill import DistillationArguments, token_classification_metrics
+
+    teacher, student = tiny_token_model(tokenizer, layers=2, seed=2), tiny_token_model(tokenizer, layers=1, seed=1)
+    monkeypatch.setattr(recipe_utils, "inference_latency_ms", lambda model, batch: 10.0 if model is teacher else 5.0)
+    from test_trainer import ner_dataset
+
+    args = DistillationArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True)
+    report = recipe_utils.compare(teacher, student, {"validation": ner_dataset(tokenizer)},
+                                  DataCollatorForTokenClassification(tokenizer), token_classification_metrics(NER_LABELS),
+                                  args, "f1")
+    assert report["speed"]["speedup_batch1"] == 2.0  # a student twice as fast
+    assert report["teacher"]["parameters"] > report["student"]["parameters"]
+
+
 def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_validation_file(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     import recipe_utils
@@ -544,6 +590,11 @@ def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_val
     assert isinstance(splits["test"].features["label"], ClassLabel)
     with pytest.raises(ValueError, match=r"labels \['negative'\] .* not among the label names"):
         recipe_utils.load_splits(with_file, lambda path: local, label_column="label", label_names=["positive", "x"])
+    # --max_eval_samples cuts every evaluation split, the test split included.
+    many = Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]})
+    cut = recipe_utils.load_splits(recipe_utils.DataArguments(train_file="t", validation_file="v", test_file="x",
+                                                              max_eval_samples=2), lambda path: many)
+    assert (len(cut["train"]), len(cut["validation"]), len(cut["test"])) == (4, 2, 2)
     # A local --train_file replaces the Hub's train split too (it was silently ignored).
     own_train = Dataset.from_dict({"text": ["mine"], "label": [0]})
     with_train = recipe_utils.DataArguments(dataset_name="some/imdb-like", train_file="train.tsv",
@@ -858,3 +909,25 @@ def test_finetune_teacher_reads_a_pair_column_of_digits_as_text(tokenizer, tmp_p
         "--max_steps", "1", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ner_recipe_refuses_a_hub_dataset_with_tags_the_teacher_lacks(tokenizer, tmp_path, monkeypatch, run_recipe):
+    # Tag ids the teacher does not have would be scored and distilled as other tags of the teacher.
+    import datasets
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import recipe_utils
+
+    _ner_teacher_and_data(tokenizer, tmp_path)  # its labels: NER_LABELS, without MISC
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_LABELS + ["B-MISC"]))})
+    rows = {"tokens": [["john", "lives", "in", "paris"]] * 4, "ner_tags": [[1, 0, 7, 5]] * 4}
+    hub = datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=features),
+                               validation=datasets.Dataset.from_dict(rows, features=features))
+    monkeypatch.setattr(recipe_utils.datasets, "load_dataset", lambda *args, **kwargs: hub)
+    result = run_recipe(
+        "distill_ner.py", "--teacher_model_name_or_path", tmp_path / "teacher", "--student_layers", "0",
+        "--dataset_name", "some/ner-with-misc", "--output_dir", tmp_path / "student", "--max_steps", "1",
+        "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true")
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "ValueError: The dataset's labels ['B-MISC'] are not labels of the teacher" in result.stderr, result.stderr[-3000:]
