@@ -63,6 +63,9 @@ FILE_CASES = [
     case("conll_bare_type_tag.txt", conll, ValueError, r"line 1: tag 'PER' is not an IOB2 tag", r"become 'B-PER'"),
     case("conll_bad_prefix_tag.txt", conll, ValueError, r"tag 'X-LOC' is not an IOB2 tag", r"Fix the tag, or pass"),
     case("conll_iobes_tag.txt", conll, ValueError, r"line 3: tag 'S-LOC' is not an IOB2 tag", r"IOBES/BILOU.*'S-'"),
+    # Under tag_scheme="iob1" the shapes are checked before the conversion, which would lose the line.
+    case("conll_iob1_iobes_tag.txt", conll, ValueError, r"conll_iob1_iobes_tag\.txt, line 7: tag 'S-MISC'",
+         r"IOBES/BILOU", tag_scheme="iob1"),
     case(
         "conll_iob1_sentence_start.txt", conll, ValueError,
         r"line 1: tag 'I-PER' opens an entity \(at the start of a sentence\)", IOB1_HINT,
@@ -170,6 +173,11 @@ def fewer_tags_than_words(ctx):
     tokenize_and_align_labels({"tokens": [["john", "lives", "in", "paris"]], "ner_tags": [[1, 0, 0]]}, ctx.tokenizer)
 
 
+def more_tags_than_words(ctx):
+    tokenize_and_align_labels({"tokens": [["john", "went", "to", "paris"]], "ner_tags": [[0, 1, 0, 0, 2]]},
+                              ctx.tokenizer)
+
+
 def unsplit_sentences(ctx):
     tokenize_and_align_labels({"tokens": ["john lives in paris"], "ner_tags": [[1, 0, 0, 5]]}, ctx.tokenizer)
 
@@ -181,6 +189,11 @@ def zero_max_length(ctx):
 def max_length_within_the_special_tokens(ctx):
     # Below [CLS] + [SEP] the tokenizer does not truncate at all (and says nothing): ids longer than max_length.
     tokenize_and_align_labels({"tokens": [["john", "lives", "in", "paris"]]}, ctx.tokenizer, max_length=1)
+
+
+def max_length_of_the_special_tokens_alone(ctx):
+    # [CLS] [SEP] and nothing between: every word truncated away, every label -100.
+    tokenize_and_align_labels({"tokens": [["john", "lives", "in", "paris"]]}, ctx.tokenizer, max_length=2)
 
 
 def base_model_teacher(ctx):
@@ -263,10 +276,13 @@ OBJECT_CASES = [
     (slow_tokenizer, ValueError, r"BertTokenizerLegacy is not a fast tokenizer", r"AutoTokenizer\.from_pretrained"),
     (string_tag_dataset, ValueError, r"'ner_tags' holds tag strings \(e\.g\. 'B-PER'\)", r"`read_conll`.*label2id"),
     (fewer_tags_than_words, ValueError, r"Example 0 of the batch has 4 words but 3 tags", r"exactly one tag"),
+    (more_tags_than_words, ValueError, r"Example 0 of the batch has 4 words but 5 tags", r"exactly one tag"),
     (unsplit_sentences, ValueError, r"'tokens' holds whole strings", r"Split the text into words"),
     (zero_max_length, ValueError, r"`max_length` must be at least 3 sub-words .*got 0", r"or None"),
     (max_length_within_the_special_tokens, ValueError, r"`max_length` must be at least 3 sub-words \(the "
      r"tokenizer's 2 special tokens and one more\), got 1", r"or None"),
+    (max_length_of_the_special_tokens_alone, ValueError, r"`max_length` must be at least 3 sub-words .*got 2",
+     r"or None"),
     (base_model_teacher, ValueError, r"teacher is a BertModel, which has no .* head", r"AutoModelForSequenceClass"),
     (other_models_tokenizer, ValueError, r"has \d+ tokens but the teacher's vocab_size is 10", r"processing_class="),
     (tokenizer_without_vocabulary, ValueError, r"has no vocabulary, only its \d+ special tokens",

@@ -239,6 +239,29 @@ def test_load_tsv_keeps_quotes_and_na_text(tmp_path):
     assert dataset["label"] == [1, 0]
 
 
+def test_load_tsv_reads_quotes_at_either_end_of_a_text_as_characters(tmp_path):
+    # Quote processing would merge the rows between an opening and a closing quote into one text, silently.
+    rows = "label\tsentence\n1\t\"great\" , he said\n0\t\" bad\n1\tgood film\n0\tdull \"\n1\tfine\n"
+    dataset = load_text_classification_file(write(tmp_path, rows, "train.tsv"))
+    assert dataset["sentence"] == ['"great" , he said', '" bad', "good film", 'dull "', "fine"]
+    assert dataset["label"] == [1, 0, 1, 0, 1]
+
+
+def test_a_docstart_line_ends_the_sentence_before_it(tmp_path):
+    text = "-DOCSTART- -X- O O\n\nJohn B-PER\nleft O\n-DOCSTART- -X- O O\nParis B-LOC\nwins O\n"
+    assert read_conll(write(tmp_path, text))["tokens"] == [["John", "left"], ["Paris", "wins"]]
+
+
+@pytest.mark.parametrize("text, names, tags", [
+    ("John PER\nSmith PER\nwent O\nto O\nParis LOC\n\nAnn PER\nleft O\n", ["O", "PER", "LOC"],
+     [[1, 1, 0, 0, 2], [1, 0]]),  # IO tagging, as the IOB2 error advises: name every tag
+    ("John B-PER\nSmith E-PER\nin O\nParis S-LOC\n", ["O", "S-PER", "B-PER", "I-PER", "E-PER", "S-LOC"],
+     [[2, 4, 0, 5]]),  # IOBES
+])
+def test_tags_of_another_scheme_are_read_by_their_label_names(tmp_path, text, names, tags):
+    assert read_conll(write(tmp_path, text), label_names=names)["ner_tags"] == tags
+
+
 def test_load_csv_with_custom_columns_and_jsonl(tmp_path):
     csv_dataset = load_text_classification_file(
         write(tmp_path, "text,y\ngood film,1\nbad film,0\n", "train.csv"), text_column="text", label_column="y"
