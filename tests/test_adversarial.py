@@ -234,6 +234,27 @@ def test_embedding_path_check_catches_positions_that_inputs_embeds_would_shift(t
     check_embedding_path(bert, left, {"attention_mask": left.ne(1).long()})  # BERT: absolute positions either way
 
 
+def test_embedding_path_check_leaves_out_the_padding_of_a_right_padded_token_classifier():
+    # RoBERTa numbers padding at padding_idx from input_ids but counts on from inputs_embeds: the logits there differ,
+    # and no label or attack reads them, so a right-padded NER batch passes.
+    from transformers import RobertaForTokenClassification
+
+    config = _tiny_roberta(num_labels=3).config
+    torch.manual_seed(0)
+    model = RobertaForTokenClassification(config)
+    right = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]])
+    mask = right.ne(1).long()
+    check_embedding_path(model, right, {"attention_mask": mask})
+    with torch.no_grad():  # the case is real: the two paths do differ at the padding
+        model.eval()
+        from_ids = model(input_ids=right, attention_mask=mask).logits
+        from_embeds = model(inputs_embeds=model.get_input_embeddings()(right), attention_mask=mask).logits
+    assert not torch.allclose(from_ids[1, 3:], from_embeds[1, 3:], atol=1e-3)
+    left = torch.tensor([[0, 5, 6, 7, 2], [1, 1, 0, 8, 2]])
+    with pytest.raises(ValueError, match="left-padded"):
+        check_embedding_path(model, left, {"attention_mask": left.ne(1).long()})
+
+
 def test_embedding_path_check_tells_a_right_padded_last_token_pooler_to_pad_on_the_left():
     """GPT-2-style classifiers pool the last non-pad token, found from `input_ids`; from `inputs_embeds` they take the
     last position, which is padding in a right-padded batch."""

@@ -290,9 +290,13 @@ def test_interrupted_build_resumes_to_identical_values(tokenizer, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_ner(tokenizer, tmp_path / "cache", teacher=teacher, collator=FailingCollator(collator, 2),
                   sort_window=4)
-    assert json.loads((tmp_path / "cache" / "metadata.json").read_text())["completed_rows"] == 4
+    metadata = json.loads((tmp_path / "cache" / "metadata.json").read_text())
+    assert metadata["completed_rows"] == 4
     with pytest.raises(ValueError, match="incomplete.*4 of 6 rows.*resumes"):
         TeacherLogitCache.load(tmp_path / "cache")
+    # The build time adds up over the runs (this one's is set large, to tell a sum from the last run alone).
+    metadata["build_seconds"] = 1000.0
+    (tmp_path / "cache" / "metadata.json").write_text(json.dumps(metadata))
 
     calls, handle = count_forwards(teacher)
     try:
@@ -303,6 +307,8 @@ def test_interrupted_build_resumes_to_identical_values(tokenizer, tmp_path):
     for name in ("offsets.npy", "values.npy"):
         assert np.array_equal(np.load(tmp_path / "cache" / name), np.load(tmp_path / "reference" / name))
     assert torch.equal(resumed.logits(range(6), seq_len=20), reference.logits(range(6), seq_len=20))
+    assert resumed.build_seconds >= 1000.0
+    assert json.loads((tmp_path / "cache" / "metadata.json").read_text())["build_seconds"] == resumed.build_seconds
 
 
 def test_rows_are_batched_by_length_within_a_window(tokenizer, tmp_path):

@@ -61,6 +61,11 @@ def test_each_typo_kind_changes_the_word_as_described(kind, check):
         assert perturbed != word and check(word, perturbed), (word, perturbed)
 
 
+def test_a_swap_only_exchanges_different_neighbours():
+    # "aab" has one swap that changes it ("a" with "b"); swapping the two "a"s would leave the word as it was.
+    assert {typo("aab", random.Random(seed), kinds=("swap",)) for seed in range(50)} == {"aba"}
+
+
 def test_keyboard_typos_use_neighbouring_keys_and_keep_case():
     rng = random.Random(1)
     for _ in range(20):
