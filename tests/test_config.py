@@ -30,6 +30,8 @@ def test_defaults():
         ({"temperature_schedule": "linear"}, r"`final_temperature` is not set"),
         ({"final_temperature": 1.0}, r"would be ignored"),
         ({"alpha": 1.3}, r"`alpha` must be in \[0, 1\], got 1.3"),
+        ({"augment_mask_prob": 0.7, "augment_replace_prob": 0.7},
+         r"`augment_mask_prob \+ augment_replace_prob` must be <= 1, got 0.7 \+ 0.7"),
         # decay 1 would leave the EMA teacher on its starting weights for the whole run
         ({"self_distillation": "ema", "ema_decay": 1.0}, r"`ema_decay` must be in \[0, 1\), got 1.0"),
         ({"self_distillation": "ema", "ema_decay": -0.1}, r"`ema_decay` must be in \[0, 1\), got -0.1"),
@@ -175,6 +177,8 @@ def test_teacher_weights_are_checked_and_made_python_floats_like_the_scalar_fiel
                       ([True, 1.0], "got \\[True, 1.0\\]")):
         with pytest.raises(ValueError, match=f"`teacher_weights` must be a list of numbers.*{said}"):
             DistillationArguments(**base, teacher_weights=bad)
+    with pytest.raises(ValueError, match=r"`teacher_weights` .*positive sum.*\[0.0, 0.0\]"):  # a 0/0 mixture: NaN
+        DistillationArguments(**base, teacher_weights=[0.0, 0.0])
 
 
 def test_the_offline_hint_reads_offline_mode_as_huggingface_hub_does(monkeypatch):

@@ -29,6 +29,10 @@ def test_layer_map_from_text_and_its_errors():
         parse_layer_map("1-2", 2, 6)
     with pytest.raises(ValueError, match="the student has layers 0..2 and the teacher 0..6"):
         parse_layer_map("3:6", 2, 6)
+    for teacher_layer in ("7", "-1"):  # past the teacher's last layer; -1 would read a layer from the end
+        with pytest.raises(ValueError, match=rf"teacher layer {teacher_layer}.*the student has layers 0..2 and the "
+                                             r"teacher 0..6"):
+            parse_layer_map(f"1:{teacher_layer}", 2, 6)
     with pytest.raises(ValueError, match="pairs student layer 1 twice"):
         parse_layer_map("1:2,1:4", 2, 6)  # a dict would keep only the last pair, without a word
 

@@ -931,3 +931,15 @@ def test_ner_recipe_refuses_a_hub_dataset_with_tags_the_teacher_lacks(tokenizer,
         "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true")
     assert result.returncode != 0, result.stderr[-3000:]
     assert "ValueError: The dataset's labels ['B-MISC'] are not labels of the teacher" in result.stderr, result.stderr[-3000:]
+
+
+def test_a_teacher_path_under_the_home_folder_loads(tokenizer, tmp_path, monkeypatch):
+    # `--teacher_model_name_or_path ~/models/teacher`, as a shell leaves it when quoted or written in a config file.
+    from hf_distill.loading import LOADED_FROM, load_model, load_tokenizer
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tiny_token_model(tokenizer, layers=2, seed=3).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    teacher = load_model("~/teacher", "token_classification", require_all_weights=True)
+    assert getattr(teacher, LOADED_FROM) == os.path.realpath(tmp_path / "teacher")
+    assert len(load_tokenizer("~/teacher")) == len(tokenizer)

@@ -547,6 +547,22 @@ def test_resume_true_finds_a_stock_trainer_checkpoint_but_never_an_unmarked_one_
     assert last_complete_checkpoint(ours) == (str(ours / "checkpoint-2"), [str(ours / "checkpoint-4")])
 
 
+def test_move_into_merges_a_sub_folder_into_the_one_already_there(tmp_path):
+    # A second save of a model that writes a sub-folder (a PEFT model's second adapter) must not fail on it.
+    from hf_distill.files import move_into
+
+    for run, files in ((1, {"a.txt": "1", "sub/b.txt": "1", "sub/only_first.txt": "1"}), (2, {"a.txt": "2",
+                                                                                             "sub/b.txt": "2"})):
+        staging = tmp_path / f"staging{run}"
+        for name, text in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_text(text)
+        move_into(staging, tmp_path / "out")
+    out = tmp_path / "out"
+    assert (out / "a.txt").read_text() == (out / "sub" / "b.txt").read_text() == "2"
+    assert (out / "sub" / "only_first.txt").read_text() == "1"
+
+
 def test_resume_true_orders_checkpoints_by_step_not_by_name(tmp_path):
     from hf_distill.files import last_complete_checkpoint
 
