@@ -1,5 +1,6 @@
 """Run by tests/test_launch.py under `accelerate launch` with two CPU processes (through distributed_run.py, in the
-same launch): checkpoints and resumes of a multi-process run. Writes `<output_dir>/facts.json` (process 0) with what each scenario found:
+same launch): checkpoints and resumes of a multi-process run. Writes `<output_dir>/facts.json` (process 0) with what
+each scenario found:
 
 - `resume`: runs with trainer-owned state (a feature projection; an EMA teacher) resume from a checkpoint and end
   where the uninterrupted run ends;

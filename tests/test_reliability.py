@@ -551,8 +551,8 @@ def test_move_into_merges_a_sub_folder_into_the_one_already_there(tmp_path):
     # A second save of a model that writes a sub-folder (a PEFT model's second adapter) must not fail on it.
     from hf_distill.files import move_into
 
-    for run, files in ((1, {"a.txt": "1", "sub/b.txt": "1", "sub/only_first.txt": "1"}), (2, {"a.txt": "2",
-                                                                                             "sub/b.txt": "2"})):
+    saves = [{"a.txt": "1", "sub/b.txt": "1", "sub/only_first.txt": "1"}, {"a.txt": "2", "sub/b.txt": "2"}]
+    for run, files in enumerate(saves):
         staging = tmp_path / f"staging{run}"
         for name, text in files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
