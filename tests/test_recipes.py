@@ -550,14 +550,13 @@ def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(toke
 def test_the_speedup_is_the_teachers_time_over_the_students(tokenizer, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     import recipe_utils
+    from test_trainer import ner_dataset
     from transformers import DataCollatorForTokenClassification
 
     from hf_distill import DistillationArguments, token_classification_metrics
 
     teacher, student = tiny_token_model(tokenizer, layers=2, seed=2), tiny_token_model(tokenizer, layers=1, seed=1)
     monkeypatch.setattr(recipe_utils, "inference_latency_ms", lambda model, batch: 10.0 if model is teacher else 5.0)
-    from test_trainer import ner_dataset
-
     args = DistillationArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True)
     report = recipe_utils.compare(teacher, student, {"validation": ner_dataset(tokenizer)},
                                   DataCollatorForTokenClassification(tokenizer), token_classification_metrics(NER_LABELS),
