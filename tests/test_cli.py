@@ -50,6 +50,9 @@ def test_yaml_values_mean_what_the_same_flags_mean(tmp_path):
     (args,) = parse_args([DistillationArguments], [str(config)])
     assert args.save_strategy == "no" and args.lr_scheduler_kwargs == {"min_lr": 1e-6}
     assert args.learning_rate == 3e-4 and args.logging_steps == 10 and args.use_cpu is True
+    config.write_text("output_dir: out\nreport_to: none\nlogging_steps: 0o17\nsave_steps: 0x1f\n")  # YAML 1.2 bases
+    (args,) = parse_args([DistillationArguments], [str(config)])
+    assert (args.logging_steps, args.save_steps) == (15, 31)
 
 
 def test_a_yaml_list_for_a_single_valued_field(tmp_path):

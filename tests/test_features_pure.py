@@ -107,6 +107,9 @@ def test_confidence_ensemble_trusts_the_sure_teacher_more():
     expected = (c1 * sure.softmax(-1) + c2 * unsure.softmax(-1)) / (c1 + c2)
     assert torch.allclose(combined, expected, atol=1e-6)
     assert combined[0, 0] > combine_teacher_logits([sure, unsure], method="mean").softmax(-1)[0, 0]
+    # With mse the logits themselves are averaged, by the same normalised confidences.
+    averaged = combine_teacher_logits([sure, unsure], method="confidence", distill_loss="mse")
+    assert torch.allclose(averaged, (c1 * sure + c2 * unsure) / (c1 + c2), atol=1e-6)
 
 
 def test_weighted_ensemble_needs_one_weight_per_teacher():
@@ -142,6 +145,11 @@ def test_ema_update_by_hand():
     assert torch.allclose(teacher.weight, 0.9 * before + 0.1 * student.weight.detach())
     ema_update(teacher, student, 0.0)
     assert torch.equal(teacher.weight, student.weight)
+    # Buffers (BatchNorm's running statistics) are the student's own, copied.
+    teacher, student = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    student.train()(torch.randn(8, 3) + 5)
+    ema_update(teacher, student, 0.9)
+    assert torch.equal(teacher.running_mean, student.running_mean) and teacher.num_batches_tracked == 1
 
 
 def test_pseudo_labels_fill_only_confident_unlabelled_candidates():

@@ -65,6 +65,19 @@ def test_clean_loss_is_the_mean_over_labelled_tokens(tokenizer):
     assert results["clean_loss"] == pytest.approx(total / count, rel=1e-5)
 
 
+def test_token_metrics_do_not_depend_on_how_the_rows_were_batched(tokenizer):
+    # Batches of different widths are padded to one width before scoring: the padding must be -100 in the labels
+    # (never scored), not a class that the padded logits' argmax would then get right.
+    model = tiny_token_model(tokenizer, layers=1, **NO_DROPOUT)
+    settings = dict(epsilon=0.0, steps=1, data_collator=DataCollatorForTokenClassification(tokenizer),
+                    compute_metrics=token_classification_metrics(NER_LABELS))
+    one_by_one = evaluate_robustness(model, ner_dataset(tokenizer), batch_size=1, **settings)
+    together = evaluate_robustness(model, ner_dataset(tokenizer), batch_size=len(SENTENCES), **settings)
+    assert one_by_one.keys() == together.keys()
+    for key, value in together.items():
+        assert one_by_one[key] == pytest.approx(value, rel=1e-6), key
+
+
 def test_the_attack_runs_the_same_under_a_callers_inference_mode(tokenizer):
     # Evaluation code is often wrapped in torch.inference_mode(), where the attack's gradient was refused
     # ("element 0 of tensors does not require grad"); no_grad was already lifted.

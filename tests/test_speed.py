@@ -4,6 +4,21 @@ import torch
 from hf_distill.speed import inference_latency_ms
 
 
+def test_warmup_calls_are_not_timed(monkeypatch):
+    # A clock that the model moves: 1000 ms for each of the three warm-up calls (lazy initialisation), 1 ms after.
+    import hf_distill.speed as speed
+
+    clock = [0.0]
+
+    class Slow(Recorder):
+        def forward(self, **inputs):
+            clock[0] += 1.0 if len(self.calls) < 3 else 0.001
+            return super().forward(**inputs)
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock[0])
+    assert inference_latency_ms(Slow(), {"input_ids": torch.ones(1, 2)}, repeats=2, warmup=3) == pytest.approx(1.0)
+
+
 class Recorder(torch.nn.Module):
     """Records the keyword arguments and mode of each call; raises on call number `fail_at` (1-based)."""
 

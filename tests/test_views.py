@@ -77,6 +77,9 @@ def test_pairs_get_noise_in_both_texts(tokenizer):
     assert row["teacher_input_ids"] == tokenizer("john lives in paris .", "mary works")["input_ids"]
     assert len(row["input_ids"]) == len(row["teacher_input_ids"]) + 2
     assert row["token_type_ids"].count(1) == row["teacher_token_type_ids"].count(1) + 1
+    short = add_noisy_view(raw, tokenizer, text_column="a", text_pair_column="b", noise=prefix_noise,
+                           probability=1.0, max_length=6)[0]  # both views, both texts, cut to max_length
+    assert len(short["input_ids"]) == len(short["teacher_input_ids"]) == 6
 
 
 @pytest.mark.parametrize(
