@@ -28,6 +28,34 @@ def _trainer(tokenizer, tmp_path, teacher, data, collator, cache=None, **kwargs)
     )
 
 
+def test_the_trainers_cache_read_refuses_a_left_padded_batch(tokenizer, tmp_path):
+    # A batch collated by a plain collator (the index column, no logits): the trainer reads the rows itself, and
+    # left padding would put them on other tokens.
+    import copy
+
+    _, data, collator, cache = _setup(tokenizer, tmp_path)
+    trainer = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache)
+    left = copy.deepcopy(tokenizer)
+    left.padding_side = "left"
+    attached = cache.attach(data)
+    batch = DataCollatorForTokenClassification(left)([attached[i] for i in range(4)])
+    with pytest.raises(ValueError, match="left-padded"):
+        trainer.teacher_logits(batch)
+
+
+def test_a_cache_over_another_number_of_labels_is_refused_at_init(tokenizer, tmp_path):
+    from test_trainer import seq_dataset
+    from transformers import DataCollatorWithPadding
+
+    data, collator = seq_dataset(tokenizer), DataCollatorWithPadding(tokenizer)
+    cache = build_teacher_cache(tiny_sequence_model(tokenizer, num_labels=3, seed=2), data, collator,
+                                str(tmp_path / "cache"), progress_bar=False)
+    with pytest.raises(ValueError, match="logits over 3 labels, but the student does sequence_classification with 2"):
+        DistillationTrainer(model=tiny_sequence_model(tokenizer, num_labels=2, seed=1), args=make_args(tmp_path),
+                            train_dataset=data, data_collator=collator, processing_class=tokenizer,
+                            teacher_cache=cache)
+
+
 def test_the_collators_tokenizer_is_saved_with_the_model_as_stock_trainer_saves_it(tokenizer, tmp_path):
     # Without processing_class, Trainer saves `data_collator.tokenizer`: the cache's and the teacher view's wrappers
     # hid it, and the saved student had no tokenizer files.

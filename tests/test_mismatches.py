@@ -74,6 +74,11 @@ def test_a_teacher_that_shares_weights_with_the_student_is_refused(tokenizer, tm
         _token_trainer(tokenizer, tmp_path, model=student, teacher_model=teacher)
     student.bert.embeddings.requires_grad_(False)  # shared and frozen in the student too: nothing stops training
     _token_trainer(tokenizer, tmp_path, model=student, teacher_model=teacher)
+    # ... unless the teacher is cast: that would cast the student's shared weights in place.
+    with pytest.raises(ValueError, match=r"shares .* parameters"):
+        _token_trainer(tokenizer, tmp_path, model=student, teacher_model=teacher,
+                       args=make_args(tmp_path, teacher_dtype="bfloat16"))
+    assert all(p.dtype == torch.float32 for p in student.parameters())
 
 
 def test_a_cache_remembers_its_teachers_labels_and_a_student_in_another_order_is_refused(tokenizer, tmp_path):

@@ -966,3 +966,41 @@ def test_every_process_averages_every_projector_gradient_even_one_its_skipped_ba
     trainer._average_projector_grads()
     assert len(reduced) == len(params)  # the same collectives as a process whose gradients are set
     assert all(p.grad is not None and not p.grad.any() for p in params)  # it contributes zeros
+
+
+def test_ema_self_distillation_refuses_a_cast_teacher(tokenizer, tmp_path):
+    # In bfloat16 most EMA updates round to nothing: the teacher would barely follow the student, silently.
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    with pytest.raises(ValueError, match="teacher_dtype='auto'"):
+        _ema_trainer(tokenizer, tmp_path, student, teacher_dtype="bfloat16")
+
+
+def test_the_feature_teacher_of_an_ensemble_reads_attention_eagerly(tokenizer, tmp_path):
+    student = tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP)
+    t1, t2 = tiny_token_model(tokenizer, seed=2, **NO_DROP), tiny_token_model(tokenizer, seed=3, **NO_DROP)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=[t1, t2], alpha=1.0,
+                          attention_distill_weight=1.0, feature_teacher=1)
+    assert t2.config._attn_implementation == "eager"  # the teacher whose attention maps are matched
+    trainer.model.train()
+    assert torch.isfinite(trainer.compute_loss(trainer.model, dict(_batch(tokenizer))))
+
+
+@pytest.mark.parametrize("term", ["hidden", "attention"])
+def test_logged_feature_losses_are_the_unweighted_terms_every_step(tokenizer, tmp_path, term):
+    logged = []
+    for weight in (1.0, 2.0):
+        trainer = ner_trainer(tokenizer, tmp_path / str(weight), student=tiny_token_model(tokenizer, layers=1, seed=1,
+                                                                                          **NO_DROP),
+                              teacher=tiny_token_model(tokenizer, layers=2, seed=2, **NO_DROP), alpha=1.0,
+                              max_steps=2, logging_steps=1, **{f"{term}_distill_weight": weight})
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+        assert len(logs) == 2 and all(f"{term}_loss" in h for h in logs)
+        logged.append(logs[0][f"{term}_loss"])
+    assert logged[0] == pytest.approx(logged[1], rel=1e-6)  # the weight scales the loss, not the logged term
+
+
+def test_a_teacher_weight_per_teacher_is_checked_at_init(tokenizer, tmp_path):
+    teachers = [tiny_token_model(tokenizer, seed=2), tiny_token_model(tokenizer, seed=3)]
+    with pytest.raises(ValueError, match=r"`teacher_weights` has 1 weights but 2 teachers.*one weight per teacher"):
+        ner_trainer(tokenizer, tmp_path, teacher=teachers, teacher_ensemble="weighted", teacher_weights=[1.0])
