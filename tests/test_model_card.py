@@ -357,6 +357,13 @@ def test_the_card_shows_the_attack_settings_its_method_reads_and_the_loss_it_tra
     assert "| adv_steps | 2 |" in pgd and "cross-entropy on the labels of the perturbed inputs" in pgd
 
 
+def test_a_born_again_card_says_so_from_two_generations():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    card = str(build_model_card(task="token_classification", teacher="t", args=args, generations=2))
+    assert "| born-again generations | 2 (this is the last;" in card
+    assert "born-again" not in str(build_model_card(task="token_classification", teacher="t", args=args))
+
+
 def test_the_card_says_when_the_attack_never_started():
     card = _card(adversarial="fgm", adv_start_step=50, steps_trained=20)
     assert "saved at step 20, no step had been attacked" in card and "| adv_epsilon |" not in card

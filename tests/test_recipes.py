@@ -172,6 +172,9 @@ def test_text_recipes_encode_sentence_pairs_as_two_segments(tokenizer, tmp_path,
     assert encoded["input_ids"][0].count(tokenizer.sep_token_id) == 2 and encoded["labels"] == [1]
     assert encoded["token_type_ids"][0] == tokenizer("john lives in paris", "mary works at acme")["token_type_ids"]
     assert 1 in encoded["token_type_ids"][0]
+    short = DataArguments(train_file="train.tsv", max_seq_length=8)  # --max_seq_length cuts what the recipes encode
+    assert len(text_encoder(tokenizer, short, "sentence", "label")(
+        {"sentence": ["john lives in paris " * 5], "label": [1]})["input_ids"][0]) == 8
     # End to end: a GLUE-style pair file (MRPC's column names) distils, with typos in both texts of the student's view
     # (the clean pair encoding is checked above; the recipe refused typos with pairs).
     _text_teacher_and_data(tokenizer, tmp_path)
@@ -195,12 +198,17 @@ def test_text_recipe_typo_view_trains_the_student_on_typos_and_says_so_on_the_ca
         return train(self, *args, **kwargs)
 
     monkeypatch.setattr(DistillationTrainer, "train", recording_train)
+    import hf_distill
+
+    seeds, add_noisy_view = [], hf_distill.add_noisy_view
+    monkeypatch.setattr(hf_distill, "add_noisy_view", lambda *a, **k: seeds.append(k["seed"]) or add_noisy_view(*a, **k))
     result = _text_recipe(run_recipe, tmp_path, "--typo_rate", "1.0", "--typo_probability", "1.0",
-                              "--adversarial", "fgm", "--adv_start_step", "0")
+                              "--adversarial", "fgm", "--adv_start_step", "0", "--seed", "7")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "noisy view of the training text" in card and "Adversarial training" in card
-    assert "| noise | typo_noise(rate=1.0) |" in card and "| probability | 1.0 |" in card and "| seed | 42 |" in card
+    assert "| noise | typo_noise(rate=1.0) |" in card and "| probability | 1.0 |" in card and "| seed | 7 |" in card
+    assert seeds == [7]  # the noise the card's seed reproduces
     # --typo_probability 1.0: every row's student text has typos (every word of it, at rate 1), the teacher's none.
     rows = trained[0]
     assert all(row["input_ids"] != row["teacher_input_ids"] for row in rows)
@@ -594,6 +602,9 @@ def test_hub_splits_get_their_columns_checked_label_names_mapped_and_a_local_val
     cut = recipe_utils.load_splits(recipe_utils.DataArguments(train_file="t", validation_file="v", test_file="x",
                                                               max_eval_samples=2), lambda path: many)
     assert (len(cut["train"]), len(cut["validation"]), len(cut["test"])) == (4, 2, 2)
+    cut = recipe_utils.load_splits(recipe_utils.DataArguments(train_file="t", validation_file="v",
+                                                              max_train_samples=2), lambda path: many)
+    assert (len(cut["train"]), len(cut["validation"])) == (2, 4)
     # A local --train_file replaces the Hub's train split too (it was silently ignored).
     own_train = Dataset.from_dict({"text": ["mine"], "label": [0]})
     with_train = recipe_utils.DataArguments(dataset_name="some/imdb-like", train_file="train.tsv",
@@ -819,12 +830,13 @@ def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_sp
                         lambda name, *args, **kwargs: hub if name == "some-org/sst2-dev-only" else load(name, *args, **kwargs))
     result = run_recipe(
         "distill_text_classification.py", "--teacher_model_name_or_path", tmp_path / "teacher",
-        "--student_layers", "1", "--dataset_name", "some-org/sst2-dev-only", "--train_file", tmp_path / "train.tsv",
-        "--output_dir", tmp_path / "student", "--max_steps", "1", "--use_cpu", "true", "--report_to", "none",
-        "--save_strategy", "no", "--disable_tqdm", "true")
+        "--student_layers", "1", "--dataset_name", "some-org/sst2-dev-only", "--dataset_config_name", "sst2",
+        "--train_file", tmp_path / "train.tsv", "--output_dir", tmp_path / "student", "--max_steps", "1", "--use_cpu",
+        "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
     assert "on `train.tsv (local file)`" in card and "some-org/sst2-dev-only" not in card  # nor in its metadata
+    assert "(configuration" not in card  # the Hub dataset's configuration is not the local file's
 
 
 def test_the_card_names_the_hub_datasets_configuration(tokenizer, tmp_path, monkeypatch, run_recipe):
