@@ -43,6 +43,19 @@ def test_the_trainers_cache_read_refuses_a_left_padded_batch(tokenizer, tmp_path
         trainer.teacher_logits(batch)
 
 
+def test_token_logits_from_the_cache_follow_a_collator_that_pads_to_a_multiple(tokenizer, tmp_path):
+    # pad_to_multiple_of (common with fp16) makes batches wider than their longest row: the cached logits must be as
+    # wide, zeros past each row.
+    _, data, _, cache = _setup(tokenizer, tmp_path)
+    collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=16)
+    trainer = _trainer(tokenizer, tmp_path, None, data, collator, cache=cache, max_steps=2)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    assert batch["input_ids"].shape[1] == batch["teacher_logits"].shape[1] == 16
+    assert batch["teacher_logits"][~batch["attention_mask"].bool()].abs().sum() == 0
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
 def test_a_cache_over_another_number_of_labels_is_refused_at_init(tokenizer, tmp_path):
     from test_trainer import seq_dataset
     from transformers import DataCollatorWithPadding

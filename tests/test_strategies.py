@@ -1004,3 +1004,48 @@ def test_a_teacher_weight_per_teacher_is_checked_at_init(tokenizer, tmp_path):
     teachers = [tiny_token_model(tokenizer, seed=2), tiny_token_model(tokenizer, seed=3)]
     with pytest.raises(ValueError, match=r"`teacher_weights` has 1 weights but 2 teachers.*one weight per teacher"):
         ner_trainer(tokenizer, tmp_path, teacher=teachers, teacher_ensemble="weighted", teacher_weights=[1.0])
+
+
+@pytest.mark.parametrize("task, settings", [
+    ("ner", {"distill_positions": "all_subwords"}),  # -100 on real tokens below: distilled != labelled positions
+    ("ner", {"hidden_distill_weight": 1.0, "feature_layer_map": "0:0,1:2"}),  # real tokens != distilled positions
+    ("seq", {"hidden_distill_weight": 1.0, "feature_layer_map": "0:0,1:2"}),
+])
+def test_the_step_counts_normalise_each_term_as_the_batch_alone_does(tokenizer, tmp_path, task, settings):
+    # Training passes get_batch_samples' counts [distilled, labelled, tokens]: with one micro-batch they must give the
+    # loss compute_loss gives on its own (KD over distilled positions, CE over labelled ones, features over tokens).
+    if task == "ner":
+        trainer = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1, **NO_DROP),
+                              alpha=0.5, **settings)
+        batch = _batch(tokenizer)
+        batch["labels"][:, 1:3] = -100
+    else:
+        data, collator = seq_dataset(tokenizer), DataCollatorWithPadding(tokenizer)
+        trainer = DistillationTrainer(model=tiny_sequence_model(tokenizer, layers=1, seed=1, **NO_DROP),
+                                      teacher_model=tiny_sequence_model(tokenizer, seed=2, **NO_DROP),
+                                      args=make_args(tmp_path, alpha=0.5, **settings), train_dataset=data,
+                                      data_collator=collator, processing_class=tokenizer)
+        batch = dict(collator(list(data)))
+    _, counts = trainer.get_batch_samples(iter([dict(batch)]), 1, trainer.args.device)
+    assert len(set(counts.tolist())) > 1 or counts[2] == 0  # the counts differ, so a swap would show
+    trainer.model.train()
+    with torch.no_grad():
+        alone = trainer.compute_loss(trainer.model, dict(batch))
+        counted = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=counts)
+    assert counted.item() == pytest.approx(alone.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", [PROJECTOR_FILE, EMA_TEACHER_FILE])
+def test_a_checkpoint_without_the_state_the_run_needs_is_refused_on_resume(tokenizer, tmp_path, name):
+    def make():
+        if name == PROJECTOR_FILE:
+            return _projector_trainer(tokenizer, tmp_path, "cut")
+        return _ema_trainer(tokenizer, tmp_path, tiny_token_model(tokenizer, layers=1, seed=1), max_steps=4,
+                            output_dir=str(tmp_path / "cut"), save_strategy="steps", save_steps=2)
+
+    cut = make()
+    cut.add_callback(StopAt(2))
+    cut.train()
+    os.remove(tmp_path / "cut" / "checkpoint-2" / name)
+    with pytest.raises(ValueError, match=f"has no {name}, which this run needs to continue exactly"):
+        make().train(resume_from_checkpoint=True)
