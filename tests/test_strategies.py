@@ -1049,3 +1049,17 @@ def test_a_checkpoint_without_the_state_the_run_needs_is_refused_on_resume(token
     os.remove(tmp_path / "cut" / "checkpoint-2" / name)
     with pytest.raises(ValueError, match=f"has no {name}, which this run needs to continue exactly"):
         make().train(resume_from_checkpoint=True)
+
+
+def test_the_projection_decays_with_the_runs_weight_decay(tokenizer, tmp_path):
+    trainer = _projector_trainer(tokenizer, tmp_path, "decay", weight_decay=0.1)
+    optimizer = trainer.create_optimizer()
+    projection = {id(p) for p in trainer.feature_projector.parameters()}
+    groups = [g for g in optimizer.param_groups if projection & {id(p) for p in g["params"]}]
+    assert groups and all(g["weight_decay"] == 0.1 for g in groups)
+
+
+def test_first_subword_distillation_of_a_batch_without_labels_says_what_to_use(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, distill_positions="first_subword")
+    with pytest.raises(ValueError, match="has no `labels`.*distill_positions='all_subwords'"):
+        trainer.distill_mask({"input_ids": torch.tensor([[2, 5, 3]])})
