@@ -414,6 +414,9 @@ def test_digit_label_names_map_the_same_whatever_the_format(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert load_text_classification_file(both, label_names=names)["label"] == [1, 0]
     assert "read as the label names" in caplog.text and "ids 0..2" in caplog.text
+    # -100 still marks an unlabelled row among digit names.
+    unlabelled = write(tmp_path, "sentence,label\nbad,1\nunknown,-100\ngood,3\n", "unlabelled.csv")
+    assert load_text_classification_file(unlabelled, label_names=names)["label"] == [0, -100, 2]
 
 
 def test_left_truncation_through_a_word_labels_none_of_its_pieces(wordpiece_tokenizer, caplog):

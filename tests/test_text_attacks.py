@@ -261,6 +261,20 @@ def test_attack_accuracy_counts_flips_over_correct_examples():
     assert results == {"clean_accuracy": 0.8, "attacked_accuracy": 0.4, "attack_success_rate": 0.5}
 
 
+def test_attack_accuracy_draws_its_typos_from_its_seed():
+    def recording(asked):
+        def predict_proba(texts):  # never flips: every typo tried is queried
+            asked.extend(" ".join(text) for text in texts)
+            return np.array([[0.9, 0.1]] * len(texts))
+        return predict_proba
+
+    queried = {}
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        queried[run] = []
+        attack_accuracy(recording(queried[run]), [["hello", "wonderful", "world"]], [0], budget=1.0, seed=seed)
+    assert queried["a"] == queried["b"] != queried["c"]
+
+
 def test_attack_keeps_a_typo_only_if_it_lowers_the_true_class_below_the_last_kept_one():
     words = ["alpha", "beta", "gamma"]
 
