@@ -46,6 +46,7 @@ from .cache import (
     teacher_fingerprint,
 )
 from .checks import (
+    LOADED_FROM,
     TOKEN_CLASSIFICATION,
     check_inputs_fit,
     check_label_names,
@@ -91,7 +92,7 @@ from .files import (
     move_into,
     remove_stale_weights,
 )
-from .loading import LOADED_FROM, load_model
+from .loading import load_model
 from .losses import (
     IGNORE_INDEX,
     DistillationLoss,
