@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -128,6 +128,27 @@ _FILE_EXTENSIONS = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".arr
                     ".pt", ".yaml", ".yml"}
 
 
+def _datasets_used(dataset: str | Sequence[str] | None,
+                   config: str | Sequence[str | None] | None) -> list[tuple[str, str | None]]:
+    """`[(dataset, configuration or None), ...]` from `build_model_card`'s `dataset` and `dataset_config`."""
+    if not dataset:
+        return []
+    names = [dataset] if isinstance(dataset, str) else list(dataset)
+    configs = [config] * len(names) if config is None else [config] if isinstance(config, str) else list(config)
+    if len(configs) != len(names):
+        raise ValueError(
+            f"`dataset` names {len(names)} dataset(s) ({names}) but `dataset_config` {len(configs)} configuration(s) "
+            f"({configs}): give one per dataset, in the same order, with None where a dataset has none."
+        )
+    return [(name, cfg or None) for name, cfg in zip(names, configs, strict=True) if name]
+
+
+def _datasets_text(used: list[tuple[str, str | None]]) -> str:
+    """The card's words for the datasets: `glue` (configuration `mrpc`), or `a`, `b` and `c` for several."""
+    named = [f"`{name}`" + (f" (configuration `{cfg}`)" if cfg else "") for name, cfg in used]
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     lines = ["| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
@@ -149,8 +170,8 @@ def build_model_card(
     teacher: str,
     args: Any,
     model_name: str | None = None,
-    dataset: str | None = None,
-    dataset_config: str | None = None,
+    dataset: str | Sequence[str] | None = None,
+    dataset_config: str | Sequence[str | None] | None = None,
     student_params: int | None = None,
     teacher_params: int | None = None,
     evaluation: dict[str, dict[str, float]] | None = None,
@@ -174,8 +195,11 @@ def build_model_card(
         teacher: the teacher's Hub id or path (`config._name_or_path`).
         args: the run's `DistillationArguments`; the method section is read from it.
         model_name: the student's name (the title).
-        dataset: the training data (Hub id or file name).
-        dataset_config: the configuration of a Hub dataset that has several (`"mrpc"` of `"glue"`).
+        dataset: the training data (Hub id or file name), or a list of them when the run mixed several (labelled
+            data and an unlabelled set, say); every Hub id among them goes into the card's `datasets` metadata.
+        dataset_config: the configuration of a Hub dataset that has several (`"mrpc"` of `"glue"`); with a list of
+            datasets, a list of the same length (`None` where a dataset has none), as `Trainer.push_to_hub`'s
+            `dataset_args` pairs with its `dataset`.
         student_params, teacher_params: parameter counts, for the size ratio.
         evaluation: `{"student": {metric: value}, "teacher": {...}}`, plus optionally
             `{"speed": {"student_latency_ms": .., "teacher_latency_ms": ..}}`.
@@ -204,6 +228,7 @@ def build_model_card(
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.
     """
+    used = _datasets_used(dataset, dataset_config)
     task_tag = _TASK_TAGS.get(task, task)
     all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(["peft"] if adapter_of else []),
                                    *(tags or [])]))
@@ -214,7 +239,7 @@ def build_model_card(
         tags=all_tags,
         pipeline_tag=task_tag,
         library_name="peft" if adapter_of is not None else "transformers",
-        datasets=[dataset] if _is_hub_id(dataset) else None,
+        datasets=[name for name, _ in used if _is_hub_id(name)] or None,
         base_model=base_model if _is_hub_id(base_model) else None,
     )
     title = model_name or "Distilled student"
@@ -222,8 +247,7 @@ def build_model_card(
         f"# {title}",
         "",
         f"This model is a **student distilled** with [hf-distill](https://github.com/hf-distill/hf-distill) from the "
-        f"teacher `{teacher}`" + (f" on `{dataset}`" + (f" (configuration `{dataset_config}`)" if dataset_config
-                                                        else "") + "." if dataset else "."),
+        f"teacher `{teacher}`" + (f" on {_datasets_text(used)}." if used else "."),
         *(["", _adapter_text(adapter_of)] if adapter_of is not None else []),
         "",
         "## Distillation method",

@@ -1234,7 +1234,9 @@ class DistillationTrainer(Trainer):
         """Write README.md, the distillation model card, into `output_dir` (default `args.output_dir`).
 
         The arguments are those of `Trainer.create_model_card`; `tasks` and `dataset_tags` are accepted for
-        compatibility and not used, and `dataset_args` is the dataset's configuration (`"mrpc"` of `"glue"`).
+        compatibility and not used, and `dataset_args` is the dataset's configuration (`"mrpc"` of `"glue"`). Several
+        datasets (`dataset=["conll2003", "wikiann"]`) are all named on the card, each with its configuration when
+        `dataset_args` is a list of the same length.
         `finetuned_from` overrides the teacher's name on the card. No
         `license` is declared unless one is given (`push_to_hub(license="...")` passes it here): a student's terms
         follow from its teacher's and its training data's.
@@ -1266,9 +1268,8 @@ class DistillationTrainer(Trainer):
             teacher=finetuned_from or teacher_name or "unknown teacher",
             args=self.args,
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
-            dataset=(dataset[0] if isinstance(dataset, list) else dataset) or self.dataset_name,
-            dataset_config=(dataset_args[0] if isinstance(dataset_args, list) else dataset_args) or (
-                None if dataset else self.dataset_config_name),
+            dataset=dataset or self.dataset_name,
+            dataset_config=dataset_args or (None if dataset else self.dataset_config_name),
             student_params=sum(p.numel() for p in self._unwrap(self.model).parameters()),
             teacher_params=self._teacher_params(teacher),
             evaluation=self.evaluation_report,

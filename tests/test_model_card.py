@@ -39,6 +39,21 @@ def test_card_records_method_data_metrics_and_versions():
                                                                        args=smoothed))
 
 
+def test_a_card_names_every_dataset_of_a_mixed_run_with_its_configuration():
+    # The card named only the first of several datasets (labelled data mixed with an unlabelled set, say).
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    card = build_model_card(task="token_classification", teacher="t", args=args,
+                            dataset=["conll2003", "unlabelled.txt", "wikiann"], dataset_config=[None, None, "en"])
+    assert "on `conll2003`, `unlabelled.txt` and `wikiann` (configuration `en`)." in str(card)
+    assert card.data.datasets == ["conll2003", "wikiann"]  # the Hub ids; a local file is no Hub dataset
+    two = build_model_card(task="token_classification", teacher="t", args=args, dataset=["glue", "imdb"],
+                           dataset_config=["sst2", None])
+    assert "on `glue` (configuration `sst2`) and `imdb`." in str(two)
+    with pytest.raises(ValueError, match=r"names 2 dataset\(s\).*1 configuration\(s\).*one per dataset"):
+        build_model_card(task="token_classification", teacher="t", args=args, dataset=["glue", "imdb"],
+                         dataset_config="sst2")
+
+
 def test_a_run_bounded_by_max_steps_says_so_instead_of_its_epochs():
     args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, max_steps=2)
     text = str(build_model_card(task="token_classification", teacher="t", args=args))
@@ -68,6 +83,8 @@ def test_push_to_hubs_dataset_args_name_the_datasets_configuration(tokenizer, tm
     assert "on `glue` (configuration `sst2`)." in fake.uploads[-1]["files"]["README.md"]
     trainer.push_to_hub(dataset="conll2003")  # another dataset given here: the recipe's configuration is not its
     assert "on `conll2003`." in fake.uploads[-1]["files"]["README.md"]
+    trainer.push_to_hub(dataset=["glue", "imdb"], dataset_args=["sst2", None])  # as Trainer pairs them
+    assert "on `glue` (configuration `sst2`) and `imdb`." in fake.uploads[-1]["files"]["README.md"]
 
 
 @pytest.mark.usefixtures("skip_gc_collect")
