@@ -396,7 +396,7 @@ def perturb_context(
 # ---- sequence classification: a black-box greedy word attack --------------------------------------------------------
 
 
-def _query(predict_proba: Callable[[list[list[str]]], np.ndarray], texts: list[list[str]]) -> np.ndarray:
+def _query(predict_proba: Callable[[list[Any]], np.ndarray], texts: list[Any]) -> np.ndarray:
     probabilities = np.asarray(predict_proba(texts), dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[0] != len(texts):
         raise ValueError(
@@ -414,109 +414,181 @@ def word_budget(budget: float, n_words: int) -> int:
     return max(1, math.floor(Fraction(str(budget)) * n_words))  # 0.7 · 90 is 63, not 62.99...
 
 
+SEGMENTS = ("both", "first", "second")
+"""Which side of a sentence pair the word attack may perturb."""
+
+
+def is_text_pair(text: Any) -> bool:
+    """Whether `text` is a sentence pair `(first_words, second_words)` rather than one list of words: a sequence of two
+    sequences that are not strings themselves (`(["a", "man"], ["a", "person"])`)."""
+    return (
+        isinstance(text, (tuple, list))
+        and len(text) == 2
+        and all(isinstance(part, Sequence) and not isinstance(part, str) for part in text)
+    )
+
+
+def _segments_of(name: str, text: Any) -> list[list[str]]:
+    """A text as a list of its segments' words: one for a single text, two for a pair. Checks the words."""
+    segments = [list(part) for part in text] if is_text_pair(text) else [text]
+    for segment in segments:
+        _check_words(name, segment)
+        strays = [word for word in segment if not isinstance(word, str)]
+        if strays:
+            raise TypeError(
+                f"`{name}` must be a list of words (strings) or a pair of them `(first_words, second_words)`, but it "
+                f"holds {strays[0]!r} ({type(strays[0]).__name__})."
+            )
+    return [list(segment) for segment in segments]
+
+
+def _attackable(segments: list[list[str]], attack_segments: str) -> list[tuple[int, int]]:
+    """(segment, word) positions the attack may perturb, in reading order."""
+    if attack_segments not in SEGMENTS:
+        raise ValueError(f"`attack_segments` must be one of {list(SEGMENTS)}, got {attack_segments!r}.")
+    if len(segments) == 1:
+        if attack_segments != "both":
+            raise ValueError(
+                f"`attack_segments={attack_segments!r}` chooses a side of a sentence pair, but the text is a single "
+                "list of words. Pass `(first_words, second_words)` pairs, or leave `attack_segments` at 'both'."
+            )
+        chosen = [0]
+    else:
+        chosen = {"both": [0, 1], "first": [0], "second": [1]}[attack_segments]
+    return [(s, i) for s in chosen for i in range(len(segments[s]))]
+
+
+def _as_text(segments: list[list[str]]) -> Any:
+    """What `predict_proba` reads: the list of words, or the pair as a tuple of two lists."""
+    return segments[0] if len(segments) == 1 else (segments[0], segments[1])
+
+
+def _replaced(segments: list[list[str]], position: tuple[int, int], word: str | None) -> list[list[str]]:
+    """A copy of `segments` with the word at `position` replaced by `word`, or deleted if `word` is None."""
+    s, i = position
+    segment = segments[s][:i] + ([] if word is None else [word]) + segments[s][i + 1 :]
+    return [segment if k == s else part for k, part in enumerate(segments)]
+
+
 def greedy_word_attack(
-    predict_proba: Callable[[list[list[str]]], np.ndarray],
-    words: Sequence[str],
+    predict_proba: Callable[[list[Any]], np.ndarray],
+    words: Sequence[str] | tuple[Sequence[str], Sequence[str]],
     label: int,
     *,
     budget: float = 0.3,
     rng: random.Random | int = 0,
     max_tries_per_word: int = 3,
+    attack_segments: str = "both",
 ) -> dict[str, Any]:
     """Flip a classifier's prediction with character typos in as few important words as possible (black box).
 
     1. Importance: each word is deleted in turn; words are ranked by how much that lowers the true-class
-       probability (ties keep the word order). A one-word text is not ranked: no empty text is ever scored.
+       probability (ties keep the word order). A deletion that would leave a text (or one side of a pair) empty is
+       not scored, and the word ranks as if deleting it changed nothing: no empty text is ever scored.
     2. In that order, skipping the words [`is_typo_eligible`] refuses (punctuation, single characters), up to
        `max_tries_per_word` distinct [`typo`]s of the word are scored, and the one that lowers
        the true-class probability most is kept if it lowers it at all (a word whose typos do not help is skipped and
        does not count against the budget).
-    3. The attack stops as soon as the prediction is no longer `label`, or when `word_budget(budget, len(words))`
-       words are perturbed.
+    3. The attack stops as soon as the prediction is no longer `label`, or when `word_budget(budget, n)` words are
+       perturbed, `n` being the number of words it may perturb.
+
+    Sentence pairs (MNLI, QQP, MRPC): pass `words` as `(first_words, second_words)`; `predict_proba` then receives
+    pairs in the same form. By default words of both sides compete in one ranking under one budget;
+    `attack_segments="second"` perturbs the second side only, the usual protocol for NLI (the hypothesis is
+    attacked, the premise kept, as in TextFooler and AdvGLUE), and its budget counts that side's words.
 
     Args:
-        predict_proba: Maps a list of texts (each a list of words) to class probabilities (N, C).
-        words: The words of the text to attack.
+        predict_proba: Maps a list of texts (each a list of words, or a pair of them) to class probabilities (N, C).
+        words: The words of the text to attack, or a pair `(first_words, second_words)`.
         label: Its true class.
-        budget: Fraction in [0, 1] of the words that may be perturbed.
+        budget: Fraction in [0, 1] of the attackable words that may be perturbed.
         rng: A `random.Random` or an int seed, for the typos.
         max_tries_per_word: Typos tried per word (>= 1).
+        attack_segments: For a pair, the side(s) that may be perturbed: "both", "first" or "second". A single text
+            takes only "both".
 
     Returns:
-        `{"words": the (possibly) perturbed words, "success": whether the prediction flipped, "perturbed": words
-        changed, "queries": texts sent to predict_proba, "clean_correct": whether the clean prediction was right}`.
+        `{"words": the (possibly) perturbed words, in the form given (a pair comes back as a tuple of two lists),
+        "success": whether the prediction flipped, "perturbed": words changed, "queries": texts sent to
+        predict_proba, "clean_correct": whether the clean prediction was right}`.
         If the clean prediction is already wrong, nothing is attacked and `success` is False.
     """
-    _check_words("words", words)
+    segments = _segments_of("words", words)
     if max_tries_per_word < 1:
         raise ValueError(f"`max_tries_per_word` must be >= 1, got {max_tries_per_word}.")
-    limit = word_budget(budget, len(words))
+    positions = _attackable(segments, attack_segments)
+    limit = word_budget(budget, len(positions))
     rng = as_rng(rng)
-    current = list(words)
-    probabilities = _query(predict_proba, [current])[0]
+    probabilities = _query(predict_proba, [_as_text(segments)])[0]
     queries = 1
     if not 0 <= label < probabilities.shape[0]:
         raise ValueError(f"`label` is {label}, but `predict_proba` gives {probabilities.shape[0]} classes.")
     clean_correct = int(probabilities.argmax()) == label
-    result = {"words": current, "success": False, "perturbed": 0, "queries": queries, "clean_correct": clean_correct}
+    result = {"words": _as_text(segments), "success": False, "perturbed": 0, "queries": queries,
+              "clean_correct": clean_correct}
     if not clean_correct or limit == 0:
         return result
 
     true_probability = probabilities[label]
-    order = [0]  # a single word needs no ranking (and deleting it would leave an empty text to score)
-    if len(current) > 1:
-        deletions = [current[:i] + current[i + 1 :] for i in range(len(current))]
-        drops = true_probability - _query(predict_proba, deletions)[:, label]
+    scored_positions = [p for p in positions if len(segments[p[0]]) > 1]  # deleting a lone word empties its side
+    drops = dict.fromkeys(positions, 0.0)
+    if scored_positions and len(positions) > 1:  # a single attackable word needs no ranking
+        deletions = [_as_text(_replaced(segments, p, None)) for p in scored_positions]
+        lowered = true_probability - _query(predict_proba, deletions)[:, label]
         queries += len(deletions)
-        order = sorted(range(len(current)), key=lambda i: -drops[i])
+        drops.update(zip(scored_positions, lowered.tolist(), strict=True))
+    order = sorted(positions, key=lambda p: -drops[p])
 
     perturbed = 0
-    for i in order:
+    for position in order:
         if perturbed >= limit:
             break
-        if not is_typo_eligible(current[i]):  # as in perturb_characters: a typo in "." or "a" is no misspelling
+        word = segments[position[0]][position[1]]
+        if not is_typo_eligible(word):  # as in perturb_characters: a typo in "." or "a" is no misspelling
             continue
         candidates: list[str] = []
         for _ in range(max_tries_per_word):
-            candidate = typo(current[i], rng)
-            if candidate != current[i] and candidate not in candidates:
+            candidate = typo(word, rng)
+            if candidate != word and candidate not in candidates:
                 candidates.append(candidate)
         if not candidates:
             continue
-        texts = [current[:i] + [candidate] + current[i + 1 :] for candidate in candidates]
-        scored = _query(predict_proba, texts)
-        queries += len(texts)
+        variants = [_replaced(segments, position, candidate) for candidate in candidates]
+        scored = _query(predict_proba, [_as_text(variant) for variant in variants])
+        queries += len(variants)
         best = int(scored[:, label].argmin())
         if scored[best, label] >= true_probability:
             continue
-        current = texts[best]
+        segments = variants[best]
         true_probability = scored[best, label]
         perturbed += 1
         if int(scored[best].argmax()) != label:
             result["success"] = True
             break
-    result.update(words=current, perturbed=perturbed, queries=queries)
+    result.update(words=_as_text(segments), perturbed=perturbed, queries=queries)
     return result
 
 
 def attack_accuracy(
-    predict_proba: Callable[[list[list[str]]], np.ndarray],
-    examples: Sequence[Sequence[str]],
+    predict_proba: Callable[[list[Any]], np.ndarray],
+    examples: Sequence[Sequence[str] | tuple[Sequence[str], Sequence[str]]],
     labels: Sequence[int],
     budget: float = 0.3,
     seed: int = 0,
     *,
     max_tries_per_word: int = 3,
+    attack_segments: str = "both",
 ) -> dict[str, float]:
     """Accuracy before and after [`greedy_word_attack`] on every example.
 
     Args:
         predict_proba: As for `greedy_word_attack`.
-        examples: The texts, each a list of words.
+        examples: The texts, each a list of words or a pair `(first_words, second_words)`.
         labels: Their true classes.
-        budget: Fraction of each text's words that may be perturbed.
+        budget: Fraction of each text's attackable words that may be perturbed.
         seed: Seeds one `random.Random` used for all examples in order.
         max_tries_per_word: As for `greedy_word_attack`.
+        attack_segments: As for `greedy_word_attack`: which side of each pair may be perturbed.
 
     Returns:
         `{"clean_accuracy", "attacked_accuracy", "attack_success_rate"}`, where the success rate is the number of
@@ -530,7 +602,8 @@ def attack_accuracy(
     correct = flipped = 0
     for words, label in zip(examples, labels, strict=True):
         outcome = greedy_word_attack(
-            predict_proba, words, int(label), budget=budget, rng=rng, max_tries_per_word=max_tries_per_word
+            predict_proba, words, int(label), budget=budget, rng=rng, max_tries_per_word=max_tries_per_word,
+            attack_segments=attack_segments,
         )
         correct += outcome["clean_correct"]
         flipped += outcome["success"]
@@ -546,34 +619,49 @@ def attack_accuracy(
 
 def model_predict_proba(
     model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 32, max_length: int | None = None
-) -> Callable[[list[list[str]]], np.ndarray]:
+) -> Callable[[list[Any]], np.ndarray]:
     """A `predict_proba` for the attacks above from a sequence-classification model and its tokenizer.
 
     Each text's words are joined with spaces and tokenized as running text, as a classifier reads it in training
     (pre-split words would lose the word-start marks of byte-level BPE tokenizers such as RoBERTa's), padded and
     truncated to `max_length`, and run in eval mode without gradient on the model's device; the model's train/eval
-    mode is restored after each call.
+    mode is restored after each call. A sentence pair `(first_words, second_words)` is tokenized as a pair
+    (`tokenizer(first, second)`: separator and `token_type_ids` as in fine-tuning on MNLI or MRPC).
 
     Returns:
-        A function from a list of N texts (lists of words) to softmax probabilities, an (N, C) float64 array. It
-        raises `ValueError` for a text that encodes to no tokens at all (an empty text, with a tokenizer that adds no
-        special tokens), which a model could only score from padding.
+        A function from a list of N texts (lists of words, or all pairs of them) to softmax probabilities, an (N, C)
+        float64 array. It raises `ValueError` for a text that encodes to no tokens at all (an empty text, with a
+        tokenizer that adds no special tokens), which a model could only score from padding, and for a call that
+        mixes single texts and pairs.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
 
-    def predict_proba(texts: list[list[str]]) -> np.ndarray:
+    def all_pairs(texts: list[Any]) -> bool:
+        pairs = [is_text_pair(text) for text in texts]
+        if any(pairs) and not all(pairs):
+            single = pairs.index(False)
+            raise ValueError(
+                f"Text {single} of this call ({texts[single]!r}) is a single list of words while text "
+                f"{pairs.index(True)} is a sentence pair: a classifier reads one or the other. Pass every text as a "
+                "pair `(first_words, second_words)`, or none."
+            )
+        return bool(pairs) and pairs[0]
+
+    def encode(texts: list[Any], pairs: bool) -> Any:
+        options = {"padding": True, "truncation": True, "max_length": max_length, "return_tensors": "pt"}
+        if pairs:
+            return tokenizer([" ".join(first) for first, _ in texts], [" ".join(second) for _, second in texts],
+                             **options)
+        return tokenizer([" ".join(words) for words in texts], **options)
+
+    def predict_proba(texts: list[Any]) -> np.ndarray:
         device = next(model.parameters()).device
+        pairs = all_pairs(texts)
         chunks = []
         with eval_mode(model), torch.no_grad():
             for start in range(0, len(texts), batch_size):
-                encoding = tokenizer(
-                    [" ".join(words) for words in texts[start : start + batch_size]],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                ).to(device)
+                encoding = encode(texts[start : start + batch_size], pairs).to(device)
                 empty = (encoding["attention_mask"].sum(-1) == 0).nonzero().flatten().tolist()
                 if empty:
                     raise ValueError(

@@ -382,3 +382,97 @@ def test_model_predict_proba_refuses_a_text_with_no_tokens(tokenizer, vocab_file
     for texts, index in (([[]], 0), ([["a", "good", "movie"], []], 1)):  # alone, and padded beside a real text
         with pytest.raises(ValueError, match=f"text {index} .*no tokens"):
             predict_proba(texts)
+
+
+# ---- the word attack on sentence pairs ---------------------------------------------------------------------------------
+
+PREMISE = "a man is playing a good guitar on the stage".split()
+HYPOTHESIS = "someone plays music in front of people".split()
+
+
+def pair_keyed_on_good(texts):
+    """Class 0 exactly when either side of the pair holds "good"; every text must be a pair with no empty side."""
+    assert all(isinstance(text, tuple) and len(text) == 2 and all(text) for text in texts), texts
+    return keyed_on_good([first + second for first, second in texts])
+
+
+def pair_never_flips(texts):
+    """As `never_flips`, for pairs: every misspelt word of either side costs class 0 a little, never the majority."""
+    known = set(PREMISE + HYPOTHESIS)
+    unknown = np.array([sum(w not in known for w in first + second) for first, second in texts], dtype=float)
+    p0 = 0.9 - 0.01 * unknown
+    return np.stack([p0, 1 - p0], axis=1)
+
+
+def test_a_pair_attack_ranks_the_words_of_both_sides_and_returns_a_pair():
+    outcome = greedy_word_attack(pair_keyed_on_good, (PREMISE, HYPOTHESIS), 0, budget=0.3, rng=0)
+    assert outcome["success"] and outcome["perturbed"] == 1
+    first, second = outcome["words"]
+    assert second == HYPOTHESIS
+    assert [(a, b) for a, b in zip(PREMISE, first, strict=True) if a != b][0][0] == "good"
+    # 1 clean query, one deletion per word of either side, then at most 3 typos of "good".
+    assert 1 + len(PREMISE) + len(HYPOTHESIS) < outcome["queries"] <= 1 + len(PREMISE) + len(HYPOTHESIS) + 3
+
+
+def test_a_pair_attack_on_one_side_leaves_the_other_alone_and_budgets_that_side():
+    # NLI protocol: only the hypothesis is attacked. "good" is in the premise, so nothing can flip the prediction.
+    outcome = greedy_word_attack(pair_keyed_on_good, (PREMISE, HYPOTHESIS), 0, budget=0.5, rng=0,
+                                 attack_segments="second")
+    assert not outcome["success"] and outcome["words"][0] == PREMISE
+    assert outcome["perturbed"] == 0  # no typo of the hypothesis lowers the true class: none is kept
+    outcome = greedy_word_attack(pair_never_flips, (PREMISE, HYPOTHESIS), 0, budget=0.5, rng=0,
+                                 attack_segments="second")
+    assert outcome["words"][0] == PREMISE
+    changed = sum(a != b for a, b in zip(HYPOTHESIS, outcome["words"][1], strict=True))
+    assert changed == outcome["perturbed"] == word_budget(0.5, len(HYPOTHESIS)) == 3
+    both = greedy_word_attack(pair_never_flips, (PREMISE, HYPOTHESIS), 0, budget=0.5, rng=0)
+    assert both["perturbed"] == word_budget(0.5, len(PREMISE) + len(HYPOTHESIS)) == 8
+
+
+def test_a_pair_attack_never_scores_an_empty_side():
+    outcome = greedy_word_attack(pair_keyed_on_good, (["good"], ["yes"]), 0, budget=1.0, rng=0)
+    assert outcome["success"] and outcome["words"][1] == ["yes"] and outcome["words"][0] != ["good"]
+    outcome = greedy_word_attack(pair_keyed_on_good, (["a", "good", "one"], ["yes"]), 0, budget=1.0, rng=0)
+    assert outcome["success"] and outcome["words"][1] == ["yes"]
+
+
+def test_attack_accuracy_attacks_pairs_on_the_side_it_is_told():
+    examples = [(PREMISE, HYPOTHESIS), (HYPOTHESIS, PREMISE)]
+    assert attack_accuracy(pair_keyed_on_good, examples, [0, 0], budget=0.3, seed=0)["attacked_accuracy"] == 0.0
+    second_only = attack_accuracy(pair_keyed_on_good, examples, [0, 0], budget=0.3, seed=0, attack_segments="second")
+    assert second_only == {"clean_accuracy": 1.0, "attacked_accuracy": 0.5, "attack_success_rate": 0.5}
+
+
+def test_choosing_a_side_of_a_single_text_is_refused():
+    with pytest.raises(ValueError, match="single list of words"):
+        greedy_word_attack(keyed_on_good, WORDS, 0, attack_segments="second")
+    with pytest.raises(ValueError, match="attack_segments"):
+        greedy_word_attack(pair_keyed_on_good, (PREMISE, HYPOTHESIS), 0, attack_segments="premise")
+    with pytest.raises(TypeError, match="pair of them"):
+        greedy_word_attack(keyed_on_good, [["a", "b"], "c", "d"], 0)
+
+
+def test_model_predict_proba_tokenizes_pairs_as_pairs(tokenizer):
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+            self.seen.append((input_ids, token_type_ids))
+            return SequenceClassifierOutput(logits=torch.zeros(input_ids.shape[0], 2))
+
+    spy = Spy()
+    predict_proba = model_predict_proba(spy, tokenizer, batch_size=1)
+    predict_proba([(["the", "movie"], ["was", "good"]), (["bad"], ["the", "plot"])])
+    expected = tokenizer("the movie", "was good")
+    assert spy.seen[0][0][0].tolist() == expected["input_ids"]
+    assert spy.seen[0][1][0].tolist() == expected["token_type_ids"] and 1 in expected["token_type_ids"]
+    with pytest.raises(ValueError, match="text 1 is a sentence pair"):  # caught across batches, not per batch
+        predict_proba([["the", "movie"], (["bad"], ["plot"])])
+    real = model_predict_proba(tiny_sequence_model(tokenizer, layers=1), tokenizer)
+    outcome = greedy_word_attack(real, (["the", "movie", "was", "good"], ["bad", "plot"]), 0, budget=1.0, rng=0)
+    assert isinstance(outcome["words"], tuple) and outcome["queries"] >= 1
