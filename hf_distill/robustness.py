@@ -57,6 +57,19 @@ def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return total, flat_labels.ne(IGNORE_INDEX).sum()
 
 
+def _rescaled_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The attack's objective: each example's summed fp32 cross-entropy times the power of two that brings it into
+    [0.5, 1), summed over the batch. The ascent step only uses the direction of each example's gradient (l2: divided
+    by its norm; linf: its sign), which an exact power-of-two factor leaves bit for bit as it was; but the gradient
+    of a confidently right example (loss ~1e-5) no longer underflows on its way back through an fp16 model, where,
+    unscaled, it falls below fp16's normal range and the attack on such examples weakens or stalls."""
+    per_position = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="none")
+    per_example = per_position.reshape(labels.shape[0], -1).sum(dim=1)
+    _, exponent = torch.frexp(per_example.detach())  # loss = mantissa · 2^exponent, mantissa in [0.5, 1); 0 for 0
+    return (per_example * torch.ldexp(torch.ones_like(per_example), -exponent)).sum()
+
+
 def _rows(dataset: Any, start: int, stop: int) -> list[dict[str, Any]]:
     """Rows `start:stop` as feature dicts, keeping only the columns a classifier's collator needs."""
     rows = []
@@ -159,9 +172,8 @@ class _BatchAttack:
         for _ in range(self.steps):
             delta.requires_grad_(True)
             with torch.enable_grad():
-                loss, _ = _summed_cross_entropy(model_logits(model(inputs_embeds=embeds + delta.to(embeds.dtype),
-                                                                   **extra)), labels)
-                (grad,) = torch.autograd.grad(loss, delta)
+                logits = model_logits(model(inputs_embeds=embeds + delta.to(embeds.dtype), **extra))
+                (grad,) = torch.autograd.grad(_rescaled_loss(logits, labels), delta)
             delta = ascent_step(delta.detach(), grad, mask, step_size=self.step_size, norm=norm)
             delta = project(delta, mask, epsilon=epsilon, norm=norm)
         with torch.no_grad():
@@ -189,7 +201,9 @@ def evaluate_robustness(
     δ ← project(δ + α · direction(∇δ CE)), with CE the model's own cross-entropy on the labels (-100 ignored). The
     attacked logits are those at the final δ. Padding is never perturbed. With ε = 0, δ stays zero and the attacked
     results equal the clean ones exactly. Neither are special tokens ([CLS], [SEP], ...), as in training
-    (`adv_perturb_special_tokens=False`): no edit of the text can reach them.
+    (`adv_perturb_special_tokens=False`): no edit of the text can reach them. Each example's CE is scaled by a power
+    of two before it is differentiated: the direction of its step is exactly the same, and the gradient of a
+    confidently right example (CE ~1e-5) does not underflow in an fp16 model.
 
     Args:
         model: A sequence- or token-classification model that accepts `inputs_embeds`. It is run in eval mode on its

@@ -1,5 +1,7 @@
 """evaluate_robustness on tiny offline models: exact at epsilon 0, a higher loss under attack, and no side effects."""
 
+import copy
+
 import pytest
 import torch
 from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
@@ -124,6 +126,58 @@ def test_attack_raises_the_sequence_classification_loss_and_reports_metrics(toke
         "attacked_f1",
     }
     assert results["attacked_accuracy"] <= results["clean_accuracy"]
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_the_attack_is_plain_pgd_on_the_summed_cross_entropy_bit_for_bit(tokenizer, norm):
+    # evaluate_robustness rescales each example's loss by a power of two (for fp16 models); in fp32 that must leave
+    # the attack exactly the textbook one: seeded start, then K steps along each example's normalised gradient.
+    from hf_distill.adversarial import ascent_step, init_delta, perturbation_mask, project
+
+    model = tiny_sequence_model(tokenizer, layers=2, **NO_DROPOUT).eval()
+    with torch.no_grad():  # losses from ~0.02 (label 0) to ~4 (label 1): factors from 2^6 to 2^-2
+        model.classifier.bias.copy_(torch.tensor([4.0, 0.0]))
+    rows = sequence_rows(tokenizer)
+    epsilon, steps, step_size = (1.0, 3, 0.6) if norm == "l2" else (0.05, 3, 0.03)
+    results = evaluate_robustness(model, rows, epsilon=epsilon, steps=steps, step_size=step_size, norm=norm,
+                                  batch_size=len(rows), special_token_ids=[], seed=7)
+
+    batch = {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+    labels, extra = batch.pop("label"), {k: batch[k] for k in ("attention_mask", "token_type_ids")}
+    embeds = model.get_input_embeddings()(batch["input_ids"]).detach()
+    mask = perturbation_mask(batch["input_ids"], batch["attention_mask"], torch.tensor([], dtype=torch.long))
+    generator = torch.Generator().manual_seed(7)
+    delta = project(init_delta(embeds, mask, init_scale=epsilon, norm=norm, generator=generator), mask,
+                    epsilon=epsilon, norm=norm)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(inputs_embeds=embeds + delta, **extra).logits, labels,
+                                           reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = project(ascent_step(delta.detach(), grad, mask, step_size=step_size, norm=norm), mask,
+                        epsilon=epsilon, norm=norm)
+    with torch.no_grad():
+        attacked = nn.functional.cross_entropy(model(inputs_embeds=embeds + delta, **extra).logits, labels,
+                                               reduction="sum")
+    assert results["attacked_loss"] == float(attacked) / len(rows)
+    assert results["attacked_loss"] > results["clean_loss"] + 1e-3
+
+
+def test_an_fp16_model_is_attacked_as_hard_as_its_fp32_copy_when_confident(tokenizer):
+    # Clean loss ~2e-6: the cross-entropy's gradient falls below fp16's normal range on its way back through an fp16
+    # model. Unscaled, the fp16 attack stalled (its loss gain was ~0, against the fp32 copy's 2.4e-7).
+    model = tiny_sequence_model(tokenizer, layers=2, **NO_DROPOUT).eval()
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([13.0, 0.0]))  # class 0 wins every row by a wide margin
+    rows = [dict(row, label=0) for row in sequence_rows(tokenizer)]
+    gains = {}
+    for dtype in (torch.float32, torch.float16):
+        results = evaluate_robustness(copy.deepcopy(model).to(dtype), rows, epsilon=0.5, steps=3,
+                                      batch_size=len(rows), special_token_ids=[])
+        assert results["clean_loss"] < 1e-5
+        gains[dtype] = results["attacked_loss"] - results["clean_loss"]
+    assert gains[torch.float32] > 0
+    assert gains[torch.float16] == pytest.approx(gains[torch.float32], rel=0.05), gains
 
 
 def test_model_is_left_exactly_as_it_was(tokenizer):
