@@ -202,7 +202,8 @@ def build_model_card(
             `dataset_args` pairs with its `dataset`.
         student_params, teacher_params: parameter counts, for the size ratio.
         evaluation: `{"student": {metric: value}, "teacher": {...}}`, plus optionally
-            `{"speed": {"student_latency_ms": .., "teacher_latency_ms": ..}}`.
+            `{"speed": {"student_latency_ms": .., "teacher_latency_ms": ..}}` and `{"robustness": {attack: how it
+            was measured}}` (for scores under attack among the metrics, such as `validation_f1_pgd0.5`).
         license, tags, language: card metadata; the tags `distillation`, `hf-distill` and the task are always set.
             No license is declared unless given: the student's terms follow from its teacher's and its data's,
             which only the user knows.
@@ -332,7 +333,7 @@ def _method_text(args: Any) -> str:
     )
 
 
-_EVALUATION_PARTS = ("teacher", "student", "speed")
+_EVALUATION_PARTS = ("teacher", "student", "speed", "robustness")
 
 
 def evaluation_by_model(evaluation: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -348,7 +349,7 @@ def evaluation_by_model(evaluation: Mapping[str, Any]) -> Mapping[str, Any]:
     raise ValueError(
         f"The evaluation report has keys {list(evaluation)[:6]}: give the student's metrics as returned by "
         "`trainer.evaluate()` ({'eval_f1': ...}), or `{'student': {...}, 'teacher': {...}, 'speed': {...}}` with a "
-        "mapping of metric to value under each."
+        "mapping of metric to value under each (and optionally `'robustness': {attack: how it was measured}`)."
     )
 
 
@@ -363,6 +364,10 @@ def _evaluation_table(evaluation: dict[str, dict[str, float]]) -> str:
     speed = evaluation.get("speed")
     if speed:
         lines += ["", _table([(k, _fmt(v)) for k, v in speed.items()])]
+    robustness = evaluation.get("robustness")
+    if robustness:
+        lines += ["", "The scores under attack were measured as follows.", "",
+                  _table([(k, _fmt(v)) for k, v in robustness.items()])]
     return "\n".join(lines)
 
 

@@ -13,11 +13,14 @@ Any field of the config file can be overridden on the command line (`--num_train
 """
 
 import logging
+import random
 
 from recipe_utils import (
     RUN_SWITCHES,
     DataArguments,
     ModelArguments,
+    RobustnessArguments,
+    RobustnessProbe,
     align_labels,
     distill,
     load_models,
@@ -32,13 +35,14 @@ from hf_distill import (
     tokenize_and_align_labels,
 )
 from hf_distill.cli import parse_args
+from hf_distill.text_attacks import perturb_characters
 
 logger = logging.getLogger("recipes.distill_ner")
 
 
 def main():
-    model_args, data_args, args = parse_args([ModelArguments, DataArguments, DistillationArguments],
-                                               fixed_switches=RUN_SWITCHES)
+    model_args, data_args, robustness_args, args = parse_args(
+        [ModelArguments, DataArguments, RobustnessArguments, DistillationArguments], fixed_switches=RUN_SWITCHES)
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
 
@@ -55,20 +59,27 @@ def main():
 
     splits = load_splits(data_args, read, columns=[tokens_column], label_column=tags_column)
     splits = {name: align_labels(data, tags_column, label_names, strict=True) for name, data in splits.items()}
+    def encode(data):
+        return data.map(
+            tokenize_and_align_labels, batched=True, remove_columns=data.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length,
+                       "tokens_column": tokens_column, "tags_column": tags_column},
+        )
+
     with args.main_process_first(desc="tokenization"):
-        tokenized = {
-            name: data.map(
-                tokenize_and_align_labels, batched=True, remove_columns=data.column_names,
-                fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_seq_length,
-                           "tokens_column": tokens_column, "tags_column": tags_column},
-            )
-            for name, data in splits.items()
-        }
+        tokenized = {name: encode(data) for name, data in splits.items()}
+
+    def typo_split(name, rate, seed):
+        """An evaluation split encoded again after typos in its tokens (one word each, so the tags still fit)."""
+        def add_typos(row, index):
+            return {tokens_column: perturb_characters(row[tokens_column], rate, random.Random(f"{seed}:{index}"))}
+
+        return encode(splits[name].map(add_typos, with_indices=True))
 
     # ---- training, teacher vs student, save, push ----------------------------------------------------------------
     collator = DataCollatorForTokenClassification(tokenizer)
     distill(teacher, student, tokenizer, tokenized, collator, token_classification_metrics(label_names), "f1", args,
-            data_args, generations=model_args.generations)
+            data_args, generations=model_args.generations, robustness=RobustnessProbe(robustness_args, typo_split))
 
 
 if __name__ == "__main__":

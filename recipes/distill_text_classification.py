@@ -15,12 +15,15 @@ Any field of the config file can be overridden on the command line; `--help` lis
 """
 
 import logging
+import random
 from dataclasses import dataclass, field
 
 from recipe_utils import (
     RUN_SWITCHES,
     DataArguments,
     ModelArguments,
+    RobustnessArguments,
+    RobustnessProbe,
     align_labels,
     distill,
     load_models,
@@ -70,8 +73,9 @@ class NoisyViewArguments:
 
 
 def main():
-    model_args, data_args, noise_args, args = parse_args(
-        [ModelArguments, DataArguments, NoisyViewArguments, DistillationArguments], fixed_switches=RUN_SWITCHES)
+    model_args, data_args, noise_args, robustness_args, args = parse_args(
+        [ModelArguments, DataArguments, NoisyViewArguments, RobustnessArguments, DistillationArguments],
+        fixed_switches=RUN_SWITCHES)
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     set_seed(args.seed)
     teacher, tokenizer, student = load_models(model_args, "sequence_classification",
@@ -111,9 +115,29 @@ def main():
                                                                          remove_columns=d.column_names)
                      for name, d in splits.items()}
 
+    text_columns = [c for c in (text_column, pair_column) if c]
+
+    def typo_split(name, rate, seed):
+        """An evaluation split encoded again after typos in its text (both texts of a pair), seeded per row."""
+        noise = typo_noise(rate)
+
+        def add_typos(row, index):
+            rng = random.Random(f"{seed}:{index}")
+            return {column: noise(row[column], rng) for column in text_columns}
+
+        noisy = splits[name].map(add_typos, with_indices=True)
+        return noisy.map(encode, batched=True, remove_columns=noisy.column_names)
+
+    def attack_texts(name, n):
+        """The first `n` texts of a split as lists of words (pairs of them for a sentence-pair task) and labels."""
+        rows = splits[name].select(range(min(n, len(splits[name]))))
+        texts = [[row[c].split() for c in text_columns] for row in rows]
+        return [tuple(t) if pair_column else t[0] for t in texts], list(rows[label_column])
+
+    probe = RobustnessProbe(robustness_args, typo_split, attack_texts, tokenizer, data_args.max_seq_length)
     metrics = sequence_classification_metrics(teacher.config.num_labels)
     distill(teacher, student, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), metrics, "accuracy", args,
-            data_args, generations=model_args.generations, noisy_view=noisy_view)
+            data_args, generations=model_args.generations, noisy_view=noisy_view, robustness=probe)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,21 @@ import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import huggingface_hub
 import torch
 from transformers import AutoConfig, Trainer, TrainingArguments
 
-from hf_distill import DistillationTrainer, check_label_range, create_student
+from hf_distill import DistillationTrainer, check_label_range, create_student, evaluate_robustness
 from hf_distill.data import cast_label_names, conll_label_names, label_name_lookup, read_conll
 from hf_distill.features import attention_dropout_field, parse_layer_map
 from hf_distill.loading import LOADED_FROM, load_model, load_tokenizer
 from hf_distill.speed import inference_latency_ms
+from hf_distill.text_attacks import attack_accuracy, model_predict_proba
 
 logger = logging.getLogger("recipes")
 
@@ -104,6 +107,67 @@ class DataArguments:
             raise ValueError(
                 "No data: pass --dataset_name (a Hub dataset) or --train_file/--validation_file (local files)."
             )
+
+
+@dataclass
+class RobustnessArguments:
+    """After training, how teacher and student hold up on every scored split: white-box embedding PGD
+    (`hf_distill.evaluate_robustness`), the split again with seeded character typos, and, for text classification, a
+    black-box greedy word attack (`hf_distill.text_attacks`). Each is off unless its flag is set; the scores join the
+    comparison table, all_results.json and the model card (with how they were measured)."""
+
+    robustness_epsilon: float | None = field(
+        default=None,
+        metadata={"help": "Embedding PGD: the budget of the perturbation of the word embeddings (per-example l2 norm "
+                  "over the text; [CLS], [SEP] and padding untouched). BERT-size word vectors have a norm of about "
+                  "1 to 1.5: benchmarks/robustness.py reports 0.25 and 0.5. Off if unset."},
+    )
+    robustness_steps: int = field(default=3, metadata={"help": "Embedding PGD: ascent steps (step 2.5 * epsilon / steps)."})
+    robustness_typo_rate: float | None = field(
+        default=None,
+        metadata={"help": "Score each split again with one character typo (swap, delete, insert, keyboard neighbour) "
+                  "in this fraction of the words of every text (NER: of the tokens, tags kept), seeded by --seed. "
+                  "benchmarks/robustness.py uses 0.2. Off if unset."},
+    )
+    robustness_word_attack_samples: int | None = field(
+        default=None,
+        metadata={"help": "Text classification: attack the first N examples of each split with the greedy word "
+                  "attack (typos in up to 0.3 of the words, the most important first, until the prediction flips; "
+                  "both texts of a pair). Reports the accuracy under attack and the attack success rate. Off if "
+                  "unset."},
+    )
+
+    def __post_init__(self):
+        if self.robustness_epsilon is not None and not 0 < self.robustness_epsilon < float("inf"):
+            raise ValueError(f"--robustness_epsilon {self.robustness_epsilon} is no budget: give a norm > 0 (e.g. "
+                             "0.5), or leave it out to skip the embedding attack.")
+        if self.robustness_steps < 1:
+            raise ValueError(f"--robustness_steps {self.robustness_steps}: the attack takes at least one step.")
+        if self.robustness_typo_rate is not None and not 0 < self.robustness_typo_rate <= 1:
+            raise ValueError(f"--robustness_typo_rate {self.robustness_typo_rate} is not a fraction of the words in "
+                             "(0, 1]: give e.g. 0.2, or leave it out to skip the typo scores.")
+        if self.robustness_word_attack_samples is not None and self.robustness_word_attack_samples < 1:
+            raise ValueError(f"--robustness_word_attack_samples {self.robustness_word_attack_samples} attacks no "
+                             "example: give a positive number, or leave it out to skip the word attack.")
+
+    @property
+    def enabled(self) -> bool:
+        return any(value is not None for value in (self.robustness_epsilon, self.robustness_typo_rate,
+                                                   self.robustness_word_attack_samples))
+
+
+@dataclass
+class RobustnessProbe:
+    """What a recipe gives `robustness_report` for its task: the options, `typo_split(name, rate, seed)` (that split
+    encoded again from its text with seeded typos), and, for the word attack, `attack_texts(name, n)` (the first `n`
+    texts of the split as lists of words, or pairs of them, with their class ids) with the tokenizer that reads
+    them."""
+
+    options: RobustnessArguments
+    typo_split: Callable[[str, float, int], datasets.Dataset]
+    attack_texts: Callable[[str, int], tuple[list[Any], list[int]]] | None = None
+    tokenizer: Any = None
+    max_length: int | None = None
 
 
 RUN_SWITCHES = {
@@ -262,21 +326,27 @@ def _label_names_to_ids(split: datasets.Dataset, column: str, names, source: str
     return split
 
 
-def compare(teacher, student, splits, collator, compute_metrics, args, metric: str) -> dict:
-    """Score teacher and student on each evaluation split, time them, and log a side-by-side table.
+def _scoring_args(scratch: str, args) -> TrainingArguments:
+    """`TrainingArguments` for scoring with a plain `Trainer` in the run's precision and device."""
+    return TrainingArguments(
+        output_dir=scratch, per_device_eval_batch_size=args.per_device_eval_batch_size, report_to="none",
+        use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
+        # The stock loss under several processes is scaled for a token count summed across them, which
+        # evaluation never passes: the logged loss would be multiplied by the number of processes.
+        average_tokens_across_devices=False,
+    )
+
+
+def compare(teacher, student, splits, collator, compute_metrics, args, metric: str, log: bool = True) -> dict:
+    """Score teacher and student on each evaluation split, time them, and log a side-by-side table (unless `log` is
+    False: the caller adds to the report, and logs it).
 
     Returns the report that goes on the model card: {"teacher": {...}, "student": {...}, "speed": {...}}.
     """
     report = {"teacher": {}, "student": {}}
     # Trainer wants an output directory even to evaluate; this one is scratch and is removed afterwards.
     with tempfile.TemporaryDirectory(prefix="hf_distill_eval_") as scratch:
-        eval_args = TrainingArguments(
-            output_dir=scratch, per_device_eval_batch_size=args.per_device_eval_batch_size, report_to="none",
-            use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
-            # The stock loss under several processes is scaled for a token count summed across them, which
-            # evaluation never passes: the logged loss would be multiplied by the number of processes.
-            average_tokens_across_devices=False,
-        )
+        eval_args = _scoring_args(scratch, args)
         for role, model in (("teacher", teacher), ("student", student)):
             scorer = Trainer(model=model, args=eval_args, data_collator=collator, compute_metrics=compute_metrics)
             for split, data in splits.items():
@@ -293,20 +363,86 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
         speed[f"speedup_batch{batch_size}"] = round(
             speed[f"teacher_ms_batch{batch_size}"] / speed[f"student_ms_batch{batch_size}"], 2)
     report["speed"] = speed
-    logger.info("\n%s", format_table(report))
+    if log:
+        logger.info("\n%s", format_table(report))
     return report
 
 
+def _check_word_attack(probe: RobustnessProbe | None) -> None:
+    if probe is not None and probe.options.robustness_word_attack_samples is not None and probe.attack_texts is None:
+        raise ValueError("--robustness_word_attack_samples attacks the class a text classifier predicts for a whole "
+                         "text; this recipe's task has none. Leave it out (--robustness_typo_rate and "
+                         "--robustness_epsilon work for every task).")
+
+
+def robustness_report(models: dict, splits: dict, collator, compute_metrics, args, metric: str,
+                      probe: RobustnessProbe) -> tuple[dict, dict]:
+    """Score each of `models` (`{"teacher": ..., "student": ...}`) on each split under the attacks `probe.options`
+    asks for. Returns `({role: {score: value}}, {attack: how it was measured})`.
+
+    Scores are named after the split and metric: `validation_f1_pgd0.5` (embedding PGD at that budget),
+    `validation_f1_typos0.2` (typos in that fraction of the words), and `validation_word_attack_accuracy`,
+    `validation_word_attack_success_rate` and `validation_word_attack_clean_accuracy` (the attacked examples' accuracy
+    before the attack). The typo scores go through `Trainer.evaluate`, as the clean ones do; the
+    two attacks run in full on every process (they are not split across processes), with the same seed.
+    """
+    options, seed = probe.options, args.seed
+    scores = {role: {} for role in models}
+    settings = {}
+    if options.robustness_epsilon is not None:
+        settings["embedding PGD"] = (f"l2 budget {options.robustness_epsilon:g} on the word embeddings, "
+                                     f"{options.robustness_steps} steps, seed {seed} (`hf_distill.evaluate_robustness`)")
+    if options.robustness_typo_rate is not None:
+        settings["typos"] = (f"one character typo in {options.robustness_typo_rate:g} of the words of each text, "
+                             f"seeded by {seed} per row (`hf_distill.text_attacks.perturb_characters`)")
+    attack = options.robustness_word_attack_samples
+    if attack is not None:
+        _check_word_attack(probe)
+        settings["word attack"] = (f"greedy black-box typos in up to 0.3 of the words of the first {attack} "
+                                   f"examples, seed {seed} (`hf_distill.text_attacks.attack_accuracy`)")
+    noisy = {name: probe.typo_split(name, options.robustness_typo_rate, seed) for name in splits} \
+        if options.robustness_typo_rate is not None else {}
+    with tempfile.TemporaryDirectory(prefix="hf_distill_eval_") as scratch:
+        eval_args = _scoring_args(scratch, args)
+        for role, model in models.items():
+            scorer = Trainer(model=model, args=eval_args, data_collator=collator, compute_metrics=compute_metrics)
+            model = scorer.model  # on the run's device
+            for name, data in splits.items():
+                if options.robustness_epsilon is not None:
+                    result = evaluate_robustness(
+                        model, data, epsilon=options.robustness_epsilon, steps=options.robustness_steps,
+                        data_collator=collator, compute_metrics=compute_metrics,
+                        batch_size=args.per_device_eval_batch_size, seed=seed)
+                    scores[role][f"{name}_{metric}_pgd{options.robustness_epsilon:g}"] = round(
+                        result[f"attacked_{metric}"], 4)
+                if name in noisy:
+                    result = scorer.evaluate(noisy[name], metric_key_prefix=name)
+                    scores[role][f"{name}_{metric}_typos{options.robustness_typo_rate:g}"] = round(
+                        result[f"{name}_{metric}"], 4)
+                if attack is not None:
+                    texts, labels = probe.attack_texts(name, attack)
+                    predict = model_predict_proba(model, probe.tokenizer, batch_size=args.per_device_eval_batch_size,
+                                                  max_length=probe.max_length)
+                    result = attack_accuracy(predict, texts, labels, budget=0.3, seed=seed)
+                    for key in ("clean_accuracy", "attacked_accuracy", "attack_success_rate"):  # on those n
+                        label = {"attacked_accuracy": "accuracy", "attack_success_rate": "success_rate"}.get(key, key)
+                        scores[role][f"{name}_word_attack_{label}"] = round(result[key], 4)
+    return scores, settings
+
+
 def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, args, data_args, generations=1,
-            noisy_view=None):
+            noisy_view=None, robustness: RobustnessProbe | None = None):
     """Distil on `tokenized["train"]`, compare teacher and student on the other splits, save, and push if asked.
 
-    `noisy_view` (how a noisy student view of the training text was made) goes on the model card.
+    `noisy_view` (how a noisy student view of the training text was made) goes on the model card. With
+    `robustness` (and one of its attacks asked for), teacher and student are also scored under attack
+    ([`robustness_report`]), next to their clean scores.
 
     With `generations > 1` (born-again training), each later generation starts again from the initial student
     weights and is distilled from the previous generation, frozen; the last one is the result.
     """
     evaluation = scorable_splits(tokenized, teacher.config.num_labels)
+    _check_word_attack(robustness)  # before training, not after it
     resume = resume_target(args.resume_from_checkpoint)
     if resume is not None and generations > 1:
         raise ValueError(
@@ -375,7 +511,15 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
     if trainer.args.should_save:
         tokenizer.save_pretrained(args.output_dir)
     # Every process scores (Trainer.evaluate gathers across processes); the card is written by the main one.
-    trainer.evaluation_report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric)
+    attacked = robustness is not None and robustness.options.enabled
+    report = compare(teacher, trainer.model, evaluation, collator, metrics, args, metric, log=not attacked)
+    if attacked:
+        scores, report["robustness"] = robustness_report({"teacher": teacher, "student": trainer.model}, evaluation,
+                                                         collator, metrics, args, metric, robustness)
+        for role, values in scores.items():
+            report[role].update(values)
+        logger.info("\n%s", format_table(report))
+    trainer.evaluation_report = report
     save_results(trainer, train_output.metrics, trainer.evaluation_report)
     trainer.create_model_card()  # again, now with the teacher/student table
     if args.push_to_hub:

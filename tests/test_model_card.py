@@ -126,6 +126,21 @@ def test_an_evaluation_report_from_evaluate_is_the_students_and_another_shape_is
     assert "eval_loss" in trainer.evaluation_report["student"]  # a refused report leaves the last good one
 
 
+def test_scores_under_attack_come_with_how_they_were_measured():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    card = str(build_model_card(
+        task="sequence_classification", teacher="t", args=args,
+        evaluation={"teacher": {"validation_accuracy": 0.9, "validation_accuracy_pgd0.5": 0.4},
+                    "student": {"validation_accuracy": 0.88, "validation_accuracy_pgd0.5": 0.6},
+                    "robustness": {"embedding PGD": "l2 budget 0.5, 3 steps"}},
+    ))
+    assert "| validation_accuracy_pgd0.5 | 0.4 | 0.6 |" in card
+    assert card.index("measured as follows") < card.index("| embedding PGD | l2 budget 0.5, 3 steps |")
+    with pytest.raises(ValueError, match="how it was measured"):
+        build_model_card(task="sequence_classification", teacher="t", args=args,
+                         evaluation={"student": {"f1": 0.9}, "robustness": "pgd"})
+
+
 def test_local_paths_are_not_claimed_as_hub_ids():
     args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
     card = build_model_card(task="sequence_classification", teacher="/tmp/my-teacher", args=args,

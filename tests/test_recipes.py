@@ -954,3 +954,98 @@ def test_a_teacher_path_under_the_home_folder_loads(tokenizer, tmp_path, monkeyp
     teacher = load_model("~/teacher", "token_classification", require_all_weights=True)
     assert getattr(teacher, LOADED_FROM) == os.path.realpath(tmp_path / "teacher")
     assert len(load_tokenizer("~/teacher")) == len(tokenizer)
+
+
+def test_text_recipe_scores_both_models_under_attack_and_says_how_on_the_card(tokenizer, tmp_path, run_recipe,
+                                                                               monkeypatch):
+    import random
+
+    import recipe_utils
+    from transformers import Trainer
+
+    from hf_distill import typo_noise
+
+    _text_teacher_and_data(tokenizer, tmp_path)
+    pairs = [(f"a good movie {i}", f"an awful plot {i}") for i in range(24)]
+    rows = ["label\tsentence1\tsentence2"] + [f"{i % 2}\t{a}\t{b}" for i, (a, b) in enumerate(pairs)]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    calls = {"pgd": [], "attack": [], "scored": []}
+    pgd, attack, evaluate = recipe_utils.evaluate_robustness, recipe_utils.attack_accuracy, Trainer.evaluate
+
+    def recording_pgd(model, data, **kwargs):
+        result = pgd(model, data, **kwargs)
+        calls["pgd"].append((model, kwargs, result))
+        return result
+
+    def recording_attack(predict, texts, labels, **kwargs):
+        result = attack(predict, texts, labels, **kwargs)
+        calls["attack"].append((texts, labels, kwargs, result))
+        return result
+
+    def recording_evaluate(self, data=None, **kwargs):
+        calls["scored"].append(data)
+        return evaluate(self, data, **kwargs)
+
+    monkeypatch.setattr(recipe_utils, "evaluate_robustness", recording_pgd)
+    monkeypatch.setattr(recipe_utils, "attack_accuracy", recording_attack)
+    monkeypatch.setattr(Trainer, "evaluate", recording_evaluate)
+    result = _text_recipe(run_recipe, tmp_path, "--text_column_name", "sentence1", "--text_pair_column_name",
+                          "sentence2", "--robustness_epsilon", "0.5", "--robustness_typo_rate", "0.5",
+                          "--robustness_word_attack_samples", "6", "--seed", "7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "student" / "all_results.json").read_text())
+
+    # Embedding PGD on each model, with the run's seed, reported under the split, metric and budget.
+    assert [kwargs["epsilon"] for _, kwargs, _ in calls["pgd"]] == [0.5, 0.5]
+    assert all(kwargs["seed"] == 7 and kwargs["steps"] == 3 for _, kwargs, _ in calls["pgd"])
+    for role, (_, _, scores) in zip(("teacher", "student"), calls["pgd"], strict=True):
+        assert results[f"{role}_validation_accuracy_pgd0.5"] == round(scores["attacked_accuracy"], 4)
+    # The word attack reads the first 6 pairs as pairs of word lists, with their labels.
+    texts, labels, kwargs, scores = calls["attack"][-1]
+    assert texts == [(a.split(), b.split()) for a, b in pairs[:6]] and labels == [i % 2 for i in range(6)]
+    assert kwargs == {"budget": 0.3, "seed": 7}
+    assert results["student_validation_word_attack_accuracy"] == round(scores["attacked_accuracy"], 4)
+    assert results["student_validation_word_attack_clean_accuracy"] == round(scores["clean_accuracy"], 4)
+    # The typo scores come from the split encoded again with half the words of each text misspelt, seeded per row.
+    noise = typo_noise(0.5)
+    expected = []
+    for i, (a, b) in enumerate(pairs):
+        rng = random.Random(f"7:{i}")
+        expected.append(tokenizer(noise(a, rng), noise(b, rng))["input_ids"])
+    noisy = [data for data in calls["scored"] if data is not None and data["input_ids"] == expected]
+    assert len(noisy) == 2 and expected != tokenizer([a for a, _ in pairs], [b for _, b in pairs])["input_ids"]
+    assert {"teacher_validation_accuracy_typos0.5", "student_validation_accuracy_typos0.5"} <= set(results)
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "| validation_accuracy_pgd0.5 |" in card and "| validation_word_attack_success_rate |" in card
+    assert "The scores under attack were measured as follows." in card
+    assert "| embedding PGD | l2 budget 0.5 on the word embeddings, 3 steps, seed 7" in card
+    assert "| typos | one character typo in 0.5 of the words of each text, seeded by 7 per row" in card
+
+
+def test_ner_recipe_scores_typos_and_refuses_the_word_attack_before_training(tokenizer, tmp_path, run_recipe):
+    _, data = _ner_teacher_and_data(tokenizer, tmp_path)
+    flags = ["--teacher_model_name_or_path", tmp_path / "teacher", "--student_layers", "0", "--train_file", data,
+             "--validation_file", data, "--output_dir", tmp_path / "student", "--max_steps", "2",
+             "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true",
+             "--save_strategy", "no", "--disable_tqdm", "true"]
+    refused = run_recipe("distill_ner.py", *flags, "--robustness_word_attack_samples", "5")
+    assert refused.returncode != 0 and "whole text; this recipe's task has none" in refused.stderr
+    assert not (tmp_path / "student").exists()  # refused before any training
+    result = run_recipe("distill_ner.py", *flags, "--robustness_typo_rate", "1.0", "--robustness_epsilon", "2.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "student" / "all_results.json").read_text())
+    for role in ("teacher", "student"):
+        assert 0 <= results[f"{role}_validation_f1_typos1"] <= 1 and 0 <= results[f"{role}_validation_f1_pgd2"] <= 1
+    assert "validation_f1_typos1" in result.stderr  # in the logged table
+
+
+def test_robustness_arguments_are_checked(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    from recipe_utils import RobustnessArguments
+
+    assert not RobustnessArguments().enabled and RobustnessArguments(robustness_typo_rate=0.2).enabled
+    for kwargs, message in (({"robustness_epsilon": 0.0}, "no budget"), ({"robustness_steps": 0}, "at least one"),
+                            ({"robustness_typo_rate": 1.5}, r"fraction of the words in \(0, 1\]"),
+                            ({"robustness_word_attack_samples": 0}, "attacks no example")):
+        with pytest.raises(ValueError, match=message):
+            RobustnessArguments(**kwargs)
