@@ -534,7 +534,7 @@ def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(toke
     flags = ["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--student_layers", "0",
              "--train_file", str(data), "--validation_file", str(data), "--max_steps", "2",
              "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
-             "--disable_tqdm", "true"]
+             "--disable_tqdm", "true", "--robustness_epsilon", "0.45", "--robustness_typo_rate", "0.5"]
     # The torchrun-based launcher with `use_cpu` runs two MULTI_CPU processes over gloo (see tests/test_launch.py).
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
@@ -553,6 +553,10 @@ def test_ner_recipe_under_a_two_process_launch_scores_and_cards_the_student(toke
         return float(re.findall(r"'validation_loss': '?([0-9.e+-]+)", output)[0])
 
     assert teacher_loss(result.stdout) == pytest.approx(teacher_loss(single.stdout), rel=1e-3)
+    # So are its scores under attack: each process runs the embedding attack in full, and the typo split is gathered.
+    scores = [json.loads((folder / "all_results.json").read_text()) for folder in (out, tmp_path / "single")]
+    for key in ("teacher_validation_f1_pgd0.45", "teacher_validation_f1_typos0.5"):
+        assert scores[0][key] == scores[1][key] < scores[0]["teacher_validation_f1"], key  # and both attacks bite
 
 
 def test_the_speedup_is_the_teachers_time_over_the_students(tokenizer, tmp_path, monkeypatch):
