@@ -368,6 +368,11 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
     return report
 
 
+_WORD_ATTACK_SCORES = {"attacked_accuracy": "word_attack_accuracy", "attack_success_rate": "word_attack_success_rate",
+                       "clean_accuracy": "word_attack_clean_accuracy"}
+"""`attack_accuracy`'s results, as the recipes name them (the clean accuracy is that of the attacked examples)."""
+
+
 def _check_word_attack(probe: RobustnessProbe | None) -> None:
     if probe is not None and probe.options.robustness_word_attack_samples is not None and probe.attack_texts is None:
         raise ValueError("--robustness_word_attack_samples attacks the class a text classifier predicts for a whole "
@@ -424,9 +429,8 @@ def robustness_report(models: dict, splits: dict, collator, compute_metrics, arg
                     predict = model_predict_proba(model, probe.tokenizer, batch_size=args.per_device_eval_batch_size,
                                                   max_length=probe.max_length)
                     result = attack_accuracy(predict, texts, labels, budget=0.3, seed=seed)
-                    for key in ("clean_accuracy", "attacked_accuracy", "attack_success_rate"):  # on those n
-                        label = {"attacked_accuracy": "accuracy", "attack_success_rate": "success_rate"}.get(key, key)
-                        scores[role][f"{name}_word_attack_{label}"] = round(result[key], 4)
+                    for key, score in _WORD_ATTACK_SCORES.items():
+                        scores[role][f"{name}_{score}"] = round(result[key], 4)
     return scores, settings
 
 
