@@ -59,6 +59,7 @@ def main():
 
     splits = load_splits(data_args, read, columns=[tokens_column], label_column=tags_column)
     splits = {name: align_labels(data, tags_column, label_names, strict=True) for name, data in splits.items()}
+
     def encode(data):
         return data.map(
             tokenize_and_align_labels, batched=True, remove_columns=data.column_names,

@@ -405,8 +405,10 @@ def robustness_report(models: dict, splits: dict, collator, compute_metrics, arg
         _check_word_attack(probe)
         settings["word attack"] = (f"greedy black-box typos in up to 0.3 of the words of the first {attack} "
                                    f"examples, seed {seed} (`hf_distill.text_attacks.attack_accuracy`)")
-    noisy = {name: probe.typo_split(name, options.robustness_typo_rate, seed) for name in splits} \
-        if options.robustness_typo_rate is not None else {}
+    noisy = {}
+    if options.robustness_typo_rate is not None:
+        with args.main_process_first(desc="typo splits"):  # the first process writes the `map` caches, as in tokenizing
+            noisy = {name: probe.typo_split(name, options.robustness_typo_rate, seed) for name in splits}
     with tempfile.TemporaryDirectory(prefix="hf_distill_eval_") as scratch:
         eval_args = _scoring_args(scratch, args)
         for role, model in models.items():
