@@ -295,6 +295,21 @@ def test_attack_keeps_a_typo_only_if_it_lowers_the_true_class_below_the_last_kep
     assert not outcome["success"]
 
 
+class SpyClassifier(torch.nn.Module):
+    """A two-class "classifier" that records the `(input_ids, token_type_ids)` of every call and predicts 50/50."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        self.seen.append((input_ids, token_type_ids))
+        return SequenceClassifierOutput(logits=torch.zeros(input_ids.shape[0], 2))
+
+
 def test_model_predict_proba_wraps_a_classifier(tokenizer):
     torch.manual_seed(0)
     model = tiny_sequence_model(tokenizer, layers=1)
@@ -309,22 +324,11 @@ def test_model_predict_proba_wraps_a_classifier(tokenizer):
 
 def test_model_predict_proba_reads_words_as_the_running_text(byte_level_tokenizer_dir):
     from transformers import AutoTokenizer
-    from transformers.modeling_outputs import SequenceClassifierOutput
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-            self.seen = []
-
-        def forward(self, input_ids, attention_mask=None, **kwargs):
-            self.seen.append(input_ids)
-            return SequenceClassifierOutput(logits=torch.zeros(input_ids.shape[0], 2))
 
     tokenizer = AutoTokenizer.from_pretrained(byte_level_tokenizer_dir)  # byte-level, add_prefix_space=False
-    spy = Spy()
+    spy = SpyClassifier()
     model_predict_proba(spy, tokenizer)([["john", "went", "to", "london"]])
-    assert spy.seen[0][0].tolist() == tokenizer("john went to london")["input_ids"]
+    assert spy.seen[0][0][0].tolist() == tokenizer("john went to london")["input_ids"]
 
 
 def test_a_string_where_words_are_expected_is_refused():
@@ -453,19 +457,7 @@ def test_choosing_a_side_of_a_single_text_is_refused():
 
 
 def test_model_predict_proba_tokenizes_pairs_as_pairs(tokenizer):
-    from transformers.modeling_outputs import SequenceClassifierOutput
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-            self.seen = []
-
-        def forward(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
-            self.seen.append((input_ids, token_type_ids))
-            return SequenceClassifierOutput(logits=torch.zeros(input_ids.shape[0], 2))
-
-    spy = Spy()
+    spy = SpyClassifier()
     predict_proba = model_predict_proba(spy, tokenizer, batch_size=1)
     predict_proba([(["the", "movie"], ["was", "good"]), (["bad"], ["the", "plot"])])
     expected = tokenizer("the movie", "was good")
