@@ -118,6 +118,14 @@ METHODS = {
     # the gold class), else to a random one; as many typos per row as the random views make. The discrete analogue
     # of the embedding attack: the student practises on the typos that flip predictions.
     "freelb_salient_typo_all": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0, "focus": 0.5}},
+    # Word-piece dropout on top of the typos (the WordPiece analogue of BPE-dropout, Provilkov et al. 2020, whose
+    # models read misspelled input better): in the student's view each piece of two or more characters is split, with
+    # this probability, into two pieces of the vocabulary at a random point ("movie" -> "mo", "##vie"), so the student
+    # learns to read words from fragments, which is what a typo leaves of a word. The teacher still reads clean text.
+    "freelb_typo_all_wpdrop10": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0,
+                                                           "wordpiece_dropout": 0.1}},
+    "freelb_typo_all_wpdrop25": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0,
+                                                           "wordpiece_dropout": 0.25}},
 }
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos (averaged over --perturbation_draws draws)")
@@ -288,7 +296,52 @@ def candidate_train_set(task, method, data, tokenizer, max_length, teacher=None,
                             noise=noise, probability=view["probability"],
                             seed=NOISY_VIEW_SEED + copy, max_length=max_length)
              for copy in range(view.get("copies", 1))]
+    if "wordpiece_dropout" in view:
+        views = [wordpiece_dropout(v, tokenizer, view["wordpiece_dropout"], NOISY_VIEW_SEED + copy, max_length)
+                 for copy, v in enumerate(views)]
     return views[0] if len(views) == 1 else concatenate_datasets(views)
+
+
+def split_piece(piece, vocab, rng):
+    """`piece` split at a random point into two pieces that are both in `vocab` (the second one a "##" continuation),
+    or `[piece]` when it is shorter than two characters or no cut gives two vocabulary pieces."""
+    prefix = "##" if piece.startswith("##") else ""
+    body = piece[len(prefix):]
+    cuts = list(range(1, len(body)))
+    rng.shuffle(cuts)
+    for k in cuts:
+        left, right = prefix + body[:k], "##" + body[k:]
+        if left in vocab and right in vocab:
+            return [left, right]
+    return [piece]
+
+
+def wordpiece_dropout(dataset, tokenizer, probability, seed, max_length):
+    """The student view of `dataset` (`input_ids`) with each word piece split in two (`split_piece`) with
+    `probability`, seeded per row; special tokens are kept, the row is cut back to `max_length` before its last
+    token, and the mask and type ids follow. The teacher view is untouched."""
+    vocab = tokenizer.get_vocab()
+    special = set(tokenizer.all_special_ids)
+
+    def build(row, i):
+        if any(row.get("token_type_ids", ())):
+            raise SystemExit("word-piece dropout re-cuts single texts; this row is a text pair")
+        rng = random.Random(f"{seed}:wordpiece:{i}")
+        ids = []
+        for token in row["input_ids"]:
+            if token in special or rng.random() >= probability:
+                ids.append(token)
+            else:
+                ids.extend(tokenizer.convert_tokens_to_ids(split_piece(tokenizer.convert_ids_to_tokens(token), vocab,
+                                                                       rng)))
+        if max_length is not None and len(ids) > max_length:
+            ids = ids[:max_length - 1] + ids[-1:]
+        out = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        if "token_type_ids" in row:
+            out["token_type_ids"] = [0] * len(ids)
+        return out
+
+    return dataset.map(build, with_indices=True)
 
 
 def candidate_epochs(method, student_epochs):
