@@ -60,6 +60,7 @@ from transformers import (
     AutoModelForTokenClassification,
     AutoTokenizer,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -126,7 +127,17 @@ METHODS = {
                                                            "wordpiece_dropout": 0.1}},
     "freelb_typo_all_wpdrop25": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0,
                                                            "wordpiece_dropout": 0.25}},
+    # Longer training: a student that reads only typo'd text has a harder task than student_kd's, and the typos each
+    # row gets stay fixed across epochs, so half as many epochs again (`epochs_factor`, more optimizer steps).
+    "freelb_typo_all_3ep": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0}, "epochs_factor": 1.5},
+    # Tail weight averaging (SWA/SWAD, Izmailov et al. 2018, Cha et al. 2021: flatter minima hold up better under a
+    # shift of the input distribution, which typos are): the saved student is the uniform mean of its weights taken
+    # every `every` optimizer steps over the last `tail` fraction of training (`TailWeightAverage`).
+    "freelb_typo_all_swa": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0},
+                            "weight_average": {"tail": 0.5, "every": 25}},
 }
+# Candidate keys that are benchmark settings (data, schedule, averaging), not `DistillationArguments` fields.
+BENCHMARK_KEYS = ("noisy_view", "epochs_factor", "weight_average")
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos (averaged over --perturbation_draws draws)")
 NOISY_VIEW_SEED = 1000  # the training noise's seed; the evaluation typos are seeded from --seed
@@ -230,8 +241,8 @@ def word_attack(model, tokenizer, data, samples, seed, max_length):
 # ---- training the adversarial candidates --------------------------------------------------------------------------
 
 def adv_settings(method):
-    """A candidate's `DistillationArguments` fields (its `noisy_view`, a data setting, left out)."""
-    return {k: v for k, v in METHODS[method].items() if k != "noisy_view"}
+    """A candidate's `DistillationArguments` fields (its `BENCHMARK_KEYS` left out)."""
+    return {k: v for k, v in METHODS[method].items() if k not in BENCHMARK_KEYS}
 
 
 def word_importance(teacher, tokenizer, raw, max_length, path):
@@ -346,8 +357,44 @@ def wordpiece_dropout(dataset, tokenizer, probability, seed, max_length):
 
 def candidate_epochs(method, student_epochs):
     """Epochs over a candidate's training set: the core students' epochs, divided by the number of noisy copies the
-    set holds (so that every candidate takes the same number of optimizer steps)."""
-    return student_epochs / METHODS[method].get("noisy_view", {}).get("copies", 1)
+    set holds (so that every candidate takes the same number of optimizer steps), times its `epochs_factor`."""
+    settings = METHODS[method]
+    return student_epochs * settings.get("epochs_factor", 1) / settings.get("noisy_view", {}).get("copies", 1)
+
+
+class TailWeightAverage(TrainerCallback):
+    """Replaces the model's parameters, at the end of training, by their uniform mean over the snapshots taken every
+    `every` optimizer steps from step `tail` x max_steps on (the last step always included). Means are kept in fp32."""
+
+    def __init__(self, model, tail, every):
+        if not 0.0 < tail <= 1.0 or every < 1:
+            raise ValueError(f"weight_average needs 0 < tail <= 1 and every >= 1, got tail={tail}, every={every}")
+        self.model, self.tail, self.every = model, tail, every
+        self.mean, self.count = None, 0
+
+    def _snapshot(self):
+        params = {n: p.detach().float() for n, p in self.model.named_parameters()}
+        if self.mean is None:
+            self.mean = {n: p.clone() for n, p in params.items()}
+        else:
+            for n, p in params.items():
+                self.mean[n] += (p - self.mean[n]) / (self.count + 1)
+        self.count += 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        first = state.max_steps - int(self.tail * state.max_steps)
+        last = state.global_step == state.max_steps
+        if state.global_step >= first and ((state.global_step - first) % self.every == 0 or last):
+            self._snapshot()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.mean is None:
+            raise RuntimeError("TailWeightAverage took no snapshot: training ended before its tail began")
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(self.mean[n].to(p.dtype))
+        logger.info("weights averaged over %d snapshots (last %.0f%% of %d steps, every %d)", self.count,
+                    100 * self.tail, state.max_steps, self.every)
 
 
 def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_settings, setup, seed, quick):
@@ -374,10 +421,12 @@ def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_s
                report_to="none", disable_tqdm=True, use_cpu=True),
         **kd_settings, **COMMON_ADV, **adv_settings(method), **({"adv_start_step": 2} if quick else {}),
     })
-    trainer = DistillationTrainer(model=create_student(teacher, LAYERS),
-                                  teacher_model=own_teacher(teacher, kd_settings), args=args,
+    student = create_student(teacher, LAYERS)
+    average = METHODS[method].get("weight_average")
+    trainer = DistillationTrainer(model=student, teacher_model=own_teacher(teacher, kd_settings), args=args,
                                   train_dataset=train_set, data_collator=data["collator"],
-                                  processing_class=tokenizer)
+                                  processing_class=tokenizer,
+                                  callbacks=[TailWeightAverage(student, **average)] if average else None)
     start = time.perf_counter()
     metrics = trainer.train().metrics
     record = {"train_seconds": round(time.perf_counter() - start, 1),
