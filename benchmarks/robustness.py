@@ -6,6 +6,7 @@
     python benchmarks/robustness.py --quick                           # smoke run on the --quick benchmark models
     python benchmarks/robustness.py --tasks sst2 --overhead_only      # only the step-time overhead of each method
     python benchmarks/robustness.py --tasks sst2 --methods fgm,freelb,fgm_typo,freelb_typo   # with typo views
+    python benchmarks/robustness.py --tasks sst2 --methods freelb_typo_all_3ep --controls student_kd_x1.5
 
 Models: `teacher`, `student_plain`, `student_kd` (from the core benchmarks' cache) and `student_adv_kd`, the best on
 dev of the adversarial candidates (`--methods`), each trained like `student_kd` (same initialisation from the
@@ -14,7 +15,9 @@ adversarial training) plus embedding-space adversarial distillation (`adv_object
 `*_typo` candidates (sequence classification) also train the student on typo-noised text for half of the rows while
 the teacher labels the clean text (`hf_distill.add_noisy_view`, noise seeded apart from the evaluation's).
 The candidate with the highest mean of dev embedding PGD at the smaller epsilon and dev typos is chosen, among those
-whose clean dev score is within 1 point of `student_kd`'s. Embedding PGD is run on a seeded subset (`--pgd_samples`)
+whose clean dev score is within 1 point of `student_kd`'s. A `--controls` model is `student_kd`'s training with one candidate setting
+changed (more epochs) and no adversary or typo views: measured like the models, never chosen, it shows how much of a
+gain that setting alone gives. Embedding PGD is run on a seeded subset (`--pgd_samples`)
 of dev and test to fit a CPU budget; the other measurements use the whole split.
 
 Measured on test for each model: the clean score; embedding-space PGD against the model itself at two epsilons
@@ -128,8 +131,9 @@ METHODS = {
     "freelb_typo_all_wpdrop25": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0,
                                                            "wordpiece_dropout": 0.25}},
     # Longer training: a student that reads only typo'd text has a harder task than student_kd's, and the typos each
-    # row gets stay fixed across epochs, so half as many epochs again (`epochs_factor`, more optimizer steps).
+    # row gets stay fixed across epochs, so 1.5 and 2 times the epochs (`epochs_factor`: more optimizer steps).
     "freelb_typo_all_3ep": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0}, "epochs_factor": 1.5},
+    "freelb_typo_all_4ep": {**_FREELB, "noisy_view": {"typo_rate": 0.2, "probability": 1.0}, "epochs_factor": 2.0},
     # Tail weight averaging (SWA/SWAD, Izmailov et al. 2018, Cha et al. 2021: flatter minima hold up better under a
     # shift of the input distribution, which typos are): the saved student is the uniform mean of its weights taken
     # every `every` optimizer steps over the last `tail` fraction of training (`TailWeightAverage`).
@@ -138,6 +142,13 @@ METHODS = {
 }
 # Candidate keys that are benchmark settings (data, schedule, averaging), not `DistillationArguments` fields.
 BENCHMARK_KEYS = ("noisy_view", "epochs_factor", "weight_average")
+# Controls (`--controls`): student_kd's own training (no adversary, no typo views) with one candidate setting changed.
+# They are measured on dev and test next to the models but are never candidates: they show how much of a candidate's
+# gain that setting alone would give student_kd.
+CONTROLS = {
+    "student_kd_x1.5": {"epochs_factor": 1.5},
+    "student_kd_x2": {"epochs_factor": 2.0},
+}
 SELECTION_RULE = ("among the candidates whose dev clean score is within 1 point of student_kd's, the best mean of dev "
                   "embedding PGD (smaller epsilon) and dev typos (averaged over --perturbation_draws draws)")
 NOISY_VIEW_SEED = 1000  # the training noise's seed; the evaluation typos are seeded from --seed
@@ -150,6 +161,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="ner,sst2")
     p.add_argument("--methods", default="fgm,freelb", help="candidates trained and compared on dev")
+    p.add_argument("--controls", default="", help=f"student_kd controls also trained and measured ({', '.join(CONTROLS)})")
     p.add_argument("--overhead_methods", default="fgm,pgd,freelb")
     p.add_argument("--pgd_samples", type=int, default=1000, help="seeded subset of dev/test for embedding PGD")
     p.add_argument("--epsilons", default="0.25,0.5", help="two embedding-PGD radii (per-example l2)")
@@ -240,9 +252,21 @@ def word_attack(model, tokenizer, data, samples, seed, max_length):
 
 # ---- training the adversarial candidates --------------------------------------------------------------------------
 
+def settings_of(method):
+    """The settings of a candidate (`METHODS`) or of a control (`CONTROLS`)."""
+    if method in METHODS:
+        return METHODS[method]
+    if method in CONTROLS:
+        return CONTROLS[method]
+    raise SystemExit(f"unknown candidate or control {method!r}: candidates are {', '.join(METHODS)}; controls are "
+                     f"{', '.join(CONTROLS)}")
+
+
 def adv_settings(method):
-    """A candidate's `DistillationArguments` fields (its `BENCHMARK_KEYS` left out)."""
-    return {k: v for k, v in METHODS[method].items() if k not in BENCHMARK_KEYS}
+    """A candidate's `DistillationArguments` fields (its `BENCHMARK_KEYS` left out); none for a control."""
+    if method in CONTROLS:
+        return {}
+    return {k: v for k, v in settings_of(method).items() if k not in BENCHMARK_KEYS}
 
 
 def word_importance(teacher, tokenizer, raw, max_length, path):
@@ -292,7 +316,7 @@ def salient_typo_noise(importance, rate, focus):
 def candidate_train_set(task, method, data, tokenizer, max_length, teacher=None, cache=None):
     """The training set of a candidate: the core benchmark's, or for a `noisy_view` candidate the same raw rows
     with typos in the student's view of half of them and the clean text in the teacher's."""
-    view = METHODS[method].get("noisy_view")
+    view = settings_of(method).get("noisy_view")
     if view is None:
         return data["train"]
     if task == "ner":
@@ -358,7 +382,7 @@ def wordpiece_dropout(dataset, tokenizer, probability, seed, max_length):
 def candidate_epochs(method, student_epochs):
     """Epochs over a candidate's training set: the core students' epochs, divided by the number of noisy copies the
     set holds (so that every candidate takes the same number of optimizer steps), times its `epochs_factor`."""
-    settings = METHODS[method]
+    settings = settings_of(method)
     return student_epochs * settings.get("epochs_factor", 1) / settings.get("noisy_view", {}).get("copies", 1)
 
 
@@ -398,11 +422,12 @@ class TailWeightAverage(TrainerCallback):
 
 
 def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_settings, setup, seed, quick):
-    out = CACHE_DIR / task_name / f"adv_{method}"
+    out = CACHE_DIR / task_name / (f"control_{method}" if method in CONTROLS else f"adv_{method}")
+    adversarial = {} if method in CONTROLS else {**COMMON_ADV, **adv_settings(method)}
     auto = AutoModelForTokenClassification if "ner" in task_name else AutoModelForSequenceClassification
     # Everything that decides the candidate's training: a cached one trained otherwise (other adversarial settings,
     # another --seed, other epochs, or before these were recorded) is not today's candidate.
-    trained_with = {"settings": {**METHODS[method], **COMMON_ADV}, "kd_settings": kd_settings, "seed": seed,
+    trained_with = {"settings": {**settings_of(method), **adversarial}, "kd_settings": kd_settings, "seed": seed,
                     "setup": {k: setup[k] for k in ("student_epochs", "learning_rate", "batch_size")}, "quick": quick}
     if (out / "config.json").exists():
         record = json.loads((out / "train_record.json").read_text())
@@ -419,10 +444,10 @@ def train_candidate(task_name, method, teacher, train_set, data, tokenizer, kd_s
                per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01, seed=seed, data_seed=seed,
                train_sampling_strategy="group_by_length", logging_steps=50, save_strategy="no", eval_strategy="no",
                report_to="none", disable_tqdm=True, use_cpu=True),
-        **kd_settings, **COMMON_ADV, **adv_settings(method), **({"adv_start_step": 2} if quick else {}),
+        **kd_settings, **adversarial, **({"adv_start_step": 2} if quick and adversarial else {}),
     })
     student = create_student(teacher, LAYERS)
-    average = METHODS[method].get("weight_average")
+    average = settings_of(method).get("weight_average")
     trainer = DistillationTrainer(model=student, teacher_model=own_teacher(teacher, kd_settings), args=args,
                                   train_dataset=train_set, data_collator=data["collator"],
                                   processing_class=tokenizer,
@@ -523,6 +548,14 @@ def run_task(task, args, tokenizer):
     selection["chosen"] = best
     selection["candidate_kd_settings"] = kd_settings
     selection["rule"] = SELECTION_RULE
+    # Controls are trained after the choice, which they play no part in, and measured on test with the models.
+    for control in [c for c in args.controls.split(",") if c]:
+        model, record = train_candidate(name, control, models["teacher"], data["train"], data, tokenizer, kd_settings,
+                                        setup, args.seed, quick)
+        selection[control] = {**dev_scores(model.eval()), "train_samples_per_second": record["train_samples_per_second"],
+                              "control": True}
+        logger.info("%s %s control %s: %s", task, control, record, selection[control])
+        models[control] = model
 
     # ---- test ----
     draws = [perturb(data, tokenizer, max_length, args.typo_rate, args.seed + k * DRAW_SEED_STRIDE)
