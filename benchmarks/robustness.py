@@ -15,10 +15,10 @@ adversarial training) plus embedding-space adversarial distillation (`adv_object
 `*_typo` candidates (sequence classification) also train the student on typo-noised text for half of the rows while
 the teacher labels the clean text (`hf_distill.add_noisy_view`, noise seeded apart from the evaluation's).
 The candidate with the highest mean of dev embedding PGD at the smaller epsilon and dev typos is chosen, among those
-whose clean dev score is within 1 point of `student_kd`'s. A `--controls` model is `student_kd`'s training with one candidate setting
-changed (more epochs) and no adversary or typo views: measured like the models, never chosen, it shows how much of a
-gain that setting alone gives. Embedding PGD is run on a seeded subset (`--pgd_samples`)
-of dev and test to fit a CPU budget; the other measurements use the whole split.
+whose clean dev score is within 1 point of `student_kd`'s. A `--controls` model is `student_kd`'s training with one
+candidate setting changed (more epochs) and no adversary or typo views: measured like the models, never chosen, it
+shows how much of a gain that setting alone gives. Embedding PGD is run on a seeded subset (`--pgd_samples`) of dev
+and test to fit a CPU budget; the other measurements use the whole split.
 
 Measured on test for each model: the clean score; embedding-space PGD against the model itself at two epsilons
 (`hf_distill.evaluate_robustness`, on the words' tokens: [CLS] and [SEP] are left alone, as in training); character typos on 20% of the words; for NER, entity swaps (mentions replaced by
