@@ -12,7 +12,8 @@ Models: `teacher`, `student_plain`, `student_kd` (from the core benchmarks' cach
 dev of the adversarial candidates (`--methods`), each trained like `student_kd` (same initialisation from the
 teacher, same KD settings and epochs; without hidden-state/attention terms, which hf-distill does not combine with
 adversarial training) plus embedding-space adversarial distillation (`adv_objective="kd"`). The
-`*_typo` candidates (sequence classification) also train the student on typo-noised text for half of the rows while
+`*_typo*` candidates (sequence classification) also train the student on typo-noised text (half of the rows, or all
+of them for `*_all*`) while
 the teacher labels the clean text (`hf_distill.add_noisy_view`, noise seeded apart from the evaluation's).
 The candidate with the highest mean of dev embedding PGD at the smaller epsilon and dev typos is chosen, among those
 whose clean dev score is within 1 point of `student_kd`'s. A `--controls` model is `student_kd`'s training with one
@@ -315,7 +316,7 @@ def salient_typo_noise(importance, rate, focus):
 
 def candidate_train_set(task, method, data, tokenizer, max_length, teacher=None, cache=None):
     """The training set of a candidate: the core benchmark's, or for a `noisy_view` candidate the same raw rows
-    with typos in the student's view of half of them and the clean text in the teacher's."""
+    with typos in the student's view of some or all of them (its `probability`) and the clean text in the teacher's."""
     view = settings_of(method).get("noisy_view")
     if view is None:
         return data["train"]
