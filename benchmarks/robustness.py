@@ -10,11 +10,11 @@
 
 Models: `teacher`, `student_plain`, `student_kd` (from the core benchmarks' cache) and `student_adv_kd`, the best on
 dev of the adversarial candidates (`--methods`), each trained like `student_kd` (same initialisation from the
-teacher, same KD settings and epochs; without hidden-state/attention terms, which hf-distill does not combine with
-adversarial training) plus embedding-space adversarial distillation (`adv_objective="kd"`). The
-`*_typo*` candidates (sequence classification) also train the student on typo-noised text (half of the rows, or all
-of them for `*_all*`) while
-the teacher labels the clean text (`hf_distill.add_noisy_view`, noise seeded apart from the evaluation's).
+teacher, same KD settings and epochs unless its `epochs_factor` says otherwise; without hidden-state/attention terms,
+which hf-distill does not combine with adversarial training) plus embedding-space adversarial distillation
+(`adv_objective="kd"`). The `*_typo*` candidates (sequence classification) also train the student on typo-noised text
+(half of the rows, or all of them for `*_all*`) while the teacher labels the clean text (`hf_distill.add_noisy_view`,
+noise seeded apart from the evaluation's).
 The candidate with the highest mean of dev embedding PGD at the smaller epsilon and dev typos is chosen, among those
 whose clean dev score is within 1 point of `student_kd`'s. A `--controls` model is `student_kd`'s training with one
 candidate setting changed (more epochs) and no adversary or typo views: measured like the models, never chosen, it
