@@ -264,9 +264,7 @@ def settings_of(method):
 
 
 def adv_settings(method):
-    """A candidate's `DistillationArguments` fields (its `BENCHMARK_KEYS` left out); none for a control."""
-    if method in CONTROLS:
-        return {}
+    """A candidate's `DistillationArguments` fields (its `BENCHMARK_KEYS` left out; a control has none)."""
     return {k: v for k, v in settings_of(method).items() if k not in BENCHMARK_KEYS}
 
 
