@@ -6,7 +6,8 @@ of rows (in any order) without the teacher.
 
 Layout of a cache directory:
 
-    metadata.json         task, num_rows, num_labels, top_k, completed_rows, build_seconds, fingerprint (see below)
+    metadata.json         task, num_rows, num_labels, top_k, completed_rows, build_seconds, fingerprint (see below),
+                          and the teacher's label names, name and parameter count (for checks and the model card)
     offsets.npy           (N + 1,) int64: example i owns the positions offsets[i]:offsets[i + 1] of the arrays below
     values.npy            full logits: (P, C) fp16                     (top_k is None)
                           or the top-k logits: (P, k) fp16, largest first (top_k = k)
@@ -62,6 +63,7 @@ from .checks import (
     forward_inputs,
     label_names,
     missing_segments,
+    model_name,
     separator_id,
 )
 from .files import atomic_write_json
@@ -361,6 +363,17 @@ class TeacherLogitCache:
         """The teacher's label names in id order, or None (placeholder names, or a cache built before they were
         kept). `DistillationTrainer` refuses a student that names them in another order."""
         return self._metadata.get("label_names")
+
+    @property
+    def teacher_name(self) -> str | None:
+        """The Hub id or path of the teacher that built the cache ("" if it had none; None for a cache built before
+        it was kept), for the model card."""
+        return self._metadata.get("teacher_name")
+
+    @property
+    def teacher_parameters(self) -> int | None:
+        """The parameter count of the teacher that built the cache (None for a cache built before it was kept)."""
+        return self._metadata.get("teacher_parameters")
 
     @property
     def task(self) -> str:
@@ -728,6 +741,9 @@ def build_teacher_cache(
         if store is None:
             metadata = _new_metadata(logits, lengths, parts, top_k)
             metadata["label_names"] = label_names(teacher)  # not part of the fingerprint: a student check
+            # Not part of it either: what the model card of a student distilled from the cache says taught it.
+            metadata["teacher_name"] = model_name(teacher, default="")
+            metadata["teacher_parameters"] = sum(p.numel() for p in teacher.parameters())
             store = _Store(path, metadata, mode="w+", lengths=lengths, row_hashes=row_hashes)
         if metadata["task"] == TOKEN_CLASSIFICATION and torch.is_tensor(batch.get("attention_mask")):
             _refuse_prepadded(batch["attention_mask"], lengths[indices], indices)

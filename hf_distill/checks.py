@@ -110,6 +110,9 @@ def check_teachers_agree(teachers: list[nn.Module]) -> None:
 LOADED_FROM = "_hf_distill_loaded_from"
 """The attribute where `loading.load_model` records the local folder it read: an adapter folder's model names only its
 base model in `config._name_or_path`, and the folder must still be named on cards and kept out of the way of saves."""
+CUT_FROM = "_hf_distill_cut_from"
+"""The attribute where `create_student` records the name of the model it cut (its config's name is cleared), for the
+model card. Not in the config: `config.json` is published with the student, and a local path would go with it."""
 
 
 def model_name(model: nn.Module, default: str = "unnamed") -> str:

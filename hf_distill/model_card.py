@@ -48,7 +48,8 @@ _STRATEGY_FIELDS = (
 
 
 def _method_rows(args, task: str, steps_trained: int | None = None, planned_steps: int | None = None,
-                 batch_size: int | None = None) -> list[tuple[str, object]]:
+                 batch_size: int | None = None,
+                 optimizer: tuple[str, Sequence[float]] | None = None) -> list[tuple[str, object]]:
     # MSE on raw logits and the teacher's argmax use no temperature: a temperature row would describe nothing.
     no_temperature = getattr(args, "distill_loss", "kl") == "mse" or getattr(args, "teacher_labels", "soft") == "hard"
     hard = getattr(args, "teacher_labels", "soft") == "hard"  # a cross-entropy on the argmax, whatever distill_loss
@@ -63,6 +64,12 @@ def _method_rows(args, task: str, steps_trained: int | None = None, planned_step
         rows = [("per_device_train_batch_size", f"{batch_size} (auto_find_batch_size, from {per_device})")
                 if name == "per_device_train_batch_size" else (name, value) for name, value in rows]
         per_device = batch_size
+    if optimizer is not None and set(optimizer[1]) != {getattr(args, "learning_rate", None)}:
+        # An optimizer built outside the arguments (`optimizers=`, `optimizer_cls_and_kwargs`) sets its own rates.
+        name, rates = optimizer
+        rate = ", ".join(f"{r:g}" for r in rates)
+        rows = [("learning_rate", f"{rate} (set by the {name} optimizer; `learning_rate` {args.learning_rate:g} "
+                                  "was not used)") if row == "learning_rate" else (row, value) for row, value in rows]
     if getattr(args, "label_smoothing_factor", 0):
         rows.append(("label_smoothing_factor", args.label_smoothing_factor))
     processes = getattr(args, "world_size", 1)
@@ -122,6 +129,14 @@ def _is_hub_id(name: str | None) -> bool:
         return False
     # A version dot (`Qwen/Qwen2.5-0.5B`) is part of an id; a data or weight file's extension is not.
     return name.count("/") <= 1 and os.path.splitext(name)[1].lower() not in _FILE_EXTENSIONS
+
+
+def display_name(name: str | None) -> str:
+    """How the card names a model: a Hub id as it is, a local folder by its last component. A path on the machine
+    that trained means nothing on the Hub, and says more about that machine than its owner may want published."""
+    if not name or _is_hub_id(name):
+        return name or ""
+    return f"{os.path.basename(os.path.normpath(name)) or name} (local folder)"
 
 
 _FILE_EXTENSIONS = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".arrow", ".conll", ".safetensors", ".bin",
@@ -187,6 +202,11 @@ def build_model_card(
     steps_trained: int | None = None,
     planned_steps: int | None = None,
     train_batch_size: int | None = None,
+    student_start: str | None = None,
+    cut_from: tuple[str, Sequence[int], int] | None = None,
+    dataset_tags: str | Sequence[str] | None = None,
+    data_splits: Mapping[str, str] | None = None,
+    optimizer: tuple[str, Sequence[float]] | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -228,34 +248,53 @@ def build_model_card(
         adapter_of: the student is a PEFT adapter (LoRA, say) on this base model (its Hub id or path): the card's
             metadata then names PEFT as the library and that model as the base, as PEFT's own card does, so the Hub
             shows the repository as an adapter to load on its base.
+        student_start: the checkpoint the student's weights were loaded from (its `config._name_or_path`), if any.
+        cut_from: `(model, kept layers, its depth)` for a student made by `hf_distill.create_student`: the model
+            it was cut from ("" if unnamed), the layers it kept, and how many that model had.
+            The `base_model` metadata is where the student's weights came from: the model it was cut from or the
+            checkpoint it started from (as `Trainer`'s own card gives the model it fine-tuned), when that is a Hub
+            id. The teacher, which only supplied the targets, is named in the text.
+        dataset_tags: Hub dataset ids for the `datasets` metadata (`Trainer.push_to_hub`'s `dataset_tags`), on top
+            of the Hub ids among `dataset`; they also name the data in the text when `dataset` is not given.
+        data_splits: what each split was, e.g. `{"train": "`train.txt` (local file), its first 3000 examples",
+            "validation": ...}`: a table in the card's data section, so that a score is read against the data that
+            gave it.
+        optimizer: `(class name, its learning rates)` of the optimizer that trained: the method table gives those
+            rates when they are not `args.learning_rate` (an optimizer passed to the trainer sets its own).
     """
-    used = _datasets_used(dataset, dataset_config)
+    hub_tags = [dataset_tags] if isinstance(dataset_tags, str) else list(dataset_tags or [])
+    used = _datasets_used(dataset, dataset_config) if dataset else _datasets_used(hub_tags or None, dataset_config)
     task_tag = _TASK_TAGS.get(task, task)
     all_tags = list(dict.fromkeys(["distillation", "hf-distill", task_tag, *(["peft"] if adapter_of else []),
                                    *(tags or [])]))
-    base_model = adapter_of if adapter_of is not None else teacher
+    if adapter_of is not None:
+        base_model = adapter_of
+    else:
+        base_model = cut_from[0] if cut_from is not None else student_start
     data = ModelCardData(
         license=license,
         language=language,
         tags=all_tags,
         pipeline_tag=task_tag,
         library_name="peft" if adapter_of is not None else "transformers",
-        datasets=[name for name, _ in used if _is_hub_id(name)] or None,
+        datasets=list(dict.fromkeys(name for name in [*hub_tags, *(n for n, _ in used)] if _is_hub_id(name))) or None,
         base_model=base_model if _is_hub_id(base_model) else None,
     )
     title = model_name or "Distilled student"
+    start = _start_text(student_start, cut_from)
     sections = [
         f"# {title}",
         "",
         f"This model is a **student distilled** with [hf-distill](https://github.com/hf-distill/hf-distill) from the "
-        f"teacher `{teacher}`" + (f" on {_datasets_text(used)}." if used else "."),
+        f"teacher `{teacher}`" + (f" on {_datasets_text(used)}." if used else ".") + (f" {start}" if start else ""),
         *(["", _adapter_text(adapter_of)] if adapter_of is not None else []),
+        *(["", "## Data", "", _table([(split, what) for split, what in data_splits.items()])] if data_splits else []),
         "",
         "## Distillation method",
         "",
         _method_text(args),
         "",
-        _table(_method_rows(args, task, steps_trained, planned_steps, train_batch_size)),
+        _table(_method_rows(args, task, steps_trained, planned_steps, train_batch_size, optimizer)),
     ]
     adversarial = getattr(args, "adversarial", "none")
     if adversarial and adversarial != "none":
@@ -289,6 +328,18 @@ def build_model_card(
         sections += ["", "## Evaluation", "", _evaluation_table(evaluation)]
     sections += ["", "## Framework versions", "", "\n".join(f"- {k} {v}" for k, v in framework_versions().items())]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections) + "\n")
+
+
+def _start_text(student_start: str | None, cut_from: tuple[str, Sequence[int], int] | None) -> str:
+    """Where the student's weights came from, in a sentence ("" when the card cannot tell)."""
+    if cut_from is not None:
+        source, layers, depth = cut_from
+        source = f"`{display_name(source)}`" if source else f"a {depth}-layer model"
+        return (f"The student started as {source} cut to {len(layers)} of its {depth} layers ({list(layers)}, "
+                "`hf_distill.create_student`).")
+    if student_start:
+        return f"The student started from `{display_name(student_start)}`."
+    return ""
 
 
 def _adversarial_text(args: Any, steps_trained: int | None) -> str:
@@ -334,6 +385,7 @@ def _method_text(args: Any) -> str:
 
 
 _EVALUATION_PARTS = ("teacher", "student", "speed", "robustness")
+_RUN_FIGURES = ("_runtime", "_samples_per_second", "_steps_per_second")
 
 
 def evaluation_by_model(evaluation: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -345,7 +397,8 @@ def evaluation_by_model(evaluation: Mapping[str, Any]) -> Mapping[str, Any]:
         if not other and all(isinstance(value, Mapping) for value in evaluation.values()):
             return evaluation
     elif all(isinstance(value, numbers.Real) and not isinstance(value, bool) for value in evaluation.values()):
-        return {"student": dict(evaluation)}
+        # Trainer's timing figures and the epoch say how the evaluation ran, not how good the model is.
+        return {"student": {k: v for k, v in evaluation.items() if k != "epoch" and not k.endswith(_RUN_FIGURES)}}
     raise ValueError(
         f"The evaluation report has keys {list(evaluation)[:6]}: give the student's metrics as returned by "
         "`trainer.evaluate()` ({'eval_f1': ...}), or `{'student': {...}, 'teacher': {...}, 'speed': {...}}` with a "

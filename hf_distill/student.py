@@ -23,6 +23,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from .checks import CUT_FROM, model_name
+
 logger = logging.get_logger(__name__)
 
 # `<base>.encoder.layer.<i>.` (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ...) and `<base>.transformer.layer.<i>.`
@@ -222,6 +224,7 @@ def create_student(teacher: PreTrainedModel, layers: Sequence[int], **config_ove
     with torch.no_grad():
         student.load_state_dict(student_state, strict=True)
 
+    setattr(student, CUT_FROM, model_name(teacher, default=""))
     unused = [key for key in teacher_state if key not in used and not key.startswith(f"{stack}.")]
     if unused:
         logger.warning("These teacher weights have no place in the student and were not copied: %s", unused)

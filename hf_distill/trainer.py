@@ -46,8 +46,10 @@ from .cache import (
     teacher_fingerprint,
 )
 from .checks import (
+    CUT_FROM,
     LOADED_FROM,
     TOKEN_CLASSIFICATION,
+    _base,
     check_inputs_fit,
     check_label_names,
     check_label_range,
@@ -102,7 +104,7 @@ from .losses import (
     zero_parameter_loss,
     zero_weighted_loss,
 )
-from .model_card import build_model_card, evaluation_by_model
+from .model_card import build_model_card, display_name, evaluation_by_model
 from .schedules import scheduled_value
 from .self_distillation import ema_copy, ema_update
 from .views import TEACHER_VIEW_KEYS, TEACHER_VIEW_PREFIX, TeacherViewCollator, has_teacher_view, teacher_view_inputs
@@ -415,8 +417,12 @@ class DistillationTrainer(Trainer):
             )
             self._attack_generator = torch.Generator().manual_seed(args.seed)
         # Filled in by recipes (or users) to enrich the model card written with every save.
-        self.dataset_name: str | None = None
+        self.dataset_name: str | list[str] | None = None
         self.dataset_config_name: str | None = None  # the configuration of a Hub dataset (`mrpc` of `glue`)
+        self.data_splits: dict[str, str] | None = None  # what each split was ({"train": "..., first 3000 rows"})
+        # The metadata given to `create_model_card` (through `push_to_hub(license=...)`, say), kept for the cards of
+        # later saves, which would otherwise publish a card without them.
+        self._card_metadata: dict[str, Any] = {}
         self._evaluation_report: dict[str, dict[str, float]] | None = None
         self.noisy_view: dict[str, Any] | None = None  # how a teacher-view training set's noise was made
         # Born-again distillation (set by whoever chains the generations): the card names the first generation's
@@ -1201,6 +1207,28 @@ class DistillationTrainer(Trainer):
             f"the top {cache.top_k} of {cache.num_labels} logits and the tail mass (approximate soft targets)")
         return f"cached: {stored}"  # not where: a local path means nothing on the Hub
 
+    def _student_origin(self) -> tuple[str | None, tuple[str, list[int], int] | None]:
+        """Where the student's weights came from, for the card: the checkpoint it was loaded from, or, for a student
+        `create_student` cut, `(the model it cut, the layers kept, that model's depth)`."""
+        student = self._unwrap(self.model)
+        start = name_of(student, default="")
+        if start:
+            return start, None
+        base = _base(student)
+        layers = getattr(getattr(base, "config", None), "cut_from_teacher_layers", None)
+        if layers:
+            return None, (getattr(base, CUT_FROM, ""), list(layers), base.config.cut_from_teacher_depth)
+        return None, None
+
+    def _optimizer_rates(self) -> tuple[str, list[float]] | None:
+        """The optimizer's class and its learning rates (as set, before any schedule), once there is one."""
+        optimizer = self.optimizer
+        if optimizer is None:
+            return None
+        inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
+        rates = sorted({float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups})
+        return type(inner).__name__, rates
+
     def _teacher_params(self, teacher: nn.Module | None) -> int | None:
         """The card's teacher size: that teacher's parameters, or every teacher's for an ensemble."""
         if teacher is None:
@@ -1233,20 +1261,33 @@ class DistillationTrainer(Trainer):
     ) -> None:
         """Write README.md, the distillation model card, into `output_dir` (default `args.output_dir`).
 
-        The arguments are those of `Trainer.create_model_card`; `tasks` and `dataset_tags` are accepted for
-        compatibility and not used, and `dataset_args` is the dataset's configuration (`"mrpc"` of `"glue"`). Several
-        datasets (`dataset=["conll2003", "wikiann"]`) are all named on the card, each with its configuration when
-        `dataset_args` is a list of the same length.
+        The arguments are those of `Trainer.create_model_card`; `tasks` is accepted for compatibility and not used,
+        `dataset_tags` are Hub dataset ids for the `datasets` metadata, and `dataset_args` is the dataset's
+        configuration (`"mrpc"` of `"glue"`). Several datasets (`dataset=["conll2003", "wikiann"]`) are all named on
+        the card, each with its configuration when `dataset_args` is a list of the same length; `dataset` and
+        `dataset_args` set `trainer.dataset_name` and `trainer.dataset_config_name`.
         `finetuned_from` overrides the teacher's name on the card. No
         `license` is declared unless one is given (`push_to_hub(license="...")` passes it here): a student's terms
         follow from its teacher's and its training data's.
+
+        What is given here is kept: the cards that later saves write (a checkpoint, `save_model`) carry the same
+        license, language, tags, name and datasets, rather than publishing a card without them.
         """
+        given = {"language": language, "license": license, "tags": tags, "model_name": model_name,
+                 "finetuned_from": finetuned_from, "dataset_tags": dataset_tags}
+        self._card_metadata.update({key: value for key, value in given.items() if value is not None})
+        if dataset is not None:  # the data named here is the run's, for every later card too
+            self.dataset_name, self.dataset_config_name = dataset, dataset_args
+        elif dataset_args is not None:
+            self.dataset_config_name = dataset_args
         if not self.is_world_process_zero():
             return
+        meta = self._card_metadata
         teacher = self._unwrap(self.teacher_model) if self.teacher_model is not None else None
-        teacher_name = name_of(teacher, default="") if teacher is not None else ""
+        teacher_name = display_name(name_of(teacher, default="")) if teacher is not None else ""
         if len(self.teacher_models) > 1:
-            names = [name_of(self._unwrap(t)) for t in self.teacher_models]  # (`model_name` is the card argument)
+            # (`model_name` is the card argument)
+            names = [display_name(name_of(self._unwrap(t))) for t in self.teacher_models]
             teacher_name = f"an ensemble ({self.args.teacher_ensemble}) of " + ", ".join(names)
         if self.args.self_distillation == "ema":
             teacher_name = f"itself (EMA teacher, decay {self.args.ema_decay})"
@@ -1255,27 +1296,41 @@ class DistillationTrainer(Trainer):
                 # Not "the student started from it": the card cannot tell (a student cut from a pretrained base of
                 # the same depth looks the same), and the recipes also start the student from --model_name_or_path.
                 teacher = self._unwrap(self.original_teacher)
-                start = name_of(teacher, default="an unnamed model")
+                start = display_name(name_of(teacher, default="")) or "an unnamed model"
                 teacher_name = (f"itself (EMA teacher, decay {self.args.ema_decay}; {start} is the teacher of the size "
                                 "and evaluation tables)")
-        if not teacher_name and self.teacher_cache is not None:
-            teacher_name = f"cached logits ({self.teacher_cache.path.name})"  # the folder, not a local path
+        teacher_params = self._teacher_params(teacher)
+        cache = self.teacher_cache
+        if not teacher_name and cache is not None:  # the teacher that built the cache, as it recorded it
+            teacher_params = cache.teacher_parameters
+            teacher_name = (f"{display_name(cache.teacher_name)}, its logits read from a cache" if cache.teacher_name
+                            else f"cached logits ({cache.path.name})")  # unnamed: the cache's folder, not its path
         if self.generations > 1 and self.original_teacher is not None:
             teacher = self._unwrap(self.original_teacher)
-            teacher_name = getattr(teacher.config, "_name_or_path", "") or "unnamed"
+            teacher_name = display_name(getattr(teacher.config, "_name_or_path", "")) or "unnamed"
+            teacher_params = self._teacher_params(teacher)
+        student_start, cut_from = self._student_origin()
+        tags = meta.get("tags")
         card = build_model_card(
             task=self.task,
-            teacher=finetuned_from or teacher_name or "unknown teacher",
+            teacher=meta.get("finetuned_from") or teacher_name or "unknown teacher",
             args=self.args,
-            model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
-            dataset=dataset or self.dataset_name,
-            dataset_config=dataset_args or (None if dataset else self.dataset_config_name),
+            # the repository's name, as `Trainer.push_to_hub` gives it
+            model_name=meta.get("model_name") or (self.args.hub_model_id or "").split("/")[-1]
+            or os.path.basename(os.path.abspath(self.args.output_dir)),
+            dataset=self.dataset_name,
+            dataset_config=self.dataset_config_name,
+            dataset_tags=meta.get("dataset_tags"),
+            data_splits=self.data_splits,
             student_params=sum(p.numel() for p in self._unwrap(self.model).parameters()),
-            teacher_params=self._teacher_params(teacher),
+            teacher_params=teacher_params,
+            student_start=student_start,
+            cut_from=cut_from,
+            optimizer=self._optimizer_rates(),
             evaluation=self.evaluation_report,
-            license=license,
+            license=meta.get("license"),
             tags=[tags] if isinstance(tags, str) else tags,
-            language=language,
+            language=meta.get("language"),
             teacher_view=self.teacher_view,
             noisy_view=self.noisy_view,
             layer_maps=self._used_layer_maps(),

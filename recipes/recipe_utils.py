@@ -309,6 +309,25 @@ def load_splits(
     return splits
 
 
+def describe_splits(data: DataArguments, splits: dict) -> dict[str, str]:
+    """What each split was, for the model card's data table: where it came from, how many examples it held, and
+    whether --max_train_samples / --max_eval_samples cut it (a score on the first 1000 test sentences is not the test
+    set's)."""
+    files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}
+    described = {}
+    for name, split in splits.items():
+        if files.get(name) is not None:
+            source = f"`{os.path.basename(files[name])}` (local file)"
+        else:
+            config = f" (configuration `{data.dataset_config_name}`)" if data.dataset_config_name else ""
+            source = f"`{data.dataset_name}`{config}, split `{name}`"
+        flag = "max_train_samples" if name == "train" else "max_eval_samples"
+        limit = getattr(data, flag)
+        cut = f", the first {len(split)} kept by --{flag}" if limit and len(split) == limit else ""
+        described[name] = f"{source}: {len(split)} examples{cut}"
+    return described
+
+
 def _label_names_to_ids(split: datasets.Dataset, column: str, names, source: str) -> datasets.Dataset:
     """A Hub split whose label column holds names ("positive") as a `ClassLabel` of `names`, so ids follow them."""
     if getattr(split.features.get(column), "dtype", None) not in ("string", "large_string"):
@@ -499,6 +518,7 @@ def distill(teacher, student, tokenizer, tokenized, collator, metrics, metric, a
         trainer.dataset_name = (f"{os.path.basename(data_args.train_file)} (local file)" if data_args.train_file
                                 else data_args.dataset_name)
         trainer.dataset_config_name = None if data_args.train_file else data_args.dataset_config_name
+        trainer.data_splits = describe_splits(data_args, {"train": tokenized["train"], **evaluation})
         trainer.noisy_view = noisy_view
         trainer.generations, trainer.original_teacher = generation, teacher
         train_output = trainer.train(resume_from_checkpoint=resume)

@@ -4,6 +4,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import torch
 import transformers.trainer
 from conftest import tiny_token_model
 from test_trainer import make_args, ner_dataset, ner_trainer
@@ -23,7 +24,9 @@ def test_card_records_method_data_metrics_and_versions():
     )
     text = str(card)
     assert card.data.tags == ["distillation", "hf-distill", "token-classification"]
-    assert card.data.base_model == "dslim/bert-base-NER" and card.data.datasets == ["conll2003"]
+    assert card.data.datasets == ["conll2003"]
+    # base_model is where the student's weights came from: the teacher only gave targets, and nothing says more here
+    assert card.data.base_model is None
     assert card.data.license is None  # no license claimed for the user: it follows from the teacher's and the data's
     licensed = build_model_card(task="token_classification", teacher="t", args=args, license="cc-by-nc-4.0")
     assert licensed.data.license == "cc-by-nc-4.0" and "license: cc-by-nc-4.0" in str(licensed)
@@ -120,6 +123,9 @@ def test_an_evaluation_report_from_evaluate_is_the_students_and_another_shape_is
     trainer.save_model()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| metric | student |" in card and "| eval_loss |" in card
+    # how the evaluation ran (its time, its speed, the epoch) is not a score of the model
+    for figure in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "| epoch |"):
+        assert figure not in card
     for bad in ({"student": 0.9}, {"student": {"f1": 0.9}, "validation": {"f1": 0.8}}, {"notes": "good"}):
         with pytest.raises(ValueError, match="evaluation report has keys"):
             trainer.evaluation_report = bad
@@ -334,6 +340,14 @@ def test_a_cached_teachers_card_says_how_its_soft_targets_were_stored(tokenizer,
         text = (tmp_path / "out" / "README.md").read_text()
         assert f"| teacher logits | cached: {expected}" in text and str(tmp_path) not in text
         assert "| adv_perturb_special_tokens | True |" in text
+        # an unnamed teacher: the cache's folder; its size, recorded by the cache, on the card all the same
+        assert f"teacher `cached logits (cache{top_k})`" in text
+        assert f"| teacher parameters | {sum(p.numel() for p in teacher.parameters()):,} |" in text
+    # a named teacher is named on the card of a student distilled from its cache, which recorded the name
+    teacher.config._name_or_path = "acme/ner-teacher"
+    trainer.teacher_cache = build_teacher_cache(teacher, data, collator, str(tmp_path / "named"), progress_bar=False)
+    trainer.create_model_card()
+    assert "teacher `acme/ner-teacher, its logits read from a cache`" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_save_model_with_push_to_hub_keeps_the_weights_and_uploads_them_once(tokenizer, tmp_path, monkeypatch):
@@ -488,4 +502,104 @@ def test_a_teacher_loaded_from_an_adapter_folder_is_named_by_that_folder(tokeniz
     trainer = ner_trainer(tokenizer, tmp_path, teacher=teacher, output_dir=str(tmp_path / "out"))
     trainer.create_model_card()
     card = (tmp_path / "out" / "README.md").read_text()
-    assert f"teacher `{os.path.realpath(tmp_path / 'lora-teacher')}`" in card and "`" + str(tmp_path / "base") not in card
+    assert "teacher `lora-teacher (local folder)`" in card and "`base" not in card
+    assert str(tmp_path) not in card  # a path on the training machine is not published
+
+
+def test_a_later_save_keeps_the_metadata_given_to_push_to_hub(tokenizer, tmp_path, monkeypatch):
+    # Every save rewrites the card: the license, language, tags and datasets given to push_to_hub were dropped by the
+    # next save, and a later push (a checkpoint's, or save_model's with push_to_hub set) published a card without them.
+    trainer, fake = _trained_for_the_hub(tokenizer, tmp_path, monkeypatch)
+    trainer.push_to_hub(license="apache-2.0", language="en", tags=["ner"], dataset_tags="conll2003",
+                        dataset="CoNLL-2003 (English)")
+    trainer.save_model()
+    card = fake.uploads[-1]["files"]["README.md"]
+    assert card == (tmp_path / "out" / "README.md").read_text()
+    for line in ("license: apache-2.0", "language: en", "- ner", "datasets:\n- conll2003"):
+        assert line in card
+    assert "on `CoNLL-2003 (English)`." in card and "# tiny-student" in card
+
+
+def test_the_title_is_the_repositorys_name_on_every_card(tokenizer, tmp_path):
+    trainer = ner_trainer(tokenizer, tmp_path, hub_model_id="my-org/ner-student")
+    trainer.create_model_card()
+    assert "# ner-student\n" in (tmp_path / "out" / "README.md").read_text()  # as Trainer.push_to_hub names it
+
+
+def test_dataset_tags_are_the_hub_datasets_and_the_dataset_the_words_for_them():
+    # The Transformers example scripts push with dataset_tags="glue", dataset_args="sst2", dataset="GLUE SST2".
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    card = build_model_card(task="sequence_classification", teacher="t", args=args, dataset="GLUE SST2",
+                            dataset_config="sst2", dataset_tags="glue")
+    assert card.data.datasets == ["glue"] and "on `GLUE SST2` (configuration `sst2`)." in str(card)
+    tags_only = build_model_card(task="sequence_classification", teacher="t", args=args, dataset_tags=["glue"])
+    assert tags_only.data.datasets == ["glue"] and "on `glue`." in str(tags_only)
+
+
+def test_base_model_is_where_the_students_weights_came_from():
+    # The teacher only supplied targets: a student started from another checkpoint was published as a fine-tune of
+    # the teacher, and where it did start was nowhere on the card.
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    loaded = build_model_card(task="sequence_classification", teacher="acme/bert-base-sst2", args=args,
+                              student_start="google/bert_uncased_L-2_H-128_A-2")
+    assert loaded.data.base_model == "google/bert_uncased_L-2_H-128_A-2"
+    assert "from the teacher `acme/bert-base-sst2`. The student started from `google/bert_uncased_L-2_H-128_A-2`." \
+        in str(loaded)
+    cut = build_model_card(task="sequence_classification", teacher="acme/bert-base-sst2", args=args,
+                           cut_from=("acme/bert-base-sst2", [0, 2, 4], 6))
+    assert cut.data.base_model == "acme/bert-base-sst2"
+    assert "started as `acme/bert-base-sst2` cut to 3 of its 6 layers ([0, 2, 4], `hf_distill.create_student`)" \
+        in str(cut)
+    local = build_model_card(task="sequence_classification", teacher="t", args=args, student_start="/data/run/base")
+    assert local.data.base_model is None and "started from `base (local folder)`." in str(local)
+    unnamed = build_model_card(task="sequence_classification", teacher="t", args=args, cut_from=("", [1], 2))
+    assert unnamed.data.base_model is None and "started as a 2-layer model cut to 1 of its 2 layers" in str(unnamed)
+    adapter = build_model_card(task="sequence_classification", teacher="t", args=args, adapter_of="org/base",
+                               student_start="org/base")
+    assert adapter.data.base_model == "org/base"
+
+
+def test_the_trainers_card_says_where_the_student_started_and_names_local_models_by_their_folder(tokenizer,
+                                                                                                 tmp_path):
+    from hf_distill import create_student
+
+    teacher = tiny_token_model(tokenizer, layers=2, seed=2)
+    teacher.config._name_or_path = "acme/ner-teacher"
+    trainer = ner_trainer(tokenizer, tmp_path, student=create_student(teacher, [1]), teacher=teacher)
+    trainer.create_model_card()
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "base_model: acme/ner-teacher" in text and "cut to 1 of its 2 layers ([1]" in text
+    # A student loaded from a folder, taught by a teacher loaded from another: named by the folders, not the paths.
+    teacher.config._name_or_path = str(tmp_path / "runs" / "my-teacher")
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    student.config._name_or_path = str(tmp_path / "runs" / "small-start")
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, teacher=teacher)
+    trainer.create_model_card()
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "teacher `my-teacher (local folder)`" in text and "started from `small-start (local folder)`" in text
+    assert str(tmp_path) not in text and "base_model" not in text
+
+
+def test_the_card_gives_the_learning_rate_of_an_optimizer_passed_to_the_trainer(tokenizer, tmp_path):
+    # The card gave args.learning_rate (1e-3 here) while the optimizer the user passed trained at its own rate.
+    student = tiny_token_model(tokenizer, layers=1, seed=1)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    trainer = ner_trainer(tokenizer, tmp_path, student=student, max_steps=1)
+    trainer.optimizer = optimizer  # as `optimizers=(optimizer, None)` sets it
+    trainer.train()
+    trainer.create_model_card()
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "| learning_rate | 0.1 (set by the SGD optimizer; `learning_rate` 0.001 was not used) |" in text
+    plain = ner_trainer(tokenizer, tmp_path, max_steps=1)
+    plain.train()
+    plain.create_model_card()
+    assert "| learning_rate | 0.001 |" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_the_card_tables_what_each_split_was():
+    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
+    text = str(build_model_card(task="token_classification", teacher="t", args=args,
+                                data_splits={"train": "`train.txt` (local file), its first 3000 examples",
+                                             "validation": "`dev.txt` (local file)"}))
+    assert "## Data\n\n| | |\n|---|---|\n| train | `train.txt` (local file), its first 3000 examples |" in text
+    assert "## Data" not in str(build_model_card(task="token_classification", teacher="t", args=args))

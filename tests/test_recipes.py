@@ -103,6 +103,8 @@ def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path, run_recipe):
     # The validation file has 8 sentences: the "batch 32" latency is measured, and named, on the 8.
     assert "| alpha | 0.7 |" in card and "| validation_f1 |" in card and "speedup_batch8" in card
     assert "train.txt (local file)" in card and "datasets:" not in card  # a local file is no Hub dataset
+    for split in ("train", "validation", "test"):  # what each split was, next to the scores it gave
+        assert f"| {split} | `train.txt` (local file): 8 examples |" in card
     table = result.stdout + result.stderr
     assert "teacher" in table and "latency ms, batch 8" in table and "batch 32" not in table
 
@@ -486,7 +488,7 @@ def test_born_again_generations_each_learn_from_the_previous_one(tokenizer, tmp_
     # The card names the first teacher and its size (not generation 2's), and says how the student was made.
     card = (tmp_path / "student" / "README.md").read_text()
     teacher_params = sum(p.numel() for p in tiny_token_model(tokenizer).parameters())
-    assert f"teacher `{tmp_path / 'teacher'}`" in card and f"| teacher parameters | {teacher_params:,} |" in card
+    assert "teacher `teacher (local folder)`" in card and f"| teacher parameters | {teacher_params:,} |" in card
     assert "| born-again generations | 3 (this is the last;" in card
 
 
@@ -839,8 +841,11 @@ def test_the_card_names_a_local_train_file_that_replaced_a_hub_datasets_train_sp
         "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (tmp_path / "student" / "README.md").read_text()
-    assert "on `train.tsv (local file)`" in card and "some-org/sst2-dev-only" not in card  # nor in its metadata
-    assert "(configuration" not in card  # the Hub dataset's configuration is not the local file's
+    # Trained on the local file: the Hub dataset is neither the training data nor, so, in the metadata ...
+    assert "on `train.tsv (local file)`." in card and "datasets:" not in card
+    # ... its configuration is not the local file's, and the data table says which split came from where
+    assert "| train | `train.tsv` (local file): " in card
+    assert "| validation | `some-org/sst2-dev-only` (configuration `sst2`), split `validation`: 4 examples |" in card
 
 
 def test_the_card_names_the_hub_datasets_configuration(tokenizer, tmp_path, monkeypatch, run_recipe):
@@ -1053,3 +1058,17 @@ def test_robustness_arguments_are_checked(monkeypatch):
                             ({"robustness_word_attack_samples": 0}, "attacks no example")):
         with pytest.raises(ValueError, match=message):
             RobustnessArguments(**kwargs)
+
+
+def test_the_cards_data_table_says_when_a_split_was_cut_to_its_first_examples():
+    # --max_eval_samples 1000 published the score on the first 1000 test sentences as the test set's.
+    import datasets
+    from recipe_utils import DataArguments, describe_splits
+
+    rows = datasets.Dataset.from_dict({"x": list(range(5))})
+    data = DataArguments(dataset_name="glue", dataset_config_name="sst2", max_train_samples=5, max_eval_samples=10)
+    described = describe_splits(data, {"train": rows, "validation": rows})
+    assert described == {
+        "train": "`glue` (configuration `sst2`), split `train`: 5 examples, the first 5 kept by --max_train_samples",
+        "validation": "`glue` (configuration `sst2`), split `validation`: 5 examples",  # fewer than 10: all of it
+    }
