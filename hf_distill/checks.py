@@ -64,10 +64,16 @@ def infer_task(model: nn.Module, role: str = "student") -> str:
         for suffix, task in _HEADS.items():
             if cls.__name__.endswith(suffix):
                 return task
+    name = type(_base(model)).__name__
     raise ValueError(
-        f"The {role} is a {type(_base(model)).__name__}, which has no sequence- or token-classification head. "
+        f"The {role} is a {name}, which has no sequence- or token-classification head. "
         "hf-distill distils classification logits: load it with `AutoModelForSequenceClassification` or "
-        "`AutoModelForTokenClassification` (with `num_labels`, `id2label` and `label2id` set)."
+        "`AutoModelForTokenClassification` (with `num_labels`, `id2label` and `label2id` set). It tells the task "
+        "from the class name: a model of your own (a BiLSTM student, say) is distilled when its class name ends in "
+        "`ForSequenceClassification` or `ForTokenClassification`, it has a `config` with `num_labels` (a "
+        "`transformers.PretrainedConfig`), and its forward returns a `ModelOutput` with `logits` (such as "
+        "`transformers.modeling_outputs.SequenceClassifierOutput`)"
+        + (f" (e.g. `class {name}ForSequenceClassification(nn.Module)`)." if not name.endswith("Model") else ".")
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import NER_LABELS, tiny_sequence_model, tiny_token_model
 from datasets import Dataset, DatasetDict
+from torch import nn
 from transformers import (
     AutoModelForTokenClassification,
     DataCollatorForTokenClassification,
@@ -368,6 +369,44 @@ def test_error_model_without_classification_head(tokenizer, tmp_path):
 
     with pytest.raises(ValueError, match=r"BertModel, which has no sequence- or token-classification head"):
         _init(tokenizer, tmp_path, tiny_token_model(tokenizer), BertModel(tiny_config(len(tokenizer), 7)))
+
+
+class _BagOfEmbeddings(nn.Module):
+    """A non-Transformers student (Tang et al. 2019 distil BERT into small non-attention networks)."""
+
+    def __init__(self, vocab_size, num_labels=2):
+        from transformers import PretrainedConfig
+
+        super().__init__()
+        self.config = PretrainedConfig(num_labels=num_labels)
+        self.embed, self.out = nn.Embedding(vocab_size, 16), nn.Linear(16, num_labels)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        mask = attention_mask.unsqueeze(-1).float()
+        return SequenceClassifierOutput(logits=self.out((self.embed(input_ids) * mask).sum(1) / mask.sum(1)))
+
+
+class BagOfEmbeddingsForSequenceClassification(_BagOfEmbeddings):
+    pass
+
+
+def test_a_custom_student_is_distilled_when_it_names_its_head_and_told_how_when_it_does_not(tokenizer, tmp_path):
+    from transformers import DataCollatorWithPadding
+
+    teacher, data = tiny_sequence_model(tokenizer, seed=2), seq_dataset(tokenizer)
+    with pytest.raises(ValueError, match=r"_BagOfEmbeddings, which has no .*class name ends in "
+                                         r"`ForSequenceClassification`.*`config` with `num_labels`"):
+        DistillationTrainer(model=_BagOfEmbeddings(len(tokenizer)), teacher_model=teacher, args=make_args(tmp_path),
+                            train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
+    student = BagOfEmbeddingsForSequenceClassification(len(tokenizer))
+    before = student.out.weight.detach().clone()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, alpha=1.0),
+                                  train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.train()
+    assert not torch.equal(before, student.out.weight)  # trained on the teacher's logits alone (alpha 1)
+    assert trainer.state.log_history[0]["kd_loss"] > 0
 
 
 def test_error_no_labels_with_alpha_below_one(tokenizer, tmp_path):
