@@ -256,6 +256,8 @@ class DistillationTrainer(Trainer):
                 train_dataset = teacher_cache.attach(train_dataset)
             elif train_dataset is not None:
                 teacher_cache.check_index(train_dataset)  # an index column already there must name the right rows
+        _adopt_teacher_label_names(model, label_names(teachers[0]) if teachers else (
+            teacher_cache.label_names if teacher_cache is not None else None))
         why = args.labels_needed_by
         if why is None and self.task == TOKEN_CLASSIFICATION and args.distill_positions == "first_subword":
             why = ("distill_positions='first_subword' finds each word's first sub-word by its label (not -100). For "
@@ -1568,6 +1570,20 @@ def _other_projection(folder: str, this_run: str) -> str:
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(value.shape) for name, value in state.items()}
+
+
+def _adopt_teacher_label_names(student: nn.Module, names: list[str] | None) -> None:
+    """Give a student whose classes are unnamed (`LABEL_0`, ..., what `from_pretrained(base, num_labels=2)` gives)
+    the teacher's names: its class i learns the teacher's class i, and the saved student (a `pipeline`'s predictions,
+    the Hub widget) should say `positive`, not `LABEL_1`. A student that names its classes was checked against the
+    teacher's names instead (`check_label_names`)."""
+    config = getattr(_base(student), "config", None)
+    if not names or config is None or label_names(student) is not None or len(names) != config.num_labels:
+        return
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    logger.info("The student's classes had placeholder names (LABEL_0, ...): it takes the teacher's, %s, which its "
+                "classes learn in that order, so that the saved student names its predictions.", names)
 
 
 def _adapter_base(model: nn.Module) -> str | None:

@@ -409,6 +409,29 @@ def test_a_custom_student_is_distilled_when_it_names_its_head_and_told_how_when_
     assert trainer.state.log_history[0]["kd_loss"] > 0
 
 
+def test_a_student_with_placeholder_class_names_takes_the_teachers_and_saves_them(tokenizer, tmp_path):
+    # `from_pretrained(base, num_labels=2)` names the classes LABEL_0, LABEL_1: the saved student's pipeline answered
+    # LABEL_1 where its teacher says positive.
+    import json
+
+    from transformers import DataCollatorWithPadding
+
+    teacher = tiny_sequence_model(tokenizer, seed=2, id2label={0: "negative", 1: "positive"},
+                                  label2id={"negative": 0, "positive": 1})
+    student = tiny_sequence_model(tokenizer, layers=1)
+    assert student.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
+                                  train_dataset=seq_dataset(tokenizer), data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.save_model()
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "negative", "1": "positive"} and saved["label2id"] == {"negative": 0, "positive": 1}
+    # named classes are the student's own: checked against the teacher's, never renamed
+    named = tiny_sequence_model(tokenizer, layers=1, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    with pytest.raises(ValueError, match="different label sets"):
+        DistillationTrainer(model=named, teacher_model=teacher, args=make_args(tmp_path),
+                            train_dataset=seq_dataset(tokenizer), data_collator=DataCollatorWithPadding(tokenizer))
+
+
 def test_error_no_labels_with_alpha_below_one(tokenizer, tmp_path):
     data = ner_dataset(tokenizer).remove_columns("labels")
     with pytest.raises(ValueError, match=r"no labels column \(found columns: \['input_ids', 'attention_mask'\]\)"):
