@@ -343,6 +343,14 @@ class DistillationTrainer(Trainer):
                 "`get_peft_model` (`student.save_pretrained(...)`), or merge the adapter after training "
                 "(`merge_and_unload()`) and save the result."
             )
+        if args.adversarial == "freelb" and args.adv_objective == "kd" and args._hard_label_loss_weighted:
+            when = f"from optimizer step {args.adv_start_step} on" if args.adv_start_step else "throughout"
+            logger.warning(
+                "FreeLB with adv_objective='kd' trains on the distillation term on perturbed inputs alone, %s: "
+                "alpha=%s%s is not used there and the labels are not trained on (the logged alpha is 1). For the "
+                "alpha-weighted loss on perturbed inputs use adv_objective='both'; set alpha=1 to train on the "
+                "teacher alone and silence this.", when, args.alpha,
+                f" (to final_alpha={args.final_alpha})" if args.final_alpha is not None else "")
         if args.self_distillation == "ema":
             teachers = [ema_copy(self._unwrap(self.model))]
         self.teacher_models = [self._prepare_teacher(t) for t in teachers]

@@ -310,12 +310,25 @@ def test_adversarial_steps_put_an_optimizer_with_modes_in_train_mode(tokenizer, 
     assert trainer.state.global_step == 3
 
 
-def test_freelb_logs_the_alpha_its_objective_trained_with(tokenizer, tmp_path):
+def test_freelb_logs_the_alpha_its_objective_trained_with_and_warns_of_the_alpha_it_leaves_unused(tokenizer, tmp_path,
+                                                                                                     caplog):
     # With adv_objective="kd" FreeLB trains on the distillation term alone: alpha 1, whatever args.alpha says.
-    trainer = ner_trainer(tokenizer, tmp_path, adversarial="freelb", adv_objective="kd", alpha=0.5, max_steps=2,
-                          distill_positions="first_subword")
+    with caplog.at_level("WARNING"):
+        trainer = ner_trainer(tokenizer, tmp_path, adversarial="freelb", adv_objective="kd", alpha=0.5, max_steps=2,
+                              distill_positions="first_subword")
+    assert "alpha=0.5 is not used there and the labels are not trained on" in caplog.text
+    assert "throughout" in caplog.text and "adv_objective='both'" in caplog.text
     trainer.train()
     assert all(h["alpha"] == 1.0 for h in trainer.state.log_history if "loss" in h)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ner_trainer(tokenizer, tmp_path, adversarial="freelb", adv_objective="kd", alpha=0.0, adv_start_step=5)
+    assert "from optimizer step 5 on: alpha=0.0 is not used" in caplog.text
+    for silent in ({"alpha": 1.0}, {"adv_objective": "both", "alpha": 0.5}):  # nothing left unused
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            ner_trainer(tokenizer, tmp_path, adversarial="freelb", **silent)
+        assert "is not used there" not in caplog.text
 
 
 def test_the_logged_delta_norm_is_the_mean_over_examples_whatever_the_micro_batches(tokenizer, tmp_path):
