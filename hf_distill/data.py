@@ -1131,7 +1131,8 @@ def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: 
     the unlabelled rows with `distill_positions="all_subwords"`: `"first_subword"` distils labelled positions only.
 
     Args:
-        labeled: tokenized rows with `input_ids` and `labels`, a `datasets.Dataset` (not a stream).
+        labeled: tokenized rows with `input_ids` and `labels` (or `label`, as GLUE names it: the mixed set calls it
+            `labels`), a `datasets.Dataset` (not a stream).
         unlabeled: tokenized rows with `input_ids` (any `labels` column is ignored and replaced by -100), a
             `datasets.Dataset` too.
         seed: shuffle the mixed rows with this seed (the Trainer shuffles anyway; this is for `select` users).
@@ -1152,8 +1153,10 @@ def mix_unlabeled(labeled: datasets.Dataset, unlabeled: datasets.Dataset, seed: 
             )
         if "input_ids" not in split.column_names:
             raise ValueError(f"`{name}` has no `input_ids` column (columns: {split.column_names}); tokenize it first.")
+    if "labels" not in labeled.column_names and "label" in labeled.column_names:
+        labeled = labeled.rename_column("label", "labels")  # the `datasets` habit, which Trainer's collators take too
     if "labels" not in labeled.column_names:
-        raise ValueError(f"`labeled` has no `labels` column (columns: {labeled.column_names}).")
+        raise ValueError(f"`labeled` has no `labels` (or `label`) column (columns: {labeled.column_names}).")
     if len(unlabeled) == 0:
         raise ValueError("`unlabeled` is empty (after filtering?): there is nothing to mix in. Pass the labeled set "
                          "alone, or check the filter that built the unlabeled one.")

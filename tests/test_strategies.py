@@ -543,6 +543,18 @@ def test_mix_unlabeled_with_a_seed_shuffles_the_two_sets_together(tokenizer):
     assert -100 in head and any(label != -100 for label in head)
 
 
+def test_mix_unlabeled_takes_a_label_column_as_glue_names_it(tokenizer):
+    # GLUE and `load_text_classification_file` name the column `label`, which Trainer's collators take: mixing
+    # refused it.
+    labeled = seq_dataset(tokenizer).rename_column("labels", "label")
+    unlabeled = seq_dataset(tokenizer).rename_column("labels", "label")  # a label column there is ignored
+    mixed = mix_unlabeled(labeled, unlabeled)
+    assert "label" not in mixed.column_names
+    assert list(mixed["labels"]) == list(labeled["label"]) + [-100] * len(unlabeled)
+    with pytest.raises(ValueError, match=r"no `labels` \(or `label`\) column"):
+        mix_unlabeled(labeled.remove_columns("label"), unlabeled)
+
+
 def test_mix_unlabeled_fills_large_list_token_labels(tokenizer):
     # Arrow large lists (a parquet file written with them) train like lists; mixing failed on a cast error.
     from datasets import LargeList, Value
