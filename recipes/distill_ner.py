@@ -34,6 +34,7 @@ from hf_distill import (
     token_classification_metrics,
     tokenize_and_align_labels,
 )
+from hf_distill.checks import is_placeholder_label
 from hf_distill.cli import parse_args
 from hf_distill.text_attacks import perturb_characters
 
@@ -49,6 +50,14 @@ def main():
     teacher, tokenizer, student = load_models(model_args, "token_classification",
                                               attention_distillation=args.attention_distill_weight > 0)
     label_names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+    if all(is_placeholder_label(name) for name in label_names):
+        raise ValueError(
+            f"The teacher {model_args.teacher_model_name_or_path!s} names its {len(label_names)} outputs "
+            f"{label_names[0]} ... {label_names[-1]}: its config does not say which tag each one predicts, so the "
+            "data's tags cannot be put in its order. Give the teacher's config.json the `id2label` (and `label2id`) "
+            'it was fine-tuned with, e.g. "id2label": {"0": "O", "1": "B-PER", ...} (recipes/finetune_teacher.py '
+            "writes them)."
+        )
 
     # ---- data: tags encoded in the teacher's label order ------------------------------------------------------
     tokens_column = data_args.text_column_name or "tokens"

@@ -953,6 +953,19 @@ def test_ner_recipe_refuses_a_hub_dataset_with_tags_the_teacher_lacks(tokenizer,
     assert "ValueError: The dataset's labels ['B-MISC'] are not labels of the teacher" in result.stderr, result.stderr[-3000:]
 
 
+def test_ner_recipe_refuses_a_teacher_whose_tags_are_unnamed_and_says_what_to_write(tokenizer, tmp_path, run_recipe):
+    # A teacher saved without id2label (LABEL_0 ... LABEL_8): the recipe stopped on the data's first tag with advice
+    # (`label_names=`) that no flag of the recipe takes.
+    _, data = _ner_teacher_and_data(tokenizer, tmp_path)
+    tiny_token_model(tokenizer, labels=[f"LABEL_{i}" for i in range(7)], seed=3).save_pretrained(tmp_path / "teacher")
+    result = run_recipe(
+        "distill_ner.py", "--teacher_model_name_or_path", tmp_path / "teacher", "--student_layers", "0",
+        "--train_file", data, "--validation_file", data, "--output_dir", tmp_path / "student", "--max_steps", "1",
+        "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true")
+    assert result.returncode != 0
+    assert "names its 7 outputs LABEL_0 ... LABEL_6" in result.stderr and "`id2label`" in result.stderr
+
+
 def test_a_teacher_path_under_the_home_folder_loads(tokenizer, tmp_path, monkeypatch):
     # `--teacher_model_name_or_path ~/models/teacher`, as a shell leaves it when quoted or written in a config file.
     from hf_distill.loading import LOADED_FROM, load_model, load_tokenizer
