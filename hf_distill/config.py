@@ -101,7 +101,9 @@ class DistillationArguments(TrainingArguments):
             Softmax temperature T applied to teacher and student logits in the distillation term (> 0). With
             `distill_loss="kl"` the term is scaled by T² so that its gradients keep their size as T changes.
         final_temperature (`float` or `None`, defaults to `None`):
-            Temperature reached at the end of training when `temperature_schedule` is not `"constant"`.
+            Temperature reached at the end of training when `temperature_schedule` is not `"constant"`. Step s of N
+            trains at progress s / N, as Transformers' learning-rate schedules do: the last step trains one step
+            short of it (T 4 -> 1 linear over 4 steps trains at 4, 3.25, 2.5, 1.75).
         temperature_schedule (`str`, defaults to `"constant"`):
             How T moves from `temperature` to `final_temperature` over the optimizer steps: `"constant"`,
             `"linear"` or `"cosine"`.
@@ -109,7 +111,8 @@ class DistillationArguments(TrainingArguments):
             Weight of the distillation term, in [0, 1]. The loss is `alpha * distill + (1 - alpha) * CE(labels)`.
             With `alpha=1` no labels are needed.
         final_alpha (`float` or `None`, defaults to `None`):
-            Weight reached at the end of training when `alpha_schedule` is not `"constant"`.
+            Weight reached at the end of training when `alpha_schedule` is not `"constant"`; as for the temperature,
+            the last step trains one step short of it (a schedule to 1 never trains on the teacher alone).
         alpha_schedule (`str`, defaults to `"constant"`):
             How alpha moves from `alpha` to `final_alpha`: `"constant"`, `"linear"` or `"cosine"`.
         distill_loss (`str`, defaults to `"kl"`):
