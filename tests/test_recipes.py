@@ -102,6 +102,9 @@ def test_distill_ner_recipe_end_to_end(tokenizer, tmp_path, run_recipe):
     card = (out / "README.md").read_text()
     # The validation file has 8 sentences: the "batch 32" latency is measured, and named, on the 8.
     assert "| alpha | 0.7 |" in card and "| validation_f1 |" in card and "speedup_batch8" in card
+    assert re.search(r"\| measured on \| CPU, \d+ torch threads, torch.float32; median of 20 forward calls in eval mode "
+                     r"on the first `validation` examples, padded to \d+ tokens \(batch 1\) and \d+ tokens \(batch 8\) \|",
+                     card)
     assert "train.txt (local file)" in card and "datasets:" not in card  # a local file is no Hub dataset
     for split in ("train", "validation", "test"):  # what each split was, next to the scores it gave
         assert f"| {split} | `train.txt` (local file): 8 examples |" in card
