@@ -1457,9 +1457,16 @@ class DistillationTrainer(Trainer):
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Trainer uploads a checkpoint (hub_strategy "checkpoint" / "all_checkpoints") from inside its save, before
-        `_save_checkpoint` returns: write the trainer-owned state first, so that the pushed copy can be resumed."""
+        `_save_checkpoint` returns: write the trainer-owned state and the completion marker first, so that the pushed
+        copy resumes as the local one does (with the count of skipped batches the marker carries). Every process
+        comes here (Trainer pushes from the main one), so the count is summed and the files of all are written by
+        then; `_save_checkpoint` writes the marker again once it returns."""
+        skipped = self._run_skipped_batches()
+        self.accelerator.wait_for_everyone()
         if self.args.should_save and os.path.isdir(checkpoint_folder):
             self._save_trainer_owned_state(checkpoint_folder)
+            atomic_write_json(os.path.join(checkpoint_folder, CHECKPOINT_MARKER),
+                              {"global_step": self.state.global_step, "skipped_batches": skipped})
             card = os.path.join(checkpoint_folder, "README.md")
             if self.args.hub_strategy != HubStrategy.END and os.path.isfile(card):
                 # Trainer uploads the output folder with the checkpoint's weights copied in, but not its card: the

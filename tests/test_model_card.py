@@ -291,6 +291,7 @@ def test_push_to_hub_uploads_student_and_card(tokenizer, tmp_path, monkeypatch):
 
 
 def test_a_pushed_checkpoint_holds_the_state_a_resume_needs(tokenizer, tmp_path, monkeypatch):
+    from hf_distill.files import CHECKPOINT_MARKER
     from hf_distill.trainer import PROJECTOR_FILE
 
     fake = FakeHubApi()
@@ -302,6 +303,8 @@ def test_a_pushed_checkpoint_holds_the_state_a_resume_needs(tokenizer, tmp_path,
     trainer.train()
     pushed = [u for u in fake.uploads if u.get("path_in_repo") == "last-checkpoint"]
     assert pushed and PROJECTOR_FILE in pushed[0]["files"]  # written before Trainer's upload, not after
+    # the completion marker too (it carries the skipped batches' count), which was written after the upload
+    assert CHECKPOINT_MARKER in pushed[0]["files"]
 
 
 def test_every_save_pushes_the_checkpoints_card_with_its_weights(tokenizer, tmp_path, monkeypatch):
