@@ -334,9 +334,9 @@ def _start_text(student_start: str | None, cut_from: tuple[str, Sequence[int], i
     """Where the student's weights came from, in a sentence ("" when the card cannot tell)."""
     if cut_from is not None:
         source, layers, depth = cut_from
-        source = f"`{display_name(source)}`" if source else f"a {depth}-layer model"
-        return (f"The student started as {source} cut to {len(layers)} of its {depth} layers ({list(layers)}, "
-                "`hf_distill.create_student`).")
+        source = f"`{display_name(source)}`" if source else "an unnamed model"
+        return (f"The student started as {len(layers)} of the {depth} layers ({list(layers)}) of {source}, cut by "
+                "`hf_distill.create_student`.")
     if student_start:
         return f"The student started from `{display_name(student_start)}`."
     return ""

@@ -551,12 +551,12 @@ def test_base_model_is_where_the_students_weights_came_from():
     cut = build_model_card(task="sequence_classification", teacher="acme/bert-base-sst2", args=args,
                            cut_from=("acme/bert-base-sst2", [0, 2, 4], 6))
     assert cut.data.base_model == "acme/bert-base-sst2"
-    assert "started as `acme/bert-base-sst2` cut to 3 of its 6 layers ([0, 2, 4], `hf_distill.create_student`)" \
+    assert "started as 3 of the 6 layers ([0, 2, 4]) of `acme/bert-base-sst2`, cut by `hf_distill.create_student`." \
         in str(cut)
     local = build_model_card(task="sequence_classification", teacher="t", args=args, student_start="/data/run/base")
     assert local.data.base_model is None and "started from `base (local folder)`." in str(local)
     unnamed = build_model_card(task="sequence_classification", teacher="t", args=args, cut_from=("", [1], 2))
-    assert unnamed.data.base_model is None and "started as a 2-layer model cut to 1 of its 2 layers" in str(unnamed)
+    assert unnamed.data.base_model is None and "started as 1 of the 2 layers ([1]) of an unnamed model" in str(unnamed)
     adapter = build_model_card(task="sequence_classification", teacher="t", args=args, adapter_of="org/base",
                                student_start="org/base")
     assert adapter.data.base_model == "org/base"
@@ -571,7 +571,7 @@ def test_the_trainers_card_says_where_the_student_started_and_names_local_models
     trainer = ner_trainer(tokenizer, tmp_path, student=create_student(teacher, [1]), teacher=teacher)
     trainer.create_model_card()
     text = (tmp_path / "out" / "README.md").read_text()
-    assert "base_model: acme/ner-teacher" in text and "cut to 1 of its 2 layers ([1]" in text
+    assert "base_model: acme/ner-teacher" in text and "started as 1 of the 2 layers ([1]) of `acme/ner-teacher`" in text
     # A student loaded from a folder, taught by a teacher loaded from another: named by the folders, not the paths.
     teacher.config._name_or_path = str(tmp_path / "runs" / "my-teacher")
     student = tiny_token_model(tokenizer, layers=1, seed=1)
