@@ -650,6 +650,12 @@ def tokenize_and_align_labels(
             f"`max_length` must be at least {special + 1} sub-words (the tokenizer's {special} special tokens and one "
             f"more), got {max_length}. Pass a larger number, or None for the tokenizer's `model_max_length`."
         )
+    if isinstance(examples, datasets.Dataset | datasets.IterableDataset | datasets.DatasetDict):
+        raise ValueError(
+            f"`examples` is a whole {type(examples).__name__}; tokenize_and_align_labels takes a batch of rows. Map it "
+            "over the dataset: `dataset.map(tokenize_and_align_labels, batched=True, fn_kwargs={'tokenizer': "
+            "tokenizer}, remove_columns=dataset.column_names)`."
+        )
     if tokens_column not in examples:
         raise ValueError(
             f"Column {tokens_column!r} is missing; found columns {sorted(examples)}. Pass "

@@ -229,6 +229,15 @@ def test_align_labels_missing_tokens_column_lists_columns(wordpiece_tokenizer):
         tokenize_and_align_labels({"words": [["john"]]}, wordpiece_tokenizer)
 
 
+def test_align_labels_given_a_whole_dataset_says_to_map_it(wordpiece_tokenizer):
+    # It failed inside its own error message (sorting the dataset's rows, which are dicts).
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"tokens": [["john"]], "ner_tags": [[1]]})
+    with pytest.raises(ValueError, match=r"a whole Dataset; .* takes a batch of rows. Map it .*batched=True"):
+        tokenize_and_align_labels(rows, wordpiece_tokenizer)
+
+
 SST_TSV = 'label\tsentence\n1\ta "great" movie\n0\tNA\n'
 
 
