@@ -10,10 +10,12 @@ References:
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 from transformers import TrainingArguments
@@ -539,3 +541,10 @@ class DistillationArguments(TrainingArguments):
     def _hard_label_loss_weighted(self) -> bool:
         """Whether 1 - alpha is above 0 at some point of training."""
         return self.alpha < 1.0 or (self.final_alpha is not None and self.final_alpha < 1.0)
+
+
+def distillation_settings(args: DistillationArguments) -> dict[str, Any]:
+    """The settings `DistillationArguments` adds to `TrainingArguments`, as JSON values (what a checkpoint records,
+    so that a resume can name the ones it changes)."""
+    names = sorted({f.name for f in fields(DistillationArguments)} - {f.name for f in fields(TrainingArguments)})
+    return json.loads(json.dumps({name: getattr(args, name) for name in names}, default=str))

@@ -207,6 +207,7 @@ def build_model_card(
     dataset_tags: str | Sequence[str] | None = None,
     data_splits: Mapping[str, str] | None = None,
     optimizer: tuple[str, Sequence[float]] | None = None,
+    changed_at_resume: Sequence[tuple[Any, Mapping[str, Sequence[Any]]]] | None = None,
 ) -> ModelCard:
     """A `ModelCard` for a student distilled with hf-distill.
 
@@ -261,6 +262,9 @@ def build_model_card(
             gave it.
         optimizer: `(class name, its learning rates)` of the optimizer that trained: the method table gives those
             rates when they are not `args.learning_rate` (an optimizer passed to the trainer sets its own).
+        changed_at_resume: `[(step, {setting: (before, after)}), ...]`, one entry per resume from a checkpoint with
+            other distillation settings: the method table, which gives the settings from `args` (the latest), says
+            which ones the steps before each resume trained with.
     """
     hub_tags = [dataset_tags] if isinstance(dataset_tags, str) else list(dataset_tags or [])
     used = _datasets_used(dataset, dataset_config) if dataset else _datasets_used(hub_tags or None, dataset_config)
@@ -294,7 +298,8 @@ def build_model_card(
         "",
         _method_text(args),
         "",
-        _table(_method_rows(args, task, steps_trained, planned_steps, train_batch_size, optimizer)),
+        _table(_method_rows(args, task, steps_trained, planned_steps, train_batch_size, optimizer)
+               + _resume_rows(changed_at_resume)),
     ]
     adversarial = getattr(args, "adversarial", "none")
     if adversarial and adversarial != "none":
@@ -328,6 +333,14 @@ def build_model_card(
         sections += ["", "## Evaluation", "", _evaluation_table(evaluation)]
     sections += ["", "## Framework versions", "", "\n".join(f"- {k} {v}" for k, v in framework_versions().items())]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections) + "\n")
+
+
+def _resume_rows(changed_at_resume: Sequence[tuple[Any, Mapping[str, Sequence[Any]]]] | None) -> list[tuple[str, str]]:
+    """A row per resume that changed distillation settings: which, from what, at which step."""
+    return [(f"changed when resumed at step {step}",
+             "; ".join(f"{name} {before} → {after}" for name, (before, after) in changed.items())
+             + f" (the steps up to {step} trained with the earlier values)")
+            for step, changed in changed_at_resume or []]
 
 
 def _start_text(student_start: str | None, cut_from: tuple[str, Sequence[int], int] | None) -> str:

@@ -72,7 +72,7 @@ from .checks import (
 from .checks import (
     model_name as name_of,
 )
-from .config import DistillationArguments
+from .config import DistillationArguments, distillation_settings
 from .data import word_free_special_ids
 from .ensemble import combine_teacher_logits
 from .features import (
@@ -433,6 +433,9 @@ class DistillationTrainer(Trainer):
         # The metadata given to `create_model_card` (through `push_to_hub(license=...)`, say), kept for the cards of
         # later saves, which would otherwise publish a card without them.
         self._card_metadata: dict[str, Any] = {}
+        self._fingerprints: list[str] | None = None  # the teachers' weights, for the checkpoint marker
+        # The distillation settings resumes changed, as [step, {setting: [before, after]}] pairs (for the card)
+        self._resumed_changes: list[list[Any]] = []
         self._evaluation_report: dict[str, dict[str, float]] | None = None
         self.noisy_view: dict[str, Any] | None = None  # how a teacher-view training set's noise was made
         # Born-again distillation (set by whoever chains the generations): the card names the first generation's
@@ -1337,6 +1340,7 @@ class DistillationTrainer(Trainer):
             student_start=student_start,
             cut_from=cut_from,
             optimizer=self._optimizer_rates(),
+            changed_at_resume=self._resumed_changes,
             evaluation=self.evaluation_report,
             license=meta.get("license"),
             tags=[tags] if isinstance(tags, str) else tags,
@@ -1406,8 +1410,7 @@ class DistillationTrainer(Trainer):
             run_dir = self._get_output_dir(trial=trial)
             folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
             if os.path.isdir(folder):
-                atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER),
-                                  {"global_step": self.state.global_step, "skipped_batches": skipped})
+                atomic_write_json(os.path.join(folder, CHECKPOINT_MARKER), self._marker(skipped))
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
@@ -1426,6 +1429,52 @@ class DistillationTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None):
         with self._arguments_as_given():
             super()._save(output_dir, state_dict)
+
+    def _marker(self, skipped: int) -> dict[str, Any]:
+        """The completion marker's record: the step, the batches skipped so far, and what a resume must find the same
+        or say it changed: the distillation settings and the teachers' weights (`_check_resumed_run`)."""
+        return {"global_step": self.state.global_step, "skipped_batches": skipped,
+                "distillation": distillation_settings(self.args), "teachers": self._teacher_fingerprints(),
+                "changed_at_resume": self._resumed_changes}
+
+    def _teacher_fingerprints(self) -> list[str] | None:
+        """A fingerprint of each teacher's weights (or of the teacher that built the logit cache), computed once: the
+        teachers are frozen. None under EMA self-distillation, whose teacher moves with the student."""
+        if self.args.self_distillation == "ema":
+            return None
+        if self._fingerprints is None:
+            if self.teacher_cache is not None and not self.teacher_models:
+                self._fingerprints = [self.teacher_cache.fingerprint["teacher"]]
+            else:
+                self._fingerprints = [teacher_fingerprint(self._unwrap(t)) for t in self.teacher_models]
+        return self._fingerprints
+
+    def _check_resumed_run(self, checkpoint: str, marker: dict[str, Any]) -> None:
+        """Resuming with other teachers is refused: the steps to come would learn from another model than the steps
+        behind the checkpoint did. Changed distillation settings are allowed (as Trainer allows another learning
+        rate) but named, in a warning and on the model card, which would otherwise describe the whole run by the
+        new ones."""
+        saved, before = marker.get("teachers"), marker.get("distillation") or {}
+        # (a teacher cast to another `teacher_dtype` has other bytes: that change is named below, not refused here)
+        recast = before.get("teacher_dtype", self.args.teacher_dtype) != self.args.teacher_dtype
+        if saved is not None and not recast and self._teacher_fingerprints() not in (None, saved):
+            raise ValueError(
+                f"{checkpoint} was trained with another teacher than this run's (the fingerprints of the teachers' "
+                "weights differ): resuming would go on distilling from a model that the steps behind it did not learn "
+                "from. Resume with the teacher (or the teacher-logit cache) it was trained with; to go on from its "
+                "weights with this teacher, start a new run from them instead (`model=AutoModelFor...from_pretrained("
+                f"{checkpoint!r})`, no `resume_from_checkpoint`)."
+            )
+        self._resumed_changes = list(marker.get("changed_at_resume", []))  # earlier resumes' changes carry on
+        now = distillation_settings(self.args)
+        changed = {name: [before[name], now[name]] for name in now if name in before and before[name] != now[name]}
+        if changed:
+            step = marker.get("global_step", "?")
+            self._resumed_changes.append([step, changed])
+            logger.warning(
+                "Resuming from %s (step %s) with distillation settings that differ from those it was trained with: "
+                "%s. The steps from here on use the new ones; the model card records the change.", checkpoint, step,
+                "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
 
     def _run_skipped_batches(self) -> int:
         """The batches skipped so far on every process, those of the checkpoint this run resumed from included
@@ -1465,8 +1514,7 @@ class DistillationTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save and os.path.isdir(checkpoint_folder):
             self._save_trainer_owned_state(checkpoint_folder)
-            atomic_write_json(os.path.join(checkpoint_folder, CHECKPOINT_MARKER),
-                              {"global_step": self.state.global_step, "skipped_batches": skipped})
+            atomic_write_json(os.path.join(checkpoint_folder, CHECKPOINT_MARKER), self._marker(skipped))
             card = os.path.join(checkpoint_folder, "README.md")
             if self.args.hub_strategy != HubStrategy.END and os.path.isfile(card):
                 # Trainer uploads the output folder with the checkpoint's weights copied in, but not its card: the
@@ -1480,11 +1528,14 @@ class DistillationTrainer(Trainer):
         teacher."""
         if self.feature_projector is None and os.path.isfile(os.path.join(resume_from_checkpoint, PROJECTOR_FILE)):
             raise ValueError(_other_projection(resume_from_checkpoint, "this run has none"))
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        marker = os.path.join(resume_from_checkpoint, CHECKPOINT_MARKER)
-        if os.path.isfile(marker):  # the count of skipped batches carries on
+        marker, record = os.path.join(resume_from_checkpoint, CHECKPOINT_MARKER), None
+        if os.path.isfile(marker):
             with open(marker, encoding="utf-8") as handle:
-                self.skipped_batches = self._skipped_before_resume = json.load(handle).get("skipped_batches", 0)
+                record = json.load(handle)
+            self._check_resumed_run(resume_from_checkpoint, record)  # before any weight is loaded
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if record is not None:  # the count of skipped batches carries on
+            self.skipped_batches = self._skipped_before_resume = record.get("skipped_batches", 0)
         self._load_trainer_owned_state(resume_from_checkpoint)
 
     def _load_best_model(self):

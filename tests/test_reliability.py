@@ -676,3 +676,58 @@ def test_resuming_from_the_output_folder_itself_points_to_its_checkpoints(tokeni
     with pytest.raises(ValueError, match="output folder, not a checkpoint") as error:
         run().train(resume_from_checkpoint=str(tmp_path / "out"))
     assert "checkpoint-2" in str(error.value) and "resume_from_checkpoint=True" in str(error.value)
+
+
+def _two_steps_then_resume(tokenizer, tmp_path, teacher=None, **changed):
+    """A 4-step run saved at step 2 and stopped there, resumed with `changed` settings (or another teacher)."""
+    settings = dict(max_steps=4, save_steps=2, save_strategy="steps", temperature=2.0, alpha=0.5)
+    first = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1), **settings)
+    first.add_callback(StopAt(2))
+    first.train()
+    resumed = ner_trainer(tokenizer, tmp_path, student=tiny_token_model(tokenizer, layers=1, seed=1), teacher=teacher,
+                          **{**settings, **changed})
+    resumed.train(resume_from_checkpoint=True)
+    return resumed
+
+
+def test_a_resume_with_other_distillation_settings_names_them_and_the_card_says_which_steps_had_which(
+        tokenizer, tmp_path, caplog):
+    # The steps before the checkpoint trained at T 2 and alpha 0.5, those after at T 4 and alpha 0.9: nothing said so,
+    # and the card gave the whole run T 4 and alpha 0.9.
+    with caplog.at_level("WARNING"):
+        resumed = _two_steps_then_resume(tokenizer, tmp_path, temperature=4.0, alpha=0.9, adversarial="fgm")
+    assert "with distillation settings that differ from those it was trained with" in caplog.text
+    assert "temperature 2.0 -> 4.0" in caplog.text and "adversarial 'none' -> 'fgm'" in caplog.text
+    logged = [(round(h["temperature"], 4), round(h["alpha"], 4)) for h in resumed.state.log_history
+              if "temperature" in h]
+    assert logged == [(2.0, 0.5), (2.0, 0.5), (4.0, 0.9), (4.0, 0.9)]
+    resumed.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ("| changed when resumed at step 2 | adversarial none → fgm; alpha 0.5 → 0.9; temperature 2.0 → 4.0 (the "
+            "steps up to 2 trained with the earlier values) |") in card
+    # The change stays on the record of the later checkpoints, for the card of a run resumed from them.
+    marker = json.loads((tmp_path / "out" / "checkpoint-4" / CHECKPOINT_MARKER).read_text())
+    assert marker["changed_at_resume"] == [[2, {"adversarial": ["none", "fgm"], "alpha": [0.5, 0.9],
+                                                "temperature": [2.0, 4.0]}]]
+    assert marker["distillation"]["temperature"] == 4.0
+
+
+def test_a_resume_with_the_same_settings_says_nothing(tokenizer, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        resumed = _two_steps_then_resume(tokenizer, tmp_path)
+    assert "differ from those it was trained with" not in caplog.text and resumed.state.global_step == 4
+    resumed.create_model_card()
+    assert "changed when resumed" not in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_resume_with_another_teacher_is_refused_before_any_weight_is_loaded(tokenizer, tmp_path, caplog):
+    # The steps behind the checkpoint learned from one teacher and those after it would learn from another, silently.
+    other = tiny_token_model(tokenizer, layers=2, seed=7)
+    with pytest.raises(ValueError, match=r"checkpoint-2 was trained with another teacher than this run's .*Resume with "
+                                         r"the teacher \(or the teacher-logit cache\) it was trained with"):
+        _two_steps_then_resume(tokenizer, tmp_path, teacher=other)
+    # The same teacher cast to another precision (teacher_dtype) has other bytes: a changed setting, not a teacher.
+    (tmp_path / "bf16").mkdir()
+    with caplog.at_level("WARNING"):
+        _two_steps_then_resume(tokenizer, tmp_path / "bf16", teacher_dtype="bfloat16")
+    assert "teacher_dtype 'auto' -> 'bfloat16'" in caplog.text
