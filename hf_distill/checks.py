@@ -571,6 +571,20 @@ def check_label_range(dataset: Any, num_labels: int, label_column: str | None = 
     )
 
 
+def unweighted_processes(args: Any) -> str | None:
+    """A warning for several processes with `average_tokens_across_devices=False`: each process then divides its loss
+    by its own counts and DDP averages the processes, so a process with few distilled tokens weighs as much as one
+    with many, and the update is not the token-weighted full-batch one that one process would take."""
+    if getattr(args, "world_size", 1) > 1 and not getattr(args, "average_tokens_across_devices", True):
+        return (
+            f"average_tokens_across_devices=False with {args.world_size} processes: each process's loss is a mean over "
+            "its own tokens and the processes are averaged as equals, so the update differs from the full-batch one "
+            "(token-weighted, as one process would take it). Leave average_tokens_across_devices=True (Transformers "
+            "5's default; an older config may set it False) for that update."
+        )
+    return None
+
+
 def check_sharding(args: Any, *, fsdp: bool, deepspeed: bool) -> None:
     """Refuse the settings that cannot train a student that FSDP or DeepSpeed shards.
 

@@ -68,6 +68,7 @@ from .checks import (
     missing_segments,
     separator_id,
     unlabeled_token_rows,
+    unweighted_processes,
 )
 from .checks import (
     model_name as name_of,
@@ -336,6 +337,8 @@ class DistillationTrainer(Trainer):
         if self._keeps_teacher_view:
             self.data_collator = TeacherViewCollator(self.data_collator, processing_class)
         check_sharding(args, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
+        if (problem := unweighted_processes(args)) is not None:
+            logger.warning(problem)
         if _adapter_base(self._unwrap(self.model)) == "":
             logger.warning(
                 "The student is a PEFT adapter whose base model has no name (a `create_student` cut, say): the saved "

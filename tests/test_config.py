@@ -193,3 +193,16 @@ def test_the_offline_hint_reads_offline_mode_as_huggingface_hub_does(monkeypatch
             else:
                 monkeypatch.setenv(name, value)
         assert _offline_mode() == expected
+
+
+def test_several_processes_that_do_not_average_tokens_are_warned_of():
+    # With average_tokens_across_devices=False each process divides by its own counts and DDP averages processes as
+    # equals: two processes then trained another update than one process on the same batch, and nothing said so.
+    from types import SimpleNamespace
+
+    from hf_distill.checks import unweighted_processes
+
+    warning = unweighted_processes(SimpleNamespace(world_size=2, average_tokens_across_devices=False))
+    assert "average_tokens_across_devices=False with 2 processes" in warning and "Leave" in warning
+    assert unweighted_processes(SimpleNamespace(world_size=2, average_tokens_across_devices=True)) is None
+    assert unweighted_processes(SimpleNamespace(world_size=1, average_tokens_across_devices=False)) is None
