@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from .adversarial import (
     project,
     word_embeddings,
 )
+from .checks import TOKEN_CLASSIFICATION, _base, check_inputs_fit, check_label_range, infer_task
 from .data import word_free_special_ids
 from .losses import IGNORE_INDEX
 
@@ -105,6 +107,41 @@ def _check_columns(dataset: Any) -> None:
             f"`dataset` needs `input_ids` and `labels` columns (tokenized and labelled), found {columns}. Tokenize it "
             "first (for NER with `tokenize_and_align_labels`)."
         )
+
+
+def _check_model_fits_data(model: nn.Module, dataset: Any) -> None:
+    """The labels must be the model's kind (one per example for a sequence classifier, one per token for a token
+    classifier) and its class ids; an Arrow dataset's rows must fit the model's embedding tables. Otherwise the attack
+    fails deep inside the loss, with a shape or index error that names neither."""
+    try:
+        task = infer_task(model, "model")
+    except ValueError:  # a model of one's own, named otherwise: its labels are taken as they come
+        return
+    first = dataset[0]
+    labels = next(first[key] for key in _LABEL_KEYS if key in first)
+    per_token = isinstance(labels, list | tuple | np.ndarray) or (torch.is_tensor(labels) and labels.dim() > 0)
+    if per_token != (task == TOKEN_CLASSIFICATION):
+        kind, other = ("token", "sequence") if task == TOKEN_CLASSIFICATION else ("sequence", "token")
+        raise ValueError(
+            f"The model is a {kind} classifier ({type(_base(model)).__name__}), but the dataset's labels are "
+            f"{'a list per example (token labels)' if per_token else 'one per example (sequence labels)'}, e.g. "
+            f"{_shortened(labels)}. Evaluate a {other}-classification model on this dataset, or give this model the data of its "
+            "task."
+        )
+    num_labels = getattr(getattr(_base(model), "config", None), "num_labels", None)
+    if num_labels:
+        try:
+            check_label_range(dataset, num_labels, per_token=per_token)
+        except ValueError as error:
+            hidden = " A label of -1 is how GLUE's test splits hide theirs: score the validation split." if (
+                " -1 " in str(error)) else ""
+            raise ValueError(f"{error}{hidden}") from None
+    check_inputs_fit(dataset, [("model", model)])
+
+
+def _shortened(value: Any, width: int = 60) -> str:
+    text = repr(value.tolist() if hasattr(value, "tolist") else value)
+    return text if len(text) <= width else text[: width - 5] + " ...]"
 
 
 def _collate(rows: list[dict[str, Any]], data_collator: Callable | None) -> dict[str, Any]:
@@ -241,10 +278,11 @@ def evaluate_robustness(
         raise ValueError(f"`norm` must be one of {', '.join(repr(n) for n in NORMS)}, got {norm!r}.")
     if not epsilon >= 0 or not np.isfinite(epsilon):
         raise ValueError(f"`epsilon` must be a finite number >= 0, got {epsilon}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    steps, batch_size = int(steps), int(batch_size)  # (a numpy integer, say)
     if step_size is None:
         step_size = 2.5 * epsilon / steps
     elif not step_size >= 0 or not np.isfinite(step_size):
@@ -253,6 +291,7 @@ def evaluate_robustness(
         )
     _check_columns(dataset)
     word_embeddings(model)  # fails early, with the fix, if the model has no input embeddings
+    _check_model_fits_data(model, dataset)
     if special_token_ids is None:
         special_token_ids = word_free_special_ids(getattr(data_collator, "tokenizer", None))
         if special_token_ids is None:

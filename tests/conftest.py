@@ -45,16 +45,10 @@ def tokenizer(vocab_file):
 
 
 def tiny_config(vocab_size, num_labels, layers=2, hidden=32, heads=2, **kwargs):
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        **kwargs,
-    )
+    return BertConfig(**{
+        "vocab_size": vocab_size, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "intermediate_size": 64, "max_position_embeddings": 64, "num_labels": num_labels, **kwargs,
+    })
 
 
 def tiny_token_model(tokenizer, labels=NER_LABELS, layers=2, seed=0, **kwargs):

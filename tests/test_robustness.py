@@ -330,3 +330,29 @@ def test_an_iterable_dataset_is_refused_with_the_fix(tokenizer):
     with pytest.raises(ValueError, match=r"map-style dataset.*list\("):
         evaluate_robustness(tiny_token_model(tokenizer, layers=1), ner_dataset(tokenizer).to_iterable_dataset(),
                             epsilon=0.5, steps=1, data_collator=DataCollatorForTokenClassification(tokenizer))
+
+
+def test_labels_of_the_other_task_or_outside_the_classes_are_refused_before_the_attack(tokenizer):
+    # The attack failed inside the loss: "Expected input batch_size (512) to match target batch_size (8)",
+    # "Target 5 is out of bounds", naming neither the model nor the data.
+    from datasets import Dataset
+
+    collator = DataCollatorForTokenClassification(tokenizer)
+    with pytest.raises(ValueError, match=r"model is a sequence classifier .* labels are a list per example \(token "
+                                         r"labels\), e.g. \[-100, "):
+        evaluate_robustness(tiny_sequence_model(tokenizer, num_labels=7), ner_dataset(tokenizer), epsilon=0.5,
+                            steps=1, data_collator=collator)
+    rows = sequence_rows(tokenizer)
+    with pytest.raises(ValueError, match=r"model is a token classifier .* labels are one per example"):
+        evaluate_robustness(tiny_token_model(tokenizer, layers=1), rows, epsilon=0.5, steps=1)
+    hidden = Dataset.from_list([{**row, "label": -1} for row in rows])  # GLUE's test splits
+    with pytest.raises(ValueError, match=r"the label -1 in row 0 .*how GLUE's test splits hide theirs"):
+        evaluate_robustness(tiny_sequence_model(tokenizer), hidden, epsilon=0.5, steps=1)
+    long = Dataset.from_list(rows)
+    with pytest.raises(ValueError, match=r"has 14 tokens, but the model has positions for 8"):
+        evaluate_robustness(tiny_sequence_model(tokenizer, max_position_embeddings=8), long, epsilon=0.5, steps=1)
+    # a numpy integer is an integer
+    import numpy as np
+
+    assert evaluate_robustness(tiny_sequence_model(tokenizer), rows, epsilon=0.5, steps=np.int64(1),
+                               batch_size=np.int64(2))["clean_loss"] > 0
