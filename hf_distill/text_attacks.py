@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .adversarial import eval_mode, model_logits
+from .checks import TOKEN_CLASSIFICATION, _base, _max_length, infer_task
 
 logger = logging.getLogger(__name__)
 
@@ -636,6 +637,22 @@ def model_predict_proba(
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    try:
+        task = infer_task(model, "model")
+    except ValueError:  # a model of one's own, named otherwise: taken to classify texts
+        task = None
+    if task == TOKEN_CLASSIFICATION:
+        raise ValueError(
+            f"The model is a token classifier ({type(_base(model)).__name__}); the text-level attacks that score a "
+            "whole text (`attack_accuracy`, `model_predict_proba`) need a sequence classifier. For a token "
+            "classifier, perturb the dataset (`perturb_characters`, `swap_entities`, ...) and score it with "
+            "`Trainer.evaluate`."
+        )
+    positions = _max_length(model) if hasattr(_base(model), "config") else None
+    if max_length is None and positions is not None and not 0 < (tokenizer.model_max_length or 0) <= positions:
+        # A tokenizer that does not know the model's limit would not truncate at all, and a long text would fail
+        # inside the model's position embeddings.
+        max_length = positions
 
     def all_pairs(texts: list[Any]) -> bool:
         pairs = [is_text_pair(text) for text in texts]

@@ -322,6 +322,20 @@ def test_model_predict_proba_wraps_a_classifier(tokenizer):
     assert outcome["queries"] >= 1
 
 
+def test_model_predict_proba_refuses_a_token_classifier_and_truncates_to_the_models_positions(tokenizer):
+    # A token classifier failed on the shape of its output, blamed on `predict_proba`; a tokenizer that does not know
+    # the model's limit let a long text through to the position embeddings, which failed on its size.
+    from conftest import tiny_token_model
+
+    with pytest.raises(ValueError, match=r"token classifier \(BertForTokenClassification\); .* need a sequence "
+                                         r"classifier"):
+        model_predict_proba(tiny_token_model(tokenizer, layers=1), tokenizer)
+    model = tiny_sequence_model(tokenizer, layers=1, max_position_embeddings=16)
+    assert tokenizer.model_max_length > 16
+    probabilities = model_predict_proba(model, tokenizer)([["good"] * 40])
+    assert probabilities.shape == (1, 2)
+
+
 def test_model_predict_proba_reads_words_as_the_running_text(byte_level_tokenizer_dir):
     from transformers import AutoTokenizer
 
