@@ -433,8 +433,7 @@ def robustness_report(models: dict, splits: dict, collator, compute_metrics, arg
     attack = options.robustness_word_attack_samples
     if attack is not None:
         _check_word_attack(probe)
-        settings["word attack"] = (f"greedy black-box typos in up to 0.3 of the words of the first {attack} "
-                                   f"examples, seed {seed} (`hf_distill.text_attacks.attack_accuracy`)")
+    attacked = {}  # the examples the word attack ran on, per split: the first `attack`, or all of a smaller split
     noisy = {}
     if options.robustness_typo_rate is not None:
         with args.main_process_first(desc="typo splits"):  # the first process writes the `map` caches, as in tokenizing
@@ -458,11 +457,18 @@ def robustness_report(models: dict, splits: dict, collator, compute_metrics, arg
                         result[f"{name}_{metric}"], 4)
                 if attack is not None:
                     texts, labels = probe.attack_texts(name, attack)
+                    attacked[name] = len(texts)
                     predict = model_predict_proba(model, probe.tokenizer, batch_size=args.per_device_eval_batch_size,
                                                   max_length=probe.max_length)
                     result = attack_accuracy(predict, texts, labels, budget=0.3, seed=seed)
                     for key, score in _WORD_ATTACK_SCORES.items():
                         scores[role][f"{name}_{score}"] = round(result[key], 4)
+    if attack is not None:
+        examples = ", ".join(f"the first {count} {name} examples" if count == attack else
+                             f"all {count} {name} examples" for name, count in attacked.items())
+        settings["word attack"] = (f"greedy black-box typos in up to 0.3 of the words of {examples} "
+                                   f"(--robustness_word_attack_samples {attack}), seed {seed} "
+                                   "(`hf_distill.text_attacks.attack_accuracy`)")
     return scores, settings
 
 

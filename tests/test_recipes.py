@@ -1031,6 +1031,9 @@ def test_text_recipe_scores_both_models_under_attack_and_says_how_on_the_card(to
     assert kwargs == {"budget": 0.3, "seed": 7}
     assert results["student_validation_word_attack_accuracy"] == round(scores["attacked_accuracy"], 4)
     assert results["student_validation_word_attack_clean_accuracy"] == round(scores["clean_accuracy"], 4)
+    # the card says how many examples were attacked (it gave the requested count, even past a split's end)
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "of the first 6 validation examples (--robustness_word_attack_samples 6)" in card
     # The typo scores come from the split encoded again with half the words of each text misspelt, seeded per row.
     noise = typo_noise(0.5)
     expected = []
