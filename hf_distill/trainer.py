@@ -44,6 +44,7 @@ from .cache import (
     CachedLogitsCollator,
     TeacherLogitCache,
     teacher_fingerprint,
+    tokenizer_fingerprint,
 )
 from .checks import (
     CUT_FROM,
@@ -253,10 +254,13 @@ class DistillationTrainer(Trainer):
                     "`datasets.Dataset` itself (not `.to_iterable_dataset()` or a streaming one), or with an online "
                     "`teacher_model`."
                 )
-            if train_dataset is not None and CACHE_INDEX_COLUMN not in dataset_columns(train_dataset):
-                train_dataset = teacher_cache.attach(train_dataset)
-            elif train_dataset is not None:
-                teacher_cache.check_index(train_dataset)  # an index column already there must name the right rows
+            try:
+                if train_dataset is not None and CACHE_INDEX_COLUMN not in dataset_columns(train_dataset):
+                    train_dataset = teacher_cache.attach(train_dataset)
+                elif train_dataset is not None:
+                    teacher_cache.check_index(train_dataset)  # an index column already there must name the right rows
+            except ValueError as error:  # other rows: say so when the tokenizer is why
+                raise ValueError(f"{error}{_other_tokenizer(teacher_cache, processing_class)}") from None
         _adopt_teacher_label_names(model, label_names(teachers[0]) if teachers else (
             teacher_cache.label_names if teacher_cache is not None else None))
         why = args.labels_needed_by
@@ -1639,6 +1643,18 @@ def _other_projection(folder: str, this_run: str) -> str:
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(value.shape) for name, value in state.items()}
+
+
+def _other_tokenizer(cache: TeacherLogitCache, tokenizer: Any) -> str:
+    """The end of a message on rows that do not match the cache's, when the trainer's tokenizer is not the one the
+    cache was built with ("" when it is, or when either is unknown)."""
+    stored = cache.fingerprint.get("tokenizer")
+    is_tokenizer = hasattr(tokenizer, "backend_tokenizer") or hasattr(tokenizer, "get_vocab")
+    if stored is None or not is_tokenizer or tokenizer_fingerprint(tokenizer) == stored:
+        return ""
+    return (" The tokenizer given as `processing_class` is not the one the cache was built with (its vocabulary or "
+            "settings differ), which explains the other input ids: tokenize the data with the cache's tokenizer, or "
+            "rebuild the cache with this one.")
 
 
 def _adopt_teacher_label_names(student: nn.Module, names: list[str] | None) -> None:

@@ -363,3 +363,23 @@ def test_a_cache_beside_augmentation_is_refused(tokenizer, tmp_path):
     teacher, data, collator, cache = _setup(tokenizer, tmp_path)
     with pytest.raises(ValueError, match=r"changes every training batch.*drop `teacher_cache`"):
         _trainer(tokenizer, tmp_path, teacher, data, collator, cache=cache, augment_mask_prob=0.2)
+
+
+def test_data_from_another_tokenizer_is_refused_with_the_tokenizer_named(tokenizer, tmp_path, vocab_file):
+    # The trainer's refusal said "another dataset" when the data was the same text tokenized with another tokenizer,
+    # which it is given as processing_class and which the cache recorded.
+    from transformers import BertTokenizerFast
+
+    teacher, _, collator, cache = _setup(tokenizer, tmp_path)
+    words = open(vocab_file, encoding="utf-8").read().split()
+    reordered = tmp_path / "vocab.txt"
+    reordered.write_text("\n".join(words[:5] + words[5:][::-1]) + "\n", encoding="utf-8")  # specials first
+    other = BertTokenizerFast(vocab=str(reordered), do_lower_case=True)
+    with pytest.raises(ValueError, match=r"for another dataset .* The tokenizer given as `processing_class` is not the "
+                                         r"one the cache was built with"):
+        DistillationTrainer(model=tiny_token_model(other, layers=1, seed=1), args=make_args(tmp_path),
+                            train_dataset=ner_dataset(other), data_collator=DataCollatorForTokenClassification(other),
+                            processing_class=other, teacher_cache=cache)
+    with pytest.raises(ValueError, match=r"for another dataset") as same_tokenizer:
+        _trainer(tokenizer, tmp_path, None, ner_dataset(tokenizer).select([1, 0, 2, 3]), collator, cache)
+    assert "processing_class" not in str(same_tokenizer.value)  # the same tokenizer: the rows themselves changed
