@@ -40,7 +40,7 @@ from .adversarial import (
     project,
     word_embeddings,
 )
-from .checks import TOKEN_CLASSIFICATION, _base, check_inputs_fit, check_label_range, infer_task
+from .checks import TOKEN_CLASSIFICATION, _base, check_inputs_fit, check_label_range, task_of
 from .data import word_free_special_ids
 from .losses import IGNORE_INDEX
 
@@ -113,29 +113,23 @@ def _check_model_fits_data(model: nn.Module, dataset: Any) -> None:
     """The labels must be the model's kind (one per example for a sequence classifier, one per token for a token
     classifier) and its class ids; an Arrow dataset's rows must fit the model's embedding tables. Otherwise the attack
     fails deep inside the loss, with a shape or index error that names neither."""
-    try:
-        task = infer_task(model, "model")
-    except ValueError:  # a model of one's own, named otherwise: its labels are taken as they come
+    task = task_of(model)
+    if task is None:  # a model of one's own, named otherwise: its labels are taken as they come
         return
     first = dataset[0]
     labels = next(first[key] for key in _LABEL_KEYS if key in first)
     per_token = isinstance(labels, list | tuple | np.ndarray) or (torch.is_tensor(labels) and labels.dim() > 0)
     if per_token != (task == TOKEN_CLASSIFICATION):
         kind, other = ("token", "sequence") if task == TOKEN_CLASSIFICATION else ("sequence", "token")
+        found = "a list per example (token labels)" if per_token else "one per example (sequence labels)"
         raise ValueError(
-            f"The model is a {kind} classifier ({type(_base(model)).__name__}), but the dataset's labels are "
-            f"{'a list per example (token labels)' if per_token else 'one per example (sequence labels)'}, e.g. "
-            f"{_shortened(labels)}. Evaluate a {other}-classification model on this dataset, or give this model the data of its "
-            "task."
+            f"The model is a {kind} classifier ({type(_base(model)).__name__}), but the dataset's labels are {found}, "
+            f"e.g. {_shortened(labels)}. Evaluate a {other}-classification model on this dataset, or give this model "
+            "the data of its task."
         )
     num_labels = getattr(getattr(_base(model), "config", None), "num_labels", None)
     if num_labels:
-        try:
-            check_label_range(dataset, num_labels, per_token=per_token)
-        except ValueError as error:
-            hidden = " A label of -1 is how GLUE's test splits hide theirs: score the validation split." if (
-                " -1 " in str(error)) else ""
-            raise ValueError(f"{error}{hidden}") from None
+        check_label_range(dataset, num_labels, per_token=per_token)
     check_inputs_fit(dataset, [("model", model)])
 
 

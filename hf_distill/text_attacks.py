@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .adversarial import eval_mode, model_logits
-from .checks import TOKEN_CLASSIFICATION, _base, _max_length, infer_task
+from .checks import TOKEN_CLASSIFICATION, _base, _max_length, task_of
 
 logger = logging.getLogger(__name__)
 
@@ -637,11 +637,7 @@ def model_predict_proba(
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    try:
-        task = infer_task(model, "model")
-    except ValueError:  # a model of one's own, named otherwise: taken to classify texts
-        task = None
-    if task == TOKEN_CLASSIFICATION:
+    if task_of(model) == TOKEN_CLASSIFICATION:  # (a model of one's own, named otherwise, is taken to classify texts)
         raise ValueError(
             f"The model is a token classifier ({type(_base(model)).__name__}); the text-level attacks that score a "
             "whole text (`attack_accuracy`, `model_predict_proba`) need a sequence classifier. For a token "

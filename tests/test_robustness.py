@@ -346,7 +346,7 @@ def test_labels_of_the_other_task_or_outside_the_classes_are_refused_before_the_
     with pytest.raises(ValueError, match=r"model is a token classifier .* labels are one per example"):
         evaluate_robustness(tiny_token_model(tokenizer, layers=1), rows, epsilon=0.5, steps=1)
     hidden = Dataset.from_list([{**row, "label": -1} for row in rows])  # GLUE's test splits
-    with pytest.raises(ValueError, match=r"the label -1 in row 0 .*how GLUE's test splits hide theirs"):
+    with pytest.raises(ValueError, match=r"the label -1 in row 0 .*how GLUE's test splits hide theirs: use a split with labels"):
         evaluate_robustness(tiny_sequence_model(tokenizer), hidden, epsilon=0.5, steps=1)
     long = Dataset.from_list(rows)
     with pytest.raises(ValueError, match=r"has 14 tokens, but the model has positions for 8"):
