@@ -1442,6 +1442,7 @@ class DistillationTrainer(Trainer):
         or say it changed: the distillation settings and the teachers' weights (`_check_resumed_run`)."""
         return {"global_step": self.state.global_step, "skipped_batches": skipped,
                 "distillation": distillation_settings(self.args), "teachers": self._teacher_fingerprints(),
+                "teacher_source": self._teacher_source(),
                 "changed_at_resume": self._resumed_changes}
 
     def _teacher_fingerprints(self) -> list[str] | None:
@@ -1456,14 +1457,19 @@ class DistillationTrainer(Trainer):
                 self._fingerprints = [teacher_fingerprint(self._unwrap(t)) for t in self.teacher_models]
         return self._fingerprints
 
+    def _teacher_source(self) -> str:
+        return "cache" if self.teacher_cache is not None and not self.teacher_models else "online"
+
     def _check_resumed_run(self, checkpoint: str, marker: dict[str, Any]) -> None:
         """Resuming with other teachers is refused: the steps to come would learn from another model than the steps
         behind the checkpoint did. Changed distillation settings are allowed (as Trainer allows another learning
         rate) but named, in a warning and on the model card, which would otherwise describe the whole run by the
         new ones."""
         saved, before = marker.get("teachers"), marker.get("distillation") or {}
-        # (a teacher cast to another `teacher_dtype` has other bytes: that change is named below, not refused here)
-        recast = before.get("teacher_dtype", self.args.teacher_dtype) != self.args.teacher_dtype
+        # A teacher cast to another precision has other bytes: a changed `teacher_dtype` is named below, not refused
+        # here, and a cast online teacher cannot be compared with the cache's record of the teacher it read.
+        recast = before.get("teacher_dtype", self.args.teacher_dtype) != self.args.teacher_dtype or (
+            marker.get("teacher_source", "online") != self._teacher_source() and self.args.teacher_dtype != "auto")
         if saved is not None and not recast and self._teacher_fingerprints() not in (None, saved):
             raise ValueError(
                 f"{checkpoint} was trained with another teacher than this run's (the fingerprints of the teachers' "

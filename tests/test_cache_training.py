@@ -383,3 +383,23 @@ def test_data_from_another_tokenizer_is_refused_with_the_tokenizer_named(tokeniz
     with pytest.raises(ValueError, match=r"for another dataset") as same_tokenizer:
         _trainer(tokenizer, tmp_path, None, ner_dataset(tokenizer).select([1, 0, 2, 3]), collator, cache)
     assert "processing_class" not in str(same_tokenizer.value)  # the same tokenizer: the rows themselves changed
+
+
+def test_a_cached_run_resumes_with_its_teacher_online_but_not_with_another_teachers_cache(tokenizer, tmp_path):
+    # The checkpoint records the fingerprint of the teacher the cache was built from: the same teacher run online
+    # continues the run; a cache built from another teacher would change the targets mid-run, silently.
+    from test_reliability import StopAt
+
+    teacher, data, collator, cache = _setup(tokenizer, tmp_path)
+    settings = dict(max_steps=4, save_steps=2, save_strategy="steps")
+    first = _trainer(tokenizer, tmp_path, None, data, collator, cache, **settings)
+    first.add_callback(StopAt(2))
+    first.train()
+    online = _trainer(tokenizer, tmp_path, teacher, data, collator, **settings)
+    online.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert online.state.global_step == 4
+    other = build_teacher_cache(tiny_token_model(tokenizer, layers=2, seed=9, **NO_DROPOUT), data, collator,
+                                str(tmp_path / "other"), tokenizer=tokenizer, progress_bar=False)
+    with pytest.raises(ValueError, match=r"checkpoint-2 was trained with another teacher than this run's"):
+        _trainer(tokenizer, tmp_path, None, data, collator, other, **settings).train(
+            resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
