@@ -213,6 +213,15 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     # No abbreviated flags (`--do_pred` for `--do_predict`): the checks below read flags by their full names.
     parser = HfArgumentParser(list(dataclass_types), allow_abbrev=False)
     config_file = argv.pop(0) if argv and _is_config_file(argv[0]) else None
+    # A config file later on (not the value of a flag, such as `--train_file data.json`) would be ignored.
+    stray = next((arg for previous, arg in zip(argv, argv[1:], strict=False)
+                  if _is_config_file(arg) and not previous.startswith("-")), None)
+    if stray is not None:
+        raise ValueError(
+            f"{stray!r} looks like a config file, but a config file is read only as the first argument: put it before "
+            f"the flags (`{os.path.basename(sys.argv[0]) or 'recipe.py'} {stray} --flag value ...`), which then "
+            "override it."
+        )
     argv, unset = _unset_flags(parser, argv)
     if config_file is not None:
         argv = [config_file, *argv]

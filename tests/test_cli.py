@@ -14,6 +14,18 @@ def test_yaml_config_with_cli_override(tmp_path):
     assert args.temperature == 4.0 and args.alpha == 0.3 and args.output_dir == "out"
 
 
+def test_a_config_file_after_the_flags_is_refused_not_ignored(tmp_path):
+    # It was dropped without a word, and the run failed later on whatever the config held ("No data: ...").
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\ntemperature: 4.0\n")
+    with pytest.raises(ValueError, match=r"run.yaml' looks like a config file, but a config file is read only as the "
+                                         r"first argument: put it before the flags"):
+        parse_args([DistillationArguments], ["--alpha", "0.3", str(config)])
+    # a flag's value that happens to be a JSON or YAML file is a value, not a config file
+    (args,) = parse_args([DistillationArguments], [str(config), "--run_name", "logs.json", "--report_to", "none"])
+    assert args.run_name == "logs.json" and args.temperature == 4.0
+
+
 def test_json_config(tmp_path):
     config = tmp_path / "run.json"
     config.write_text('{"output_dir": "out", "distill_loss": "soft_ce", "report_to": "none", "use_cpu": true}')
