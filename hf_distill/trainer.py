@@ -410,6 +410,13 @@ class DistillationTrainer(Trainer):
                     "Augmentation (`augment_mask_prob`/`augment_replace_prob`) needs the tokenizer to find the mask "
                     "token and the special tokens it must not touch: pass `processing_class=tokenizer`."
                 )
+            if args.augment_mask_prob > 0 and getattr(processing_class, "mask_token_id", None) is None:
+                raise ValueError(
+                    f"`augment_mask_prob={args.augment_mask_prob}` writes the mask token into the student's input, but "
+                    f"the tokenizer ({type(processing_class).__name__}) has none (`mask_token_id` is None, as for "
+                    "GPT-2 or Llama tokenizers). Use `augment_replace_prob` (random replacements) instead, or a "
+                    "tokenizer with a mask token."
+                )
             self._augment_generator = torch.Generator().manual_seed(args.seed + 1)
             # Random replacements are drawn from the vocabulary without the special tokens that stand for no word
             # ([CLS], [SEP], [PAD]; [UNK] and [MASK] may be drawn, as in BERT's own random replacements): the ids the

@@ -653,6 +653,20 @@ def test_augmentation_with_only_a_cache_is_refused(tokenizer, tmp_path):
                             data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer)
 
 
+def test_masking_with_a_tokenizer_without_a_mask_token_is_refused_at_init(tokenizer, tmp_path):
+    # A GPT-2/Llama-style tokenizer: accepted at init, then the first training batch failed.
+    import copy
+
+    no_mask = copy.deepcopy(tokenizer)
+    no_mask.mask_token = None
+    assert no_mask.mask_token_id is None
+    with pytest.raises(ValueError, match=r"augment_mask_prob=0.1` writes the mask token .* has none .*Use "
+                                         r"`augment_replace_prob`"):
+        DistillationTrainer(model=tiny_token_model(no_mask, layers=1), teacher_model=tiny_token_model(no_mask),
+                            args=make_args(tmp_path, augment_mask_prob=0.1), train_dataset=ner_dataset(no_mask),
+                            data_collator=DataCollatorForTokenClassification(no_mask), processing_class=no_mask)
+
+
 # ---- a LoRA student -------------------------------------------------------------------------------------------
 
 
