@@ -215,6 +215,14 @@ class DistillationTrainer(Trainer):
             )
         if model is None:
             raise ValueError("`model` (the student) is required; `model_init` is not supported by DistillationTrainer.")
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if launched > 1 and args.world_size == 1:
+            raise ValueError(
+                f"This process is one of {launched} (WORLD_SIZE={launched}, from `accelerate launch` or `torchrun`), "
+                "but the arguments train on one process: each process would train alone, on the whole data, and "
+                "all would write the same `output_dir`. On CPU, pass `use_cpu=True` (`--use_cpu true`) so that "
+                "Trainer joins the processes (recipes/accelerate/cpu_multi_process.yaml); otherwise launch one process."
+            )
         self.task = infer_task(model, "student")
         check_single_label(model, "student")
         teachers = list(teacher_model) if isinstance(teacher_model, list | tuple) else (

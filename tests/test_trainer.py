@@ -432,6 +432,18 @@ def test_a_student_with_placeholder_class_names_takes_the_teachers_and_saves_the
                             train_dataset=seq_dataset(tokenizer), data_collator=DataCollatorWithPadding(tokenizer))
 
 
+def test_a_process_of_a_multi_process_launch_that_would_train_alone_is_refused(tokenizer, tmp_path, monkeypatch):
+    # `accelerate launch` of two CPU processes without use_cpu: each trained alone on all the data, and they raced on
+    # the same output_dir.
+    args = make_args(tmp_path)
+    assert args.world_size == 1  # the arguments' device set-up, done before the launcher's variable is seen
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"one of 2 \(WORLD_SIZE=2.* each process would train alone.*`use_cpu=True`"):
+        DistillationTrainer(model=tiny_token_model(tokenizer, layers=1), teacher_model=tiny_token_model(tokenizer),
+                            args=args, train_dataset=ner_dataset(tokenizer),
+                            data_collator=DataCollatorForTokenClassification(tokenizer))
+
+
 def test_error_no_labels_with_alpha_below_one(tokenizer, tmp_path):
     data = ner_dataset(tokenizer).remove_columns("labels")
     with pytest.raises(ValueError, match=r"no labels column \(found columns: \['input_ids', 'attention_mask'\]\)"):
