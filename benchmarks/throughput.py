@@ -101,7 +101,7 @@ from hf_distill import (
     build_teacher_cache,
     create_student,
 )
-from hf_distill.speed import inference_latency_ms
+from hf_distill.speed import compare_latency
 
 logger = logging.getLogger("benchmarks.throughput")
 METHODS = ["plain", "naive", "textbrewer", "online", "cached"]
@@ -521,17 +521,10 @@ def latency(student, teacher, setup: Setup) -> dict:
     rounds, reps = (2, 3) if setup.args.quick else (6, 10)
     out = {}
     for size, batch in batches.items():
-        times = {"student": [], "teacher": []}
-        inference_latency_ms(student, batch, repeats=2, warmup=3)
-        inference_latency_ms(teacher, batch, repeats=2, warmup=3)
-        for round_ in range(rounds):
-            for name in ("student", "teacher") if round_ % 2 == 0 else ("teacher", "student"):
-                model = student if name == "student" else teacher
-                times[name].append(inference_latency_ms(model, batch, repeats=reps, warmup=1))
-        ratios = [t / st for t, st in zip(times["teacher"], times["student"], strict=True)]
+        timed = compare_latency(teacher, student, batch, rounds=rounds, repeats=reps)  # the library's side-by-side
         out[f"batch_{size}"] = {
-            "student_ms": round(median(times["student"]), 3), "teacher_ms": round(median(times["teacher"]), 3),
-            "speedup": round(median(ratios), 3), "tokens": int(batch["input_ids"].shape[1]),
+            "student_ms": round(timed.student_ms, 3), "teacher_ms": round(timed.teacher_ms, 3),
+            "speedup": round(timed.speedup, 3), "tokens": int(batch["input_ids"].shape[1]),
         }
         logger.info("latency batch %d: %s", size, out[f"batch_{size}"])
     out["dtype"] = str(next(student.parameters()).dtype).replace("torch.", "")

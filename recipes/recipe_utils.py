@@ -21,7 +21,7 @@ from hf_distill import DistillationTrainer, check_label_range, create_student, e
 from hf_distill.data import cast_label_names, conll_label_names, label_name_lookup, read_conll
 from hf_distill.features import attention_dropout_field, parse_layer_map
 from hf_distill.loading import LOADED_FROM, load_model, load_tokenizer
-from hf_distill.speed import inference_latency_ms
+from hf_distill.speed import compare_latency
 from hf_distill.text_attacks import attack_accuracy, model_predict_proba
 
 logger = logging.getLogger("recipes")
@@ -378,13 +378,14 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
     for batch_size in sorted({1, min(32, len(first))}):
         batch = collator([first[i] for i in range(batch_size)])
         lengths.append(f"{batch['input_ids'].shape[-1]} tokens (batch {batch_size})")
-        speed[f"teacher_ms_batch{batch_size}"] = round(inference_latency_ms(teacher, batch), 2)
-        speed[f"student_ms_batch{batch_size}"] = round(inference_latency_ms(student, batch), 2)
-        speed[f"speedup_batch{batch_size}"] = round(
-            speed[f"teacher_ms_batch{batch_size}"] / speed[f"student_ms_batch{batch_size}"], 2)
+        timed = compare_latency(teacher, student, batch, rounds=4, repeats=5)
+        speed[f"teacher_ms_batch{batch_size}"] = round(timed.teacher_ms, 2)
+        speed[f"student_ms_batch{batch_size}"] = round(timed.student_ms, 2)
+        speed[f"speedup_batch{batch_size}"] = round(timed.speedup, 2)
     # A latency means little without where it was measured (the card shows this row under the figures).
     speed["measured on"] = (f"{_device_words(next(student.parameters()).device)}, {next(student.parameters()).dtype}; "
-                            f"median of 20 forward calls in eval mode on the first `{split_name}` examples, padded to "
+                            f"teacher and student timed in 4 alternating rounds of 5 forward calls in eval mode (medians; the speed-up "
+                            f"is the median of the rounds' ratios), on the first `{split_name}` examples, padded to "
                             + " and ".join(lengths))
     report["speed"] = speed
     if log:

@@ -59,3 +59,32 @@ def test_mode_is_restored_when_the_forward_raises():
 def test_refuses_no_repeats_or_negative_warmup(repeats, warmup):
     with pytest.raises(ValueError, match="repeats"):
         inference_latency_ms(Recorder(), batch(), repeats=repeats, warmup=warmup)
+
+
+def test_compare_latency_alternates_and_a_burst_of_load_slows_both_not_one(monkeypatch):
+    # A shared clock; each call of the teacher costs 2 ms and of the student 1 ms, except that "load" arrives in the
+    # second half of the run and triples every call then. Timed one after the other, the teacher would take all of
+    # it; timed in alternating rounds, the ratio of each round stays 2.
+    import hf_distill.speed as speed
+    from hf_distill.speed import compare_latency
+
+    clock, order = [0.0], []
+
+    class Timed(Recorder):
+        def __init__(self, name, cost):
+            super().__init__()
+            self.name, self.cost = name, cost
+
+        def forward(self, **inputs):
+            order.append(self.name)
+            clock[0] += self.cost * (3.0 if len(order) > 40 else 1.0)
+            return super().forward(**inputs)
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock[0])
+    timed = compare_latency(Timed("teacher", 0.002), Timed("student", 0.001), batch(), rounds=4, repeats=5)
+    assert timed.speedup == pytest.approx(2.0)
+    warm = 2 * 5  # each model's warm-up: 3 untimed calls and 2 timed ones
+    rounds = [order[warm + 12 * i] for i in range(4)]  # who goes first in each round (6 calls of each model)
+    assert order[:warm] == ["student"] * 5 + ["teacher"] * 5 and rounds == ["student", "teacher", "student", "teacher"]
+    with pytest.raises(ValueError, match="`rounds` must be >= 1"):
+        compare_latency(Timed("teacher", 0.002), Timed("student", 0.001), batch(), rounds=0)
