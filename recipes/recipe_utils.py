@@ -356,6 +356,9 @@ def _scoring_args(scratch: str, args) -> TrainingArguments:
     )
 
 
+_LATENCY_ROUNDS, _LATENCY_CALLS = 4, 5  # the card's latencies: alternating rounds of teacher and student calls
+
+
 def compare(teacher, student, splits, collator, compute_metrics, args, metric: str, log: bool = True) -> dict:
     """Score teacher and student on each evaluation split, time them, and log a side-by-side table (unless `log` is
     False: the caller adds to the report, and logs it).
@@ -378,14 +381,15 @@ def compare(teacher, student, splits, collator, compute_metrics, args, metric: s
     for batch_size in sorted({1, min(32, len(first))}):
         batch = collator([first[i] for i in range(batch_size)])
         lengths.append(f"{batch['input_ids'].shape[-1]} tokens (batch {batch_size})")
-        timed = compare_latency(teacher, student, batch, rounds=4, repeats=5)
+        timed = compare_latency(teacher, student, batch, rounds=_LATENCY_ROUNDS, repeats=_LATENCY_CALLS)
         speed[f"teacher_ms_batch{batch_size}"] = round(timed.teacher_ms, 2)
         speed[f"student_ms_batch{batch_size}"] = round(timed.student_ms, 2)
         speed[f"speedup_batch{batch_size}"] = round(timed.speedup, 2)
     # A latency means little without where it was measured (the card shows this row under the figures).
     speed["measured on"] = (f"{_device_words(next(student.parameters()).device)}, {next(student.parameters()).dtype}; "
-                            f"teacher and student timed in 4 alternating rounds of 5 forward calls in eval mode (medians; the speed-up "
-                            f"is the median of the rounds' ratios), on the first `{split_name}` examples, padded to "
+                            f"teacher and student timed in {_LATENCY_ROUNDS} alternating rounds of {_LATENCY_CALLS} "
+                            "forward calls in eval mode (medians; the speed-up is the median of the rounds' ratios), "
+                            f"on the first `{split_name}` examples, padded to "
                             + " and ".join(lengths))
     report["speed"] = speed
     if log:
